@@ -1,0 +1,3 @@
+//! placeholder
+#![no_std]
+extern crate alloc;

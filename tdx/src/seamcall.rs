@@ -1,0 +1,293 @@
+//! The SEAMCALL seam: one raw trait implemented by the hardware backend and by the software
+//! TDX module, and typed wrappers on top of it ([`TdxModule`]).
+//!
+//! The raw convention follows the TDX module 1.5 ABI (`tdx_api_defs.h`, Linux
+//! `arch/x86/virt/vmx/tdx/tdx.c`): RAX carries the leaf (bits 15:0) and version (bits 23:16) in
+//! and the completion status out; RCX, RDX, R8–R15 carry operands and outputs. On S-EPT errors
+//! the module returns the S-EPT entry in RCX and level/state in RDX.
+
+use crate::abi::{
+    Gpa, Hkid, Hpa, Leaf, OperandId, PageLevel, SeptLevelState, TdxStatus, gpa_level_operand,
+};
+
+/// General-purpose registers exchanged with the module.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+#[allow(missing_docs)] // register names
+pub struct Regs {
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+impl Regs {
+    /// Registers for `leaf` at `version`, all operands zero.
+    pub const fn for_leaf(leaf: Leaf, version: u8) -> Regs {
+        Regs {
+            rax: leaf.number() as u64 | (version as u64) << 16,
+            rcx: 0,
+            rdx: 0,
+            r8: 0,
+            r9: 0,
+            r10: 0,
+            r11: 0,
+            r12: 0,
+            r13: 0,
+            r14: 0,
+            r15: 0,
+        }
+    }
+}
+
+/// Which implementation is behind a [`Seamcall`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ModuleKind {
+    /// The real TDX module, reached with the `seamcall` instruction.
+    Hardware,
+    /// The software TDX module in [`crate::emu`].
+    Emulated,
+}
+
+impl ModuleKind {
+    /// `hardware` or `emulated`, as the API reports it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ModuleKind::Hardware => "hardware",
+            ModuleKind::Emulated => "emulated",
+        }
+    }
+}
+
+/// One SEAMCALL, raw. Implementations must be callable from many CPUs at once: the module
+/// itself serializes with try-locks and answers `TDX_OPERAND_BUSY` instead of waiting.
+pub trait Seamcall: Send + Sync {
+    /// Issues the SEAMCALL described by `regs` (RAX = leaf | version << 16) and leaves the
+    /// module's outputs in `regs` (RAX = completion status).
+    fn seamcall(&self, regs: &mut Regs);
+
+    /// Which implementation this is.
+    fn kind(&self) -> ModuleKind;
+
+    /// Bit position of the HKID in a keyed physical address (`pa | hkid << shift`), i.e. the
+    /// CPU's reduced MAXPHYADDR.
+    fn hkid_shift(&self) -> u32;
+}
+
+/// A SEAMCALL that did not succeed: the leaf, the raw status and the registers the module uses
+/// to explain S-EPT errors.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[error("{} failed: {status}", leaf.name())]
+pub struct SeamError {
+    /// Which leaf failed.
+    pub leaf: Leaf,
+    /// The raw completion status (operand ID in the low 32 bits).
+    pub status: TdxStatus,
+    /// RCX out: the S-EPT entry for S-EPT errors, else leaf-specific detail.
+    pub rcx: u64,
+    /// RDX out: level/state for S-EPT errors, else leaf-specific detail.
+    pub rdx: u64,
+}
+
+impl SeamError {
+    /// A try-lock in the module failed; the call may be retried.
+    pub const fn is_busy(&self) -> bool {
+        self.status.is_busy()
+    }
+    /// The operand the status names.
+    pub const fn operand(&self) -> OperandId {
+        self.status.operand()
+    }
+    /// For S-EPT class errors (class 0x0B), the level and state of the offending entry.
+    pub const fn sept_level_state(&self) -> Option<SeptLevelState> {
+        if self.status.class() == 0x0B {
+            Some(SeptLevelState(self.rdx))
+        } else {
+            None
+        }
+    }
+}
+
+/// What TDH.PHYMEM.PAGE.RECLAIM reports about the page it gave back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ReclaimedPage {
+    /// PAMT page type the page had (`PT_*`).
+    pub page_type: u64,
+    /// Owner TDR HPA.
+    pub owner: Hpa,
+    /// PAMT page size (0 = 4K, 1 = 2M, 2 = 1G).
+    pub size: u64,
+}
+
+/// Typed wrappers for the host leaves. Implemented for every [`Seamcall`]; each returns the
+/// leaf's outputs or a [`SeamError`] carrying the raw status and the explanatory registers.
+pub trait TdxModule: Seamcall {
+    /// Issues `regs` for `leaf` and turns an error status into [`SeamError`]. Informational
+    /// statuses (bit 63 clear) count as success; callers that care read `regs.rax`.
+    fn call(&self, mut regs: Regs) -> Result<Regs, SeamError> {
+        let leaf = Leaf::from_number(regs.rax as u16).unwrap_or(Leaf::SysInfo);
+        self.seamcall(&mut regs);
+        let status = TdxStatus(regs.rax);
+        if status.is_error() {
+            Err(SeamError {
+                leaf,
+                status,
+                rcx: regs.rcx,
+                rdx: regs.rdx,
+            })
+        } else {
+            Ok(regs)
+        }
+    }
+
+    /// TDH.MEM.PAGE.ADD: add a 4 KiB page to a TD before finalize, copying `source` (a shared
+    /// page) into `page`, and extend MRTD with the GPA.
+    fn mem_page_add(&self, tdr: Hpa, gpa: Gpa, page: Hpa, source: Hpa) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MemPageAdd, 0);
+        r.rcx = gpa_level_operand(gpa, PageLevel::L4K);
+        r.rdx = tdr.0;
+        r.r8 = page.0;
+        r.r9 = source.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.MEM.SEPT.ADD: install `sept_page` as the table under the entry for `gpa` at `level`
+    /// (the level of the non-leaf entry: 1 = the 2 MiB entry pointing to a page table, up to
+    /// 4 with 5-level EPT).
+    fn mem_sept_add(
+        &self,
+        tdr: Hpa,
+        gpa: Gpa,
+        level: PageLevel,
+        sept_page: Hpa,
+    ) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MemSeptAdd, 0);
+        r.rcx = gpa_level_operand(gpa, level);
+        r.rdx = tdr.0;
+        r.r8 = sept_page.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.MEM.PAGE.AUG: add `page` at `gpa`/`level` (4 KiB or 2 MiB) in PENDING state after
+    /// finalize; the guest must accept it.
+    fn mem_page_aug(
+        &self,
+        tdr: Hpa,
+        gpa: Gpa,
+        level: PageLevel,
+        page: Hpa,
+    ) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MemPageAug, 0);
+        r.rcx = gpa_level_operand(gpa, level);
+        r.rdx = tdr.0;
+        r.r8 = page.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.MEM.RANGE.BLOCK: block the entry for `gpa` at `level` (records BEPOCH).
+    fn mem_range_block(&self, tdr: Hpa, gpa: Gpa, level: PageLevel) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MemRangeBlock, 0);
+        r.rcx = gpa_level_operand(gpa, level);
+        r.rdx = tdr.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.MEM.RANGE.UNBLOCK: unblock a blocked entry (tracking must be done).
+    fn mem_range_unblock(&self, tdr: Hpa, gpa: Gpa, level: PageLevel) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MemRangeUnblock, 0);
+        r.rcx = gpa_level_operand(gpa, level);
+        r.rdx = tdr.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.MEM.TRACK: advance the TD's TLB epoch.
+    fn mem_track(&self, tdr: Hpa) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MemTrack, 0);
+        r.rcx = tdr.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.MEM.PAGE.REMOVE: remove a (blocked and tracked, if the TD can run) leaf at
+    /// `gpa`/`level` (4 KiB, 2 MiB or 1 GiB).
+    fn mem_page_remove(&self, tdr: Hpa, gpa: Gpa, level: PageLevel) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MemPageRemove, 0);
+        r.rcx = gpa_level_operand(gpa, level);
+        r.rdx = tdr.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.MEM.PAGE.DEMOTE: split the leaf at `gpa`/`level` (2 MiB or 1 GiB) into 512 entries
+    /// of the next level, using `sept_page` as the new table.
+    fn mem_page_demote(
+        &self,
+        tdr: Hpa,
+        gpa: Gpa,
+        level: PageLevel,
+        sept_page: Hpa,
+    ) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MemPageDemote, 0);
+        r.rcx = gpa_level_operand(gpa, level);
+        r.rdx = tdr.0;
+        r.r8 = sept_page.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.MEM.PAGE.PROMOTE: merge the 512 uniform children under the non-leaf entry at
+    /// `gpa`/`level` into one leaf; returns the S-EPT page that is no longer used.
+    fn mem_page_promote(&self, tdr: Hpa, gpa: Gpa, level: PageLevel) -> Result<Hpa, SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MemPagePromote, 0);
+        r.rcx = gpa_level_operand(gpa, level);
+        r.rdx = tdr.0;
+        self.call(r).map(|out| Hpa(out.rdx))
+    }
+
+    /// TDH.MEM.SEPT.REMOVE: remove an empty, blocked, tracked S-EPT page from the non-leaf
+    /// entry at `gpa`/`level`; returns the page's HPA.
+    fn mem_sept_remove(&self, tdr: Hpa, gpa: Gpa, level: PageLevel) -> Result<Hpa, SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MemSeptRemove, 0);
+        r.rcx = gpa_level_operand(gpa, level);
+        r.rdx = tdr.0;
+        self.call(r).map(|out| Hpa(out.rdx))
+    }
+
+    /// TDH.MEM.SEPT.RD: read the S-EPT entry for `gpa` at `level`; returns the architectural
+    /// entry and its level/state.
+    fn mem_sept_rd(
+        &self,
+        tdr: Hpa,
+        gpa: Gpa,
+        level: PageLevel,
+    ) -> Result<(u64, SeptLevelState), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MemSeptRd, 0);
+        r.rcx = gpa_level_operand(gpa, level);
+        r.rdx = tdr.0;
+        self.call(r).map(|out| (out.rcx, SeptLevelState(out.rdx)))
+    }
+
+    /// TDH.PHYMEM.PAGE.WBINVD: write back and invalidate the cache lines of `page` under
+    /// `hkid` (the page must already be free in PAMT, i.e. removed).
+    fn phymem_page_wbinvd(&self, page: Hpa, hkid: Hkid) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::PhymemPageWbinvd, 0);
+        r.rcx = page.0 | u64::from(hkid.0) << self.hkid_shift();
+        self.call(r).map(drop)
+    }
+
+    /// TDH.PHYMEM.PAGE.RECLAIM: take back a page of a TD in TEARDOWN.
+    fn phymem_page_reclaim(&self, page: Hpa) -> Result<ReclaimedPage, SeamError> {
+        let mut r = Regs::for_leaf(Leaf::PhymemPageReclaim, 0);
+        r.rcx = page.0;
+        self.call(r).map(|out| ReclaimedPage {
+            page_type: out.rcx,
+            owner: Hpa(out.rdx),
+            size: out.r8,
+        })
+    }
+}
+
+impl<T: Seamcall + ?Sized> TdxModule for T {}
