@@ -11,4 +11,5 @@ extern crate alloc;
 extern crate std;
 
 pub mod abi;
+pub mod phys;
 pub mod seamcall;
