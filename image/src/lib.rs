@@ -1,1 +1,18 @@
-//! placeholder
+//! Host-side tooling for the appliance image.
+//!
+//! Builds the UEFI application and lays out a boot directory (ESP) for it ([`build`]), makes sure
+//! QEMU and OVMF are installed ([`deps`]), boots the image in QEMU with user networking and waits
+//! until the management API answers ([`qemu`]), and speaks just enough HTTP/1.1 to check it
+//! ([`http`]). The `xtask` binary ([`cli`]) and the end-to-end tests (`tests/`) both use this
+//! library, so QEMU is launched in exactly one place.
+
+pub mod build;
+pub mod cli;
+pub mod deps;
+pub mod error;
+pub mod http;
+pub mod qemu;
+pub mod serial;
+pub mod workspace;
+
+pub use error::{ImageError, Result};

@@ -1,0 +1,354 @@
+//! Booting the appliance image in QEMU (q35, TCG, OVMF, virtio-net with user networking) and
+//! waiting until its management API answers.
+//!
+//! Every instance gets a private directory with its own copy of the OVMF variable store and of
+//! the ESP, so several instances (a developer's `cargo xtask run` and the e2e tests) can run at
+//! once. The guest's serial console is captured (and optionally echoed line by line to stdout);
+//! QEMU is killed when the [`Qemu`] value is dropped.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::build::{BuiltImage, describe, layout_esp};
+use crate::deps::Firmware;
+use crate::error::{ImageError, Result};
+use crate::http;
+
+/// The port the appliance's API listens on inside the guest.
+pub const GUEST_API_PORT: u16 = 8080;
+
+/// How one QEMU instance is started.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// The appliance's `.efi` file.
+    pub efi: PathBuf,
+    /// Port on 127.0.0.1 forwarded to the guest's API port.
+    pub host_port: u16,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Number of virtual CPUs.
+    pub cpus: u32,
+    /// Echo the serial console to this process's stdout as lines arrive.
+    pub echo_serial: bool,
+    /// Private directory for this instance (created; removed again on drop).
+    pub instance_dir: PathBuf,
+}
+
+impl QemuConfig {
+    /// Defaults: 512 MiB, 2 CPUs, serial captured but not echoed.
+    pub fn new(image: &BuiltImage, host_port: u16, instance_dir: PathBuf) -> Self {
+        Self {
+            efi: image.efi.clone(),
+            host_port,
+            memory_mib: 512,
+            cpus: 2,
+            echo_serial: false,
+            instance_dir,
+        }
+    }
+}
+
+/// Reserves a free TCP port on 127.0.0.1 (bind to port 0, read it, release it).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(ImageError::NoFreePort)?;
+    let port = listener
+        .local_addr()
+        .map_err(ImageError::NoFreePort)?
+        .port();
+    Ok(port)
+}
+
+/// Captured console output, shared with the reader threads.
+#[derive(Debug, Default)]
+struct Captured {
+    serial: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// A running QEMU instance.
+#[derive(Debug)]
+pub struct Qemu {
+    child: Child,
+    host_port: u16,
+    started: Instant,
+    captured: Arc<Mutex<Captured>>,
+    readers: Vec<JoinHandle<()>>,
+    instance_dir: PathBuf,
+    command_line: String,
+}
+
+impl Qemu {
+    /// Prepares the instance directory and starts QEMU.
+    pub fn start(firmware: &Firmware, config: &QemuConfig) -> Result<Self> {
+        let dir = &config.instance_dir;
+        let _ = fs::remove_dir_all(dir);
+        let esp = layout_esp(&config.efi, &dir.join("esp"))?;
+        let vars = dir.join("OVMF_VARS.fd");
+        copy_writable(&firmware.ovmf_vars, &vars)?;
+
+        let mut command = Command::new(&firmware.qemu);
+        command
+            .args(["-nodefaults", "-machine", "q35", "-accel", "tcg"])
+            .args(["-m", &config.memory_mib.to_string()])
+            .args(["-smp", &config.cpus.to_string()])
+            .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+            .args(["-serial", "stdio"])
+            .arg("-drive")
+            .arg(drive_arg(
+                "if=pflash,format=raw,readonly=on",
+                &firmware.ovmf_code,
+            ))
+            .arg("-drive")
+            .arg(drive_arg("if=pflash,format=raw", &vars))
+            .arg("-drive")
+            .arg(format!("format=raw,file=fat:rw:{}", esp.esp_dir.display()))
+            .arg("-netdev")
+            .arg(format!(
+                "user,id=n0,hostfwd=tcp:127.0.0.1:{}-:{GUEST_API_PORT}",
+                config.host_port
+            ))
+            .args(["-device", "virtio-net-pci,netdev=n0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let command_line = describe(&command);
+        let started = Instant::now();
+        let mut child = command.spawn().map_err(|source| ImageError::Spawn {
+            program: firmware.qemu.display().to_string(),
+            source,
+        })?;
+        let captured = Arc::new(Mutex::new(Captured::default()));
+        let mut readers = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            readers.push(spawn_serial_reader(
+                stdout,
+                Arc::clone(&captured),
+                config.echo_serial,
+            ));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            readers.push(spawn_stderr_reader(stderr, Arc::clone(&captured)));
+        }
+        Ok(Self {
+            child,
+            host_port: config.host_port,
+            started,
+            captured,
+            readers,
+            instance_dir: dir.clone(),
+            command_line,
+        })
+    }
+
+    /// The host port forwarded to the guest API.
+    pub fn host_port(&self) -> u16 {
+        self.host_port
+    }
+
+    /// The QEMU command line used.
+    pub fn command_line(&self) -> &str {
+        &self.command_line
+    }
+
+    /// Time since QEMU was started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Everything the guest wrote to its serial console so far (lossy UTF-8).
+    pub fn serial_log(&self) -> String {
+        let captured = self.captured.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&captured.serial).into_owned()
+    }
+
+    /// Everything QEMU itself wrote to stderr so far.
+    pub fn stderr_log(&self) -> String {
+        let captured = self.captured.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&captured.stderr).into_owned()
+    }
+
+    /// QEMU's exit status if it has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Polls `GET /v1/health` until it answers 200; returns the time from QEMU start.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
+        self.wait_ready_or_cancel(timeout, &AtomicBool::new(false))
+    }
+
+    /// Like [`Qemu::wait_ready`], but gives up with [`ImageError::Cancelled`] once `cancel` is set.
+    pub fn wait_ready_or_cancel(
+        &mut self,
+        timeout: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(ImageError::Cancelled);
+            }
+            if let Some(status) = self.exit_status() {
+                return Err(ImageError::QemuExited { status });
+            }
+            // slirp accepts the host side at once and only then connects to the guest, so a
+            // guest that is not listening yet shows up as a closed or silent connection:
+            // keep each attempt short and retry with a fresh connection.
+            let attempt = http::get(self.host_port, "/v1/health", Duration::from_millis(700));
+            if matches!(attempt, Ok(ref response) if response.status == 200) {
+                return Ok(self.started.elapsed());
+            }
+            if Instant::now() >= deadline {
+                return Err(ImageError::ReadyTimeout(timeout));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the serial log contains `needle` (or `timeout` passes); true if it did.
+    pub fn wait_for_serial(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.serial_log().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills QEMU and waits for it and the reader threads to finish.
+    pub fn kill(&mut self) {
+        if self.exit_status().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = fs::remove_dir_all(&self.instance_dir);
+    }
+}
+
+/// A `-drive` argument with a file path (commas in the path are doubled as QEMU requires).
+fn drive_arg(options: &str, file: &Path) -> String {
+    format!(
+        "{options},file={}",
+        file.display().to_string().replace(',', ",,")
+    )
+}
+
+/// Copies a (read-only, root-owned) firmware file and makes the copy writable.
+fn copy_writable(from: &Path, to: &Path) -> Result<()> {
+    fs::copy(from, to).map_err(|source| ImageError::Io {
+        action: "copy firmware variables to",
+        path: to.to_path_buf(),
+        source,
+    })?;
+    let mut permissions = fs::metadata(to)
+        .map_err(|source| ImageError::Io {
+            action: "stat",
+            path: to.to_path_buf(),
+            source,
+        })?
+        .permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    fs::set_permissions(to, permissions).map_err(|source| ImageError::Io {
+        action: "make writable",
+        path: to.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads the guest's serial console, stores it and optionally echoes complete lines to stdout
+/// (whole lines under the stdout lock, so lines printed by others never land mid-line).
+fn spawn_serial_reader(
+    mut stdout: ChildStdout,
+    captured: Arc<Mutex<Captured>>,
+    echo: bool,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        let mut line = Vec::new();
+        loop {
+            let n = match stdout.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let data = chunk.get(..n).unwrap_or_default();
+            captured
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .serial
+                .extend_from_slice(data);
+            if echo {
+                for &byte in data {
+                    line.push(byte);
+                    if byte == b'\n' {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(&line);
+                        let _ = out.flush();
+                        line.clear();
+                    }
+                }
+            }
+        }
+        if echo && !line.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&line);
+            let _ = out.write_all(b"\n");
+        }
+    })
+}
+
+fn spawn_stderr_reader(mut stderr: ChildStderr, captured: Arc<Mutex<Captured>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            captured
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stderr
+                .extend_from_slice(chunk.get(..n).unwrap_or_default());
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_is_bindable() {
+        let port = free_port().expect("port");
+        assert_ne!(port, 0);
+        assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok());
+    }
+
+    #[test]
+    fn drive_arg_escapes_commas() {
+        assert_eq!(
+            drive_arg("if=pflash", Path::new("/a,b/vars.fd")),
+            "if=pflash,file=/a,,b/vars.fd"
+        );
+    }
+}
