@@ -1,3 +1,55 @@
-//! placeholder
+//! Sans-IO HTTP/1.1 server core, router and REST handlers of the appliance's management API.
+//!
+//! # Sans-IO design
+//! Nothing here performs I/O or reads a clock. A transport (the `net` crate's TCP server on
+//! the appliance, plain byte vectors in tests) drives each connection:
+//!
+//! 1. [`Server::open`] when a TCP connection is accepted → a [`Connection`].
+//! 2. [`Server::on_receive`] with every received segment: bytes are parsed (`httparse`)
+//!    and each complete request is routed to the [`Handler`]; responses are appended, in
+//!    request order, to [`Connection::output`].
+//! 3. The transport sends [`Connection::output`] and reports what went out with
+//!    [`Connection::consume_output`].
+//! 4. [`Server::poll`] regularly, with the current time: it runs the timers (408, idle
+//!    close, stalled peer) and deferred responses and returns a [`ConnState`]: keep going,
+//!    close once the output is flushed, or abort. [`Connection::peer_closed`] on FIN.
+//!
+//! Time is passed in as `now_ms` (monotonic milliseconds) everywhere, so every timeout is
+//! unit-testable and the state machine is deterministic: the output depends only on the
+//! bytes and times fed in, not on how the bytes were split into segments.
+//!
+//! # HTTP subset
+//! HTTP/1.0 and HTTP/1.1, persistent connections and pipelining, `Content-Length` bodies
+//! only (`Transfer-Encoding` is refused with 411/501), `Expect: 100-continue`, HEAD for
+//! every GET route. Limits are in [`Limits`]; every error is an [`ApiError`] with a
+//! `{"code","message"}` JSON body. After a framing error the connection closes.
+//!
+//! # Extension points
+//! [`Handler::admit`] sees each head before its body (auth, 404/405 before reading a body,
+//! choosing [`Admission::Stream`] for large uploads that must not be buffered);
+//! [`Handler::body_chunk`]/[`Handler::body_end`] receive streamed bodies;
+//! [`Reply::Later`] + [`Handler::poll_later`] complete long polls later;
+//! [`Response`] carries any status, header fields and body (JSON or text).
 #![no_std]
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod api;
+pub mod error;
+pub mod request;
+pub mod response;
+pub mod router;
+pub mod server;
+pub mod uri;
+
+pub use api::Api;
+pub use error::{ApiError, ErrorCode};
+pub use request::{Method, Request, RequestId, Version};
+pub use response::{Response, StatusCode};
+pub use router::{PathParams, RouteError, Router};
+pub use server::{Admission, ConnState, Connection, Handler, Limits, Reply, Server};
+pub use uri::Query;
