@@ -7,8 +7,10 @@
 //! every received frame, so a burst of SYNs finds listeners), as long as the total number of
 //! sockets stays within [`ServerConfig::max_sockets`] (`listeners * 2`). With every socket
 //! connected, further connection attempts get a RST until one closes. Sockets of finished
-//! connections are recycled as listening sockets, so steady-state serving allocates nothing
-//! in the stack beyond the per-connection service state.
+//! connections are kept and reused as listening sockets (socket memory grows to the
+//! high-water mark of concurrent connections and stays there, bounded by
+//! [`ServerConfig::max_buffer_memory`]), so steady-state serving allocates nothing in the
+//! stack beyond the per-connection service state (one `Box` per connection).
 //!
 //! # Connection lifecycle
 //! A connection is handed to the service ([`Service::open`]) once its handshake completes.
@@ -28,8 +30,9 @@
 //!
 //! A connection past its deadline is aborted (RST) and counted in
 //! [`NetStats::connections_timed_out`] (half-open ones in
-//! [`NetStats::handshakes_timed_out`]). Sockets reaching TIME-WAIT are released at once
-//! (the server does not keep TIME-WAIT state; a late retransmitted FIN gets a RST).
+//! [`NetStats::handshakes_timed_out`]). A connection whose socket reaches TIME-WAIT
+//! leaves the table at once; the socket keeps answering a retransmitted FIN only until it is
+//! reused as a listener (after that, a late FIN gets a RST).
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -114,6 +117,9 @@ pub struct NetStack<N: Nic> {
     listeners: Vec<SocketHandle>,
     connections: Vec<Connection>,
     config: ServerConfig,
+    /// Closed sockets kept for reuse, so serving connections does not allocate buffers.
+    /// `listeners + connections + spare` never exceeds `max_sockets`.
+    spare: Vec<SocketHandle>,
     /// Set when `listen` failed (port 0): stop creating listeners rather than retrying.
     listen_failed: bool,
     stats: NetStats,
@@ -157,6 +163,7 @@ impl<N: Nic> NetStack<N> {
             listeners: Vec::with_capacity(config.listeners),
             connections: Vec::with_capacity(config.max_sockets()),
             config,
+            spare: Vec::with_capacity(config.max_sockets()),
             listen_failed: false,
             stats: NetStats::default(),
         };
@@ -301,24 +308,40 @@ impl<N: Nic> NetStack<N> {
         self.replenish_listeners();
     }
 
-    /// Opens listening sockets until `listeners` listen or the socket limit is reached.
+    /// Opens listening sockets until `listeners` listen or the socket limit is reached,
+    /// reusing spare sockets before allocating new ones.
     fn replenish_listeners(&mut self) {
         while !self.listen_failed
             && self.listeners.len() < self.config.listeners
             && self.listeners.len() + self.connections.len() < self.config.max_sockets()
         {
-            let mut socket = tcp::Socket::new(
-                tcp::SocketBuffer::new(alloc::vec![0; self.config.rx_buffer]),
-                tcp::SocketBuffer::new(alloc::vec![0; self.config.tx_buffer]),
-            );
-            // Responses are written in large chunks; Nagle would only add delayed-ACK stalls.
-            socket.set_nagle_enabled(false);
-            if socket.listen(self.config.port).is_err() {
+            // Spares were counted in the limit while they were connections, so reusing one
+            // never exceeds it; allocating is only needed while the pool is still growing.
+            let handle = match self.spare.pop() {
+                Some(handle) => handle,
+                None => {
+                    let mut socket = tcp::Socket::new(
+                        tcp::SocketBuffer::new(alloc::vec![0; self.config.rx_buffer]),
+                        tcp::SocketBuffer::new(alloc::vec![0; self.config.tx_buffer]),
+                    );
+                    // Responses are written in large chunks; Nagle would only add
+                    // delayed-ACK stalls.
+                    socket.set_nagle_enabled(false);
+                    self.sockets.add(socket)
+                }
+            };
+            if self
+                .sockets
+                .get_mut::<tcp::Socket>(handle)
+                .listen(self.config.port)
+                .is_err()
+            {
                 log::warn!("net: cannot listen on port {}", self.config.port);
                 self.listen_failed = true;
+                self.spare.push(handle);
                 return;
             }
-            self.listeners.push(self.sockets.add(socket));
+            self.listeners.push(handle);
         }
     }
 
@@ -337,7 +360,7 @@ impl<N: Nic> NetStack<N> {
     }
 
     /// Releases connections whose socket is closed or in TIME-WAIT (after egress, so an RST
-    /// or final ACK has gone out), recycling the sockets as listeners where needed.
+    /// or final ACK has gone out), keeping the sockets for reuse.
     fn reap(&mut self) {
         let mut index = 0;
         while let Some(conn) = self.connections.get(index) {
@@ -350,19 +373,8 @@ impl<N: Nic> NetStack<N> {
             if conn.app.is_some() {
                 self.stats.connections_closed += 1;
             }
-            self.recycle(conn.handle);
+            self.spare.push(conn.handle);
         }
-    }
-
-    fn recycle(&mut self, handle: SocketHandle) {
-        if !self.listen_failed && self.listeners.len() < self.config.listeners {
-            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-            if socket.listen(self.config.port).is_ok() {
-                self.listeners.push(handle);
-                return;
-            }
-        }
-        self.sockets.remove(handle);
     }
 }
 
@@ -402,7 +414,7 @@ where
         // Finished: reaped after this poll's egress.
         State::Closed | State::TimeWait => return false,
         // A RST during the handshake returns a socket to LISTEN; it was already replaced
-        // in the pool, so close it and let `reap` recycle it.
+        // in the pool, so close it and let `reap` keep it as a spare.
         State::Listen => {
             socket.abort();
             return false;
