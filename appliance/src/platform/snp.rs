@@ -168,19 +168,16 @@ impl SnpNic {
     }
 }
 
-impl SnpNic {
-    /// The card's MAC address.
-    pub fn mac_address(&self) -> [u8; 6] {
+impl net::Nic for SnpNic {
+    fn mac_address(&self) -> [u8; 6] {
         self.mac
     }
 
-    /// Largest frame, Ethernet header included.
-    pub fn max_frame_len(&self) -> usize {
+    fn max_frame_len(&self) -> usize {
         self.frame_len
     }
 
-    /// One received frame into `buf`, if any.
-    pub fn receive(&mut self, buf: &mut [u8]) -> Option<usize> {
+    fn receive(&mut self, buf: &mut [u8]) -> Option<usize> {
         match self.snp.receive(buf, None, None, None, None) {
             Ok(len) => Some(len),
             Err(e) if e.status() == Status::NOT_READY => None,
@@ -196,8 +193,7 @@ impl SnpNic {
         }
     }
 
-    /// Queues one frame; false if the driver or the ring is full.
-    pub fn transmit(&mut self, frame: &[u8]) -> bool {
+    fn transmit(&mut self, frame: &[u8]) -> bool {
         if self.tx.in_flight() > 0 {
             self.recycle_tx();
         }

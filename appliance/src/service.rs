@@ -1,0 +1,112 @@
+//! The management API served over the TCP server: [`ApiService`] adapts
+//! `mgmt_api::Server<Api>` (sans-IO HTTP) to `net::Service` (what the TCP server drives).
+//! A newtype because neither trait nor type is this crate's (orphan rule).
+
+use mgmt_api::{Api, Connection, Limits, Server};
+
+/// `net::Service` over the management API.
+pub struct ApiService {
+    server: Server<Api>,
+}
+
+impl ApiService {
+    /// The API with `limits`, started at `start_ms` (for its uptime).
+    pub fn new(limits: Limits, start_ms: u64) -> Self {
+        Self {
+            server: Server::new(Api::new(start_ms), limits),
+        }
+    }
+
+    /// The HTTP server inside.
+    pub fn server(&self) -> &Server<Api> {
+        &self.server
+    }
+}
+
+impl net::Service for ApiService {
+    type Conn = Connection;
+
+    fn open(&mut self, now_ms: u64) -> Connection {
+        self.server.open(now_ms)
+    }
+
+    fn on_receive(&mut self, conn: &mut Connection, data: &[u8], now_ms: u64) {
+        self.server.on_receive(conn, data, now_ms);
+    }
+
+    fn output<'c>(&self, conn: &'c Connection) -> &'c [u8] {
+        conn.output()
+    }
+
+    fn on_sent(&mut self, conn: &mut Connection, n: usize) {
+        conn.consume_output(n);
+    }
+
+    fn on_peer_closed(&mut self, conn: &mut Connection, now_ms: u64) {
+        conn.peer_closed(now_ms);
+    }
+
+    fn poll(&mut self, conn: &mut Connection, now_ms: u64) -> net::ConnState {
+        match self.server.poll(conn, now_ms) {
+            mgmt_api::ConnState::Open => net::ConnState::Open,
+            mgmt_api::ConnState::CloseAfterFlush => net::ConnState::CloseAfterFlush,
+            mgmt_api::ConnState::Abort => net::ConnState::Abort,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use net::Service;
+
+    fn output_text(service: &ApiService, conn: &Connection) -> alloc::string::String {
+        alloc::string::String::from_utf8_lossy(service.output(conn)).into_owned()
+    }
+
+    #[test]
+    fn serves_health_through_the_service_seam() {
+        let mut service = ApiService::new(Limits::default(), 100);
+        let mut conn = service.open(100);
+        service.on_receive(
+            &mut conn,
+            b"GET /v1/health HTTP/1.1\r\nHost: a\r\n\r\n",
+            150,
+        );
+        assert_eq!(service.poll(&mut conn, 150), net::ConnState::Open);
+        let text = output_text(&service, &conn);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("\"status\":\"ok\""), "{text}");
+        let sent = service.output(&conn).len();
+        service.on_sent(&mut conn, sent);
+        assert!(service.output(&conn).is_empty());
+    }
+
+    #[test]
+    fn partial_sends_keep_the_rest_of_the_output() {
+        let mut service = ApiService::new(Limits::default(), 0);
+        let mut conn = service.open(0);
+        service.on_receive(&mut conn, b"GET /v1/health HTTP/1.1\r\nHost: a\r\n\r\n", 1);
+        let total = service.output(&conn).len();
+        service.on_sent(&mut conn, 5);
+        assert_eq!(service.output(&conn).len(), total - 5);
+    }
+
+    #[test]
+    fn garbage_is_answered_400_and_the_connection_closes() {
+        let mut service = ApiService::new(Limits::default(), 0);
+        let mut conn = service.open(0);
+        service.on_receive(&mut conn, b"\x00\x01 not http\r\n\r\n", 1);
+        let text = output_text(&service, &conn);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert_eq!(service.poll(&mut conn, 1), net::ConnState::CloseAfterFlush);
+    }
+
+    #[test]
+    fn peer_close_without_a_request_ends_the_connection() {
+        let mut service = ApiService::new(Limits::default(), 0);
+        let mut conn = service.open(0);
+        service.on_peer_closed(&mut conn, 1);
+        assert_ne!(service.poll(&mut conn, 1), net::ConnState::Open);
+    }
+}
