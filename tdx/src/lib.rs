@@ -6,6 +6,8 @@
 //! * [`tdvf`]: TDVF firmware parsing, TD memory layout, build plan, expected MRTD.
 //! * [`hob`]: the TD HOB handed to TDVF.
 //! * [`measure`]: the MRTD hash (PAGE.ADD / MR.EXTEND block sequence).
+//! * [`pool`]: the TD memory pool (4 KiB pages, 2 MiB extents, contiguous runs, accounting).
+//! * [`td`]: TD lifecycle state machine.
 #![no_std]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
@@ -17,5 +19,7 @@ pub mod abi;
 pub mod hob;
 pub mod measure;
 pub mod phys;
+pub mod pool;
 pub mod seamcall;
+pub mod td;
 pub mod tdvf;

@@ -590,7 +590,9 @@ fn parse_section(image_len: usize, index: usize, raw: &[u8]) -> Result<TdvfSecti
             });
         }
     }
-    if memory_address % PAGE_SIZE_4K != 0 || memory_data_size % PAGE_SIZE_4K != 0 {
+    if !memory_address.is_multiple_of(PAGE_SIZE_4K)
+        || !memory_data_size.is_multiple_of(PAGE_SIZE_4K)
+    {
         return Err(TdvfError::UnalignedSection {
             index,
             gpa: memory_address,
