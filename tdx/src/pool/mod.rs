@@ -42,7 +42,7 @@
 //! One `spin::Mutex` around the state, held only for the bitmap/list update (no SEAMCALL, no
 //! memory clearing under it). Hot paths that must not contend (vCPU runners) take batches with
 //! [`MemoryPool::alloc_4k_batch`] into their own caches ahead of time. The only allocation
-//! from the global heap inside the lock is the 1 KiB tag array when a chunk becomes mixed.
+//! from the global heap inside the lock is the ~0.5 KiB tag array when a chunk becomes mixed.
 
 #[cfg(test)]
 mod tests;
