@@ -953,6 +953,44 @@ fn expected_mrtd_matches_an_independent_computation() {
     );
 }
 
+/// What the runtime does: walk `operations()`, fill each PAGE.ADD source, and let the module
+/// hash every call. Replaying that call by call must give `expected_mrtd`.
+fn replay_operations(img: &[u8], layout: &TdMemoryLayout) -> [u8; 48] {
+    use crate::measure::MrtdAccumulator;
+    let plan = BuildPlan::new(layout).unwrap();
+    let mut acc = MrtdAccumulator::new();
+    let mut page = [0u8; PAGE_BYTES];
+    let mut page_gpa = Gpa(u64::MAX);
+    for op in plan.operations() {
+        match op {
+            BuildOp::PageAdd { page: index, gpa } => {
+                let planned = plan.fill_page(index, img, &mut page).unwrap();
+                assert_eq!(planned.gpa, gpa);
+                page_gpa = gpa;
+                acc.page_add(gpa);
+            }
+            BuildOp::MrExtend { gpa } => {
+                // Only chunks of the page just added are extended.
+                let offset = (gpa.0 - page_gpa.0) as usize;
+                assert!(offset < PAGE_BYTES && offset.is_multiple_of(256));
+                acc.mr_extend(gpa, page[offset..offset + 256].try_into().unwrap());
+            }
+        }
+    }
+    acc.finalize()
+}
+
+#[test]
+fn replaying_operations_gives_the_expected_mrtd() {
+    let img = Synth::new().build();
+    let md = TdvfMetadata::parse(&img).unwrap();
+    let layout = TdMemoryLayout::new(&md, 512).unwrap();
+    assert_eq!(
+        replay_operations(&img, &layout),
+        expected_mrtd(&img, &layout).unwrap()
+    );
+}
+
 #[test]
 fn measured_td_hob_makes_mrtd_depend_on_the_layout() {
     let mut s = default_sections();
@@ -1129,6 +1167,7 @@ fn real_ovmf_image() {
     );
     let mrtd = expected_mrtd(&img, &layout).unwrap();
     println!("  expected MRTD: {}", hex(&mrtd));
+    assert_eq!(replay_operations(&img, &layout), mrtd);
     // Deterministic and independent of the RAM size.
     let other = TdMemoryLayout::new(&md, 16384).unwrap();
     assert_eq!(expected_mrtd(&img, &other).unwrap(), mrtd);
