@@ -2,7 +2,8 @@
 //!
 //! Argument parsing is hand-written: three subcommands and one flag do not justify a dependency.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -214,30 +215,106 @@ fn test(ws: &Workspace) -> Result<()> {
                 ],
             ),
         },
-        Step {
-            name: "host unit tests (cargo test --workspace --exclude e2e)",
-            command: cargo(ws, &["test", "--workspace", "--exclude", "e2e"]),
-        },
     ];
     for mut step in host_steps {
         run_step(step.name, &mut step.command)?;
     }
+    let mut tally = TestTally::default();
+    run_test_step(
+        "host unit tests (cargo test --workspace --exclude e2e)",
+        &mut cargo(ws, &["test", "--workspace", "--exclude", "e2e"]),
+        &mut tally,
+    )?;
     eprintln!("\n=== xtask test: build the appliance image");
     build_appliance(ws)?;
     eprintln!("\n=== xtask test: QEMU and OVMF");
     let firmware = deps::ensure()?;
     eprintln!("using {}", firmware.qemu.display());
-    run_step(
+    run_test_step(
         "end-to-end tests (cargo test -p e2e)",
         &mut cargo(ws, &["test", "--package", "e2e"]),
+        &mut tally,
     )?;
-    eprintln!("\nxtask test: all steps passed");
+    eprintln!("\nxtask test: every step passed (fmt, clippy, unit tests, end-to-end tests)");
+    // Last line: the total over every runner, in the plain `N passed, M failed` form.
+    println!("total: {} passed, {} failed", tally.passed, tally.failed);
     Ok(())
 }
 
 fn run_step(name: &str, command: &mut Command) -> Result<()> {
     eprintln!("\n=== xtask test: {name}\n$ {}", describe(command));
     run_command(command).inspect_err(|_| eprintln!("\nxtask test: FAILED at step: {name}"))
+}
+
+/// Passed/failed test counts summed over every test runner a step ran.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TestTally {
+    /// Tests that passed.
+    pub passed: u64,
+    /// Tests that failed.
+    pub failed: u64,
+}
+
+impl TestTally {
+    /// Adds the counts of one runner's summary line, if `line` is one: libtest's
+    /// `test result: ok. 12 passed; 0 failed; ...` or the e2e harness's `7 passed, 0 failed`.
+    pub fn add_summary_line(&mut self, line: &str) -> bool {
+        let line = line.trim();
+        let counts = line
+            .strip_prefix("test result: ")
+            .and_then(|rest| rest.split_once(". "))
+            .map(|(_, rest)| rest)
+            .unwrap_or(line);
+        let mut numbers = counts
+            .split([';', ','])
+            .map(str::trim)
+            .take(2)
+            .map(|part| part.split_once(' '));
+        let (Some(Some((passed, "passed"))), Some(Some((failed, "failed")))) =
+            (numbers.next(), numbers.next())
+        else {
+            return false;
+        };
+        let (Ok(passed), Ok(failed)) = (passed.parse::<u64>(), failed.parse::<u64>()) else {
+            return false;
+        };
+        self.passed += passed;
+        self.failed += failed;
+        true
+    }
+}
+
+/// Runs a test step with its stdout passed through line by line and its summaries tallied.
+fn run_test_step(name: &str, command: &mut Command, tally: &mut TestTally) -> Result<()> {
+    eprintln!("\n=== xtask test: {name}\n$ {}", describe(command));
+    let text = describe(command);
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|source| ImageError::Spawn {
+            program: command.get_program().to_string_lossy().into_owned(),
+            source,
+        })?;
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            println!("{line}");
+            tally.add_summary_line(&line);
+        }
+    }
+    let status = child.wait().map_err(|source| ImageError::Spawn {
+        program: text.clone(),
+        source,
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        eprintln!("\nxtask test: FAILED at step: {name}");
+        Err(ImageError::CommandFailed {
+            command: text,
+            status,
+        })
+    }
 }
 
 /// Entry point of the `xtask` binary; returns the process exit code.
@@ -279,6 +356,28 @@ mod tests {
         assert_eq!(
             parse_args(&["run", "--port=9000"]),
             Ok(XtaskCommand::Run { port: 9000 })
+        );
+    }
+
+    #[test]
+    fn tallies_libtest_and_e2e_summaries() {
+        let mut tally = TestTally::default();
+        assert!(tally.add_summary_line(
+            "test result: ok. 32 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s"
+        ));
+        assert!(tally.add_summary_line(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"
+        ));
+        assert!(tally.add_summary_line("7 passed, 0 failed"));
+        assert!(!tally.add_summary_line("test foo ... ok"));
+        assert!(!tally.add_summary_line("e2e: 20 sequential GET /v1/health"));
+        assert!(!tally.add_summary_line("x passed, 0 failed"));
+        assert_eq!(
+            tally,
+            TestTally {
+                passed: 42,
+                failed: 2
+            }
         );
     }
 
