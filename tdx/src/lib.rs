@@ -16,6 +16,9 @@ extern crate alloc;
 extern crate std;
 
 pub mod abi;
+pub mod emu;
+#[cfg(target_arch = "x86_64")]
+pub mod hw;
 pub mod hob;
 pub mod measure;
 pub mod phys;

@@ -244,7 +244,10 @@ pub trait TdxModule: Seamcall {
         let mut r = Regs::for_leaf(Leaf::MemPagePromote, 0);
         r.rcx = gpa_level_operand(gpa, level);
         r.rdx = tdr.0;
-        self.call(r).map(|out| Hpa(out.rdx))
+        // The module returns the freed S-EPT page in RCX (`tdh_mem_page_promote.c`); the low
+        // 12 bits may carry a Dynamic-PAMT hint on newer modules.
+        self.call(r)
+            .map(|out| Hpa(out.rcx & crate::abi::sept::entry_bits::HPA_MASK))
     }
 
     /// TDH.MEM.SEPT.REMOVE: remove an empty, blocked, tracked S-EPT page from the non-leaf
@@ -253,7 +256,9 @@ pub trait TdxModule: Seamcall {
         let mut r = Regs::for_leaf(Leaf::MemSeptRemove, 0);
         r.rcx = gpa_level_operand(gpa, level);
         r.rdx = tdr.0;
-        self.call(r).map(|out| Hpa(out.rdx))
+        // The module returns the removed S-EPT page in RCX (`tdh_mem_sept_remove.c`).
+        self.call(r)
+            .map(|out| Hpa(out.rcx & crate::abi::sept::entry_bits::HPA_MASK))
     }
 
     /// TDH.MEM.SEPT.RD: read the S-EPT entry for `gpa` at `level`; returns the architectural

@@ -5,6 +5,10 @@ pub mod leaf;
 pub mod sept;
 pub mod status;
 pub mod types;
+pub mod metadata;
+pub mod mrtd;
+pub mod pamt;
+pub mod td_params;
 
 pub use leaf::Leaf;
 pub use sept::{SeptLevelState, SeptState};
