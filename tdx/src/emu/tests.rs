@@ -16,6 +16,7 @@ use crate::abi::mrtd::{MeasuredPage, expected_mrtd};
 use crate::abi::{
     Gpa, Hpa, Leaf, OperandId, PageLevel, SeptLevelState, SeptState, TdxStatus, gpa_level_operand,
 };
+use crate::phys::PhysMemory;
 use crate::seamcall::{Regs, SeamError, Seamcall, TdxModule};
 
 const G: u64 = 0x20_0000;
@@ -166,4 +167,723 @@ fn guest_touch_faults_then_runs_after_aug_and_accept() {
     assert_eq!(console, b"ok\n");
     assert_eq!(state(&p, &td, gpa, PageLevel::L4K), SeptState::Mapped);
     p.module.check_invariants().unwrap();
+}
+
+// ---------- helpers ----------
+
+fn raw(p: &Platform, mut r: Regs) -> Regs {
+    p.module.seamcall(&mut r);
+    r
+}
+
+fn regs(leaf: Leaf, rcx: u64, rdx: u64, r8: u64) -> Regs {
+    let mut r = Regs::for_leaf(leaf, 0);
+    r.rcx = rcx;
+    r.rdx = rdx;
+    r.r8 = r8;
+    r
+}
+
+/// Sets up the entry for `gpa` at `level` of an INITIALIZED TD in `state` (through real
+/// leaves where possible, `force_sept_state` for the rest).
+fn entry_in_state(p: &Platform, td: &TestTd, gpa: Gpa, level: PageLevel, state: SeptState) {
+    p.ensure_sept_path(td, gpa, level).unwrap();
+    match state {
+        SeptState::Free => return,
+        SeptState::NlMapped | SeptState::NlBlocked => {
+            let page = p.alloc_page().unwrap();
+            p.module.mem_sept_add(td.tdr, gpa, level, page).unwrap();
+        }
+        _ => {
+            let page = if level == PageLevel::L2M {
+                p.alloc_2m().unwrap()
+            } else {
+                p.alloc_page().unwrap()
+            };
+            p.module.mem_page_aug(td.tdr, gpa, level, page).unwrap();
+        }
+    }
+    assert!(p.module.force_sept_state(td.tdr, gpa, level, state));
+}
+
+const LEAF_STATES: [SeptState; 8] = [
+    SeptState::Free,
+    SeptState::Removed,
+    SeptState::Mapped,
+    SeptState::Blocked,
+    SeptState::Pending,
+    SeptState::PendingBlocked,
+    SeptState::BlockedW,
+    SeptState::PendingBlockedW,
+];
+
+fn check_table(
+    leaf: Leaf,
+    level: PageLevel,
+    states: &[SeptState],
+    allowed: &[SeptState],
+    call: impl Fn(&Platform, &TestTd, Gpa) -> Result<Regs, SeamError>,
+) {
+    for &s in states {
+        let p = Platform::new();
+        let td = p.create_td(&TdOptions::default()).unwrap();
+        let gpa = Gpa(16 * G);
+        entry_in_state(&p, &td, gpa, level, s);
+        let res = call(&p, &td, gpa);
+        let incorrect = TdxStatus::EPT_ENTRY_STATE_INCORRECT.with_operand(OperandId::RCX);
+        if allowed.contains(&s) {
+            if let Err(e) = &res {
+                assert_ne!(
+                    e.status,
+                    incorrect,
+                    "{} in {s:?} must be allowed",
+                    leaf.name()
+                );
+            }
+        } else {
+            let e = res.expect_err("state must be refused");
+            assert_eq!(e.status, incorrect, "{} in {s:?}", leaf.name());
+            let ls = SeptLevelState(e.rdx);
+            assert_eq!(ls.level(), level as u8, "{} in {s:?}", leaf.name());
+            assert_eq!(ls.state(), Some(s), "{} in {s:?}", leaf.name());
+        }
+    }
+}
+
+fn call(p: &Platform, r: Regs) -> Result<Regs, SeamError> {
+    p.module.call(r)
+}
+
+// ---------- legality tables (seamcall_sept_state_lookup) ----------
+
+#[test]
+fn legality_page_aug() {
+    check_table(
+        Leaf::MemPageAug,
+        PageLevel::L4K,
+        &LEAF_STATES,
+        &[SeptState::Free, SeptState::Removed],
+        |p, td, gpa| {
+            let page = p.alloc_page().unwrap();
+            call(
+                p,
+                regs(
+                    Leaf::MemPageAug,
+                    gpa_level_operand(gpa, PageLevel::L4K),
+                    td.tdr.0,
+                    page.0,
+                ),
+            )
+        },
+    );
+}
+
+#[test]
+fn legality_page_add() {
+    check_table(
+        Leaf::MemPageAdd,
+        PageLevel::L4K,
+        &LEAF_STATES,
+        &[SeptState::Free],
+        |p, td, gpa| {
+            let page = p.alloc_page().unwrap();
+            let src = p.alloc_page().unwrap();
+            let mut r = regs(Leaf::MemPageAdd, gpa.0, td.tdr.0, page.0);
+            r.r9 = src.0;
+            call(p, r)
+        },
+    );
+}
+
+#[test]
+fn legality_range_block_and_unblock() {
+    check_table(
+        Leaf::MemRangeBlock,
+        PageLevel::L4K,
+        &LEAF_STATES,
+        &[
+            SeptState::Mapped,
+            SeptState::Pending,
+            SeptState::Blocked,
+            SeptState::PendingBlocked,
+            SeptState::BlockedW,
+            SeptState::PendingBlockedW,
+        ],
+        |p, td, gpa| {
+            call(
+                p,
+                regs(
+                    Leaf::MemRangeBlock,
+                    gpa_level_operand(gpa, PageLevel::L4K),
+                    td.tdr.0,
+                    0,
+                ),
+            )
+        },
+    );
+    check_table(
+        Leaf::MemRangeUnblock,
+        PageLevel::L4K,
+        &LEAF_STATES,
+        &[SeptState::Blocked, SeptState::PendingBlocked],
+        |p, td, gpa| {
+            call(
+                p,
+                regs(
+                    Leaf::MemRangeUnblock,
+                    gpa_level_operand(gpa, PageLevel::L4K),
+                    td.tdr.0,
+                    0,
+                ),
+            )
+        },
+    );
+    check_table(
+        Leaf::MemRangeBlock,
+        PageLevel::L2M,
+        &[SeptState::NlMapped, SeptState::NlBlocked, SeptState::Free],
+        &[SeptState::NlMapped, SeptState::NlBlocked],
+        |p, td, gpa| {
+            call(
+                p,
+                regs(
+                    Leaf::MemRangeBlock,
+                    gpa_level_operand(gpa, PageLevel::L2M),
+                    td.tdr.0,
+                    0,
+                ),
+            )
+        },
+    );
+}
+
+#[test]
+fn legality_page_remove() {
+    check_table(
+        Leaf::MemPageRemove,
+        PageLevel::L4K,
+        &LEAF_STATES,
+        &[
+            SeptState::Mapped,
+            SeptState::Blocked,
+            SeptState::Pending,
+            SeptState::PendingBlocked,
+            SeptState::BlockedW,
+            SeptState::PendingBlockedW,
+        ],
+        |p, td, gpa| {
+            call(
+                p,
+                regs(
+                    Leaf::MemPageRemove,
+                    gpa_level_operand(gpa, PageLevel::L4K),
+                    td.tdr.0,
+                    0,
+                ),
+            )
+        },
+    );
+}
+
+#[test]
+fn legality_demote_promote_sept_add_remove() {
+    let all2m = [
+        SeptState::Free,
+        SeptState::Mapped,
+        SeptState::Blocked,
+        SeptState::Pending,
+        SeptState::PendingBlocked,
+        SeptState::NlMapped,
+        SeptState::NlBlocked,
+    ];
+    check_table(
+        Leaf::MemPageDemote,
+        PageLevel::L2M,
+        &all2m,
+        &[
+            SeptState::Mapped,
+            SeptState::Blocked,
+            SeptState::Pending,
+            SeptState::PendingBlocked,
+        ],
+        |p, td, gpa| {
+            let page = p.alloc_page().unwrap();
+            call(
+                p,
+                regs(
+                    Leaf::MemPageDemote,
+                    gpa_level_operand(gpa, PageLevel::L2M),
+                    td.tdr.0,
+                    page.0,
+                ),
+            )
+        },
+    );
+    check_table(
+        Leaf::MemPagePromote,
+        PageLevel::L2M,
+        &all2m,
+        &[SeptState::NlMapped, SeptState::NlBlocked],
+        |p, td, gpa| {
+            call(
+                p,
+                regs(
+                    Leaf::MemPagePromote,
+                    gpa_level_operand(gpa, PageLevel::L2M),
+                    td.tdr.0,
+                    0,
+                ),
+            )
+        },
+    );
+    check_table(
+        Leaf::MemSeptRemove,
+        PageLevel::L2M,
+        &all2m,
+        &[SeptState::NlMapped, SeptState::NlBlocked],
+        |p, td, gpa| {
+            call(
+                p,
+                regs(
+                    Leaf::MemSeptRemove,
+                    gpa_level_operand(gpa, PageLevel::L2M),
+                    td.tdr.0,
+                    0,
+                ),
+            )
+        },
+    );
+    check_table(
+        Leaf::MemSeptAdd,
+        PageLevel::L2M,
+        &all2m,
+        &[SeptState::Free],
+        |p, td, gpa| {
+            let page = p.alloc_page().unwrap();
+            call(
+                p,
+                regs(
+                    Leaf::MemSeptAdd,
+                    gpa_level_operand(gpa, PageLevel::L2M),
+                    td.tdr.0,
+                    page.0,
+                ),
+            )
+        },
+    );
+}
+
+#[test]
+fn sept_rd_reads_any_state_and_walk_failure_reports_the_stop() {
+    let p = Platform::new();
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    for s in LEAF_STATES {
+        let gpa = Gpa(16 * G + (s as u64) * 4096);
+        entry_in_state(&p, &td, gpa, PageLevel::L4K, s);
+        assert_eq!(state(&p, &td, gpa, PageLevel::L4K), s);
+    }
+    // No table below the 1 GiB entry of 64 GiB: the walk stops at level 2 (FREE).
+    let e = err(p.module.mem_sept_rd(td.tdr, Gpa(64 << 30), PageLevel::L4K));
+    assert_eq!(
+        e.status,
+        TdxStatus::EPT_WALK_FAILED.with_operand(OperandId::RCX)
+    );
+    assert_eq!(SeptLevelState(e.rdx).level(), 2);
+    assert_eq!(SeptLevelState(e.rdx).state(), Some(SeptState::Free));
+    // AUG there fails the same way.
+    let page = p.alloc_page().unwrap();
+    let e = err(p
+        .module
+        .mem_page_aug(td.tdr, Gpa(64 << 30), PageLevel::L4K, page));
+    assert_eq!(
+        e.status,
+        TdxStatus::EPT_WALK_FAILED.with_operand(OperandId::RCX)
+    );
+}
+
+// ---------- operand checks ----------
+
+#[test]
+fn operand_checks_give_exact_operand_ids() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    p.ensure_sept_path(&td, Gpa(G), PageLevel::L4K).unwrap();
+    let page = p.alloc_page().unwrap();
+    let st = |r: Regs| TdxStatus(raw(&p, r).rax);
+    // Reserved RAX bits and unsupported versions.
+    let mut r = Regs::for_leaf(Leaf::MemTrack, 0);
+    r.rax |= 1 << 30;
+    assert_eq!(
+        st(r),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RAX)
+    );
+    let mut r = regs(Leaf::MemTrack, td.tdr.0, 0, 0);
+    r.rax |= 1 << 16;
+    assert_eq!(
+        st(r),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RAX)
+    );
+    assert_eq!(
+        st(Regs {
+            rax: 99,
+            ..Regs::default()
+        }),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RAX)
+    );
+    // AUG at 1 GiB is not allowed; misaligned GPA; reserved bits; shared GPA.
+    for rcx in [
+        gpa_level_operand(Gpa(0), PageLevel::L1G),
+        gpa_level_operand(Gpa(G + 0x1000), PageLevel::L2M),
+        G | 0x8,
+        (1 << 47) | G,
+    ] {
+        assert_eq!(
+            st(regs(Leaf::MemPageAug, rcx, td.tdr.0, page.0)),
+            TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX),
+            "{rcx:#x}"
+        );
+    }
+    // TDR operand: not a TDR page, misaligned, outside the module's range.
+    assert_eq!(
+        st(regs(Leaf::MemPageAug, G, page.0, page.0)),
+        TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RDX)
+    );
+    assert_eq!(
+        st(regs(Leaf::MemPageAug, G, td.tdr.0 + 8, page.0)),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX)
+    );
+    assert_eq!(
+        st(regs(Leaf::MemPageAug, G, 0x1000, page.0)),
+        TdxStatus::OPERAND_ADDR_RANGE_ERROR.with_operand(OperandId::RDX)
+    );
+    // Target page already owned (a TDCS page), and 2M AUG with a misaligned page. (The TDR
+    // itself as target collides with the TDR lock this very call holds: BUSY.)
+    assert_eq!(
+        st(regs(Leaf::MemPageAug, G, td.tdr.0, td.tdr.0)),
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::R8)
+    );
+    assert_eq!(
+        st(regs(Leaf::MemPageAug, G, td.tdr.0, td.tdcs[0].0)),
+        TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::R8)
+    );
+    assert_eq!(
+        st(regs(Leaf::MemPageAug, G | 1, td.tdr.0, page.0 + 0x1000)),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::R8)
+    );
+    // PAGE.ADD after finalize: op state.
+    let mut r = regs(Leaf::MemPageAdd, G, td.tdr.0, page.0);
+    r.r9 = page.0;
+    assert_eq!(
+        st(r),
+        TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE)
+    );
+}
+
+#[test]
+fn platform_sequence_and_config_checks() {
+    use super::{EmuConfig, EmuLimits, EmulatedModule};
+    use crate::phys::SparseMemory;
+    let mem = Arc::new(SparseMemory::new());
+    let base = 1u64 << 30;
+    let m = EmulatedModule::new(
+        EmuConfig {
+            phys_base: Hpa(base),
+            phys_size: 1 << 30,
+            num_lps: 2,
+            num_packages: 2,
+            hkid_start: 32,
+            num_hkids: 8,
+            hkid_shift: 46,
+            limits: EmuLimits::default(),
+        },
+        mem.clone() as Arc<dyn PhysMemory>,
+    )
+    .unwrap();
+    let st = |s: &dyn Seamcall, r: Regs| {
+        let mut r = r;
+        s.seamcall(&mut r);
+        TdxStatus(r.rax)
+    };
+    let lp1 = m.lp(1).unwrap();
+    assert_eq!(
+        st(&*m, regs(Leaf::MngCreate, base, 33, 0)),
+        TdxStatus::SYS_LP_INIT_NOT_DONE
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysLpInit, 0)),
+        TdxStatus::SYS_STATE_INCORRECT
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysInit, 0)),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysInit, 0)),
+        TdxStatus::SYS_INIT_NOT_PENDING
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysLpInit, 0)),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysLpInit, 0)),
+        TdxStatus::SYS_LP_INIT_DONE
+    );
+    // TDMR_INFO at base + 0x7F0000, array at base + 0x7F1000.
+    let info_pa = base + 0x7F_0000;
+    let arr = base + 0x7F_1000;
+    mem.write(Hpa(arr), &info_pa.to_le_bytes());
+    let write_info = |f: [u64; 10]| {
+        let mut info = [0u8; 512];
+        for (i, v) in f.iter().enumerate() {
+            info[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        mem.write(Hpa(info_pa), &info);
+    };
+    let good = [
+        base,
+        1 << 30,
+        base + 0x40_2000,
+        0x1000,
+        base + 0x40_0000,
+        0x2000,
+        base,
+        0x40_0000,
+        0,
+        0x80_0000,
+    ];
+    let cfg = regs(Leaf::SysConfig, arr, 1, 32);
+    assert_eq!(st(&*m, cfg), TdxStatus::SYS_LP_INIT_NOT_DONE);
+    assert_eq!(
+        st(&lp1, Regs::for_leaf(Leaf::SysLpInit, 0)),
+        TdxStatus::SUCCESS
+    );
+    let mut bad = good;
+    bad[0] = base + 0x20_0000;
+    write_info(bad);
+    assert_eq!(st(&*m, cfg), TdxStatus::INVALID_TDMR);
+    let mut bad = good;
+    bad[7] = 0x3F_F000; // 4K PAMT too small
+    write_info(bad);
+    assert_eq!(st(&*m, cfg), TdxStatus::INVALID_PAMT);
+    let mut bad = good;
+    bad[9] = 0x40_0000; // reserved area does not cover the 2M/1G PAMT arrays
+    write_info(bad);
+    assert_eq!(st(&*m, cfg), TdxStatus::PAMT_OVERLAP);
+    let mut bad = good;
+    bad[1] = 2 << 30; // second GiB outside the CMR
+    write_info(bad);
+    assert_eq!(st(&*m, cfg), TdxStatus::TDMR_OUTSIDE_CMRS);
+    let mut bad = good;
+    bad[2] = 0x1000; // PAMT outside the CMR
+    write_info(bad);
+    assert_eq!(st(&*m, cfg), TdxStatus::PAMT_OUTSIDE_CMRS);
+    write_info(good);
+    assert_eq!(
+        st(&*m, regs(Leaf::SysConfig, arr, 1, 99)),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::R8)
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::SysConfig, arr, 0, 32)),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX)
+    );
+    assert_eq!(st(&*m, cfg), TdxStatus::SUCCESS);
+    assert_eq!(st(&*m, cfg), TdxStatus::SYS_CONFIG_NOT_PENDING);
+    // Keys on both packages before TDMR.INIT.
+    assert_eq!(
+        st(&*m, regs(Leaf::SysTdmrInit, base, 0, 0)),
+        TdxStatus::SYS_STATE_INCORRECT
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysKeyConfig, 0)),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysKeyConfig, 0)),
+        TdxStatus::SYS_KEY_CONFIG_NOT_PENDING
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::SysTdmrInit, base, 0, 0)),
+        TdxStatus::SYS_STATE_INCORRECT
+    );
+    assert_eq!(
+        st(&lp1, Regs::for_leaf(Leaf::SysKeyConfig, 0)),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::MngCreate, base + (8 << 20), 33, 0)),
+        TdxStatus::SYS_NOT_READY
+    );
+    let mut calls = 0;
+    loop {
+        let mut r = regs(Leaf::SysTdmrInit, base, 0, 0);
+        m.seamcall(&mut r);
+        assert_eq!(TdxStatus(r.rax), TdxStatus::SUCCESS);
+        calls += 1;
+        if r.rdx >= base + (1 << 30) {
+            break;
+        }
+    }
+    assert_eq!(calls, 4); // 256 MiB per call
+    assert_eq!(m.sys_state(), super::SysState::Ready);
+    assert_eq!(
+        st(&*m, regs(Leaf::SysTdmrInit, base, 0, 0)),
+        TdxStatus::TDMR_ALREADY_INITIALIZED
+    );
+    // PAMT pages are reserved: not usable as a TDR. The global KeyID is not a TD KeyID.
+    assert_eq!(
+        st(&*m, regs(Leaf::MngCreate, base, 33, 0)),
+        TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX)
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::MngCreate, base + (8 << 20), 32, 0)),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX)
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::MngCreate, base + (8 << 20), 33, 0)),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::MngCreate, base + (9 << 20), 33, 0)),
+        TdxStatus::HKID_NOT_FREE.with_operand(OperandId::RDX)
+    );
+    // KEY.CONFIG per package; ADDCX before that is refused.
+    let tdr = base + (8 << 20);
+    assert_eq!(
+        st(&*m, regs(Leaf::MngAddCx, tdr + 0x1000, tdr, 0)),
+        TdxStatus::TD_KEYS_NOT_CONFIGURED
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::MngKeyConfig, tdr, 0, 0)),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::MngKeyConfig, tdr, 0, 0)),
+        TdxStatus::KEY_CONFIGURED
+    );
+    assert_eq!(
+        st(&lp1, regs(Leaf::MngKeyConfig, tdr, 0, 0)),
+        TdxStatus::SUCCESS
+    );
+}
+
+#[test]
+fn td_params_are_validated_by_mng_init() {
+    use crate::abi::td_params::TdParams;
+    let p = Platform::new();
+    let cases: [(fn(&mut TdParams), OperandId); 6] = [
+        (|t| t.attributes |= 1 << 5, OperandId::ATTRIBUTES),
+        (|t| t.xfam = 0, OperandId::XFAM),
+        (|t| t.max_vcpus = 0, OperandId::MAX_VCPUS),
+        (|t| t.eptp_controls = 3 << 3, OperandId::EPTP_CONTROLS),
+        (|t| t.tsc_frequency = 1, OperandId::TSC_FREQUENCY),
+        (
+            |t| t.cpuid_values = vec![[1, 0, 0, 0]],
+            OperandId::CPUID_CONFIG,
+        ),
+    ];
+    for (mutate, op) in cases {
+        let tdr = p.alloc_page().unwrap();
+        p.module.call(regs(Leaf::MngCreate, tdr.0, 40, 0)).unwrap();
+        p.module
+            .call(regs(Leaf::MngKeyConfig, tdr.0, 0, 0))
+            .unwrap();
+        let init = regs(Leaf::MngInit, tdr.0, 0, 0);
+        // TDCS not allocated yet.
+        let e = p.module.call(init).unwrap_err();
+        assert_eq!(e.status, TdxStatus::TDCS_NOT_ALLOCATED);
+        for _ in 0..4 {
+            let cx = p.alloc_page().unwrap();
+            p.module.call(regs(Leaf::MngAddCx, cx.0, tdr.0, 0)).unwrap();
+        }
+        let extra = p.alloc_page().unwrap();
+        let e = p
+            .module
+            .call(regs(Leaf::MngAddCx, extra.0, tdr.0, 0))
+            .unwrap_err();
+        assert_eq!(
+            e.status,
+            TdxStatus::TDCX_NUM_INCORRECT.with_operand(OperandId::RCX)
+        );
+        let mut params = TdParams::basic(0, 4);
+        mutate(&mut params);
+        let pa = p.alloc_page().unwrap();
+        p.mem.write(pa, &params.to_bytes());
+        let e = p
+            .module
+            .call(regs(Leaf::MngInit, tdr.0, pa.0, 0))
+            .unwrap_err();
+        assert_eq!(
+            e.status,
+            TdxStatus::OPERAND_INVALID.with_operand(op),
+            "{op:?}"
+        );
+        // The module stays in UNINITIALIZED: a valid TD_PARAMS then works.
+        p.mem.write(pa, &TdParams::basic(0, 4).to_bytes());
+        p.module.call(regs(Leaf::MngInit, tdr.0, pa.0, 0)).unwrap();
+        let e = p
+            .module
+            .call(regs(Leaf::MngInit, tdr.0, pa.0, 0))
+            .unwrap_err();
+        assert_eq!(
+            e.status,
+            TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE)
+        );
+        // Tear this TD down so the KeyID is free again.
+        p.module
+            .call(regs(Leaf::MngVpFlushDone, tdr.0, 0, 0))
+            .unwrap();
+        p.module
+            .call(Regs::for_leaf(Leaf::PhymemCacheWb, 0))
+            .unwrap();
+        p.module
+            .call(regs(Leaf::MngKeyFreeId, tdr.0, 0, 0))
+            .unwrap();
+    }
+}
+
+#[test]
+fn vcpu_creation_limits_and_states() {
+    let p = Platform::new();
+    let td = p
+        .create_td(&TdOptions {
+            vcpus: 2,
+            max_vcpus: 2,
+            ..TdOptions::default()
+        })
+        .unwrap();
+    let extra = p.alloc_page().unwrap();
+    let e = p
+        .module
+        .call(regs(Leaf::VpCreate, extra.0, td.tdr.0, 0))
+        .unwrap_err();
+    assert_eq!(e.status, TdxStatus::MAX_VCPUS_EXCEEDED);
+    // VP.INIT twice.
+    let mut r = Regs::for_leaf(Leaf::VpInit, 1);
+    r.rcx = td.vcpus[0].tdvpr.0;
+    r.r8 = 7;
+    assert_eq!(
+        p.module.call(r).unwrap_err().status,
+        TdxStatus::VCPU_STATE_INCORRECT
+    );
+    // VP.ENTER before finalize.
+    let r = enter(&p, td.vcpus[0].tdvpr, 0, 0);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE)
+    );
+    // VP.RD / VP.WR.
+    use crate::abi::metadata::vcpu as vf;
+    let mut r = regs(Leaf::VpRd, td.vcpus[1].tdvpr.0, vf::VCPU_INDEX, 0);
+    assert_eq!(p.module.call(r).unwrap().r8, 1);
+    r = regs(Leaf::VpWr, td.vcpus[1].tdvpr.0, vf::HOST_SCRATCH, 0xAB);
+    r.r9 = 0xFF;
+    p.module.call(r).unwrap();
+    r = regs(Leaf::VpRd, td.vcpus[1].tdvpr.0, vf::HOST_SCRATCH, 0);
+    assert_eq!(p.module.call(r).unwrap().r8, 0xAB);
+    r = regs(Leaf::VpWr, td.vcpus[1].tdvpr.0, vf::VCPU_INDEX, 0);
+    assert_eq!(
+        p.module.call(r).unwrap_err().status,
+        TdxStatus::METADATA_FIELD_NOT_WRITABLE.with_operand(OperandId::RDX)
+    );
 }
