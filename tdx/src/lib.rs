@@ -8,6 +8,7 @@
 //! * [`measure`]: the MRTD hash (PAGE.ADD / MR.EXTEND block sequence).
 //! * [`pool`]: the TD memory pool (4 KiB pages, 2 MiB extents, contiguous runs, accounting).
 //! * [`td`]: TD lifecycle state machine.
+//! * [`sept`]: the S-EPT manager (lock-free mirror, fault and unmap paths, huge pages).
 #![no_std]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
@@ -24,5 +25,6 @@ pub mod measure;
 pub mod phys;
 pub mod pool;
 pub mod seamcall;
+pub mod sept;
 pub mod td;
 pub mod tdvf;
