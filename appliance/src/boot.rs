@@ -5,7 +5,7 @@
 //! the firmware tick, bring up the NIC, then poll the network stack and the API from one loop
 //! forever, sleeping on a timer event whenever traffic stops (see `appliance::idle`).
 
-use appliance::config::ApplianceConfig;
+use appliance::config::{ApplianceConfig, ShowIpv4};
 use appliance::idle::IdleAction;
 use appliance::ratelimit::RateLimit;
 use appliance::runtime::Runtime;
@@ -66,8 +66,10 @@ fn main() -> Status {
     };
     let (seed, seed_source) = platform::rng::seed();
     info!(
-        "network: {:?}, API port {}, {} listeners (random seed from {seed_source})",
-        config.server.ipv4, config.server.port, config.server.listeners
+        "network: {}, API port {}, {} listeners (random seed from {seed_source})",
+        ShowIpv4(&config.server.ipv4),
+        config.server.port,
+        config.server.listeners
     );
     let mut runtime = Runtime::new(nic, &config, now_ms(), seed);
     let mut drop_report = RateLimit::new(DROP_REPORT_INTERVAL_MS, now_ms());

@@ -103,6 +103,28 @@ pub fn parse_ipv4_setting(text: &str) -> Result<Ipv4Config, ConfigError> {
     })
 }
 
+/// Displays an [`Ipv4Config`] for the log: `DHCPv4` or `static 10.0.2.15/24 via 10.0.2.2`.
+pub struct ShowIpv4<'a>(pub &'a Ipv4Config);
+
+impl fmt::Display for ShowIpv4<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self.0 {
+            Ipv4Config::Dhcp => f.write_str("DHCPv4"),
+            Ipv4Config::Static {
+                address,
+                prefix_len,
+                gateway,
+            } => {
+                write!(f, "static {}/{prefix_len}", Ipv4Addr::from(address))?;
+                match gateway {
+                    Some(gateway) => write!(f, " via {}", Ipv4Addr::from(gateway)),
+                    None => f.write_str(" (no gateway)"),
+                }
+            }
+        }
+    }
+}
+
 impl ApplianceConfig {
     /// The configuration this image was built with: defaults, plus `APPLIANCE_IPV4` if it
     /// was set at build time.
@@ -182,6 +204,22 @@ mod tests {
         assert_eq!(
             ApplianceConfig::with_ipv4_setting(Some("nonsense")).map(|c| c.server.port),
             Err(ConfigError::MissingPrefix)
+        );
+    }
+
+    #[test]
+    fn ipv4_settings_display_for_the_log() {
+        use alloc::string::ToString;
+        assert_eq!(ShowIpv4(&Ipv4Config::Dhcp).to_string(), "DHCPv4");
+        let fixed = parse_ipv4_setting("10.0.2.15/24,10.0.2.2").expect("valid");
+        assert_eq!(
+            ShowIpv4(&fixed).to_string(),
+            "static 10.0.2.15/24 via 10.0.2.2"
+        );
+        let alone = parse_ipv4_setting("10.0.2.15/32").expect("valid");
+        assert_eq!(
+            ShowIpv4(&alone).to_string(),
+            "static 10.0.2.15/32 (no gateway)"
         );
     }
 
