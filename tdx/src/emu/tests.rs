@@ -887,3 +887,469 @@ fn vcpu_creation_limits_and_states() {
         TdxStatus::METADATA_FIELD_NOT_WRITABLE.with_operand(OperandId::RDX)
     );
 }
+
+// ---------- TLB tracking with a vCPU inside VP.ENTER ----------
+
+fn busy_forever() -> Workload {
+    // Touching shared memory never exits; only a kick ends the entry.
+    Workload {
+        steps: vec![Step::Touch {
+            gpa: Gpa(1 << 47),
+            len: 1 << 46,
+            access: Access::Read,
+            order: Order::Sequential,
+        }],
+    }
+}
+
+fn platform_without_timer() -> Platform {
+    let mut cfg = super::testing::PlatformConfig::default();
+    cfg.limits.max_guest_units_per_entry = u64::MAX;
+    Platform::with_config(cfg).unwrap()
+}
+
+/// Waits until the vCPU is inside VP.ENTER (its TDVPR is held exclusively, so VP.RD is BUSY).
+fn wait_inside(p: &Platform, tdvpr: Hpa) {
+    for _ in 0..1_000_000 {
+        let r = raw(
+            p,
+            regs(
+                Leaf::VpRd,
+                tdvpr.0,
+                crate::abi::metadata::vcpu::VCPU_INDEX,
+                0,
+            ),
+        );
+        if TdxStatus(r.rax).is_busy() {
+            assert_eq!(TdxStatus(r.rax).operand(), OperandId::RCX);
+            return;
+        }
+        std::thread::yield_now();
+    }
+    panic!("vCPU never entered");
+}
+
+#[test]
+fn remove_waits_for_vcpus_of_the_blocking_epoch() {
+    let p = Arc::new(platform_without_timer());
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(4 * G);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
+    p.module.set_workload(v, busy_forever());
+    let p2 = p.clone();
+    let runner = std::thread::spawn(move || enter(&p2, v, 0, 0));
+    wait_inside(&p, v);
+    p.module
+        .mem_range_block(td.tdr, gpa, PageLevel::L4K)
+        .unwrap();
+    p.module.mem_track(td.tdr).unwrap();
+    // The vCPU entered in the blocking epoch and is still inside.
+    let e = err(p.module.mem_page_remove(td.tdr, gpa, PageLevel::L4K));
+    assert_eq!(
+        e.status,
+        TdxStatus::TLB_TRACKING_NOT_DONE.with_operand(OperandId::RCX)
+    );
+    // A second TRACK cannot advance past an epoch that still has a vCPU in it.
+    let e = err(p.module.mem_track(td.tdr));
+    assert_eq!(e.status, TdxStatus::PREVIOUS_TLB_EPOCH_BUSY);
+    assert!(p.module.kick(v));
+    let r = runner.join().unwrap();
+    assert_eq!(r.rax, exit::EXTERNAL_INTERRUPT);
+    p.module
+        .mem_page_remove(td.tdr, gpa, PageLevel::L4K)
+        .unwrap();
+    p.module.mem_track(td.tdr).unwrap();
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn vp_enter_is_busy_while_track_holds_the_epoch_lock() {
+    let p = Arc::new(Platform::new());
+    let td = runnable(&p);
+    let held = p
+        .module
+        .hold_lock(LockTarget::TdEpoch(td.tdr), LockMode::Exclusive)
+        .unwrap();
+    let p2 = p.clone();
+    let v = td.vcpus[0].tdvpr;
+    let status = std::thread::spawn(move || TdxStatus(enter(&p2, v, 0, 0).rax))
+        .join()
+        .unwrap();
+    assert_eq!(
+        status,
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::TD_EPOCH)
+    );
+    drop(held);
+    // TRACK against a shared holder (a vCPU entering) is busy too.
+    let held = p
+        .module
+        .hold_lock(LockTarget::TdEpoch(td.tdr), LockMode::Shared)
+        .unwrap();
+    assert_eq!(
+        err(p.module.mem_track(td.tdr)).status,
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::TD_EPOCH)
+    );
+    drop(held);
+    p.module.mem_track(td.tdr).unwrap();
+}
+
+// ---------- lock collisions ----------
+
+#[test]
+fn lock_collisions_report_the_lock_operand() {
+    let p = Arc::new(Platform::new());
+    let td = runnable(&p);
+    p.ensure_sept_path(&td, Gpa(G), PageLevel::L4K).unwrap();
+    let page = p.alloc_page().unwrap();
+    let cases: Vec<(LockTarget, LockMode, Leaf, OperandId)> = vec![
+        (
+            LockTarget::SeptTree(td.tdr),
+            LockMode::Exclusive,
+            Leaf::MemPageAug,
+            OperandId::SEPT_TREE,
+        ),
+        (
+            LockTarget::SeptTree(td.tdr),
+            LockMode::Shared,
+            Leaf::MemRangeBlock,
+            OperandId::SEPT_TREE,
+        ),
+        (
+            LockTarget::Page(td.tdr),
+            LockMode::Exclusive,
+            Leaf::MemPageAug,
+            OperandId::RDX,
+        ),
+        (
+            LockTarget::Page(td.tdr),
+            LockMode::Shared,
+            Leaf::MngKeyFreeId,
+            OperandId::RCX,
+        ),
+        (
+            LockTarget::Page(page),
+            LockMode::Shared,
+            Leaf::MemPageAug,
+            OperandId::R8,
+        ),
+        (
+            LockTarget::Kot,
+            LockMode::Exclusive,
+            Leaf::PhymemCacheWb,
+            OperandId::KOT,
+        ),
+        (
+            LockTarget::Page(td.vcpus[0].tdvpr),
+            LockMode::Shared,
+            Leaf::VpEnter,
+            OperandId::RCX,
+        ),
+    ];
+    for (target, mode, leaf, op) in cases {
+        let held = p.module.hold_lock(target, mode).unwrap();
+        let p2 = p.clone();
+        let (tdr, tdvpr) = (td.tdr, td.vcpus[0].tdvpr);
+        let status = std::thread::spawn(move || {
+            let r = match leaf {
+                Leaf::MemPageAug => regs(leaf, G, tdr.0, page.0),
+                Leaf::MemRangeBlock => regs(leaf, G, tdr.0, 0),
+                Leaf::VpEnter => regs(leaf, tdvpr.0, 0, 0),
+                Leaf::PhymemCacheWb => regs(leaf, 0, 0, 0),
+                _ => regs(leaf, tdr.0, 0, 0),
+            };
+            TdxStatus(raw(&p2, r).rax)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            status,
+            TdxStatus::OPERAND_BUSY.with_operand(op),
+            "{target:?} {}",
+            leaf.name()
+        );
+        drop(held);
+    }
+    p.module
+        .mem_page_aug(td.tdr, Gpa(G), PageLevel::L4K, page)
+        .unwrap();
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn racing_augs_on_one_gfn_map_it_exactly_once() {
+    let p = Arc::new(Platform::new());
+    let td = runnable(&p);
+    for round in 0..20u64 {
+        let gpa = Gpa(G + round * 4096);
+        p.ensure_sept_path(&td, gpa, PageLevel::L4K).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let p = p.clone();
+                let tdr = td.tdr;
+                std::thread::spawn(move || {
+                    let page = p.alloc_page().unwrap();
+                    let r = p.module.mem_page_aug(tdr, gpa, PageLevel::L4K, page);
+                    if r.is_err() {
+                        p.free_page(page);
+                    }
+                    r.map_err(|e| e.status)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        for r in results.iter().filter_map(|r| r.err()) {
+            assert!(
+                r == TdxStatus::OPERAND_BUSY.with_operand(OperandId::RCX)
+                    || r == TdxStatus::EPT_ENTRY_STATE_INCORRECT.with_operand(OperandId::RCX),
+                "{r}"
+            );
+        }
+    }
+    p.module.check_invariants().unwrap();
+}
+
+// ---------- teardown order ----------
+
+#[test]
+fn teardown_order_is_enforced() {
+    let mut cfg = super::testing::PlatformConfig::default();
+    cfg.num_packages = 2;
+    let p = Platform::with_config(cfg).unwrap();
+    let td = runnable(&p);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, Gpa(G), PageLevel::L4K, page).unwrap();
+    // Run the vCPU once on LP 1 so it is associated there.
+    let lp1 = p.lp(1).unwrap();
+    let mut r = regs(Leaf::VpEnter, td.vcpus[0].tdvpr.0, 0, 0);
+    lp1.seamcall(&mut r);
+    assert_eq!(r.rax, exit::TDCALL);
+    // Entering on another LP while associated.
+    assert_eq!(
+        TdxStatus(enter(&p, td.vcpus[0].tdvpr, 0, 0).rax),
+        TdxStatus::VCPU_ASSOCIATED
+    );
+    // Reclaim while the TD is alive.
+    assert_eq!(
+        err(p.module.phymem_page_reclaim(page)).status,
+        TdxStatus::LIFECYCLE_STATE_INCORRECT
+    );
+    let flushdone = regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0);
+    assert_eq!(
+        p.module.call(flushdone).unwrap_err().status,
+        TdxStatus::FLUSHVP_NOT_DONE
+    );
+    // VP.FLUSH on the wrong LP, then the right one.
+    let flush = regs(Leaf::VpFlush, td.vcpus[0].tdvpr.0, 0, 0);
+    assert_eq!(
+        p.module.call(flush).unwrap_err().status,
+        TdxStatus::VCPU_ASSOCIATED
+    );
+    lp1.call(flush).unwrap();
+    assert_eq!(
+        p.module.call(flush).unwrap_err().status,
+        TdxStatus::VCPU_NOT_ASSOCIATED
+    );
+    // FREEID before VPFLUSHDONE.
+    let freeid = regs(Leaf::MngKeyFreeId, td.tdr.0, 0, 0);
+    assert_eq!(
+        p.module.call(freeid).unwrap_err().status,
+        TdxStatus::LIFECYCLE_STATE_INCORRECT
+    );
+    p.module.call(flushdone).unwrap();
+    // AUG after VPFLUSHDONE: lifecycle.
+    let page2 = p.alloc_page().unwrap();
+    assert_eq!(
+        err(p
+            .module
+            .mem_page_aug(td.tdr, Gpa(G + 4096), PageLevel::L4K, page2))
+        .status,
+        TdxStatus::LIFECYCLE_STATE_INCORRECT
+    );
+    // FREEID before CACHE.WB on every package.
+    assert_eq!(
+        p.module.call(freeid).unwrap_err().status,
+        TdxStatus::WBCACHE_NOT_COMPLETE
+    );
+    p.module
+        .call(Regs::for_leaf(Leaf::PhymemCacheWb, 0))
+        .unwrap();
+    assert_eq!(
+        p.module.call(freeid).unwrap_err().status,
+        TdxStatus::WBCACHE_NOT_COMPLETE
+    );
+    let wb = lp1.call(Regs::for_leaf(Leaf::PhymemCacheWb, 0)).unwrap();
+    assert_eq!(TdxStatus(wb.rax), TdxStatus::SUCCESS);
+    let wb = lp1.call(Regs::for_leaf(Leaf::PhymemCacheWb, 0)).unwrap();
+    assert_eq!(TdxStatus(wb.rax), TdxStatus::NO_HKID_READY_TO_WBCACHE);
+    p.module.call(freeid).unwrap();
+    assert_eq!(p.module.kot_state(td.hkid.0), Some(super::KotState::Free));
+    // TDR before its children.
+    assert_eq!(
+        err(p.module.phymem_page_reclaim(td.tdr)).status,
+        TdxStatus::TD_ASSOCIATED_PAGES_EXIST
+    );
+    let rec = p.module.phymem_page_reclaim(page).unwrap();
+    assert_eq!(rec.page_type, crate::abi::pamt::PageType::Reg.raw());
+    assert_eq!(rec.owner, td.tdr);
+    assert_eq!(rec.size, 0);
+    assert_eq!(
+        err(p.module.phymem_page_reclaim(page)).status,
+        TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX)
+    );
+    // WBINVD needs a free page.
+    assert_eq!(
+        err(p.module.phymem_page_wbinvd(td.tdvpr_or_tdr(), td.hkid)).status,
+        TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX)
+    );
+    p.module.phymem_page_wbinvd(page, td.hkid).unwrap();
+    // Platform::teardown finishes the rest (it reclaims whatever PAMT says the TD owns).
+    let owned: Vec<_> = p
+        .module
+        .pamt
+        .snapshot()
+        .into_iter()
+        .filter(|(h, m)| m.owner == td.tdr && *h != td.tdr)
+        .collect();
+    for (h, _) in owned {
+        p.module.phymem_page_reclaim(h).unwrap();
+    }
+    p.module.phymem_page_reclaim(td.tdr).unwrap();
+    p.module.check_invariants().unwrap();
+}
+
+trait TdvprOrTdr {
+    fn tdvpr_or_tdr(&self) -> Hpa;
+}
+impl TdvprOrTdr for TestTd {
+    fn tdvpr_or_tdr(&self) -> Hpa {
+        self.vcpus.first().map(|v| v.tdvpr).unwrap_or(self.tdr)
+    }
+}
+
+// ---------- demote / promote ----------
+
+#[test]
+fn demote_then_promote_a_2m_page() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let gpa = Gpa(8 * G);
+    let big = p.alloc_2m().unwrap();
+    p.aug(&td, gpa, PageLevel::L2M, big).unwrap();
+    let before = p.module.td_child_count(td.tdr).unwrap();
+    let sept = p.alloc_page().unwrap();
+    let e = err(p.module.mem_page_demote(td.tdr, gpa, PageLevel::L2M, sept));
+    assert_eq!(
+        e.status,
+        TdxStatus::GPA_RANGE_NOT_BLOCKED.with_operand(OperandId::RCX)
+    );
+    p.module
+        .mem_range_block(td.tdr, gpa, PageLevel::L2M)
+        .unwrap();
+    let e = err(p.module.mem_page_demote(td.tdr, gpa, PageLevel::L2M, sept));
+    assert_eq!(
+        e.status,
+        TdxStatus::TLB_TRACKING_NOT_DONE.with_operand(OperandId::RCX)
+    );
+    p.module.mem_track(td.tdr).unwrap();
+    p.module
+        .mem_page_demote(td.tdr, gpa, PageLevel::L2M, sept)
+        .unwrap();
+    assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::NlMapped);
+    assert_eq!(
+        state(&p, &td, Gpa(gpa.0 + 0x1F_F000), PageLevel::L4K),
+        SeptState::Pending
+    );
+    let (entry, _) = p
+        .module
+        .mem_sept_rd(td.tdr, Gpa(gpa.0 + 0x5000), PageLevel::L4K)
+        .unwrap();
+    assert_eq!(entry & 0x000F_FFFF_FFFF_F000, big.0 + 0x5000);
+    assert_eq!(p.module.td_child_count(td.tdr).unwrap(), before + 512);
+    p.module.check_invariants().unwrap();
+    // Promote back: needs the non-leaf blocked and tracked.
+    let e = err(p.module.mem_page_promote(td.tdr, gpa, PageLevel::L2M));
+    assert_eq!(
+        e.status,
+        TdxStatus::GPA_RANGE_NOT_BLOCKED.with_operand(OperandId::RCX)
+    );
+    p.module
+        .mem_range_block(td.tdr, gpa, PageLevel::L2M)
+        .unwrap();
+    assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::NlBlocked);
+    p.module.mem_track(td.tdr).unwrap();
+    let freed = p
+        .module
+        .mem_page_promote(td.tdr, gpa, PageLevel::L2M)
+        .unwrap();
+    assert_eq!(freed, sept);
+    assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::Pending);
+    assert_eq!(p.module.td_child_count(td.tdr).unwrap(), before);
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn promote_refuses_non_uniform_children() {
+    let p = Platform::new();
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    let gpa = Gpa(8 * G);
+    let big = p.alloc_2m().unwrap();
+    p.aug(&td, gpa, PageLevel::L2M, big).unwrap();
+    let sept = p.alloc_page().unwrap();
+    // Before finalize no blocking/tracking is required.
+    p.module
+        .mem_page_demote(td.tdr, gpa, PageLevel::L2M, sept)
+        .unwrap();
+    assert!(p.module.force_sept_state(
+        td.tdr,
+        Gpa(gpa.0 + 4096),
+        PageLevel::L4K,
+        SeptState::Mapped
+    ));
+    let e = err(p.module.mem_page_promote(td.tdr, gpa, PageLevel::L2M));
+    assert_eq!(
+        e.status,
+        TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS.with_operand(OperandId::RCX)
+    );
+    assert_eq!(SeptLevelState(e.rdx).state(), Some(SeptState::NlMapped));
+    // SEPT.REMOVE of a non-empty table.
+    let e = err(p.module.mem_sept_remove(td.tdr, gpa, PageLevel::L2M));
+    assert_eq!(
+        e.status,
+        TdxStatus::EPT_PAGE_NOT_FREE.with_operand(OperandId::RCX)
+    );
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_remove_returns_the_page_after_blocking_and_tracking() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let gpa = Gpa(8 * G);
+    p.ensure_sept_path(&td, gpa, PageLevel::L4K).unwrap();
+    let (entry, _) = p.module.mem_sept_rd(td.tdr, gpa, PageLevel::L2M).unwrap();
+    let table = Hpa(entry & 0x000F_FFFF_FFFF_F000);
+    let e = err(p.module.mem_sept_remove(td.tdr, gpa, PageLevel::L2M));
+    assert_eq!(
+        e.status,
+        TdxStatus::GPA_RANGE_NOT_BLOCKED.with_operand(OperandId::RCX)
+    );
+    p.module
+        .mem_range_block(td.tdr, gpa, PageLevel::L2M)
+        .unwrap();
+    p.module.mem_track(td.tdr).unwrap();
+    assert_eq!(
+        p.module
+            .mem_sept_remove(td.tdr, gpa, PageLevel::L2M)
+            .unwrap(),
+        table
+    );
+    assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::Free);
+    p.module.check_invariants().unwrap();
+}
