@@ -1353,3 +1353,489 @@ fn sept_remove_returns_the_page_after_blocking_and_tracking() {
     assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::Free);
     p.module.check_invariants().unwrap();
 }
+
+// ---------- guest semantics ----------
+
+/// Runs the vCPU, answering exits like a simple host (AUG 4K on EPT violations at the accept
+/// level; 2M when asked for 2M; MapGPA success), until HLT. Returns (console, exits).
+fn run_to_halt(p: &Platform, td: &TestTd, v: Hpa) -> (Vec<u8>, Vec<u64>) {
+    let mut console = Vec::new();
+    let mut exits = Vec::new();
+    let (mut r10, mut r11) = (0, 0);
+    for _ in 0..10_000 {
+        let r = enter(p, v, r10, r11);
+        (r10, r11) = (0, 0);
+        exits.push(r.rax);
+        match r.rax {
+            exit::EPT_VIOLATION => {
+                let level = if r.rdx & exit::EXT_QUAL_TYPE_MASK == exit::EXT_QUAL_TYPE_ACCEPT
+                    && (r.rdx >> 32) & 7 == 1
+                {
+                    PageLevel::L2M
+                } else {
+                    PageLevel::L4K
+                };
+                let gpa = Gpa(r.r8).align_down(level);
+                let page = if level == PageLevel::L2M {
+                    p.alloc_2m().unwrap()
+                } else {
+                    p.alloc_page().unwrap()
+                };
+                p.aug(td, gpa, level, page).unwrap();
+            }
+            exit::TDCALL => match r.r11 {
+                exit::TDVMCALL_IO => console.push(r.r15 as u8),
+                exit::TDVMCALL_HLT => return (console, exits),
+                exit::TDVMCALL_MAP_GPA => {}
+                other => panic!("unexpected TDVMCALL {other:#x}"),
+            },
+            exit::EXTERNAL_INTERRUPT => {}
+            other => panic!("unexpected exit {other:#x} status {}", TdxStatus(other)),
+        }
+    }
+    panic!("vCPU did not halt");
+}
+
+#[test]
+fn two_mega_accept_on_a_4k_table_falls_back_to_4k_accepts() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    // The host already split this 2M range into a 4K table with two pending pages.
+    p.ensure_sept_path(&td, gpa, PageLevel::L4K).unwrap();
+    for i in 0..2 {
+        let page = p.alloc_page().unwrap();
+        p.module
+            .mem_page_aug(td.tdr, Gpa(gpa.0 + i * 4096), PageLevel::L4K, page)
+            .unwrap();
+    }
+    p.module.set_workload(
+        v,
+        Workload {
+            steps: vec![
+                Step::Accept {
+                    gpa,
+                    len: PAGE_2M,
+                    level: PageLevel::L2M,
+                },
+                Step::Halt,
+            ],
+        },
+    );
+    let (_, exits) = run_to_halt(&p, &td, v);
+    // 510 pages were missing: one EPT violation (ACCEPT type, level 4K) each.
+    assert_eq!(
+        exits.iter().filter(|&&e| e == exit::EPT_VIOLATION).count(),
+        510
+    );
+    for off in [0u64, 4096, 0x1F_F000] {
+        assert_eq!(
+            state(&p, &td, Gpa(gpa.0 + off), PageLevel::L4K),
+            SeptState::Mapped
+        );
+    }
+    p.module.check_invariants().unwrap();
+}
+
+const PAGE_2M: u64 = 2 << 20;
+
+#[test]
+fn two_mega_accept_maps_a_2m_page_and_4k_accept_inside_it_asks_for_demote() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    p.module.set_workload(
+        v,
+        Workload {
+            steps: vec![
+                Step::Accept {
+                    gpa,
+                    len: PAGE_2M,
+                    level: PageLevel::L2M,
+                },
+                Step::Halt,
+            ],
+        },
+    );
+    let (_, exits) = run_to_halt(&p, &td, v);
+    assert_eq!(
+        exits.iter().filter(|&&e| e == exit::EPT_VIOLATION).count(),
+        1
+    );
+    assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::Mapped);
+
+    // A 4K accept inside a 2M PENDING leaf exits with accept level 4K.
+    let gpa2 = Gpa(10 * G);
+    let big = p.alloc_2m().unwrap();
+    p.aug(&td, gpa2, PageLevel::L2M, big).unwrap();
+    p.module.set_workload(
+        v,
+        Workload {
+            steps: vec![Step::Accept {
+                gpa: Gpa(gpa2.0 + 0x3000),
+                len: 4096,
+                level: PageLevel::L4K,
+            }],
+        },
+    );
+    let r = enter(&p, v, 0, 0);
+    assert_eq!(r.rax, exit::EPT_VIOLATION);
+    assert_eq!(r.rdx, exit::EXT_QUAL_TYPE_ACCEPT);
+    assert_eq!(r.r8, gpa2.0 + 0x3000);
+    // The host demotes (block, track, re-entry flushes, demote); the guest then accepts.
+    p.module
+        .mem_range_block(td.tdr, gpa2, PageLevel::L2M)
+        .unwrap();
+    p.module.mem_track(td.tdr).unwrap();
+    let sept = p.alloc_page().unwrap();
+    p.module
+        .mem_page_demote(td.tdr, gpa2, PageLevel::L2M, sept)
+        .unwrap();
+    let r = enter(&p, v, 0, 0);
+    assert_eq!((r.rax, r.r11), (exit::TDCALL, exit::TDVMCALL_HLT));
+    assert_eq!(
+        state(&p, &td, Gpa(gpa2.0 + 0x3000), PageLevel::L4K),
+        SeptState::Mapped
+    );
+    assert_eq!(
+        state(&p, &td, Gpa(gpa2.0 + 0x4000), PageLevel::L4K),
+        SeptState::Pending
+    );
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn accept_zeroes_the_page_and_touch_writes_through_the_mapping() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    let page = p.alloc_page().unwrap();
+    p.mem.write(page, &[0xEE; 4096]);
+    p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
+    p.module.set_workload(
+        v,
+        Workload {
+            steps: vec![
+                Step::Accept {
+                    gpa,
+                    len: 4096,
+                    level: PageLevel::L4K,
+                },
+                Step::Accept {
+                    gpa,
+                    len: 4096,
+                    level: PageLevel::L4K,
+                },
+                Step::Touch {
+                    gpa,
+                    len: 4096,
+                    access: Access::Write,
+                    order: Order::Sequential,
+                },
+                Step::Halt,
+            ],
+        },
+    );
+    run_to_halt(&p, &td, v);
+    let mut back = [0u8; 16];
+    p.mem.read(page, &mut back);
+    assert_eq!(&back[..8], &gpa.0.to_le_bytes());
+    assert_eq!(&back[8..], &[0; 8]);
+}
+
+#[test]
+fn pending_touch_with_sept_ve_disable_exits_as_pending_violation() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
+    p.module.set_workload(
+        v,
+        Workload {
+            steps: vec![Step::Touch {
+                gpa,
+                len: 4096,
+                access: Access::Read,
+                order: Order::Sequential,
+            }],
+        },
+    );
+    let r = enter(&p, v, 0, 0);
+    assert_eq!(r.rax, exit::EPT_VIOLATION);
+    assert_eq!(r.rdx, exit::EXT_QUAL_TYPE_PENDING_EPT_VIOLATION);
+    assert_eq!(r.rcx, exit::QUAL_READ);
+    // Without SEPT_VE_DISABLE the guest takes a #VE and accepts the page itself.
+    let td2 = p
+        .runnable_td(&TdOptions {
+            attributes: 0,
+            ..TdOptions::default()
+        })
+        .unwrap();
+    let v2 = td2.vcpus[0].tdvpr;
+    let page = p.alloc_page().unwrap();
+    p.aug(&td2, gpa, PageLevel::L4K, page).unwrap();
+    p.module.set_workload(
+        v2,
+        Workload {
+            steps: vec![Step::Touch {
+                gpa,
+                len: 4096,
+                access: Access::Read,
+                order: Order::Sequential,
+            }],
+        },
+    );
+    let r = enter(&p, v2, 0, 0);
+    assert_eq!((r.rax, r.r11), (exit::TDCALL, exit::TDVMCALL_HLT));
+    assert_eq!(state(&p, &td2, gpa, PageLevel::L4K), SeptState::Mapped);
+}
+
+#[test]
+fn random_touch_resumes_across_exits_and_visits_every_page_once() {
+    let p = Platform::new();
+    // No SEPT_VE_DISABLE: a PENDING page raises #VE and the guest accepts it itself.
+    let td = p
+        .runnable_td(&TdOptions {
+            attributes: 0,
+            ..TdOptions::default()
+        })
+        .unwrap();
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    let pages = 300u64;
+    p.module.set_workload(
+        v,
+        Workload {
+            steps: vec![
+                Step::Touch {
+                    gpa,
+                    len: pages * 4096,
+                    access: Access::Write,
+                    order: Order::Random { seed: 42 },
+                },
+                Step::Halt,
+            ],
+        },
+    );
+    let (_, exits) = run_to_halt(&p, &td, v);
+    // Exactly one EPT violation per page: progress survives every exit.
+    assert_eq!(
+        exits.iter().filter(|&&e| e == exit::EPT_VIOLATION).count() as u64,
+        pages
+    );
+    let mut first_faults = Vec::new();
+    for i in 0..pages {
+        let g = Gpa(gpa.0 + i * 4096);
+        assert_eq!(state(&p, &td, g, PageLevel::L4K), SeptState::Mapped);
+        let (entry, _) = p.module.mem_sept_rd(td.tdr, g, PageLevel::L4K).unwrap();
+        let mut b = [0u8; 8];
+        p.mem.read(Hpa(entry & 0x000F_FFFF_FFFF_F000), &mut b);
+        assert_eq!(u64::from_le_bytes(b), g.0);
+        first_faults.push(entry);
+    }
+    // Random order really is not sequential: the HPAs (allocated in fault order) are not
+    // ascending in GPA order.
+    assert!(first_faults.windows(2).any(|w| w[0] > w[1]));
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn map_gpa_retry_and_console_and_fatal_and_shutdown() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    p.module.set_workload(
+        v,
+        Workload {
+            steps: vec![
+                Step::Convert {
+                    gpa,
+                    len: 4 * PAGE_2M,
+                    to_shared: true,
+                },
+                Step::Print { line: "hi".into() },
+                Step::ReportFatalError { code: 0x77 },
+                Step::Shutdown,
+            ],
+        },
+    );
+    let r = enter(&p, v, 0, 0);
+    assert_eq!((r.rax, r.r11), (exit::TDCALL, exit::TDVMCALL_MAP_GPA));
+    assert_eq!(r.r12, gpa.0 | 1 << 47);
+    assert_eq!(r.r13, 4 * PAGE_2M);
+    // Host converts 2 MiB and asks the guest to retry from there.
+    let r = enter(
+        &p,
+        v,
+        exit::TDVMCALL_STATUS_RETRY,
+        (gpa.0 + PAGE_2M) | 1 << 47,
+    );
+    assert_eq!(r.r11, exit::TDVMCALL_MAP_GPA);
+    assert_eq!(r.r12, (gpa.0 + PAGE_2M) | 1 << 47);
+    assert_eq!(r.r13, 3 * PAGE_2M);
+    let mut out = Vec::new();
+    let mut r = enter(&p, v, 0, 0);
+    while r.r11 == exit::TDVMCALL_IO {
+        assert_eq!((r.r12, r.r13, r.r14), (1, 1, exit::SERIAL_PORT));
+        out.push(r.r15 as u8);
+        r = enter(&p, v, 0, 0);
+    }
+    assert_eq!(out, b"hi\n");
+    assert_eq!(
+        (r.rax, r.r11, r.r12),
+        (exit::TDCALL, exit::TDVMCALL_REPORT_FATAL_ERROR, 0x77)
+    );
+    assert_eq!(enter(&p, v, 0, 0).rax, exit::TRIPLE_FAULT);
+    assert_eq!(enter(&p, v, 0, 0).rax, exit::TRIPLE_FAULT);
+    // A failed MapGPA makes the guest report a fatal error.
+    p.module.set_workload(
+        v,
+        Workload {
+            steps: vec![Step::Convert {
+                gpa,
+                len: 4096,
+                to_shared: false,
+            }],
+        },
+    );
+    let r = enter(&p, v, 0, 0);
+    assert_eq!(r.r12, gpa.0);
+    let r = enter(&p, v, 0x8000_0000_0000_0000, 0);
+    assert_eq!(r.r11, exit::TDVMCALL_REPORT_FATAL_ERROR);
+}
+
+#[test]
+fn rtmr_extend_matches_the_offline_function() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let d1 = [7u8; 48];
+    let d2 = [9u8; 48];
+    p.module.set_workload(
+        v,
+        Workload {
+            steps: vec![
+                Step::ExtendRtmr {
+                    index: 2,
+                    digest: d1,
+                },
+                Step::ExtendRtmr {
+                    index: 2,
+                    digest: d2,
+                },
+            ],
+        },
+    );
+    enter(&p, v, 0, 0);
+    let want = crate::abi::mrtd::rtmr_extend(&crate::abi::mrtd::rtmr_extend(&[0; 48], &d1), &d2);
+    let mut got = [0u8; 48];
+    for i in 0..6u64 {
+        let x = p
+            .mng_rd(td.tdr, crate::abi::metadata::td::RTMR + 2 * 8 + i)
+            .unwrap();
+        got[i as usize * 8..i as usize * 8 + 8].copy_from_slice(&x.to_le_bytes());
+    }
+    assert_eq!(got, want);
+}
+
+#[test]
+fn zero_step_mitigation_takes_the_tree_lock_after_six_faults() {
+    let p = Arc::new(Platform::new());
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    p.module.set_workload(
+        v,
+        Workload {
+            steps: vec![Step::Touch {
+                gpa,
+                len: 4096,
+                access: Access::Write,
+                order: Order::Sequential,
+            }],
+        },
+    );
+    for _ in 0..6 {
+        assert_eq!(enter(&p, v, 0, 0).rax, exit::EPT_VIOLATION);
+    }
+    // A host thread is in the middle of an AUG (tree lock shared): VP.ENTER must back off.
+    let held = p
+        .module
+        .hold_lock(LockTarget::SeptTree(td.tdr), LockMode::Shared)
+        .unwrap();
+    assert_eq!(
+        TdxStatus(enter(&p, v, 0, 0).rax),
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::SEPT_TREE)
+    );
+    drop(held);
+    // Lock free: VP.ENTER takes it, sees the GPA still unmapped, the guest faults again.
+    assert_eq!(enter(&p, v, 0, 0).rax, exit::EPT_VIOLATION);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
+    // Mapped now (PENDING): the counter resets; the access then hits the pending page.
+    let r = enter(&p, v, 0, 0);
+    assert_eq!(r.rdx, exit::EXT_QUAL_TYPE_PENDING_EPT_VIOLATION);
+}
+
+#[test]
+fn kick_before_entry_exits_immediately() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    p.module.kick(v);
+    assert_eq!(enter(&p, v, 0, 0).rax, exit::EXTERNAL_INTERRUPT);
+    assert_eq!(enter(&p, v, 0, 0).r11, exit::TDVMCALL_HLT);
+}
+
+#[test]
+fn fault_injection_by_nth_call_and_probability() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    p.module.inject(
+        Leaf::MemTrack,
+        Injection::StatusOnNthCall {
+            n: 2,
+            status: TdxStatus::OPERAND_BUSY.with_operand(OperandId::TD_EPOCH),
+        },
+    );
+    p.module.mem_track(td.tdr).unwrap();
+    assert!(err(p.module.mem_track(td.tdr)).is_busy());
+    p.module.mem_track(td.tdr).unwrap();
+    p.module.inject(
+        Leaf::MemTrack,
+        Injection::BusyProbability {
+            p: 1.0,
+            seed: 1,
+            operand: OperandId::TD_EPOCH,
+        },
+    );
+    assert_eq!(
+        err(p.module.mem_track(td.tdr)).status,
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::TD_EPOCH)
+    );
+    p.module.clear_injection(Leaf::MemTrack);
+    p.module.mem_track(td.tdr).unwrap();
+}
+
+#[test]
+fn sys_rd_and_rdall_report_the_module_limits() {
+    use crate::abi::metadata::sys as f;
+    let p = Platform::new();
+    assert_eq!(p.sys_rd(f::TDCS_BASE_SIZE).unwrap(), 4 * 4096);
+    assert_eq!(p.sys_rd(f::MAX_TDMRS).unwrap(), 64);
+    assert_eq!(p.sys_rd(f::CMR_BASE).unwrap(), 1 << 30);
+    let e = p.sys_rd(0x1234).unwrap_err();
+    assert_eq!(
+        e.status,
+        TdxStatus::METADATA_FIELD_ID_INCORRECT.with_operand(OperandId::RDX)
+    );
+    let all = p.sys_rdall().unwrap();
+    assert!(all.contains(&(f::PAMT_4K_ENTRY_SIZE, 16)));
+    assert!(all.contains(&(f::NUM_CPUID_CONFIG, 2)));
+}
