@@ -980,15 +980,38 @@ fn replay_operations(img: &[u8], layout: &TdMemoryLayout) -> [u8; 48] {
     acc.finalize()
 }
 
+/// The same MRTD through the software module's offline function (`abi::mrtd`, written
+/// separately by the emu side, which hashes one materialised block stream).
+fn via_abi_mrtd(img: &[u8], layout: &TdMemoryLayout) -> [u8; 48] {
+    use crate::abi::mrtd;
+    let plan = BuildPlan::new(layout).unwrap();
+    let buffers: Vec<(PlannedPage, [u8; PAGE_BYTES])> = plan
+        .pages()
+        .map(|p| {
+            let mut buf = [0u8; PAGE_BYTES];
+            plan.fill_page(p.index, img, &mut buf).unwrap();
+            (p, buf)
+        })
+        .collect();
+    let pages: Vec<mrtd::MeasuredPage<'_>> = buffers
+        .iter()
+        .map(|(p, buf)| mrtd::MeasuredPage {
+            gpa: p.gpa,
+            bytes: buf,
+            extend: p.extend,
+        })
+        .collect();
+    mrtd::expected_mrtd(&pages)
+}
+
 #[test]
 fn replaying_operations_gives_the_expected_mrtd() {
     let img = Synth::new().build();
     let md = TdvfMetadata::parse(&img).unwrap();
     let layout = TdMemoryLayout::new(&md, 512).unwrap();
-    assert_eq!(
-        replay_operations(&img, &layout),
-        expected_mrtd(&img, &layout).unwrap()
-    );
+    let mrtd = expected_mrtd(&img, &layout).unwrap();
+    assert_eq!(replay_operations(&img, &layout), mrtd);
+    assert_eq!(via_abi_mrtd(&img, &layout), mrtd);
 }
 
 #[test]
@@ -1168,6 +1191,7 @@ fn real_ovmf_image() {
     let mrtd = expected_mrtd(&img, &layout).unwrap();
     println!("  expected MRTD: {}", hex(&mrtd));
     assert_eq!(replay_operations(&img, &layout), mrtd);
+    assert_eq!(via_abi_mrtd(&img, &layout), mrtd);
     // Deterministic and independent of the RAM size.
     let other = TdMemoryLayout::new(&md, 16384).unwrap();
     assert_eq!(expected_mrtd(&img, &other).unwrap(), mrtd);
