@@ -351,7 +351,7 @@ impl MockModule {
                         bepoch: 0,
                     },
                 );
-                regs.rdx = nl.page;
+                regs.rcx = nl.page;
             }
             Leaf::MemSeptRd => {
                 let (gfn, l) = target.ok_or(bad_rcx)?;

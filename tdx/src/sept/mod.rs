@@ -52,6 +52,8 @@ mod table;
 pub mod testing;
 mod zap;
 
+#[cfg(all(test, not(loom)))]
+mod emu_tests;
 #[cfg(all(test, loom))]
 mod loom_tests;
 #[cfg(test)]
