@@ -2,13 +2,13 @@
 //! the address newtypes. Everything here is plain data with no behaviour beyond encoding.
 
 pub mod leaf;
-pub mod sept;
-pub mod status;
-pub mod types;
 pub mod metadata;
 pub mod mrtd;
 pub mod pamt;
+pub mod sept;
+pub mod status;
 pub mod td_params;
+pub mod types;
 
 pub use leaf::Leaf;
 pub use sept::{SeptLevelState, SeptState};

@@ -771,7 +771,8 @@ fn platform_sequence_and_config_checks() {
 fn td_params_are_validated_by_mng_init() {
     use crate::abi::td_params::TdParams;
     let p = Platform::new();
-    let cases: [(fn(&mut TdParams), OperandId); 6] = [
+    type Mutation = fn(&mut TdParams);
+    let cases: [(Mutation, OperandId); 6] = [
         (|t| t.attributes |= 1 << 5, OperandId::ATTRIBUTES),
         (|t| t.xfam = 0, OperandId::XFAM),
         (|t| t.max_vcpus = 0, OperandId::MAX_VCPUS),
@@ -1119,9 +1120,11 @@ fn racing_augs_on_one_gfn_map_it_exactly_once() {
 
 #[test]
 fn teardown_order_is_enforced() {
-    let mut cfg = super::testing::PlatformConfig::default();
-    cfg.num_packages = 2;
-    let p = Platform::with_config(cfg).unwrap();
+    let p = Platform::with_config(super::testing::PlatformConfig {
+        num_packages: 2,
+        ..Default::default()
+    })
+    .unwrap();
     let td = runnable(&p);
     let page = p.alloc_page().unwrap();
     p.aug(&td, Gpa(G), PageLevel::L4K, page).unwrap();
@@ -1838,4 +1841,217 @@ fn sys_rd_and_rdall_report_the_module_limits() {
     let all = p.sys_rdall().unwrap();
     assert!(all.contains(&(f::PAMT_4K_ENTRY_SIZE, 16)));
     assert!(all.contains(&(f::NUM_CPUID_CONFIG, 2)));
+}
+
+// ---------- property tests ----------
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One host operation on a small GPA window (8 × 2 MiB) of a runnable TD.
+    #[derive(Clone, Debug)]
+    enum Op {
+        SeptAdd(u8, bool),
+        Aug4k(u16),
+        Aug2m(u8),
+        Block(u16, bool),
+        Unblock(u16, bool),
+        Track,
+        Remove(u16, bool),
+        SeptRemove(u8),
+        Demote(u8),
+        Promote(u8),
+        Enter(u8),
+        Reclaim(u16),
+        Raw(u8, u64, u64, u64, u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..8, any::<bool>()).prop_map(|(a, b)| Op::SeptAdd(a, b)),
+            (0u16..4096).prop_map(Op::Aug4k),
+            (0u8..8).prop_map(Op::Aug2m),
+            (0u16..4096, any::<bool>()).prop_map(|(a, b)| Op::Block(a, b)),
+            (0u16..4096, any::<bool>()).prop_map(|(a, b)| Op::Unblock(a, b)),
+            Just(Op::Track),
+            (0u16..4096, any::<bool>()).prop_map(|(a, b)| Op::Remove(a, b)),
+            (0u8..8).prop_map(Op::SeptRemove),
+            (0u8..8).prop_map(Op::Demote),
+            (0u8..8).prop_map(Op::Promote),
+            (0u8..3).prop_map(Op::Enter),
+            (0u16..2048).prop_map(Op::Reclaim),
+            (
+                0u8..64,
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(l, a, b, c, d)| Op::Raw(l, a, b, c, d)),
+        ]
+    }
+
+    fn run(p: &Platform, td: &TestTd, op: &Op) {
+        let base = 8 * G;
+        let g4 = |i: u16| Gpa(base + u64::from(i) * 4096);
+        let g2 = |i: u8| Gpa(base + u64::from(i) * G);
+        let lvl = |big: bool| if big { PageLevel::L2M } else { PageLevel::L4K };
+        let at = |i: u16, big: bool| {
+            if big {
+                g4(i).align_down(PageLevel::L2M)
+            } else {
+                g4(i)
+            }
+        };
+        let m = &p.module;
+        match *op {
+            Op::SeptAdd(i, top) => {
+                if top {
+                    let _ = p.ensure_sept_path(td, g2(i), PageLevel::L2M);
+                } else if let Ok(page) = p.alloc_page()
+                    && m.mem_sept_add(td.tdr, g2(i), PageLevel::L2M, page).is_err()
+                {
+                    p.free_page(page);
+                }
+            }
+            Op::Aug4k(i) => {
+                if let Ok(page) = p.alloc_page()
+                    && m.mem_page_aug(td.tdr, g4(i), PageLevel::L4K, page).is_err()
+                {
+                    p.free_page(page);
+                }
+            }
+            Op::Aug2m(i) => {
+                if let Ok(page) = p.alloc_2m()
+                    && m.mem_page_aug(td.tdr, g2(i), PageLevel::L2M, page).is_err()
+                {
+                    p.free_2m(page);
+                }
+            }
+            Op::Block(i, big) => {
+                let _ = m.mem_range_block(td.tdr, at(i, big), lvl(big));
+            }
+            Op::Unblock(i, big) => {
+                let _ = m.mem_range_unblock(td.tdr, at(i, big), lvl(big));
+            }
+            Op::Track => {
+                let _ = m.mem_track(td.tdr);
+            }
+            Op::Remove(i, big) => {
+                let _ = m.mem_page_remove(td.tdr, at(i, big), lvl(big));
+            }
+            Op::SeptRemove(i) => {
+                let _ = m.mem_sept_remove(td.tdr, g2(i), PageLevel::L2M);
+            }
+            Op::Demote(i) => {
+                if let Ok(page) = p.alloc_page()
+                    && m.mem_page_demote(td.tdr, g2(i), PageLevel::L2M, page)
+                        .is_err()
+                {
+                    p.free_page(page);
+                }
+            }
+            Op::Promote(i) => {
+                let _ = m.mem_page_promote(td.tdr, g2(i), PageLevel::L2M);
+            }
+            Op::Enter(kind) => {
+                let v = td.vcpus[0].tdvpr;
+                let steps = match kind {
+                    0 => vec![Step::Accept {
+                        gpa: Gpa(base),
+                        len: 8 * G,
+                        level: PageLevel::L2M,
+                    }],
+                    1 => vec![Step::Touch {
+                        gpa: Gpa(base),
+                        len: 8 * G,
+                        access: Access::Write,
+                        order: Order::Random { seed: 3 },
+                    }],
+                    _ => vec![Step::Accept {
+                        gpa: Gpa(base),
+                        len: 64 * 4096,
+                        level: PageLevel::L4K,
+                    }],
+                };
+                p.module.set_workload(v, Workload { steps });
+                let _ = enter(p, v, 0, 0);
+            }
+            Op::Reclaim(i) => {
+                let _ = m.phymem_page_reclaim(Hpa((1 << 30) + u64::from(i) * 4096 * 64));
+            }
+            Op::Raw(leaf, a, b, c, d) => {
+                let mut r = Regs {
+                    rax: u64::from(leaf),
+                    rcx: a,
+                    rdx: b,
+                    r8: c,
+                    r9: d,
+                    ..Regs::default()
+                };
+                // Only leaves that cannot destroy the fixture's TD lifecycle.
+                if !matches!(
+                    Leaf::from_number(u16::from(leaf)),
+                    Some(Leaf::MngVpFlushDone | Leaf::MngKeyFreeId | Leaf::VpFlush)
+                ) {
+                    p.module.seamcall(&mut r);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Random host call sequences never panic and keep PAMT ownership, CHLDCNT and the
+        /// S-EPT consistent; afterwards the TD can always be torn down completely.
+        #[test]
+        fn random_sequences_keep_invariants(ops in proptest::collection::vec(op(), 1..60)) {
+            let p = Platform::new();
+            let td = runnable(&p);
+            for op in &ops {
+                run(&p, &td, op);
+                if let Err(e) = p.module.check_invariants() {
+                    panic!("after {op:?}: {e}");
+                }
+            }
+            p.teardown(&td).unwrap();
+            p.module.check_invariants().unwrap();
+            prop_assert!(p
+                .module
+                .pamt
+                .snapshot()
+                .iter()
+                .all(|(_, m)| m.owner != td.tdr));
+        }
+
+        /// Any register values on any leaf give a status, never a panic.
+        #[test]
+        fn arbitrary_registers_never_panic(
+            rax in any::<u64>(),
+            leaf in 0u64..50,
+            version in 0u64..3,
+            rcx in any::<u64>(),
+            rdx in any::<u64>(),
+            r8 in any::<u64>(),
+            r9 in any::<u64>(),
+            near in any::<bool>(),
+        ) {
+            let p = Platform::new();
+            let td = p.create_td(&TdOptions::default()).unwrap();
+            // Half the cases use plausible operands (the TD's own pages) to get deep.
+            let pick = |x: u64| if near { [td.tdr.0, td.tdcs[0].0, td.vcpus[0].tdvpr.0, (1 << 30) + (x % (1 << 30))][(x % 4) as usize] } else { x };
+            let mut r = Regs {
+                rax: if near { leaf | version << 16 } else { rax },
+                rcx: pick(rcx),
+                rdx: pick(rdx),
+                r8: pick(r8),
+                r9,
+                ..Regs::default()
+            };
+            p.module.seamcall(&mut r);
+            p.module.check_invariants().unwrap();
+        }
+    }
 }
