@@ -293,6 +293,218 @@ pub trait TdxModule: Seamcall {
             size: out.r8,
         })
     }
+
+    // ----- platform -----
+
+    /// TDH.SYS.INIT (once per platform).
+    fn sys_init(&self) -> Result<(), SeamError> {
+        self.call(Regs::for_leaf(Leaf::SysInit, 0)).map(drop)
+    }
+
+    /// TDH.SYS.LP.INIT (once on every logical processor; issue it on that LP).
+    fn sys_lp_init(&self) -> Result<(), SeamError> {
+        self.call(Regs::for_leaf(Leaf::SysLpInit, 0)).map(drop)
+    }
+
+    /// TDH.SYS.RD: one global metadata field (`abi::metadata::sys`).
+    fn sys_rd(&self, field: u64) -> Result<u64, SeamError> {
+        let mut r = Regs::for_leaf(Leaf::SysRd, 0);
+        r.rdx = field;
+        self.call(r).map(|out| out.r8)
+    }
+
+    /// TDH.SYS.CONFIG: `tdmr_array` is the HPA of an array of `count` TDMR_INFO HPAs (each
+    /// 512-byte aligned), `global_hkid` the KeyID the module uses for its own structures.
+    fn sys_config(&self, tdmr_array: Hpa, count: u64, global_hkid: Hkid) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::SysConfig, 0);
+        r.rcx = tdmr_array.0;
+        r.rdx = count;
+        r.r8 = u64::from(global_hkid.0);
+        self.call(r).map(drop)
+    }
+
+    /// TDH.SYS.KEY.CONFIG (once per package, on an LP of that package).
+    fn sys_key_config(&self) -> Result<(), SeamError> {
+        self.call(Regs::for_leaf(Leaf::SysKeyConfig, 0)).map(drop)
+    }
+
+    /// TDH.SYS.TDMR.INIT: initializes part of the TDMR at `tdmr_base`; returns the next
+    /// address to initialize (call until it reaches the TDMR's end).
+    fn sys_tdmr_init(&self, tdmr_base: Hpa) -> Result<Hpa, SeamError> {
+        let mut r = Regs::for_leaf(Leaf::SysTdmrInit, 0);
+        r.rcx = tdmr_base.0;
+        self.call(r).map(|out| Hpa(out.rdx))
+    }
+
+    // ----- TD and vCPU management -----
+
+    /// TDH.MNG.CREATE: make `tdr` the TDR of a new TD using `hkid`.
+    fn mng_create(&self, tdr: Hpa, hkid: Hkid) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MngCreate, 0);
+        r.rcx = tdr.0;
+        r.rdx = u64::from(hkid.0);
+        self.call(r).map(drop)
+    }
+
+    /// TDH.MNG.KEY.CONFIG (once per package). Returns the raw status, which is
+    /// `TDX_KEY_CONFIGURED` (informational) if this package was already done.
+    fn mng_key_config(&self, tdr: Hpa) -> Result<TdxStatus, SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MngKeyConfig, 0);
+        r.rcx = tdr.0;
+        self.call(r).map(|out| TdxStatus(out.rax))
+    }
+
+    /// TDH.MNG.ADDCX: add a TDCS page.
+    fn mng_addcx(&self, tdr: Hpa, page: Hpa) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MngAddCx, 0);
+        r.rcx = page.0;
+        r.rdx = tdr.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.MNG.INIT with the 1024-byte TD_PARAMS at `td_params` (1024-byte aligned).
+    fn mng_init(&self, tdr: Hpa, td_params: Hpa) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MngInit, 0);
+        r.rcx = tdr.0;
+        r.rdx = td_params.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.MNG.RD: one TD metadata field.
+    fn mng_rd(&self, tdr: Hpa, field: u64) -> Result<u64, SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MngRd, 0);
+        r.rcx = tdr.0;
+        r.rdx = field;
+        self.call(r).map(|out| out.r8)
+    }
+
+    /// TDH.MNG.WR: writes `value` under `mask`; returns the old value.
+    fn mng_wr(&self, tdr: Hpa, field: u64, value: u64, mask: u64) -> Result<u64, SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MngWr, 0);
+        r.rcx = tdr.0;
+        r.rdx = field;
+        r.r8 = value;
+        r.r9 = mask;
+        self.call(r).map(|out| out.r8)
+    }
+
+    /// TDH.VP.CREATE: make `tdvpr` a vCPU of the TD.
+    fn vp_create(&self, tdr: Hpa, tdvpr: Hpa) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::VpCreate, 0);
+        r.rcx = tdvpr.0;
+        r.rdx = tdr.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.VP.ADDCX: add a TDCX page to a vCPU.
+    fn vp_addcx(&self, tdvpr: Hpa, page: Hpa) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::VpAddCx, 0);
+        r.rcx = page.0;
+        r.rdx = tdvpr.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.VP.INIT version 1 (as upstream Linux): initial guest RCX and x2APIC ID.
+    fn vp_init(&self, tdvpr: Hpa, initial_rcx: u64, x2apic_id: u32) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::VpInit, 1);
+        r.rcx = tdvpr.0;
+        r.rdx = initial_rcx;
+        r.r8 = u64::from(x2apic_id);
+        self.call(r).map(drop)
+    }
+
+    /// TDH.VP.RD: one vCPU metadata field.
+    fn vp_rd(&self, tdvpr: Hpa, field: u64) -> Result<u64, SeamError> {
+        let mut r = Regs::for_leaf(Leaf::VpRd, 0);
+        r.rcx = tdvpr.0;
+        r.rdx = field;
+        self.call(r).map(|out| out.r8)
+    }
+
+    /// TDH.VP.WR: writes `value` under `mask`; returns the old value.
+    fn vp_wr(&self, tdvpr: Hpa, field: u64, value: u64, mask: u64) -> Result<u64, SeamError> {
+        let mut r = Regs::for_leaf(Leaf::VpWr, 0);
+        r.rcx = tdvpr.0;
+        r.rdx = field;
+        r.r8 = value;
+        r.r9 = mask;
+        self.call(r).map(|out| out.r8)
+    }
+
+    /// TDH.VP.ENTER. `tdvmcall_status`/`tdvmcall_value` answer the previous TDVMCALL exit
+    /// (R10/R11; ignored otherwise). Returns the decoded exit and the raw output registers.
+    fn vp_enter(
+        &self,
+        tdvpr: Hpa,
+        tdvmcall_status: u64,
+        tdvmcall_value: u64,
+    ) -> Result<(crate::abi::exit::TdExit, Regs), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::VpEnter, 0);
+        r.rcx = tdvpr.0;
+        r.r10 = tdvmcall_status;
+        r.r11 = tdvmcall_value;
+        self.call(r)
+            .map(|out| (crate::abi::exit::TdExit::decode(&out), out))
+    }
+
+    /// TDH.VP.FLUSH (on the LP the vCPU last ran on).
+    fn vp_flush(&self, tdvpr: Hpa) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::VpFlush, 0);
+        r.rcx = tdvpr.0;
+        self.call(r).map(drop)
+    }
+
+    // ----- measurement -----
+
+    /// TDH.MR.EXTEND of the 256-byte chunk at `gpa`.
+    fn mr_extend(&self, tdr: Hpa, gpa: Gpa) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MrExtend, 0);
+        r.rcx = gpa.0;
+        r.rdx = tdr.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.MR.FINALIZE: MRTD is final, the TD becomes RUNNABLE.
+    fn mr_finalize(&self, tdr: Hpa) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MrFinalize, 0);
+        r.rcx = tdr.0;
+        self.call(r).map(drop)
+    }
+
+    // ----- teardown -----
+
+    /// TDH.MNG.VPFLUSHDONE: every vCPU flushed; the TD is blocked.
+    fn mng_vpflushdone(&self, tdr: Hpa) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MngVpFlushDone, 0);
+        r.rcx = tdr.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.PHYMEM.CACHE.WB on this package (`resume` after `TDX_INTERRUPTED_RESUMABLE`).
+    /// Returns the raw status (`TDX_NO_HKID_READY_TO_WBCACHE` is informational).
+    fn phymem_cache_wb(&self, resume: bool) -> Result<TdxStatus, SeamError> {
+        let mut r = Regs::for_leaf(Leaf::PhymemCacheWb, 0);
+        r.rcx = u64::from(resume);
+        self.call(r).map(|out| TdxStatus(out.rax))
+    }
+
+    /// TDH.MNG.KEY.FREEID: release the TD's KeyID (after CACHE.WB on every package).
+    fn mng_key_freeid(&self, tdr: Hpa) -> Result<(), SeamError> {
+        let mut r = Regs::for_leaf(Leaf::MngKeyFreeId, 0);
+        r.rcx = tdr.0;
+        self.call(r).map(drop)
+    }
+
+    /// TDH.PHYMEM.PAGE.RDMD: the PAMT metadata of `page` (type, owner, size).
+    fn phymem_page_rdmd(&self, page: Hpa) -> Result<ReclaimedPage, SeamError> {
+        let mut r = Regs::for_leaf(Leaf::PhymemPageRdmd, 0);
+        r.rcx = page.0;
+        self.call(r).map(|out| ReclaimedPage {
+            page_type: out.rcx,
+            owner: Hpa(out.rdx),
+            size: out.r8,
+        })
+    }
 }
 
 impl<T: Seamcall + ?Sized> TdxModule for T {}

@@ -1,6 +1,7 @@
 //! The TDX module 1.5 host ABI: leaf numbers, completion statuses, operand IDs, S-EPT states and
 //! the address newtypes. Everything here is plain data with no behaviour beyond encoding.
 
+pub mod exit;
 pub mod leaf;
 pub mod metadata;
 pub mod mrtd;

@@ -38,47 +38,7 @@ use crate::abi::td_params::attributes;
 use crate::abi::{Gpa, Hpa, Leaf, OperandId, PageLevel, SeptState, TdxStatus};
 use crate::seamcall::Regs;
 
-/// VP.ENTER exit constants.
-pub mod exit {
-    /// Exit reason: external interrupt (kick / timer).
-    pub const EXTERNAL_INTERRUPT: u64 = 1;
-    /// Exit reason: triple fault (guest shutdown).
-    pub const TRIPLE_FAULT: u64 = 2;
-    /// Exit reason: EPT violation.
-    pub const EPT_VIOLATION: u64 = 48;
-    /// Exit reason: TDCALL (TDG.VP.VMCALL, i.e. a TDVMCALL).
-    pub const TDCALL: u64 = 77;
-    /// TDVMCALL subfunction Instruction.HLT (the VMX exit reason).
-    pub const TDVMCALL_HLT: u64 = 12;
-    /// TDVMCALL subfunction Instruction.IO.
-    pub const TDVMCALL_IO: u64 = 30;
-    /// TDVMCALL subfunction MapGPA.
-    pub const TDVMCALL_MAP_GPA: u64 = 0x10001;
-    /// TDVMCALL subfunction ReportFatalError.
-    pub const TDVMCALL_REPORT_FATAL_ERROR: u64 = 0x10003;
-    /// TDVMCALL status: success.
-    pub const TDVMCALL_STATUS_SUCCESS: u64 = 0;
-    /// TDVMCALL status: retry (MapGPA partially done; R11 = next GPA).
-    pub const TDVMCALL_STATUS_RETRY: u64 = 1;
-    /// Extended exit qualification type: plain EPT violation.
-    pub const EXT_QUAL_TYPE_NORMAL: u64 = 0;
-    /// Extended exit qualification type: violation caused by TDG.MEM.PAGE.ACCEPT.
-    pub const EXT_QUAL_TYPE_ACCEPT: u64 = 1;
-    /// Extended exit qualification type: PENDING page accessed with SEPT_VE_DISABLE.
-    pub const EXT_QUAL_TYPE_PENDING_EPT_VIOLATION: u64 = 6;
-    /// Mask of the type field.
-    pub const EXT_QUAL_TYPE_MASK: u64 = 0xF;
-    /// Shift of the info field (accept level in its bits 2:0).
-    pub const EXT_QUAL_INFO_SHIFT: u32 = 32;
-    /// Exit qualification bit: data read.
-    pub const QUAL_READ: u64 = 1 << 0;
-    /// Exit qualification bit: data write.
-    pub const QUAL_WRITE: u64 = 1 << 1;
-    /// The serial port the workload prints to.
-    pub const SERIAL_PORT: u64 = 0x3F8;
-    /// GPR mask a TDVMCALL exposes (R10–R15).
-    pub const TDVMCALL_GPR_MASK: u64 = 0xFC00;
-}
+pub use crate::abi::exit;
 
 /// A TDVMCALL waiting for the host's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
