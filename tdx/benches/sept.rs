@@ -83,13 +83,16 @@ fn run<S: Seamcall + 'static>(
 ) -> (Duration, Arc<SeptManager<S>>) {
     let mgr = Arc::new(manager(module, false));
     let lock = Arc::new(spin::Mutex::new(()));
-    let barrier = Arc::new(Barrier::new(threads + 1));
+    // Every worker times itself (the main thread may not get a CPU while they run); the run
+    // lasts from the earliest start to the latest end.
+    let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let (mgr, lock, barrier) = (mgr.clone(), lock.clone(), barrier.clone());
             std::thread::spawn(move || {
                 let base = (t as u64 + 1) * REGION;
                 barrier.wait();
+                let start = Instant::now();
                 for g in base..base + pages {
                     let req = FaultRequest::new(Gfn(g)).cpu(t);
                     let outcome = if serialize {
@@ -103,17 +106,20 @@ fn run<S: Seamcall + 'static>(
                         "{outcome:?}"
                     );
                 }
-                barrier.wait();
+                (start, Instant::now())
             })
         })
         .collect();
-    barrier.wait();
-    let start = Instant::now();
-    barrier.wait();
-    let elapsed = start.elapsed();
-    for h in handles {
-        h.join().expect("bench thread");
-    }
+    let spans: Vec<(Instant, Instant)> = handles
+        .into_iter()
+        .map(|h| h.join().expect("bench thread"))
+        .collect();
+    let first = spans.iter().map(|s| s.0).min();
+    let last = spans.iter().map(|s| s.1).max();
+    let elapsed = match (first, last) {
+        (Some(a), Some(b)) => b - a,
+        _ => Duration::ZERO,
+    };
     (elapsed, mgr)
 }
 
@@ -129,6 +135,31 @@ fn best<S: Seamcall + 'static>(
         .map(|_| run(make(), threads, pages, serialize).0)
         .min()
         .unwrap_or_default()
+}
+
+/// A pure-compute loop, to measure how many cores the machine really gives us right now.
+fn spin_work(n: u64) -> u64 {
+    let mut x = 1u64;
+    for i in 0..n {
+        x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+    }
+    x
+}
+
+/// Throughput scaling of `spin_work` from 1 to `threads` threads (ideal: `threads`).
+fn machine_scaling(threads: usize) -> f64 {
+    let n = 50_000_000;
+    let start = Instant::now();
+    std::hint::black_box(spin_work(n));
+    let one = start.elapsed();
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| std::thread::spawn(move || spin_work(n)))
+        .collect();
+    for h in handles {
+        std::hint::black_box(h.join().expect("calibration thread"));
+    }
+    threads as f64 * one.as_secs_f64() / start.elapsed().as_secs_f64()
 }
 
 fn rate(faults: u64, d: Duration) -> f64 {
@@ -147,6 +178,10 @@ fn main() {
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
         println!("sept: load average {}", load.trim());
     }
+    println!(
+        "sept: calibration: a pure-compute loop scales {:.2}x on {threads} threads (cores shared with other work score lower)",
+        machine_scaling(threads)
+    );
 
     // Zero-cost backend: the manager's own overhead. Regions are 1 GiB apart, so a thread's
     // pages beyond REGION spill into the next thread's region only if pages > REGION; keep
