@@ -25,6 +25,30 @@
 //! status, so no register value can make the module panic or touch foreign memory.
 //!
 //! [`testing`] builds an initialized platform and runnable TDs in a few lines.
+//!
+//! # What the software module leaves out, and why
+//!
+//! * Migration, TD partitioning (L2 VMs), service TDs, TDX Connect, Dynamic PAMT, module
+//!   update/shutdown, TDH.MEM.PAGE.RELOCATE, debug TDH.MEM.RD/WR, TDH.MEM.SEPT.WR,
+//!   TDH.SYS.INFO, TDH.MNG.KEY.RECLAIMID: the runtime does not use them; they answer
+//!   `TDX_OPERAND_INVALID | RAX` like an unknown leaf. The migration-only S-EPT states
+//!   (REMOVED, BLOCKEDW, EXPORTED…) exist in the tree and in the legality tables but only
+//!   [`EmulatedModule::force_sept_state`] can produce them.
+//! * Guest code: there is no CPU. The guest is a declared [`workload::Workload`]; TDCALLs
+//!   other than ACCEPT, RTMR.EXTEND and the TDVMCALLs listed in [`guest`] are not modelled.
+//! * Cryptography and caches: no memory encryption, integrity or cache model; KeyIDs, WBINVD
+//!   and CACHE.WB only drive the state machines the host can observe. CACHE.WB completes in one
+//!   call (INTERRUPTED_RESUMABLE only via fault injection).
+//! * PAMT storage: the PAMT arrays handed over in SYS.CONFIG are validated and reserved but
+//!   the entries live in the module's heap (see [`pamt`]).
+//! * Platform: one CMR (the configured range); TDMR.INIT must complete for every TDMR before
+//!   TDs can be created (the real module allows using initialized parts earlier); TD and
+//!   vCPU metadata field IDs are the module's own numbering (`abi::metadata`).
+//! * Timing: single-step (TSC-based) zero-step detection, interrupts other than kicks and the
+//!   emulated timer, host-priority timeouts (`TDX_HOST_PRIORITY_BUSY_TIMEOUT`).
+//! * `TDX_OPERAND_BUSY` from the module's global SYS lock is reported as `TDX_SYS_BUSY` for
+//!   SYS.INIT; some error precedences between operands may differ from the real module where
+//!   the source order was not checked.
 
 pub mod guest;
 pub mod inject;

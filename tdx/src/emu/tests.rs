@@ -891,15 +891,25 @@ fn vcpu_creation_limits_and_states() {
 
 // ---------- TLB tracking with a vCPU inside VP.ENTER ----------
 
-fn busy_forever() -> Workload {
-    // Touching shared memory never exits; only a kick ends the entry.
+/// Writes a marker into the MAPPED page at `marker` (so the host sees the guest running,
+/// after VP.ENTER took its epoch reference), then touches shared memory forever: only a kick
+/// ends the entry.
+fn busy_forever(marker: Gpa) -> Workload {
     Workload {
-        steps: vec![Step::Touch {
-            gpa: Gpa(1 << 47),
-            len: 1 << 46,
-            access: Access::Read,
-            order: Order::Sequential,
-        }],
+        steps: vec![
+            Step::Touch {
+                gpa: marker,
+                len: 4096,
+                access: Access::Write,
+                order: Order::Sequential,
+            },
+            Step::Touch {
+                gpa: Gpa(1 << 47),
+                len: 1 << 46,
+                access: Access::Read,
+                order: Order::Sequential,
+            },
+        ],
     }
 }
 
@@ -909,20 +919,23 @@ fn platform_without_timer() -> Platform {
     Platform::with_config(cfg).unwrap()
 }
 
-/// Waits until the vCPU is inside VP.ENTER (its TDVPR is held exclusively, so VP.RD is BUSY).
-fn wait_inside(p: &Platform, tdvpr: Hpa) {
-    for _ in 0..1_000_000 {
-        let r = raw(
-            p,
-            regs(
-                Leaf::VpRd,
-                tdvpr.0,
-                crate::abi::metadata::vcpu::VCPU_INDEX,
-                0,
-            ),
-        );
-        if TdxStatus(r.rax).is_busy() {
-            assert_eq!(TdxStatus(r.rax).operand(), OperandId::RCX);
+/// Enters until the entry is not BUSY (a host retries BUSY).
+fn enter_retrying(p: &Platform, tdvpr: Hpa) -> Regs {
+    loop {
+        let r = enter(p, tdvpr, 0, 0);
+        if !TdxStatus(r.rax).is_busy() {
+            return r;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Waits until the guest wrote `marker`'s GPA into `page`.
+fn wait_inside(p: &Platform, page: Hpa, marker: Gpa) {
+    for _ in 0..10_000_000 {
+        let mut b = [0u8; 8];
+        p.mem.read(page, &mut b);
+        if u64::from_le_bytes(b) == marker.0 {
             return;
         }
         std::thread::yield_now();
@@ -933,15 +946,18 @@ fn wait_inside(p: &Platform, tdvpr: Hpa) {
 #[test]
 fn remove_waits_for_vcpus_of_the_blocking_epoch() {
     let p = Arc::new(platform_without_timer());
-    let td = runnable(&p);
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    let marker = Gpa(0x1000);
+    let marker_page = p.add_page(&td, marker, &[], false).unwrap();
+    p.finalize(&td).unwrap();
     let v = td.vcpus[0].tdvpr;
     let gpa = Gpa(4 * G);
     let page = p.alloc_page().unwrap();
     p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
-    p.module.set_workload(v, busy_forever());
+    p.module.set_workload(v, busy_forever(marker));
     let p2 = p.clone();
-    let runner = std::thread::spawn(move || enter(&p2, v, 0, 0));
-    wait_inside(&p, v);
+    let runner = std::thread::spawn(move || enter_retrying(&p2, v));
+    wait_inside(&p, marker_page, marker);
     p.module
         .mem_range_block(td.tdr, gpa, PageLevel::L4K)
         .unwrap();
@@ -2054,4 +2070,104 @@ mod props {
             p.module.check_invariants().unwrap();
         }
     }
+}
+
+// ---------- concurrency stress ----------
+
+#[test]
+fn concurrent_map_unmap_from_many_threads_stays_consistent() {
+    let p = Arc::new(Platform::new());
+    let td = runnable(&p);
+    for t in 0..4u64 {
+        p.ensure_sept_path(&td, Gpa((t + 1) * G), PageLevel::L4K)
+            .unwrap();
+    }
+    let busy_tree = Arc::new(core::sync::atomic::AtomicU64::new(0));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let p = p.clone();
+            let td = td.clone();
+            let busy_tree = busy_tree.clone();
+            std::thread::spawn(move || {
+                let retry = |f: &dyn Fn() -> Result<(), SeamError>| loop {
+                    match f() {
+                        Ok(()) => return,
+                        Err(e) if e.is_busy() => {
+                            if e.operand() == OperandId::SEPT_TREE {
+                                busy_tree.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                            }
+                            std::thread::yield_now();
+                        }
+                        Err(e) if e.status.is(TdxStatus::PREVIOUS_TLB_EPOCH_BUSY) => {
+                            std::thread::yield_now()
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                };
+                for i in 0..40u64 {
+                    let gpa = Gpa((t + 1) * G + (i % 8) * 4096);
+                    let page = p.alloc_page().unwrap();
+                    retry(&|| p.module.mem_page_aug(td.tdr, gpa, PageLevel::L4K, page));
+                    retry(&|| p.module.mem_range_block(td.tdr, gpa, PageLevel::L4K));
+                    retry(&|| p.module.mem_track(td.tdr));
+                    // Another thread's TRACK may have advanced the epoch already; either way
+                    // the page is tracked once one TRACK after the BLOCK succeeded.
+                    retry(&|| p.module.mem_page_remove(td.tdr, gpa, PageLevel::L4K));
+                    p.free_page(page);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    p.module.check_invariants().unwrap();
+    for t in 0..4u64 {
+        for i in 0..8 {
+            let g = Gpa((t + 1) * G + i * 4096);
+            assert_eq!(state(&p, &td, g, PageLevel::L4K), SeptState::Free);
+        }
+    }
+    p.teardown(&td).unwrap();
+}
+
+#[test]
+fn typed_vp_enter_wrapper_decodes_exits() {
+    use crate::abi::exit::TdExit;
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    p.module.set_workload(
+        v,
+        Workload {
+            steps: vec![Step::Touch {
+                gpa: Gpa(3 * G),
+                len: 4096,
+                access: Access::Write,
+                order: Order::Sequential,
+            }],
+        },
+    );
+    let (ex, _) = p.module.vp_enter(v, 0, 0).unwrap();
+    assert_eq!(
+        ex,
+        TdExit::EptViolation {
+            gpa: Gpa(3 * G),
+            qualification: exit::QUAL_WRITE,
+            ext_type: exit::EXT_QUAL_TYPE_NORMAL,
+            accept_level: None
+        }
+    );
+    let (ex, _) = {
+        let page = p.alloc_page().unwrap();
+        p.aug(&td, Gpa(3 * G), PageLevel::L4K, page).unwrap();
+        p.module.vp_enter(v, 0, 0).unwrap()
+    };
+    assert!(matches!(
+        ex,
+        TdExit::EptViolation {
+            ext_type: exit::EXT_QUAL_TYPE_PENDING_EPT_VIOLATION,
+            ..
+        }
+    ));
 }
