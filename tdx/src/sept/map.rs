@@ -23,6 +23,19 @@ enum Step {
     Split { level: u32 },
 }
 
+/// A fault-path SEAMCALL in flight; dropping it ends it.
+struct FaultSeamcall<'a> {
+    stats: &'a super::StatSlots,
+    cpu: usize,
+}
+
+impl Drop for FaultSeamcall<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.stats.inflight_exit(self.cpu);
+    }
+}
+
 impl<S: Seamcall + ?Sized> SeptManager<S> {
     /// Resolves an EPT violation on a private GFN (or adds a build-time page): makes sure a leaf
     /// of at most `req.max_level` maps `req.gfn`.
@@ -154,6 +167,10 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
         cpu: usize,
     ) -> Result<Option<Step>, SeptError> {
         let base = align_gfn(gfn, 1);
+        let Some(_call) = self.enter_fault_seamcall(cpu) else {
+            slot.store(EMPTY, Ordering::Release);
+            return Ok(Some(Step::Frozen));
+        };
         let Some(hpa) = self.backends.memory.alloc_2m(Gfn(base)) else {
             return Ok(None);
         };
@@ -207,6 +224,10 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
         cpu: usize,
     ) -> Result<Option<Step>, SeptError> {
         let slot = &dir.entries[idx];
+        let Some(_call) = self.enter_fault_seamcall(cpu) else {
+            slot.store(EMPTY, Ordering::Release);
+            return Ok(Some(Step::Frozen));
+        };
         let Some(page) = self.backends.pool.take() else {
             slot.store(EMPTY, Ordering::Release);
             return Err(SeptError::OutOfSeptPages);
@@ -276,6 +297,10 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
         {
             return Ok(Step::Frozen);
         }
+        let Some(call) = self.enter_fault_seamcall(cpu) else {
+            slot.store(EMPTY, Ordering::Release);
+            return Ok(Step::Frozen);
+        };
         let Some(hpa) = self.backends.memory.alloc_4k(Gfn(gfn)) else {
             slot.store(EMPTY, Ordering::Release);
             return Err(SeptError::OutOfPrivateMemory { gfn });
@@ -296,6 +321,7 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
                 };
                 slot.store(leaf.encode(), Ordering::Release);
                 self.stats.add(cpu, Counter::Mapped4k, 1);
+                drop(call);
                 if try_promote && self.looks_promotable(pt) {
                     // Best effort: a refusal is expected (children not uniformly accepted).
                     let _: PromoteOutcome = self.promote(Gfn(gfn), PageLevel::L2M)?;
@@ -338,6 +364,22 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
             self.demote_locked(&found, gfn)?;
         }
         Ok(())
+    }
+
+    /// Announces a fault-path SEAMCALL on `cpu`; `None` while the unmap path holds faults
+    /// back (the caller restores its frozen entry and backs off). Only this CPU's statistics
+    /// line is written; the flag is only read.
+    #[inline]
+    fn enter_fault_seamcall(&self, cpu: usize) -> Option<FaultSeamcall<'_>> {
+        self.stats.inflight_enter(cpu);
+        if self.hold_faults.load(Ordering::SeqCst) {
+            self.stats.inflight_exit(cpu);
+            return None;
+        }
+        Some(FaultSeamcall {
+            stats: &self.stats,
+            cpu,
+        })
     }
 
     /// Marks the TD bugged because the mirror's invariants do not hold.

@@ -35,6 +35,8 @@ const COUNTERS: usize = Counter::ReclaimedSeptPages as usize + 1;
 #[repr(align(128))]
 struct Slot {
     counters: [AtomicU64; COUNTERS],
+    /// Fault-path SEAMCALLs of this CPU in flight (see `SeptManager::enter_fault_seamcall`).
+    inflight: AtomicU64,
 }
 
 /// Per-slot counters.
@@ -50,6 +52,7 @@ impl StatSlots {
             slots: (0..n)
                 .map(|_| Slot {
                     counters: core::array::from_fn(|_| AtomicU64::new(0)),
+                    inflight: AtomicU64::new(0),
                 })
                 .collect(),
         }
@@ -62,6 +65,33 @@ impl StatSlots {
         if let Some(s) = self.slots.get(slot) {
             s.counters[counter as usize].fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a fault-path SEAMCALL of `cpu` as in flight (sequentially consistent: pairs with
+    /// the zap path's store of its "hold faults" flag).
+    #[inline]
+    pub(crate) fn inflight_enter(&self, cpu: usize) {
+        let slot = cpu % (self.slots.len() - 1);
+        if let Some(s) = self.slots.get(slot) {
+            s.inflight.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Ends [`Self::inflight_enter`].
+    #[inline]
+    pub(crate) fn inflight_exit(&self, cpu: usize) {
+        let slot = cpu % (self.slots.len() - 1);
+        if let Some(s) = self.slots.get(slot) {
+            s.inflight.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Fault-path SEAMCALLs in flight on all CPUs.
+    pub(crate) fn inflight(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.inflight.load(Ordering::SeqCst))
+            .fold(0u64, u64::wrapping_add)
     }
 
     /// Adds `n` to `counter` in the zap path's slot.
@@ -120,7 +150,8 @@ pub struct SeptStats {
     pub already_mapped: u64,
     /// Fault-path retries because the module answered `TDX_OPERAND_BUSY`.
     pub retries_busy: u64,
-    /// Fault-path retries because another thread had the entry frozen.
+    /// Fault-path retries because another thread had the entry frozen, or the unmap path was
+    /// holding faults back to retry a BUSY SEAMCALL.
     pub retries_frozen: u64,
     /// Faults that ran out of local retries and returned `MapOutcome::Retry`.
     pub retries_returned: u64,

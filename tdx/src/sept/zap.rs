@@ -95,7 +95,13 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
         let mut batch = Batch::new();
         let mut cursor = start;
         let mut spins = 0u64;
+        let mut waited_at = cursor;
         while cursor < end {
+            if cursor != waited_at {
+                // Progress: the wait budget is per entry.
+                spins = 0;
+                waited_at = cursor;
+            }
             let found = self.locate(cursor);
             let span = 1u64 << (9 * found.level);
             let base = align_gfn(cursor, found.level);
@@ -252,11 +258,26 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
                 let vcpus = &self.backends.vcpus;
                 vcpus.block_entry();
                 vcpus.kick_all_and_wait();
+                self.hold_faults();
                 let result = op();
+                self.hold_faults.store(false, Ordering::Release);
                 vcpus.allow_entry();
                 result
             }
             result => result,
+        }
+    }
+
+    /// Keeps the fault path from issuing SEAMCALLs and waits for those in flight: the other
+    /// contenders for the module's S-EPT tree lock (RANGE.BLOCK and PROMOTE take it
+    /// exclusively, AUG and SEPT.ADD shared) besides the vCPUs. Bounded: a fault's SEAMCALL
+    /// is short; past the bound the retry goes ahead anyway.
+    fn hold_faults(&self) {
+        self.hold_faults.store(true, Ordering::SeqCst);
+        let mut spins = 0u64;
+        while self.stats.inflight() != 0 && spins < self.config.frozen_wait_spins {
+            spins += 1;
+            spin_hint();
         }
     }
 
