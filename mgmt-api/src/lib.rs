@@ -25,7 +25,7 @@
 //! `{"code","message"}` JSON body. After a framing error the connection closes.
 //!
 //! # Extension points
-//! [`Handler::admit`] sees each head before its body (auth, 404/405 before reading a body,
+//! [`Handler::admit`] sees each head before its body (bearer-token auth in [`auth`], 404/405 before reading a body,
 //! choosing [`Admission::Stream`] for large uploads that must not be buffered);
 //! [`Handler::body_chunk`]/[`Handler::body_end`] receive streamed bodies;
 //! [`Reply::Later`] + [`Handler::poll_later`] complete long polls later;
@@ -39,6 +39,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod request;
 pub mod response;
@@ -46,7 +47,8 @@ pub mod router;
 pub mod server;
 pub mod uri;
 
-pub use api::Api;
+pub use api::{Access, Api, HostInfo};
+pub use auth::{BearerToken, TokenError};
 pub use error::{ApiError, ErrorCode};
 pub use request::{Method, Request, RequestId, Version};
 pub use response::{Response, StatusCode};
