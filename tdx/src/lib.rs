@@ -18,9 +18,9 @@ extern crate std;
 
 pub mod abi;
 pub mod emu;
+pub mod hob;
 #[cfg(target_arch = "x86_64")]
 pub mod hw;
-pub mod hob;
 pub mod measure;
 pub mod phys;
 pub mod pool;

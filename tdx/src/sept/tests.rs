@@ -599,12 +599,16 @@ fn faults_issue_no_seamcall_while_the_unmap_path_holds_them() {
         ..SeptConfig::default()
     };
     let h = harness_with(false, true, Gpaw::Bits48, cfg);
-    h.mgr.hold_faults.store(true, core::sync::atomic::Ordering::SeqCst);
+    h.mgr
+        .hold_faults
+        .store(true, core::sync::atomic::Ordering::SeqCst);
     assert_eq!(map4k(&h, 0x42), Ok(MapOutcome::Retry));
     assert_eq!(h.module.calls(Leaf::MemSeptAdd), 0);
     assert_eq!(h.mem.outstanding(), 0);
     assert_eq!(h.mgr.stats().retries_frozen, 4);
-    h.mgr.hold_faults.store(false, core::sync::atomic::Ordering::SeqCst);
+    h.mgr
+        .hold_faults
+        .store(false, core::sync::atomic::Ordering::SeqCst);
     assert_eq!(map4k(&h, 0x42), Ok(M4K));
     assert_eq!(h.mgr.stats.inflight(), 0, "every fault SEAMCALL ended");
     assert_consistent(&h);
