@@ -9,16 +9,19 @@
 //! * [`pool`]: the TD memory pool (4 KiB pages, 2 MiB extents, contiguous runs, accounting).
 //! * [`td`]: TD lifecycle state machine.
 //! * [`sept`]: the S-EPT manager (lock-free mirror, fault and unmap paths, huge pages).
+//! * [`host`]: the runtime façade ([`host::Host`]): module bring-up, images, TDs, vCPU
+//!   runners, jobs stepped from the main loop.
 #![no_std]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 extern crate alloc;
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 extern crate std;
 
 pub mod abi;
 pub mod emu;
 pub mod hob;
+pub mod host;
 #[cfg(target_arch = "x86_64")]
 pub mod hw;
 pub mod measure;

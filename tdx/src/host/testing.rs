@@ -1,0 +1,216 @@
+//! Test support (cargo feature `testing`): a [`Host`] over the software TDX module, sparse
+//! memory and one thread per vCPU runner, built in one call.
+//!
+//! ```ignore
+//! let mut host = tdx::host::testing::emulated_host(tdx::host::HostConfig::default());
+//! ```
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use std::sync::Mutex;
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use super::runner::Runner;
+use super::{Host, HostConfig, HostModule, Platform, PlatformError, RunnerPoll};
+use crate::abi::Hpa;
+use crate::emu::{EmuConfig, EmuLimits, EmulatedModule};
+use crate::phys::{PhysMemory, SparseMemory};
+
+/// Logical CPUs, packages and runner threads of a test platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadTopology {
+    /// Logical CPUs including the main CPU 0.
+    pub cpus: u32,
+    /// Packages (CPU `n` is in package `n % packages`, as in the software module).
+    pub packages: u32,
+}
+
+impl Default for ThreadTopology {
+    fn default() -> Self {
+        ThreadTopology {
+            cpus: 4,
+            packages: 1,
+        }
+    }
+}
+
+/// A [`Platform`] on std threads: CPUs 1.. run runner loops on their own threads.
+pub struct ThreadPlatform {
+    topology: ThreadTopology,
+    start: Instant,
+    threads: Mutex<Vec<(u32, JoinHandle<()>)>>,
+    parked: Mutex<Vec<(u32, Thread)>>,
+    runners: Mutex<Vec<Arc<Runner>>>,
+}
+
+impl ThreadPlatform {
+    /// A platform with `topology`.
+    pub fn new(topology: ThreadTopology) -> Arc<ThreadPlatform> {
+        Arc::new(ThreadPlatform {
+            topology,
+            start: Instant::now(),
+            threads: Mutex::new(Vec::new()),
+            parked: Mutex::new(Vec::new()),
+            runners: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Asks every runner to leave its loop and joins the threads.
+    pub fn join_runners(&self) {
+        if let Ok(runners) = self.runners.lock() {
+            for r in runners.iter() {
+                r.request_exit();
+            }
+        }
+        self.unpark_all();
+        let threads = match self.threads.lock() {
+            Ok(mut t) => core::mem::take(&mut *t),
+            Err(_) => return,
+        };
+        for (_, t) in threads {
+            let _ = t.join();
+        }
+    }
+
+    fn unpark_all(&self) {
+        if let Ok(p) = self.parked.lock() {
+            for (_, t) in p.iter() {
+                t.unpark();
+            }
+        }
+    }
+}
+
+impl Drop for ThreadPlatform {
+    fn drop(&mut self) {
+        self.join_runners();
+    }
+}
+
+impl Platform for ThreadPlatform {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+    fn cpus(&self) -> u32 {
+        self.topology.cpus
+    }
+    fn package_of(&self, cpu: u32) -> u32 {
+        cpu % self.topology.packages.max(1)
+    }
+    fn run_on_cpu(&self, cpu: u32, f: &(dyn Fn() + Sync)) -> Result<(), PlatformError> {
+        if cpu >= self.topology.cpus {
+            return Err(PlatformError::NoSuchCpu(cpu));
+        }
+        f();
+        Ok(())
+    }
+    fn runner_cpus(&self) -> Vec<u32> {
+        (1..self.topology.cpus).collect()
+    }
+    fn start_runner(&self, runner: Arc<Runner>) -> Result<(), PlatformError> {
+        let cpu = runner.cpu();
+        if let Ok(mut r) = self.runners.lock() {
+            r.push(runner.clone());
+        }
+        let handle = thread::Builder::new()
+            .name(alloc::format!("runner-{cpu}"))
+            .spawn(move || {
+                loop {
+                    match runner.poll() {
+                        RunnerPoll::Busy => {}
+                        RunnerPoll::Idle => thread::park_timeout(Duration::from_millis(1)),
+                        RunnerPoll::Exit => break,
+                    }
+                }
+            })
+            .map_err(|_| PlatformError::RunnerStart(cpu))?;
+        let t = handle.thread().clone();
+        if let Ok(mut p) = self.parked.lock() {
+            p.push((cpu, t));
+        }
+        if let Ok(mut th) = self.threads.lock() {
+            th.push((cpu, handle));
+        }
+        Ok(())
+    }
+    fn kick_cpu(&self, cpu: u32) {
+        if let Ok(p) = self.parked.lock() {
+            for (c, t) in p.iter() {
+                if *c == cpu {
+                    t.unpark();
+                }
+            }
+        }
+    }
+}
+
+/// Everything [`emulated_host_parts`] builds.
+pub struct EmulatedHost {
+    /// The host.
+    pub host: Host,
+    /// The software module behind it (fault injection, invariants).
+    pub module: Arc<EmulatedModule>,
+    /// Its memory.
+    pub memory: Arc<SparseMemory>,
+    /// The thread platform.
+    pub platform: Arc<ThreadPlatform>,
+}
+
+/// A small default config for tests: 512 MiB pool at 1 GiB, 16 KeyIDs, 8 KiB console rings,
+/// 256 pages per build step.
+pub fn small_config() -> HostConfig {
+    HostConfig {
+        console_ring_bytes: 8 << 10,
+        event_log_len: 1024,
+        build_pages_per_step: 256,
+        memory: super::PlatformMemory {
+            pool_base: Hpa(1 << 30),
+            pool_size: 512 << 20,
+            hkid_start: 16,
+            num_hkids: 16,
+        },
+        ..HostConfig::default()
+    }
+}
+
+/// A host over the software module with `topology`, initialized; panics only if bring-up of a
+/// valid configuration fails (a bug the crate's own tests catch).
+#[allow(clippy::expect_used)]
+pub fn emulated_host_parts(config: HostConfig, topology: ThreadTopology) -> EmulatedHost {
+    let memory = Arc::new(SparseMemory::new());
+    let mem = &config.memory;
+    let module = EmulatedModule::new(
+        EmuConfig {
+            phys_base: mem.pool_base,
+            phys_size: mem.pool_size,
+            num_lps: topology.cpus,
+            num_packages: topology.packages,
+            hkid_start: mem.hkid_start,
+            num_hkids: mem.num_hkids,
+            hkid_shift: 46,
+            limits: EmuLimits::default(),
+        },
+        memory.clone() as Arc<dyn PhysMemory>,
+    )
+    .expect("software module configuration");
+    let platform = ThreadPlatform::new(topology);
+    let host = Host::new(
+        HostModule::Emulated(module.clone()),
+        memory.clone() as Arc<dyn PhysMemory>,
+        platform.clone() as Arc<dyn Platform>,
+        config,
+    )
+    .expect("host bring-up over the software module");
+    EmulatedHost {
+        host,
+        module,
+        memory,
+        platform,
+    }
+}
+
+/// A host over the software module, sparse memory and 3 runner threads.
+pub fn emulated_host(config: HostConfig) -> Host {
+    emulated_host_parts(config, ThreadTopology::default()).host
+}
