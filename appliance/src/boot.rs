@@ -1,29 +1,39 @@
 //! The UEFI entry point and the main loop.
 //!
 //! Order of events: disable the watchdog (boot services are never exited, and an armed
-//! watchdog resets the machine after 5 minutes), start logging, calibrate the TSC, shorten
-//! the firmware tick, bring up the NIC, then poll the network stack and the API from one loop
-//! forever, sleeping on a timer event whenever traffic stops (see `appliance::idle`).
+//! watchdog resets the machine after 5 minutes), start logging, calibrate the TSC, read the
+//! configuration file from the boot medium or the PXE boot server (before the NIC is opened
+//! exclusively, which disconnects the PXE driver), refuse to serve if it is invalid, generate
+//! the API token if none is configured, shorten the firmware tick, bring up the NIC, then poll
+//! the network stack and the API from one loop forever, sleeping on a timer event whenever
+//! traffic stops (see `appliance::idle`).
 
-use appliance::config::{ApplianceConfig, ShowIpv4};
+use appliance::config::{
+    ApplianceConfig, ConfigSource, ShowIpv4, Summary, TokenSource, parse_config,
+};
 use appliance::idle::IdleAction;
 use appliance::ratelimit::RateLimit;
 use appliance::runtime::Runtime;
 use appliance::startup::AddressEvent;
-use log::{error, info, warn};
+use log::{Level, error, info, warn};
+use mgmt_api::{Api, BearerToken};
 use uefi::prelude::*;
 
-use crate::platform::{self, clock::now_ms, snp::SnpNic, timer::SleepTimer};
+use crate::platform::config_file::{self, Fetched};
+use crate::platform::{self, clock::now_ms, logger::console, snp::SnpNic, timer::SleepTimer};
+
+/// Random bytes in a generated API token (written as 64 hex characters).
+const GENERATED_TOKEN_BYTES: usize = 32;
+
+/// How often the reason for refusing to serve is printed again.
+const REFUSAL_REPEAT_MS: u64 = 30_000;
 
 /// The UEFI entry point: never returns.
 #[entry]
 fn main() -> Status {
     let entry_tsc = platform::clock::read_tsc();
-    let config = ApplianceConfig::built_in();
-    let log_level = config
-        .as_ref()
-        .map_or(log::LevelFilter::Info, |config| config.log_level);
-    platform::logger::init(log_level);
+    // Info until the configuration says otherwise.
+    platform::logger::init(log::LevelFilter::Info);
     if let Err(e) = boot::set_watchdog_timer(0, 0x10000, None) {
         warn!("could not disable the watchdog: {:?}", e.status());
     }
@@ -35,11 +45,15 @@ fn main() -> Status {
         ),
         Err(e) => error!("TSC calibration failed ({e}); timestamps stay at zero"),
     }
-    let config = match config {
-        Ok(config) => config,
-        Err(e) => halt(format_args!(
-            "invalid built-in configuration (APPLIANCE_IPV4): {e}"
-        )),
+    let (mut config, source) = load_configuration();
+    log::set_max_level(config.log_level);
+    info!("configuration from {source}: {}", Summary(&config));
+    let token_source = match config.api_token {
+        Some(_) => TokenSource::Configured,
+        None => {
+            config.api_token = Some(generate_token());
+            TokenSource::Generated
+        }
     };
     let tick = core::time::Duration::from_micros(config.timer_tick_us);
     match platform::timer::shorten_tick(tick) {
@@ -71,7 +85,11 @@ fn main() -> Status {
         config.server.port,
         config.server.listeners
     );
-    let mut runtime = Runtime::new(nic, &config, now_ms(), seed);
+    let mut api = Api::new(now_ms()).with_host_info(config.host_info(&source, token_source));
+    if let Some(token) = config.api_token.clone() {
+        api = api.with_token(token);
+    }
+    let mut runtime = Runtime::new(nic, &config, api, now_ms(), seed);
     let mut drop_report = RateLimit::new(DROP_REPORT_INTERVAL_MS, now_ms());
     let mut reported_drops = DropCounters::default();
     loop {
@@ -122,6 +140,75 @@ impl DropCounters {
             snp_receive_errors: snp.receive,
             snp_transmit_refused: snp.transmit,
             tx_ring_full: snp.tx_ring_full,
+        }
+    }
+}
+
+/// Reads and parses the configuration file; on any error, refuses to serve (never returns).
+fn load_configuration() -> (ApplianceConfig, ConfigSource) {
+    match config_file::fetch() {
+        Ok(Fetched::Missing(source)) => (ApplianceConfig::default(), source),
+        Ok(Fetched::File(bytes, source)) => match parse_config(&bytes) {
+            Ok(config) => (config, source),
+            Err(errors) => refuse_to_serve(&|| {
+                console(
+                    Level::Error,
+                    format_args!("invalid configuration in {source}:"),
+                );
+                for problem in &errors.0 {
+                    console(Level::Error, format_args!("  {problem}"));
+                }
+            }),
+        },
+        Err(e) => refuse_to_serve(&|| {
+            console(Level::Error, format_args!("configuration unreadable: {e}"));
+        }),
+    }
+}
+
+/// A token from the CPU's random number instructions, printed once on the console (whatever
+/// the log level): the operator needs it and it is not stored anywhere.
+fn generate_token() -> BearerToken {
+    let mut bytes = [0u8; GENERATED_TOKEN_BYTES];
+    match platform::rng::secure_random_bytes(&mut bytes) {
+        Ok(random_source) => {
+            let token = BearerToken::from_random_bytes(&bytes);
+            console(
+                Level::Warn,
+                format_args!(
+                    "no api.token configured; generated API token (from {random_source}, shown once): {}",
+                    token.as_str()
+                ),
+            );
+            token
+        }
+        Err(e) => refuse_to_serve(&|| {
+            console(
+                Level::Error,
+                format_args!(
+                    "cannot generate an API token: {e}; set api.token in the configuration file"
+                ),
+            );
+        }),
+    }
+}
+
+/// Shows why the appliance does not serve, again every [`REFUSAL_REPEAT_MS`] (for whoever
+/// attaches to the console later), and never brings the network up.
+fn refuse_to_serve(report: &dyn Fn()) -> ! {
+    let sleeper = SleepTimer::new().ok();
+    loop {
+        report();
+        console(
+            Level::Error,
+            format_args!(
+                "not serving: fix the configuration file and reboot (repeated every {} s)",
+                REFUSAL_REPEAT_MS / 1000
+            ),
+        );
+        match &sleeper {
+            Some(sleeper) => sleeper.sleep_ms(REFUSAL_REPEAT_MS),
+            None => boot::stall(core::time::Duration::from_millis(REFUSAL_REPEAT_MS)),
         }
     }
 }

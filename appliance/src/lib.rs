@@ -4,7 +4,7 @@
 //! be decided without firmware lives here: the TSC clock arithmetic ([`clock`]), the adaptive
 //! idle policy of the main loop ([`idle`]), the log line format ([`logfmt`]), the transmit buffer
 //! bookkeeping for the non-copying SNP driver ([`tx_ring`]), the "listening" report
-//! ([`startup`]), the configuration ([`config`]), the adapter that serves the management API
+//! ([`startup`]), the configuration file ([`config`]) and where to find it ([`bootsource`]), the adapter that serves the management API
 //! over the TCP server ([`service`]), one step of the main loop ([`runtime`]) and a gate for
 //! rate-limited log lines ([`ratelimit`]).
 #![no_std]
@@ -12,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod bootsource;
 pub mod clock;
 pub mod config;
 pub mod idle;

@@ -1,6 +1,9 @@
 //! One step of the main loop, independent of the platform: poll the network stack (which
 //! drives the API), report address changes, decide whether to poll again or sleep.
 
+use alloc::format;
+
+use mgmt_api::Api;
 use net::{NetStack, Nic};
 
 use crate::config::ApplianceConfig;
@@ -26,11 +29,12 @@ pub struct StepOutcome {
 }
 
 impl<N: Nic> Runtime<N> {
-    /// Builds the stack on `nic` with `config`; `now_ms` is the current time since entry.
-    pub fn new(nic: N, config: &ApplianceConfig, now_ms: u64, random_seed: u64) -> Self {
+    /// Builds the stack on `nic` with `config`, serving `api`; `now_ms` is the current time
+    /// since entry.
+    pub fn new(nic: N, config: &ApplianceConfig, api: Api, now_ms: u64, random_seed: u64) -> Self {
         Self {
             stack: NetStack::new(nic, config.server, now_ms, random_seed),
-            service: ApiService::new(config.api_limits.clone(), now_ms),
+            service: ApiService::new(api, config.api_limits.clone()),
             idle: AdaptiveIdle::new(config.idle, now_ms),
             watch: AddressWatch::new(config.server.port),
         }
@@ -39,7 +43,12 @@ impl<N: Nic> Runtime<N> {
     /// Polls once at `now_ms`.
     pub fn step(&mut self, now_ms: u64) -> StepOutcome {
         let activity = self.stack.poll(now_ms, &mut self.service);
-        let address_event = self.watch.observe(self.stack.ipv4_address(), now_ms);
+        let address = self.stack.ipv4_address();
+        let address_event = self.watch.observe(address, now_ms);
+        if address_event.is_some() {
+            let shown = address.map(|([a, b, c, d], len)| format!("{a}.{b}.{c}.{d}/{len}"));
+            self.service.server_mut().handler_mut().set_ipv4(shown);
+        }
         let deadline = self.stack.poll_delay_ms(now_ms);
         StepOutcome {
             action: self.idle.after_poll(now_ms, activity, deadline),
@@ -55,6 +64,11 @@ impl<N: Nic> Runtime<N> {
     /// The network stack, mutable (e.g. for the NIC).
     pub fn stack_mut(&mut self) -> &mut NetStack<N> {
         &mut self.stack
+    }
+
+    /// The management API (what it reports, its token).
+    pub fn api(&self) -> &Api {
+        self.service.server().handler()
     }
 
     /// The idle policy's counters.
@@ -98,7 +112,7 @@ mod tests {
             prefix_len: 24,
             gateway: None,
         };
-        let mut runtime = Runtime::new(SilentNic { sent: Vec::new() }, &config, 7, 42);
+        let mut runtime = Runtime::new(SilentNic { sent: Vec::new() }, &config, Api::new(7), 7, 42);
         let first = runtime.step(7);
         let Some(AddressEvent::FirstListening(listening)) = first.address_event else {
             panic!("expected the listening event, got {first:?}");
@@ -106,6 +120,11 @@ mod tests {
         assert_eq!(listening.address, [10, 0, 2, 15]);
         assert_eq!(listening.port, 8080);
         assert_eq!(listening.after_ms, 7);
+        assert_eq!(
+            runtime.api().host_info().ipv4.as_deref(),
+            Some("10.0.2.15/24"),
+            "GET /v1/host reports the address"
+        );
         // Nothing arrives: once the busy window has passed the loop sleeps.
         let later = runtime.step(7 + config.idle.busy_window_ms + 1);
         assert!(
@@ -118,7 +137,7 @@ mod tests {
     #[test]
     fn dhcp_sends_a_discover_and_is_not_listening_without_a_lease() {
         let config = ApplianceConfig::default();
-        let mut runtime = Runtime::new(SilentNic { sent: Vec::new() }, &config, 0, 1);
+        let mut runtime = Runtime::new(SilentNic { sent: Vec::new() }, &config, Api::new(0), 0, 1);
         for now in 0..20 {
             assert_eq!(runtime.step(now).address_event, None);
         }

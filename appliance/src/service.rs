@@ -10,16 +10,21 @@ pub struct ApiService {
 }
 
 impl ApiService {
-    /// The API with `limits`, started at `start_ms` (for its uptime).
-    pub fn new(limits: Limits, start_ms: u64) -> Self {
+    /// Serves `api` with `limits`.
+    pub fn new(api: Api, limits: Limits) -> Self {
         Self {
-            server: Server::new(Api::new(start_ms), limits),
+            server: Server::new(api, limits),
         }
     }
 
     /// The HTTP server inside.
     pub fn server(&self) -> &Server<Api> {
         &self.server
+    }
+
+    /// The HTTP server inside, mutable (to update what the API reports).
+    pub fn server_mut(&mut self) -> &mut Server<Api> {
+        &mut self.server
     }
 }
 
@@ -66,7 +71,7 @@ mod tests {
 
     #[test]
     fn serves_health_through_the_service_seam() {
-        let mut service = ApiService::new(Limits::default(), 100);
+        let mut service = ApiService::new(Api::new(100), Limits::default());
         let mut conn = service.open(100);
         service.on_receive(
             &mut conn,
@@ -84,7 +89,7 @@ mod tests {
 
     #[test]
     fn partial_sends_keep_the_rest_of_the_output() {
-        let mut service = ApiService::new(Limits::default(), 0);
+        let mut service = ApiService::new(Api::new(0), Limits::default());
         let mut conn = service.open(0);
         service.on_receive(&mut conn, b"GET /v1/health HTTP/1.1\r\nHost: a\r\n\r\n", 1);
         let total = service.output(&conn).len();
@@ -94,7 +99,7 @@ mod tests {
 
     #[test]
     fn garbage_is_answered_400_and_the_connection_closes() {
-        let mut service = ApiService::new(Limits::default(), 0);
+        let mut service = ApiService::new(Api::new(0), Limits::default());
         let mut conn = service.open(0);
         service.on_receive(&mut conn, b"\x00\x01 not http\r\n\r\n", 1);
         let text = output_text(&service, &conn);
@@ -104,7 +109,7 @@ mod tests {
 
     #[test]
     fn peer_close_without_a_request_ends_the_connection() {
-        let mut service = ApiService::new(Limits::default(), 0);
+        let mut service = ApiService::new(Api::new(0), Limits::default());
         let mut conn = service.open(0);
         service.on_peer_closed(&mut conn, 1);
         assert_ne!(service.poll(&mut conn, 1), net::ConnState::Open);

@@ -96,6 +96,8 @@ impl Qemu {
         let mut command = Command::new(&firmware.qemu);
         command
             .args(["-nodefaults", "-machine", "q35", "-accel", "tcg"])
+            // RDRAND for the appliance's generated API token (TCG emulates it; not RDSEED).
+            .args(["-cpu", "qemu64,+rdrand"])
             .args(["-m", &config.memory_mib.to_string()])
             .args(["-smp", &config.cpus.to_string()])
             .args(["-display", "none", "-monitor", "none", "-no-reboot"])

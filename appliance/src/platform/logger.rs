@@ -45,6 +45,14 @@ pub fn init(max: LevelFilter) {
     }
 }
 
+/// Writes one console line whatever the log level: for what the operator must see even with
+/// `log.level = "off"` (a generated API token, why the configuration is refused).
+pub fn console(level: log::Level, args: core::fmt::Arguments<'_>) {
+    let mut port = LOGGER.port.lock();
+    let mut out = CrlfWriter::new(|byte| port.write_byte(byte));
+    let _ = write_record(&mut out, now_ms(), level, "appliance", args);
+}
+
 /// Writes a message straight to COM1 without taking the logger's lock (for the panic handler,
 /// which may run while the lock is held).
 pub fn emergency_write(args: core::fmt::Arguments<'_>) {
