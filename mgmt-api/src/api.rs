@@ -1,19 +1,43 @@
-//! The management API's [`Handler`]: the route table and the endpoints.
+//! The management API's [`Handler`]: the route table, per-request state and the glue to
+//! the TDX runtime façade ([`tdx::host::Host`]).
 //!
-//! Routes are data ([`ROUTES`]): method, pattern, [`Access`] and a plain function. Unknown
-//! paths (404), wrong methods (405) and, on [`Access::Bearer`] routes, missing or wrong
-//! credentials (401, see [`crate::auth`]) are refused in [`Handler::admit`], before any body
-//! byte is read. Only [`Access::Public`] routes answer without a token.
+//! Routes are data ([`ROUTES`]): method, pattern, [`Access`], the body the route takes
+//! ([`BodyKind`]) and its [`Endpoint`]. Everything that can be decided from the request head
+//! is decided in [`Handler::admit`], before any body byte is read: unknown paths (404),
+//! wrong methods (405), missing or wrong credentials on [`Access::Bearer`] routes (401, see
+//! [`crate::auth`]), a wrong `Content-Type` (415), an image larger than the configured limit
+//! (413). Only [`Access::Public`] routes answer without a token.
+//!
+//! # Long work never blocks the poll loop
+//! Every handler returns at once. Building a TD, a graceful stop and a teardown are jobs the
+//! runtime advances in bounded slices in [`tdx::host::Host::step`]: the appliance main loop
+//! calls [`Api::step`] between network polls, so health and every other request keep
+//! answering while a large image is being added and measured. Image uploads are streamed
+//! into pool memory chunk by chunk ([`Handler::body_chunk`]), never buffered whole, and the
+//! events long poll is a deferred reply ([`Reply::Later`]) completed by
+//! [`Handler::poll_later`] as soon as an event exists or the wait is over.
+//!
+//! # Without a host
+//! [`Api::new`] starts without a [`Host`] (the appliance serves health while bring-up runs,
+//! or after it failed): every TDX route then answers 503 `unavailable` with the reason given
+//! to [`Api::set_host_failure`], and health reports `module_kind: null`.
 
+use alloc::borrow::Cow;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
 use alloc::string::String;
 
 use serde::Serialize;
+use tdx::host::{Host, TdId, TdSpec, UploadId};
 
 use crate::auth::{self, BearerToken};
-use crate::request::{Method, Request};
+use crate::error::{ApiError, ErrorCode};
+use crate::handlers;
+use crate::metrics::{HttpCounters, UNMATCHED_ROUTE};
+use crate::request::{Method, Request, RequestId};
 use crate::response::{Response, StatusCode};
 use crate::router::{PathParams, Router};
-use crate::server::{Admission, Handler};
+use crate::server::{Admission, Handler, Reply};
 use crate::uri::Query;
 
 /// Everything a route function gets about its request.
@@ -30,13 +54,40 @@ pub struct RouteCall<'a, 'r> {
 
 impl RouteCall<'_, '_> {
     /// The decoded query string (400 on bad escapes).
-    pub fn query(&self) -> Result<Query, crate::ApiError> {
+    pub fn query(&self) -> Result<Query, ApiError> {
         Query::parse(self.req.query())
+    }
+
+    /// Path parameter `name` (routes only ask for parameters their pattern has).
+    pub fn param(&self, name: &str) -> &str {
+        self.params.get(name).unwrap_or("")
     }
 }
 
-/// A route's function.
-pub type RouteFn = fn(&mut Api, &RouteCall<'_, '_>) -> Response;
+/// A route's function: a response now, a deferred one, or an error response.
+pub type RouteFn = fn(&mut Api, &RouteCall<'_, '_>) -> Result<Reply, ApiError>;
+
+/// What answers a route.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint {
+    /// A function called with the buffered body.
+    Call(RouteFn),
+    /// `PUT /v1/images/{name}`: the body is streamed into the host chunk by chunk.
+    ImageUpload,
+}
+
+/// The request body a route takes (checked in [`Handler::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No body: a non-empty one is a 400.
+    None,
+    /// A JSON body (`Content-Type: application/json`), required.
+    Json,
+    /// An optional JSON body: empty, or `application/json`.
+    OptionalJson,
+    /// Raw bytes (`application/octet-stream`), streamed.
+    OctetStream,
+}
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,53 +103,100 @@ pub enum Access {
 pub struct RouteSpec {
     /// The method (GET also serves HEAD).
     pub method: Method,
-    /// The path pattern, `{name}` for parameters.
+    /// The path pattern, `{name}` for parameters (also the `route` label of HTTP metrics).
     pub pattern: &'static str,
     /// Who may call it.
     pub access: Access,
-    /// The function answering it.
-    pub handler: RouteFn,
+    /// The body it takes.
+    pub body: BodyKind,
+    /// What answers it.
+    pub endpoint: Endpoint,
 }
 
-/// The route table.
+const fn route(
+    method: Method,
+    pattern: &'static str,
+    access: Access,
+    body: BodyKind,
+    call: RouteFn,
+) -> RouteSpec {
+    RouteSpec {
+        method,
+        pattern,
+        access,
+        body,
+        endpoint: Endpoint::Call(call),
+    }
+}
+
+use Access::{Bearer, Public};
+use BodyKind::{Json, None as NoBody, OptionalJson};
+use Method::{Delete, Get, Post, Put};
+
+/// The route table (the OpenAPI document lists exactly these; a test checks it).
 pub const ROUTES: &[RouteSpec] = &[
+    route(Get, "/v1/health", Public, NoBody, handlers::health),
+    route(Get, "/v1/host", Bearer, NoBody, handlers::host),
+    route(Get, "/v1/images", Bearer, NoBody, handlers::list_images),
+    route(
+        Get,
+        "/v1/images/{name}",
+        Bearer,
+        NoBody,
+        handlers::get_image,
+    ),
     RouteSpec {
-        method: Method::Get,
-        pattern: "/v1/health",
-        access: Access::Public,
-        handler: health,
+        method: Put,
+        pattern: "/v1/images/{name}",
+        access: Bearer,
+        body: BodyKind::OctetStream,
+        endpoint: Endpoint::ImageUpload,
     },
-    RouteSpec {
-        method: Method::Get,
-        pattern: "/v1/host",
-        access: Access::Bearer,
-        handler: host,
-    },
+    route(
+        Delete,
+        "/v1/images/{name}",
+        Bearer,
+        NoBody,
+        handlers::delete_image,
+    ),
+    route(Get, "/v1/tds", Bearer, NoBody, handlers::list_tds),
+    route(Post, "/v1/tds", Bearer, Json, handlers::create_td),
+    route(Get, "/v1/tds/{id}", Bearer, NoBody, handlers::get_td),
+    route(Delete, "/v1/tds/{id}", Bearer, NoBody, handlers::delete_td),
+    route(
+        Post,
+        "/v1/tds/{id}/start",
+        Bearer,
+        OptionalJson,
+        handlers::start_td,
+    ),
+    route(
+        Post,
+        "/v1/tds/{id}/stop",
+        Bearer,
+        OptionalJson,
+        handlers::stop_td,
+    ),
+    route(
+        Get,
+        "/v1/tds/{id}/measurement",
+        Bearer,
+        NoBody,
+        handlers::measurement,
+    ),
+    route(
+        Get,
+        "/v1/tds/{id}/console",
+        Bearer,
+        NoBody,
+        handlers::console,
+    ),
+    route(Get, "/v1/events", Bearer, NoBody, handlers::events),
+    route(Get, "/v1/metrics", Bearer, NoBody, handlers::metrics),
+    route(Get, "/v1/openapi.json", Bearer, NoBody, handlers::openapi),
 ];
 
-/// Body of `GET /v1/health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Health {
-    /// Always `"ok"` when the API answers.
-    pub status: &'static str,
-    /// This crate's version.
-    pub version: &'static str,
-    /// Milliseconds since [`Api::new`]'s `start_ms`.
-    pub uptime_ms: u64,
-}
-
-fn health(api: &mut Api, call: &RouteCall<'_, '_>) -> Response {
-    Response::json(
-        StatusCode::OK,
-        &Health {
-            status: "ok",
-            version: env!("CARGO_PKG_VERSION"),
-            uptime_ms: call.now_ms.saturating_sub(api.start_ms),
-        },
-    )
-}
-
-/// What the appliance reports about itself in `GET /v1/host`, set by the platform.
+/// What the appliance reports about its setup in `GET /v1/host`, set by the platform.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostInfo {
     /// The TCP port the API listens on.
@@ -113,52 +211,102 @@ pub struct HostInfo {
     pub token_source: &'static str,
 }
 
-/// Body of `GET /v1/host`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HostReport<'a> {
-    /// This crate's version.
-    pub version: &'static str,
-    /// Milliseconds since [`Api::new`]'s `start_ms`.
-    pub uptime_ms: u64,
-    /// The interface address (`a.b.c.d/prefix`), `null` while there is none.
-    pub ipv4: Option<&'a str>,
-    /// How the address is obtained.
-    pub network: &'static str,
-    /// The API's TCP port.
-    pub api_port: u16,
-    /// Where the configuration came from.
-    pub config_source: &'a str,
-    /// `"configured"` or `"generated"`.
-    pub token_source: &'static str,
+/// Tunables of the API itself (the runtime has its own `HostConfig`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Largest image upload accepted (413 beyond). Default 64 MiB.
+    pub max_image_bytes: u64,
+    /// Longest `wait_ms` of the events long poll; larger values are capped. Default 30 s.
+    pub max_event_wait_ms: u64,
+    /// Most events in one `GET /v1/events` answer. Default 1000.
+    pub max_events_per_reply: usize,
+    /// Most console bytes in one `GET /v1/tds/{id}/console` answer. Default 64 KiB.
+    pub max_console_bytes: usize,
+    /// `Idempotency-Key`s remembered (oldest forgotten first). Default 256.
+    pub idempotency_keys: usize,
 }
 
-fn host(api: &mut Api, call: &RouteCall<'_, '_>) -> Response {
-    let info = &api.host;
-    Response::json(
-        StatusCode::OK,
-        &HostReport {
-            version: env!("CARGO_PKG_VERSION"),
-            uptime_ms: call.now_ms.saturating_sub(api.start_ms),
-            ipv4: info.ipv4.as_deref(),
-            network: info.network,
-            api_port: info.api_port,
-            config_source: &info.config_source,
-            token_source: info.token_source,
-        },
-    )
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_image_bytes: 64 * 1024 * 1024,
+            max_event_wait_ms: 30_000,
+            max_events_per_reply: 1000,
+            max_console_bytes: 64 * 1024,
+            idempotency_keys: 256,
+        }
+    }
 }
 
-/// The management API: router plus endpoint state.
+/// Longest `Idempotency-Key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// A remembered `POST /v1/tds` keyed by its `Idempotency-Key`.
+#[derive(Debug, Clone)]
+pub(crate) struct IdempotentCreate {
+    pub key: String,
+    pub spec: TdSpec,
+    pub td: TdId,
+}
+
+/// Bounded memory of idempotent creates (first in, first forgotten).
+#[derive(Debug, Default)]
+pub(crate) struct IdempotencyStore {
+    entries: VecDeque<IdempotentCreate>,
+    capacity: usize,
+}
+
+impl IdempotencyStore {
+    pub fn find(&self, key: &str) -> Option<&IdempotentCreate> {
+        self.entries.iter().find(|e| e.key == key)
+    }
+
+    pub fn remember(&mut self, entry: IdempotentCreate) {
+        if self.capacity == 0 {
+            return;
+        }
+        while self.entries.len() >= self.capacity {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(entry);
+    }
+}
+
+/// A request whose answer is not produced by one route call.
+#[derive(Debug)]
+pub(crate) enum InFlight {
+    /// An image upload streaming into the host.
+    Upload {
+        route: &'static RouteSpec,
+        id: UploadId,
+    },
+    /// An events long poll.
+    EventsPoll {
+        route: &'static RouteSpec,
+        since: u64,
+        limit: usize,
+        deadline_ms: u64,
+    },
+}
+
+/// The management API: router, the TDX host it drives, and per-request state.
 pub struct Api {
     router: Router<&'static RouteSpec>,
-    start_ms: u64,
+    pub(crate) start_ms: u64,
     token: Option<BearerToken>,
-    host: HostInfo,
+    pub(crate) setup: HostInfo,
+    pub(crate) host: Option<Host>,
+    pub(crate) host_failure: Option<String>,
+    pub(crate) config: ApiConfig,
+    pub(crate) in_flight: BTreeMap<RequestId, InFlight>,
+    pub(crate) idempotency: IdempotencyStore,
+    pub(crate) http: HttpCounters,
 }
 
 impl Api {
-    /// The API as started at `start_ms` (the origin of `uptime_ms`), with no token: until
-    /// [`Api::with_token`] only public routes answer (it fails closed).
+    /// The API as started at `start_ms` (the origin of `uptime_ms`), with no token (until
+    /// [`Api::with_token`] only public routes answer: it fails closed) and no TDX host
+    /// (until [`Api::with_host`] TDX routes answer 503).
     pub fn new(start_ms: u64) -> Self {
         let mut router = Router::new();
         for spec in ROUTES {
@@ -171,11 +319,21 @@ impl Api {
                 );
             }
         }
+        let config = ApiConfig::default();
         Self {
             router,
             start_ms,
             token: None,
-            host: HostInfo::default(),
+            setup: HostInfo::default(),
+            host: None,
+            host_failure: None,
+            idempotency: IdempotencyStore {
+                entries: VecDeque::new(),
+                capacity: config.idempotency_keys,
+            },
+            config,
+            in_flight: BTreeMap::new(),
+            http: HttpCounters::default(),
         }
     }
 
@@ -186,42 +344,209 @@ impl Api {
         self
     }
 
-    /// Sets what `GET /v1/host` reports.
+    /// Sets what `GET /v1/host` reports about the appliance's setup.
     #[must_use]
     pub fn with_host_info(mut self, host: HostInfo) -> Self {
-        self.host = host;
+        self.setup = host;
         self
+    }
+
+    /// Serves the TD routes from `host`.
+    #[must_use]
+    pub fn with_host(mut self, host: Host) -> Self {
+        self.host = Some(host);
+        self.host_failure = None;
+        self
+    }
+
+    /// Sets the API's own tunables.
+    #[must_use]
+    pub fn with_config(mut self, config: ApiConfig) -> Self {
+        self.idempotency.capacity = config.idempotency_keys;
+        self.config = config;
+        self
+    }
+
+    /// Records why there is no host (bring-up failed): TDX routes answer 503 with it.
+    pub fn set_host_failure(&mut self, reason: String) {
+        self.host_failure = Some(reason);
     }
 
     /// Updates the reported interface address (`a.b.c.d/prefix`), e.g. after a DHCP lease.
     pub fn set_ipv4(&mut self, ipv4: Option<String>) {
-        self.host.ipv4 = ipv4;
+        self.setup.ipv4 = ipv4;
     }
 
-    /// What `GET /v1/host` reports.
+    /// What `GET /v1/host` reports about the setup.
     pub fn host_info(&self) -> &HostInfo {
-        &self.host
+        &self.setup
+    }
+
+    /// The TDX host, if one was given.
+    pub fn host(&self) -> Option<&Host> {
+        self.host.as_ref()
+    }
+
+    /// The TDX host, mutably.
+    pub fn host_mut(&mut self) -> Option<&mut Host> {
+        self.host.as_mut()
+    }
+
+    /// The API's tunables.
+    pub fn config(&self) -> &ApiConfig {
+        &self.config
+    }
+
+    /// Advances the host's long jobs (TD builds, stop timeouts, teardowns) by one bounded
+    /// slice. The appliance main loop calls this between network polls; returns whether
+    /// work remains (poll again soon rather than sleep).
+    pub fn step(&mut self, now_ms: u64) -> bool {
+        self.host.as_mut().is_some_and(|host| host.step(now_ms))
+    }
+
+    /// HTTP responses counted for a method, route pattern and status (as in `/v1/metrics`).
+    pub fn http_count(&self, method: Method, route: &'static str, status: u16) -> u64 {
+        self.http.get(method.as_str(), route, status)
+    }
+
+    /// Requests whose answer is still in progress (uploads, long polls).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The host, or the 503 that says why there is none.
+    pub(crate) fn require_host(&mut self) -> Result<&mut Host, ApiError> {
+        match self.host.as_mut() {
+            Some(host) => Ok(host),
+            None => Err(ApiError::unavailable(match &self.host_failure {
+                Some(reason) => Cow::Owned(format!("the TDX host is not available: {reason}")),
+                None => Cow::Borrowed("the TDX host is not initialised yet"),
+            })),
+        }
+    }
+
+    fn count(&mut self, method: Method, route: &'static str, status: StatusCode) {
+        let method = if method == Method::Other {
+            "OTHER"
+        } else {
+            method.as_str()
+        };
+        self.http.count(method, route, status.as_u16());
+    }
+
+    /// Counts and returns `resp` for `route`.
+    fn finish(&mut self, method: Method, route: &'static str, resp: Response) -> Response {
+        self.count(method, route, resp.status);
+        resp
+    }
+
+    fn admit_upload(
+        &mut self,
+        req: &Request<'_>,
+        spec: &'static RouteSpec,
+        params: &PathParams,
+    ) -> Result<Admission, ApiError> {
+        let size = req.content_length();
+        let max = self.config.max_image_bytes;
+        if size > max {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("an image of {size} bytes exceeds the limit of {max} bytes"),
+            ));
+        }
+        let name = params.get("name").unwrap_or("");
+        let id = self
+            .require_host()?
+            .begin_image_upload(name, size)
+            .map_err(|err| match err {
+                tdx::host::HostError::NameTaken => handlers::host_error(err).with_field("name"),
+                other => handlers::host_error(other),
+            })?;
+        self.in_flight
+            .insert(req.id(), InFlight::Upload { route: spec, id });
+        Ok(Admission::Stream {
+            max_body_bytes: max,
+        })
+    }
+}
+
+/// Checks `Content-Type` and body presence against what the route takes.
+fn check_body(req: &Request<'_>, kind: BodyKind) -> Result<(), ApiError> {
+    let len = req.content_length();
+    let media_type = req
+        .header("content-type")
+        .map(|v| v.split(';').next().unwrap_or("").trim());
+    let wants = match kind {
+        BodyKind::None if len > 0 => {
+            return Err(ApiError::bad_request("this endpoint takes no request body"));
+        }
+        BodyKind::None => return Ok(()),
+        BodyKind::OptionalJson if len == 0 => return Ok(()),
+        BodyKind::Json | BodyKind::OptionalJson => "application/json",
+        BodyKind::OctetStream => "application/octet-stream",
+    };
+    match media_type {
+        Some(found) if found.eq_ignore_ascii_case(wants) => Ok(()),
+        Some(found) => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("Content-Type {found:?} is not accepted here; send {wants}"),
+        )),
+        None => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("Content-Type is missing; send {wants}"),
+        )),
     }
 }
 
 impl Handler for Api {
     fn admit(&mut self, req: &Request<'_>, _now_ms: u64) -> Admission {
-        match self.router.find(req.method(), req.path()) {
-            Ok(route) if route.value.access == Access::Bearer => {
-                match auth::authorize(req, self.token.as_ref()) {
-                    Ok(()) => Admission::Buffer,
-                    Err(refusal) => Admission::Reject(refusal),
-                }
+        let (spec, params) = match self.router.find(req.method(), req.path()) {
+            Ok(found) => (*found.value, found.params),
+            Err(err) => {
+                let resp = err.to_response();
+                return Admission::Reject(self.finish(req.method(), UNMATCHED_ROUTE, resp));
             }
-            Ok(_) => Admission::Buffer,
-            Err(err) => Admission::Reject(err.to_response()),
+        };
+        let checked = match spec.access {
+            Access::Bearer => auth::authorize(req, self.token.as_ref()),
+            Access::Public => Ok(()),
+        }
+        .and_then(|()| check_body(req, spec.body).map_err(|err| err.to_response()));
+        let admission = match checked {
+            Err(resp) => Err(resp),
+            Ok(()) => match spec.endpoint {
+                Endpoint::Call(_) => Ok(Admission::Buffer),
+                Endpoint::ImageUpload => self
+                    .admit_upload(req, spec, &params)
+                    .map_err(|err| err.to_response()),
+            },
+        };
+        match admission {
+            Ok(admission) => admission,
+            Err(resp) => Admission::Reject(self.finish(req.method(), spec.pattern, resp)),
         }
     }
 
     fn handle(&mut self, req: &Request<'_>, body: &[u8], now_ms: u64) -> Response {
-        let (route, params) = match self.router.find(req.method(), req.path()) {
-            Ok(found) => (found.value.handler, found.params),
-            Err(err) => return err.to_response(),
+        match self.respond(req, body, now_ms) {
+            Reply::Ready(resp) => resp,
+            Reply::Later => self
+                .poll_later(req, now_ms)
+                .unwrap_or_else(|| ApiError::internal("response deferred").to_response()),
+        }
+    }
+
+    fn respond(&mut self, req: &Request<'_>, body: &[u8], now_ms: u64) -> Reply {
+        let (spec, params) = match self.router.find(req.method(), req.path()) {
+            Ok(found) => (*found.value, found.params),
+            Err(err) => {
+                let resp = err.to_response();
+                return Reply::Ready(self.finish(req.method(), UNMATCHED_ROUTE, resp));
+            }
+        };
+        let Endpoint::Call(function) = spec.endpoint else {
+            let resp = ApiError::internal("streamed route answered without its body");
+            return Reply::Ready(self.finish(req.method(), spec.pattern, resp.to_response()));
         };
         let call = RouteCall {
             req,
@@ -229,114 +554,110 @@ impl Handler for Api {
             body,
             now_ms,
         };
-        route(self, &call)
+        match function(self, &call) {
+            Ok(Reply::Ready(resp)) => Reply::Ready(self.finish(req.method(), spec.pattern, resp)),
+            Ok(Reply::Later) => Reply::Later,
+            Err(err) => Reply::Ready(self.finish(req.method(), spec.pattern, err.to_response())),
+        }
     }
+
+    fn body_chunk(
+        &mut self,
+        req: &Request<'_>,
+        chunk: &[u8],
+        _now_ms: u64,
+    ) -> Result<(), Response> {
+        let Some(InFlight::Upload { route, id }) = self.in_flight.get(&req.id()) else {
+            return Err(ApiError::internal("no upload in progress for this request").to_response());
+        };
+        let (route, id) = (*route, *id);
+        let result = match self.host.as_mut() {
+            Some(host) => host.write_image_chunk(id, chunk),
+            None => Err(tdx::host::HostError::UploadNotFound),
+        };
+        if let Err(err) = result {
+            self.in_flight.remove(&req.id());
+            if let Some(host) = self.host.as_mut() {
+                host.abort_image_upload(id);
+            }
+            let resp = handlers::host_error(err).to_response();
+            return Err(self.finish(req.method(), route.pattern, resp));
+        }
+        Ok(())
+    }
+
+    fn body_end(&mut self, req: &Request<'_>, _now_ms: u64) -> Reply {
+        let Some(InFlight::Upload { route, id }) = self.in_flight.remove(&req.id()) else {
+            let resp = ApiError::internal("no upload in progress for this request");
+            return Reply::Ready(self.finish(req.method(), UNMATCHED_ROUTE, resp.to_response()));
+        };
+        let resp = match self.host.as_mut() {
+            Some(host) => match host.finish_image_upload(id) {
+                Ok(image) => {
+                    let location = format!("/v1/images/{}", image.name);
+                    Response::json(StatusCode::CREATED, &crate::dto::ImageDto::from(&image))
+                        .with_header("Location", location)
+                }
+                Err(err) => {
+                    host.abort_image_upload(id);
+                    handlers::host_error(err).to_response()
+                }
+            },
+            None => ApiError::unavailable("the TDX host went away").to_response(),
+        };
+        Reply::Ready(self.finish(req.method(), route.pattern, resp))
+    }
+
+    fn poll_later(&mut self, req: &Request<'_>, now_ms: u64) -> Option<Response> {
+        let Some(InFlight::EventsPoll {
+            route,
+            since,
+            limit,
+            deadline_ms,
+        }) = self.in_flight.get(&req.id())
+        else {
+            let resp = ApiError::internal("no deferred answer for this request");
+            return Some(self.finish(req.method(), UNMATCHED_ROUTE, resp.to_response()));
+        };
+        let (route, since, limit, deadline_ms) = (*route, *since, *limit, *deadline_ms);
+        let ready = self
+            .host
+            .as_ref()
+            .is_none_or(|host| host.last_event_id() > since);
+        if !ready && now_ms < deadline_ms {
+            return None;
+        }
+        self.in_flight.remove(&req.id());
+        let resp =
+            handlers::events_reply(self, since, limit).unwrap_or_else(|err| err.to_response());
+        Some(self.finish(req.method(), route.pattern, resp))
+    }
+
+    fn abandon(&mut self, req: &Request<'_>, _now_ms: u64) {
+        if let Some(InFlight::Upload { id, .. }) = self.in_flight.remove(&req.id())
+            && let Some(host) = self.host.as_mut()
+        {
+            host.abort_image_upload(id);
+        }
+    }
+}
+
+/// Body of `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// Always `"ok"` when the API answers.
+    pub status: &'static str,
+    /// This crate's version.
+    pub version: &'static str,
+    /// Milliseconds since [`Api::new`]'s `start_ms`.
+    pub uptime_ms: u64,
+    /// `"hardware"` or `"emulated"`, `null` while there is no TDX host.
+    pub module_kind: Option<&'static str>,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::router::PathPattern;
-
-    #[test]
-    fn every_route_pattern_parses() {
-        for spec in ROUTES {
-            PathPattern::parse(spec.pattern).unwrap();
-        }
-    }
-
-    #[test]
-    fn health_body_reports_version_and_uptime() {
-        let mut api = Api::new(1_000);
-        let head =
-            crate::request::tests_support::head("GET /v1/health HTTP/1.1\r\nHost: h\r\n\r\n");
-        let resp = api.handle(&Request::new(&head), &[], 3_500);
-        assert_eq!(resp.status, StatusCode::OK);
-        assert_eq!(resp.header("content-type"), Some("application/json"));
-        let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
-        assert_eq!(v["status"], "ok");
-        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
-        assert_eq!(v["uptime_ms"], 2_500);
-    }
-
-    fn exchange(api: &mut Api, raw: &str) -> Response {
-        let head = crate::request::tests_support::head(raw);
-        let req = Request::new(&head);
-        match api.admit(&req, 10) {
-            Admission::Buffer => api.handle(&req, &[], 10),
-            Admission::Reject(resp) => resp,
-            Admission::Stream { .. } => panic!("no route streams"),
-        }
-    }
-
-    fn authed_api() -> Api {
-        Api::new(0)
-            .with_token(BearerToken::new("tok3n").unwrap())
-            .with_host_info(HostInfo {
-                api_port: 8080,
-                network: "static",
-                ipv4: Some("10.0.2.15/24".into()),
-                config_source: "boot medium \\EFI\\BOOT\\appliance.toml".into(),
-                token_source: "configured",
-            })
-    }
-
-    #[test]
-    fn health_needs_no_token() {
-        let resp = exchange(
-            &mut authed_api(),
-            "GET /v1/health HTTP/1.1\r\nHost: h\r\n\r\n",
-        );
-        assert_eq!(resp.status, StatusCode::OK);
-    }
-
-    #[test]
-    fn host_needs_the_token_and_reports_the_setup() {
-        let mut api = authed_api();
-        for auth in ["", "Authorization: Bearer wrong\r\n"] {
-            let resp = exchange(
-                &mut api,
-                &alloc::format!("GET /v1/host HTTP/1.1\r\nHost: h\r\n{auth}\r\n"),
-            );
-            assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "{auth}");
-            assert!(resp.header("www-authenticate").is_some());
-        }
-        let resp = exchange(
-            &mut api,
-            "GET /v1/host HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer tok3n\r\n\r\n",
-        );
-        assert_eq!(resp.status, StatusCode::OK);
-        let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
-        assert_eq!(v["ipv4"], "10.0.2.15/24");
-        assert_eq!(v["api_port"], 8080);
-        assert_eq!(v["network"], "static");
-        assert_eq!(v["token_source"], "configured");
-        assert_eq!(v["uptime_ms"], 10);
-        api.set_ipv4(None);
-        let resp = exchange(
-            &mut api,
-            "GET /v1/host HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer tok3n\r\n\r\n",
-        );
-        let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
-        assert!(v["ipv4"].is_null());
-    }
-
-    #[test]
-    fn routing_errors_come_before_authentication() {
-        let mut api = authed_api();
-        let resp = exchange(&mut api, "GET /v1/nope HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert_eq!(resp.status, StatusCode::NOT_FOUND);
-        let resp = exchange(&mut api, "DELETE /v1/host HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert_eq!(resp.status, StatusCode::METHOD_NOT_ALLOWED);
-    }
-
-    #[test]
-    fn without_a_token_protected_routes_always_refuse() {
-        let mut api = Api::new(0);
-        let resp = exchange(
-            &mut api,
-            "GET /v1/host HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer x\r\n\r\n",
-        );
-        assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
-    }
-}
+mod openapi_check;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+pub(crate) mod tests;

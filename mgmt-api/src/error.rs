@@ -29,21 +29,71 @@ pub enum ErrorCode {
     RequestTimeout,
     /// 409: the request conflicts with the resource's current state.
     Conflict,
+    /// 409: the name (TD or image) is already used.
+    NameTaken,
+    /// 409: the image is used by a TD that is not destroyed.
+    ImageInUse,
+    /// 409: the TD's lifecycle state does not allow the operation.
+    InvalidTransition,
+    /// 409: the TD is bugged (a host-side invariant broke); only deletion is allowed.
+    TdBugged,
     /// 411: a body was announced without `Content-Length`.
     LengthRequired,
     /// 413: the body is larger than the route accepts.
     PayloadTooLarge,
+    /// 415: the body's `Content-Type` is not what the route takes.
+    UnsupportedMediaType,
+    /// 422: the uploaded file is not a usable TDVF image.
+    InvalidImage,
+    /// 422: a declared workload was given but the host runs the hardware TDX module.
+    WorkloadNeedsEmulation,
+    /// 422: an `Idempotency-Key` was reused with a different request body.
+    IdempotencyKeyReused,
     /// 431: the request head is too large or has too many header fields.
     HeadersTooLarge,
     /// 500: a bug on the server side.
     Internal,
+    /// 500: the TDX module answered a status the host did not expect (the host keeps
+    /// running; the TD concerned may be marked bugged).
+    ModuleError,
     /// 501: a feature of HTTP the server does not implement (e.g. a transfer coding).
     NotImplemented,
     /// 503: the server cannot take this request now.
     Unavailable,
+    /// 503: the TD memory pool has no room for this request.
+    OutOfMemory,
+    /// 503: every TDX private KeyID (HKID) is in use.
+    OutOfHkids,
 }
 
 impl ErrorCode {
+    /// Every code (the OpenAPI document lists the same set).
+    pub const ALL: [ErrorCode; 23] = [
+        Self::BadRequest,
+        Self::Unauthorized,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::RequestTimeout,
+        Self::Conflict,
+        Self::NameTaken,
+        Self::ImageInUse,
+        Self::InvalidTransition,
+        Self::TdBugged,
+        Self::LengthRequired,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::InvalidImage,
+        Self::WorkloadNeedsEmulation,
+        Self::IdempotencyKeyReused,
+        Self::HeadersTooLarge,
+        Self::Internal,
+        Self::ModuleError,
+        Self::NotImplemented,
+        Self::Unavailable,
+        Self::OutOfMemory,
+        Self::OutOfHkids,
+    ];
+
     /// The wire spelling of the code.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -53,12 +103,23 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
             Self::Conflict => "conflict",
+            Self::NameTaken => "name_taken",
+            Self::ImageInUse => "image_in_use",
+            Self::InvalidTransition => "invalid_transition",
+            Self::TdBugged => "td_bugged",
             Self::LengthRequired => "length_required",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::InvalidImage => "invalid_image",
+            Self::WorkloadNeedsEmulation => "workload_needs_emulation",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::HeadersTooLarge => "headers_too_large",
             Self::Internal => "internal",
+            Self::ModuleError => "module_error",
             Self::NotImplemented => "not_implemented",
             Self::Unavailable => "unavailable",
+            Self::OutOfMemory => "out_of_memory",
+            Self::OutOfHkids => "out_of_hkids",
         }
     }
 
@@ -70,13 +131,23 @@ impl ErrorCode {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Conflict => StatusCode::CONFLICT,
+            Self::Conflict
+            | Self::NameTaken
+            | Self::ImageInUse
+            | Self::InvalidTransition
+            | Self::TdBugged => StatusCode::CONFLICT,
             Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::InvalidImage | Self::WorkloadNeedsEmulation | Self::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_CONTENT
+            }
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal | Self::ModuleError => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::OutOfMemory | Self::OutOfHkids => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
@@ -181,6 +252,11 @@ mod tests {
 
     #[test]
     fn serde_spelling_matches_as_str() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, alloc::format!("\"{}\"", code.as_str()));
+            assert!(code.status().as_u16() >= 400);
+        }
         for code in [
             ErrorCode::BadRequest,
             ErrorCode::Unauthorized,

@@ -40,14 +40,17 @@ extern crate std;
 
 pub mod api;
 pub mod auth;
+pub mod dto;
 pub mod error;
+pub mod handlers;
+pub mod metrics;
 pub mod request;
 pub mod response;
 pub mod router;
 pub mod server;
 pub mod uri;
 
-pub use api::{Access, Api, HostInfo};
+pub use api::{Access, Api, ApiConfig, HostInfo};
 pub use auth::{BearerToken, TokenError};
 pub use error::{ApiError, ErrorCode};
 pub use request::{Method, Request, RequestId, Version};

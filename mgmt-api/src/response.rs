@@ -49,6 +49,8 @@ impl StatusCode {
     pub const PAYLOAD_TOO_LARGE: Self = Self(413);
     /// 422 Unprocessable Content.
     pub const UNPROCESSABLE_CONTENT: Self = Self(422);
+    /// 415 Unsupported Media Type
+    pub const UNSUPPORTED_MEDIA_TYPE: Self = Self(415);
     /// 431 Request Header Fields Too Large (RFC 6585 §5).
     pub const REQUEST_HEADER_FIELDS_TOO_LARGE: Self = Self(431);
     /// 500 Internal Server Error.
@@ -90,6 +92,7 @@ impl StatusCode {
             409 => "Conflict",
             411 => "Length Required",
             413 => "Content Too Large",
+            415 => "Unsupported Media Type",
             422 => "Unprocessable Content",
             431 => "Request Header Fields Too Large",
             500 => "Internal Server Error",

@@ -76,6 +76,21 @@ impl PathPattern {
         Ok(Self { segments })
     }
 
+    /// Whether the still-encoded `path` matches (used by tests to name a request's route).
+    pub fn matches_path(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let decoded: Option<Vec<Cow<'_, str>>> = if rest.is_empty() {
+            Some(Vec::new())
+        } else {
+            rest.split('/')
+                .map(|s| percent_decode(s, false).ok())
+                .collect()
+        };
+        decoded.is_some_and(|segments| self.matches(&segments).is_some())
+    }
+
     /// Matches decoded path segments, returning the parameters.
     fn matches(&self, path: &[Cow<'_, str>]) -> Option<PathParams> {
         if path.len() != self.segments.len() {

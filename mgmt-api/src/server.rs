@@ -712,4 +712,4 @@ fn head_too_large(max: usize) -> ApiError {
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

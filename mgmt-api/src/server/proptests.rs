@@ -18,7 +18,8 @@ const VALID: &[(&str, u16)] = &[
         200,
     ),
     ("HEAD /v1/health HTTP/1.1\r\nHost: a\r\n\r\n", 200),
-    ("GET /v1/tds/7 HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    ("GET /v1/tds/7 HTTP/1.1\r\nHost: a\r\n\r\n", 401),
+    ("GET /v1/nothing-here HTTP/1.1\r\nHost: a\r\n\r\n", 404),
     (
         "POST /v1/health HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody",
         405,

@@ -1,0 +1,116 @@
+//! Fuzzes the whole management API over a live host (the software TDX module): arbitrary
+//! bytes, cut into chunks and spread over time as the input's first two bytes say, go
+//! through one long-lived `Server<Api>` whose token is `fuzz`, so authenticated requests
+//! reach every handler (uploads, TD creation with workloads, lifecycle, events, metrics).
+//! It must never panic, never answer 500, and everything it writes must be well-formed
+//! HTTP/1.1 with `{"code","message"}` JSON error bodies.
+//!
+//! Run it a million times (from `mgmt-api/fuzz`, nightly toolchain):
+//!
+//! ```text
+//! mkdir -p corpus/api_request && cp seeds/api-* corpus/api_request/
+//! cargo +nightly fuzz run api_request corpus/api_request -- -runs=1000000
+//! ```
+//!
+//! The host persists across inputs (building it per input would dominate the run), so state
+//! (TDs, images) accumulates as an operator's would; `Api::step` runs between chunks.
+#![no_main]
+
+use std::cell::RefCell;
+
+use libfuzzer_sys::fuzz_target;
+use mgmt_api::{Api, BearerToken, ConnState, Limits, Server};
+
+thread_local! {
+    static SERVER: RefCell<Server<Api>> = RefCell::new(server());
+}
+
+fn server() -> Server<Api> {
+    let mut config = tdx::host::testing::small_config();
+    config.max_image_bytes = 4 << 20;
+    let host = tdx::host::testing::emulated_host(config);
+    let api = Api::new(0)
+        .with_token(BearerToken::new("fuzz").expect("valid token"))
+        .with_host(host);
+    let limits = Limits {
+        max_header_bytes: 1024,
+        max_body_bytes: 4096,
+        max_pipelined: 4,
+        ..Limits::default()
+    };
+    Server::new(api, limits)
+}
+
+fuzz_target!(|input: &[u8]| {
+    let [chunk_ctl, time_ctl, data @ ..] = input else {
+        return;
+    };
+    SERVER.with(|cell| {
+        let mut server = cell.borrow_mut();
+        let mut now = 0u64;
+        let mut conn = server.open(now);
+        let mut out = Vec::new();
+        let mut rest = data;
+        let mut step = 0usize;
+        while !rest.is_empty() {
+            let size = 1 + (usize::from(*chunk_ctl).wrapping_mul(step + 7) % 256);
+            let (chunk, tail) = rest.split_at(size.min(rest.len()));
+            rest = tail;
+            server.on_receive(&mut conn, chunk, now);
+            out.extend_from_slice(conn.output());
+            conn.consume_output(conn.output().len());
+            now += u64::from(*time_ctl) * 100;
+            server.handler_mut().step(now);
+            if server.poll(&mut conn, now) != ConnState::Open {
+                break;
+            }
+            step += 1;
+        }
+        conn.peer_closed(now);
+        let _ = server.poll(&mut conn, now + 60_000);
+        out.extend_from_slice(conn.output());
+        server.disconnect(&mut conn, now + 60_000);
+        assert_eq!(server.handler().in_flight(), 0, "request state left behind");
+        check_responses(&out);
+    });
+});
+
+/// Panics unless `out` is a sequence of well-formed HTTP/1.1 responses whose error bodies
+/// are JSON objects with string `code` and `message`, and none is a 500.
+fn check_responses(mut out: &[u8]) {
+    while !out.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        let len = match resp.parse(out) {
+            Ok(httparse::Status::Complete(len)) => len,
+            other => panic!("malformed response head: {other:?}"),
+        };
+        let status = resp.code.expect("status");
+        let content_length = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map(|h| std::str::from_utf8(h.value).expect("utf8").parse::<usize>().expect("number"));
+        out = &out[len..];
+        if status == 100 {
+            continue;
+        }
+        let body_len = match (status, content_length) {
+            (204, None) => 0,
+            (_, Some(len)) => len,
+            (_, None) => panic!("no Content-Length on a {status} response"),
+        };
+        if body_len > 0 && (out.is_empty() || out.starts_with(b"HTTP/1.1 ")) {
+            continue;
+        }
+        let body = &out[..body_len];
+        out = &out[body_len..];
+        assert_ne!(status, 500, "500: {}", String::from_utf8_lossy(body));
+        if status >= 400 {
+            let value: serde_json::Value = serde_json::from_slice(body).expect("JSON error body");
+            let obj = value.as_object().expect("error body is an object");
+            assert!(obj.get("code").is_some_and(|c| c.is_string()), "code: {value}");
+            assert!(obj.get("message").is_some_and(|m| m.is_string()), "message: {value}");
+        }
+    }
+}
