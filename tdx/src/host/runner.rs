@@ -1,21 +1,424 @@
-//! vCPU runner loops (filled in below).
+//! vCPU runner loops: the code a runner CPU (an application processor on the appliance, a
+//! thread in host tests) runs forever through [`Runner::poll`].
+//!
+//! Each vCPU is bound to one runner; a runner serves its vCPUs round-robin, one TDH.VP.ENTER
+//! per turn, and handles every exit (tdx-reference §1.3, `abi::exit`):
+//!
+//! | exit | handling |
+//! | --- | --- |
+//! | external interrupt (kick, timer) | nothing; re-enter on a later turn |
+//! | EPT violation | [`SeptManager::map_private`](crate::sept::SeptManager::map_private) with the mapping size from the guest's accept level (4 KiB for plain accesses, 2 MiB only if the TD allows huge pages), retried locally on `MapOutcome::Retry` as KVM does, so the vCPU does not re-enter just to fault again (zero-step) |
+//! | EPT violation on a PENDING page (`SEPT_VE_DISABLE`) | guest bug: TD failed |
+//! | MapGPA | private→shared: mark the GFNs shared, then `unmap_private`; shared→private: mark them private (the guest accepts them again, which faults them in); at most 2 MiB per exit, answering RETRY with the next GPA |
+//! | IO to port 0x3F8 | bytes into the TD's console ring (other ports: writes ignored, reads all-ones) |
+//! | HLT | idle until kicked, stopped, or the emulated timer (`idle_wakeup_ms`) fires; during a graceful stop a halted vCPU powers off |
+//! | triple fault | guest shutdown → stopped |
+//! | ReportFatalError | TD failed with the guest's code |
+//! | anything else | TD bugged |
+//!
+//! The turn path never allocates and never logs (outcomes are recorded in the TD and logged
+//! once by the main CPU). Entry follows KVM's `vcpu->mode` protocol: publish IN_GUEST, then
+//! check the TD's block count and run state, so the S-EPT unmap path's
+//! [`VcpuGate`](super::memory::VcpuGate) either sees the vCPU in guest mode (and kicks it) or
+//! the vCPU sees the block.
+//!
+//! When its TD stops, the runner issues TDH.VP.FLUSH for the vCPU on its own CPU (the CPU the
+//! vCPU is associated with) and parks it; teardown starts only once every vCPU is parked.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+
+use crate::abi::exit::{
+    EXT_QUAL_TYPE_PENDING_EPT_VIOLATION, SERIAL_PORT, TDVMCALL_STATUS_RETRY,
+    TDVMCALL_STATUS_SUCCESS, TdExit,
+};
+use crate::abi::{Gfn, Gpa, PageLevel, TdxStatus};
+use crate::seamcall::{Regs, Seamcall, TdxModule};
+use crate::sept::{FaultRequest, MapOutcome, SeptError};
+
+use super::td::{
+    BugCause, FailCause, GuestOutcome, MODE_IN_GUEST, MODE_OUTSIDE, RUN_GRACEFUL, RUN_HALT,
+    RUN_NOT_STARTED, TdShared, VcpuShared,
+};
+use super::{Platform, RunnerPoll};
+
+/// TDVMCALL status: invalid operand.
+pub const TDVMCALL_STATUS_INVALID_OPERAND: u64 = 0x8000_0000_0000_0000;
+/// Bytes converted per MapGPA exit before answering RETRY.
+pub const MAPGPA_CHUNK_BYTES: u64 = 2 << 20;
+/// Local fault retries before re-entering the vCPU.
+const LOCAL_FAULT_RETRIES: u32 = 64;
+
+const MAIL_EMPTY: u8 = 0;
+const MAIL_POSTED: u8 = 1;
+const MAIL_DONE: u8 = 2;
+
+/// A vCPU bound to a runner.
+#[derive(Clone)]
+pub(crate) struct Slot {
+    pub(crate) td: Arc<TdShared>,
+    pub(crate) vcpu: usize,
+}
 
 /// One runner loop, bound to one CPU.
 pub struct Runner {
+    index: usize,
     cpu: u32,
+    seam: Arc<dyn Seamcall>,
+    clock: Arc<dyn Platform>,
+    slots: spin::Mutex<Vec<Slot>>,
+    cursor: AtomicUsize,
+    exit: AtomicBool,
+    mail_state: AtomicU8,
+    mail: spin::Mutex<Regs>,
 }
 
 impl Runner {
+    pub(crate) fn new(
+        index: usize,
+        cpu: u32,
+        seam: Arc<dyn Seamcall>,
+        clock: Arc<dyn Platform>,
+    ) -> Runner {
+        Runner {
+            index,
+            cpu,
+            seam,
+            clock,
+            slots: spin::Mutex::new(Vec::new()),
+            cursor: AtomicUsize::new(0),
+            exit: AtomicBool::new(false),
+            mail_state: AtomicU8::new(MAIL_EMPTY),
+            mail: spin::Mutex::new(Regs::default()),
+        }
+    }
+
     /// The CPU this runner runs on.
     pub fn cpu(&self) -> u32 {
         self.cpu
     }
 
-    /// Asks the loop to exit at its next turn.
-    pub fn request_exit(&self) {}
+    /// Asks the loop to return [`RunnerPoll::Exit`] at its next turn.
+    pub fn request_exit(&self) {
+        self.exit.store(true, Ordering::Release);
+    }
 
-    /// One turn of the loop.
-    pub fn poll(&self) -> super::RunnerPoll {
-        super::RunnerPoll::Exit
+    /// vCPUs bound to this runner.
+    pub fn bound_vcpus(&self) -> usize {
+        self.slots.lock().len()
+    }
+
+    pub(crate) fn bind(&self, slot: Slot) {
+        self.slots.lock().push(slot);
+    }
+
+    /// Removes every vCPU of the TD with TDR `tdr`.
+    pub(crate) fn unbind_td(&self, td: &Arc<TdShared>) {
+        self.slots.lock().retain(|s| !Arc::ptr_eq(&s.td, td));
+    }
+
+    /// Issues `regs` on this runner's CPU from another CPU (hardware per-CPU leaves once the
+    /// runner occupies the CPU) and waits up to `timeout_ms`.
+    pub(crate) fn call_here(&self, regs: Regs, timeout_ms: u64) -> Option<Regs> {
+        if self
+            .mail_state
+            .compare_exchange(MAIL_EMPTY, MAIL_EMPTY, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return None;
+        }
+        *self.mail.lock() = regs;
+        self.mail_state.store(MAIL_POSTED, Ordering::Release);
+        self.clock.kick_cpu(self.cpu);
+        let deadline = self.clock.now_ms().saturating_add(timeout_ms);
+        while self.mail_state.load(Ordering::Acquire) != MAIL_DONE {
+            if self.clock.now_ms() > deadline {
+                return None;
+            }
+            core::hint::spin_loop();
+        }
+        let out = *self.mail.lock();
+        self.mail_state.store(MAIL_EMPTY, Ordering::Release);
+        Some(out)
+    }
+
+    fn serve_mail(&self) {
+        if self.mail_state.load(Ordering::Acquire) == MAIL_POSTED {
+            let mut regs = *self.mail.lock();
+            let out = super::seam::call_retry_busy(&*self.seam, regs);
+            regs = match out {
+                Ok(r) => r,
+                Err(e) => Regs {
+                    rax: e.status.0,
+                    rcx: e.rcx,
+                    rdx: e.rdx,
+                    ..Regs::default()
+                },
+            };
+            *self.mail.lock() = regs;
+            self.mail_state.store(MAIL_DONE, Ordering::Release);
+        }
+    }
+
+    /// One turn of the loop: serve a cross-CPU request, then run one vCPU entry.
+    pub fn poll(&self) -> RunnerPoll {
+        if self.exit.load(Ordering::Acquire) {
+            return RunnerPoll::Exit;
+        }
+        self.serve_mail();
+        let n = self.slots.lock().len();
+        let start = self.cursor.load(Ordering::Relaxed);
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some(slot) = self.slots.lock().get(i).cloned() else {
+                break;
+            };
+            if self.turn(&slot) {
+                self.cursor.store(i + 1, Ordering::Relaxed);
+                return RunnerPoll::Busy;
+            }
+        }
+        RunnerPoll::Idle
+    }
+
+    /// Runs one entry of the slot's vCPU if it may run; true if it did something.
+    fn turn(&self, slot: &Slot) -> bool {
+        let td = &*slot.td;
+        let Some(v) = td.vcpus.vcpus.get(slot.vcpu) else {
+            return false;
+        };
+        if v.parked.load(Ordering::Acquire) {
+            return false;
+        }
+        let run = td.run.load(Ordering::SeqCst);
+        if run == RUN_HALT {
+            return self.park(td, v);
+        }
+        if run == RUN_NOT_STARTED {
+            return false;
+        }
+        let now = self.clock.now_ms();
+        let until = v.halted_until.load(Ordering::Acquire);
+        if until != 0 {
+            if run == RUN_GRACEFUL {
+                return self.park(td, v);
+            }
+            if now < until {
+                return false;
+            }
+            v.halted_until.store(0, Ordering::Release);
+        }
+        // KVM order: publish the mode, then look at requests.
+        v.mode.store(MODE_IN_GUEST, Ordering::SeqCst);
+        if td.vcpus.block.load(Ordering::SeqCst) > 0 || td.run.load(Ordering::SeqCst) == RUN_HALT {
+            v.mode.store(MODE_OUTSIDE, Ordering::SeqCst);
+            return false;
+        }
+        v.entered.store(true, Ordering::Release);
+        let status = v.answer_status.load(Ordering::Relaxed);
+        let value = v.answer_value.load(Ordering::Relaxed);
+        let result = self.seam.vp_enter(v.tdvpr, status, value);
+        v.exits.fetch_add(1, Ordering::SeqCst);
+        v.mode.store(MODE_OUTSIDE, Ordering::SeqCst);
+        match result {
+            Err(e) if e.is_busy() => {
+                td.counters.busy_retries.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => td.set_outcome(GuestOutcome::Bugged(BugCause::Seamcall(e))),
+            Ok((exit, _regs)) => {
+                v.answer_status
+                    .store(TDVMCALL_STATUS_SUCCESS, Ordering::Relaxed);
+                v.answer_value.store(0, Ordering::Relaxed);
+                self.handle_exit(td, v, exit, now);
+            }
+        }
+        true
+    }
+
+    /// Flushes the vCPU on this CPU (if it ever entered) and parks it. False if the flush
+    /// must be retried.
+    fn park(&self, td: &TdShared, v: &VcpuShared) -> bool {
+        if v.entered.load(Ordering::Acquire) && !v.flushed.load(Ordering::Acquire) {
+            match self.seam.vp_flush(v.tdvpr) {
+                Ok(()) => {}
+                Err(e) if e.is_busy() => return true,
+                Err(e) if e.status.is(TdxStatus::VCPU_NOT_ASSOCIATED) => {}
+                Err(e) => td.set_outcome(GuestOutcome::Bugged(BugCause::Seamcall(e))),
+            }
+            v.flushed.store(true, Ordering::Release);
+        }
+        v.parked.store(true, Ordering::Release);
+        true
+    }
+
+    fn answer(v: &VcpuShared, status: u64, value: u64) {
+        v.answer_status.store(status, Ordering::Relaxed);
+        v.answer_value.store(value, Ordering::Relaxed);
+    }
+
+    fn handle_exit(&self, td: &TdShared, v: &VcpuShared, exit: TdExit, now: u64) {
+        td.counters.exits.fetch_add(1, Ordering::Relaxed);
+        match exit {
+            TdExit::ExternalInterrupt => {}
+            TdExit::TripleFault => td.set_outcome(GuestOutcome::Shutdown),
+            TdExit::EptViolation {
+                gpa,
+                ext_type,
+                accept_level,
+                ..
+            } => {
+                td.counters.ept_violations.fetch_add(1, Ordering::Relaxed);
+                self.fault(td, gpa, ext_type, accept_level);
+            }
+            TdExit::Hlt => {
+                if td.run.load(Ordering::SeqCst) == RUN_GRACEFUL {
+                    // The guest is idle: it honours the shutdown request.
+                    self.park(td, v);
+                } else {
+                    v.halted_until
+                        .store(now + td.idle_wakeup_ms.max(1), Ordering::Release);
+                }
+            }
+            TdExit::Io {
+                size,
+                write,
+                port,
+                value,
+            } => {
+                let n = size.clamp(1, 8) as usize;
+                if write {
+                    if port == SERIAL_PORT {
+                        let bytes = value.to_le_bytes();
+                        let out = bytes.get(..n).unwrap_or(&[]);
+                        td.console.push(out);
+                        td.counters
+                            .console_bytes
+                            .fetch_add(out.len() as u64, Ordering::Relaxed);
+                    }
+                    Self::answer(v, TDVMCALL_STATUS_SUCCESS, 0);
+                } else {
+                    let ones = if n >= 8 {
+                        u64::MAX
+                    } else {
+                        (1u64 << (8 * n)) - 1
+                    };
+                    Self::answer(v, TDVMCALL_STATUS_SUCCESS, ones);
+                }
+            }
+            TdExit::MapGpa { gpa, size } => self.map_gpa(td, v, gpa, size),
+            TdExit::ReportFatalError { code } => {
+                td.set_outcome(GuestOutcome::FatalError { code });
+            }
+            TdExit::OtherTdvmcall { subfunction } => {
+                td.set_outcome(GuestOutcome::Bugged(BugCause::UnknownTdvmcall(subfunction)));
+            }
+            TdExit::Other { reason } => {
+                td.set_outcome(GuestOutcome::Bugged(BugCause::UnknownExit(reason)));
+            }
+        }
+    }
+
+    fn fault(&self, td: &TdShared, gpa: Gpa, ext_type: u64, accept_level: Option<PageLevel>) {
+        let shared_mask = 1u64 << td.shared_bit;
+        if gpa.0 & shared_mask != 0 {
+            td.set_outcome(GuestOutcome::Failed {
+                what: FailCause::SharedAccess,
+                value: gpa.0,
+            });
+            return;
+        }
+        if ext_type == EXT_QUAL_TYPE_PENDING_EPT_VIOLATION {
+            td.set_outcome(GuestOutcome::Failed {
+                what: FailCause::PendingAccess,
+                value: gpa.0,
+            });
+            return;
+        }
+        let level = match accept_level {
+            Some(l) if td.huge_pages => l.min(PageLevel::L2M),
+            _ => PageLevel::L4K,
+        };
+        let req = FaultRequest::new(gpa.gfn())
+            .max_level(level)
+            .cpu(self.index);
+        for _ in 0..LOCAL_FAULT_RETRIES {
+            match td.sept.map_private(req) {
+                Ok(MapOutcome::Mapped { .. } | MapOutcome::AlreadyMapped { .. }) => return,
+                Ok(MapOutcome::Retry) => {
+                    if td.run.load(Ordering::SeqCst) == RUN_HALT {
+                        return;
+                    }
+                    core::hint::spin_loop();
+                }
+                Err(e) => {
+                    let outcome = match e {
+                        SeptError::Bugged(r) => GuestOutcome::Bugged(BugCause::Sept(r)),
+                        SeptError::TornDown => return,
+                        SeptError::OutOfPrivateMemory { .. } | SeptError::GfnOutOfRange { .. } => {
+                            GuestOutcome::Failed {
+                                what: FailCause::NoPrivateMemory,
+                                value: gpa.0,
+                            }
+                        }
+                        _ => GuestOutcome::Bugged(BugCause::SeptPagesExhausted),
+                    };
+                    td.set_outcome(outcome);
+                    return;
+                }
+            }
+        }
+        // Still contended: re-enter; the guest faults again.
+    }
+
+    fn map_gpa(&self, td: &TdShared, v: &VcpuShared, gpa: Gpa, size: u64) {
+        let shared_mask = 1u64 << td.shared_bit;
+        let to_shared = gpa.0 & shared_mask != 0;
+        let start = gpa.0 & !shared_mask;
+        let end = start.checked_add(size);
+        if !start.is_multiple_of(4096)
+            || size == 0
+            || !size.is_multiple_of(4096)
+            || end.is_none_or(|e| e > shared_mask)
+        {
+            Self::answer(v, TDVMCALL_STATUS_INVALID_OPERAND, 0);
+            return;
+        }
+        let chunk = size.min(MAPGPA_CHUNK_BYTES);
+        let (first, last) = (start >> 12, (start + chunk) >> 12);
+        if to_shared {
+            // Attribute first, so a racing fault cannot map the GFNs again.
+            td.backing.set_shared(first, last, true);
+            match td.sept.unmap_private(Gfn(first)..Gfn(last)) {
+                Ok(_) => {}
+                Err(SeptError::Bugged(r)) => {
+                    td.set_outcome(GuestOutcome::Bugged(BugCause::Sept(r)));
+                    return;
+                }
+                Err(SeptError::TornDown) => return,
+                Err(_) => {
+                    Self::answer(v, TDVMCALL_STATUS_INVALID_OPERAND, 0);
+                    return;
+                }
+            }
+        } else {
+            td.backing.set_shared(first, last, false);
+        }
+        td.counters.conversions.fetch_add(1, Ordering::Relaxed);
+        if chunk < size {
+            let next = (start + chunk) | (gpa.0 & shared_mask);
+            Self::answer(v, TDVMCALL_STATUS_RETRY, next);
+        } else {
+            Self::answer(v, TDVMCALL_STATUS_SUCCESS, 0);
+        }
+    }
+}
+
+impl core::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Runner")
+            .field("index", &self.index)
+            .field("cpu", &self.cpu)
+            .finish()
     }
 }

@@ -256,4 +256,6 @@ pub struct HostMetrics {
     pub pool_total: u64,
     /// Pool free bytes.
     pub pool_free: u64,
+    /// Pages deliberately leaked after unrecoverable errors (destroyed and live TDs).
+    pub leaked_pages: u64,
 }
