@@ -7,9 +7,9 @@
 //! (`"MR.EXTEND"` zero-padded to 16, chunk GPA at 16..24, zeros) followed by the 256 bytes of
 //! the chunk, and TDH.MR.FINALIZE finishes the hash with standard SHA-384 padding.
 //!
-//! [`MrtdAccumulator`] is that state machine (usable by the software TDX module as its
-//! per-TD MRTD context); [`offline_mrtd`] replays a page sequence without a TD, which is how the
-//! expected MRTD of a firmware image is computed.
+//! [`MrtdAccumulator`] is that state machine (the software TDX module's per-TD MRTD context
+//! too); [`offline_mrtd`] replays a page sequence without a TD, which is how the expected MRTD
+//! of a firmware image is computed. [`rtmr_extend`] is the RTMR extension.
 
 use sha2::{Digest, Sha384};
 
@@ -101,6 +101,16 @@ impl MrtdAccumulator {
     }
 }
 
+/// RTMR extension (TDG.MR.RTMR.EXTEND, reference §3.1): `SHA384(rtmr || digest)`.
+pub fn rtmr_extend(rtmr: &[u8; MRTD_SIZE], digest: &[u8; MRTD_SIZE]) -> [u8; MRTD_SIZE] {
+    let mut h = Sha384::new();
+    h.update(rtmr);
+    h.update(digest);
+    let mut out = [0u8; MRTD_SIZE];
+    out.copy_from_slice(h.finalize().as_slice());
+    out
+}
+
 /// The MRTD a TD ends with after the given pages were added in order and finalized.
 pub fn offline_mrtd<'a>(pages: impl IntoIterator<Item = MeasuredPage<'a>>) -> [u8; MRTD_SIZE] {
     let mut acc = MrtdAccumulator::new();
@@ -177,6 +187,14 @@ mod tests {
         assert_eq!(reference(&changed), got);
         changed[0].1[4095] ^= 1;
         assert_ne!(reference(&changed), got);
+    }
+
+    #[test]
+    fn rtmr_extend_hashes_the_concatenation() {
+        let mut cat = [0u8; 96];
+        cat[48..].fill(7);
+        let want: [u8; 48] = Sha384::digest(cat).as_slice().try_into().unwrap();
+        assert_eq!(rtmr_extend(&[0; 48], &[7; 48]), want);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 pub mod exit;
 pub mod leaf;
 pub mod metadata;
-pub mod mrtd;
 pub mod pamt;
 pub mod sept;
 pub mod status;

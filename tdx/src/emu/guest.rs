@@ -33,9 +33,9 @@ use super::sept::{self, SeptTree};
 use super::td::{NO_LP, Td, Vcpu};
 use super::workload::{Access, Order, Step, Workload};
 use super::{EmulatedModule, LeafResult, LockMode};
-use crate::abi::mrtd::rtmr_extend;
 use crate::abi::td_params::attributes;
 use crate::abi::{Gpa, Hpa, Leaf, OperandId, PageLevel, SeptState, TdxStatus};
+use crate::measure::rtmr_extend;
 use crate::seamcall::Regs;
 
 pub use crate::abi::exit;

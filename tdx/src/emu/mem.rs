@@ -5,13 +5,10 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use sha2::Digest;
-
 use super::pamt::PamtMeta;
 use super::sept::{self, SeptTable, WalkResult};
 use super::td::Td;
 use super::{EmulatedModule, LeafResult, LockMode};
-use crate::abi::mrtd;
 use crate::abi::pamt::{PageType, PamtPageSize};
 use crate::abi::{
     Gpa, Hpa, Leaf, OperandId, PageLevel, SeptState, TdxStatus, decode_gpa_level_operand,
@@ -174,7 +171,7 @@ impl EmulatedModule {
         td.chldcnt.fetch_add(1, Ordering::AcqRel);
         e.commit(sept::word(SeptState::Mapped, page.hpa.0));
         if let Some(sha) = td.mr.lock().sha.as_mut() {
-            sha.update(mrtd::page_add_block(gpa));
+            sha.page_add(gpa);
         }
         Ok(TdxStatus::SUCCESS)
     }
@@ -601,8 +598,7 @@ impl EmulatedModule {
             OperandId::RCX,
         )?;
         if let Some(sha) = td.mr.lock().sha.as_mut() {
-            sha.update(mrtd::extend_header_block(gpa));
-            sha.update(chunk);
+            sha.mr_extend(gpa, &chunk);
         }
         Ok(TdxStatus::SUCCESS)
     }
@@ -612,8 +608,7 @@ impl EmulatedModule {
         self.check_td_state(&td, Leaf::MrFinalize)?;
         let mut mr = td.mr.lock();
         if let Some(sha) = mr.sha.take() {
-            let digest = sha.finalize();
-            mr.mrtd.copy_from_slice(&digest);
+            mr.mrtd = sha.finalize();
         }
         drop(mr);
         td.op_state

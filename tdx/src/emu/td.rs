@@ -6,8 +6,6 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
-use sha2::{Digest, Sha384};
-
 use super::guest::GuestState;
 use super::lock::Sharex;
 use super::pamt::PamtMeta;
@@ -54,7 +52,7 @@ pub(crate) struct TdCfg {
 
 /// Measurement registers.
 pub(crate) struct Measure {
-    pub sha: Option<Sha384>,
+    pub sha: Option<crate::measure::MrtdAccumulator>,
     pub mrtd: [u8; 48],
     pub rtmr: [[u8; 48]; 4],
 }
@@ -355,7 +353,7 @@ impl EmulatedModule {
         td.cfg.call_once(|| TdCfg { params, shared_bit });
         {
             let mut mr = td.mr.lock();
-            mr.sha = Some(Sha384::new());
+            mr.sha = Some(crate::measure::MrtdAccumulator::new());
             mr.rtmr = [[0; 48]; 4];
         }
         td.td_epoch.store(1, Ordering::Release);

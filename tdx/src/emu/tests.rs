@@ -12,10 +12,10 @@ use super::exit;
 use super::testing::{Platform, TdOptions, TestTd};
 use super::workload::{Access, Order, Step, Workload};
 use super::{Injection, LockMode, LockTarget};
-use crate::abi::mrtd::{MeasuredPage, expected_mrtd};
 use crate::abi::{
     Gpa, Hpa, Leaf, OperandId, PageLevel, SeptLevelState, SeptState, TdxStatus, gpa_level_operand,
 };
+use crate::measure::{MeasuredPage, offline_mrtd};
 use crate::phys::PhysMemory;
 use crate::seamcall::{Regs, SeamError, Seamcall, TdxModule};
 
@@ -96,7 +96,7 @@ fn aug_block_track_remove_cycle() {
 fn mrtd_matches_the_offline_function() {
     let p = Platform::new();
     let td = p.create_td(&TdOptions::default()).unwrap();
-    let img: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i.wrapping_mul(37); 4096]).collect();
+    let img: Vec<[u8; 4096]> = (0..4u8).map(|i| [i.wrapping_mul(37); 4096]).collect();
     let gpas = [0xFFFF_C000u64, 0xFFFF_D000, 0x10_0000, 0x10_1000];
     let extend = [true, true, false, true];
     for i in 0..4 {
@@ -110,11 +110,11 @@ fn mrtd_matches_the_offline_function() {
             extend: extend[i],
         })
         .collect();
-    assert_eq!(mrtd, expected_mrtd(&pages));
+    assert_eq!(mrtd, offline_mrtd(pages.iter().copied()));
     // Order matters.
     let mut swapped = pages.clone();
     swapped.swap(0, 1);
-    assert_ne!(mrtd, expected_mrtd(&swapped));
+    assert_ne!(mrtd, offline_mrtd(swapped));
 }
 
 #[test]
@@ -1752,7 +1752,7 @@ fn rtmr_extend_matches_the_offline_function() {
         },
     );
     enter(&p, v, 0, 0);
-    let want = crate::abi::mrtd::rtmr_extend(&crate::abi::mrtd::rtmr_extend(&[0; 48], &d1), &d2);
+    let want = crate::measure::rtmr_extend(&crate::measure::rtmr_extend(&[0; 48], &d1), &d2);
     let mut got = [0u8; 48];
     for i in 0..6u64 {
         let x = p

@@ -189,7 +189,7 @@ impl PrivateMemory for TdBacking {
     }
 
     fn alloc_2m(&self, gfn: Gfn) -> Option<Hpa> {
-        if !self.huge || gfn.0 % GFNS_PER_2M != 0 {
+        if !self.huge || !gfn.0.is_multiple_of(GFNS_PER_2M) {
             return None;
         }
         let r = self.range_of(gfn.0)?;

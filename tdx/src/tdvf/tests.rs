@@ -980,28 +980,19 @@ fn replay_operations(img: &[u8], layout: &TdMemoryLayout) -> [u8; 48] {
     acc.finalize()
 }
 
-/// The same MRTD through the software module's offline function (`abi::mrtd`, written
-/// separately by the emu side, which hashes one materialised block stream).
-fn via_abi_mrtd(img: &[u8], layout: &TdMemoryLayout) -> [u8; 48] {
-    use crate::abi::mrtd;
+/// The MRTD the software TDX module reports after the plan's pages are PAGE.ADDed (and
+/// MR.EXTENDed) into a real TD and TDH.MR.FINALIZE runs.
+fn via_module(img: &[u8], layout: &TdMemoryLayout) -> [u8; 48] {
+    use crate::emu::testing::{Platform, TdOptions};
+    let p = Platform::new();
+    let td = p.create_td(&TdOptions::default()).unwrap();
     let plan = BuildPlan::new(layout).unwrap();
-    let buffers: Vec<(PlannedPage, [u8; PAGE_BYTES])> = plan
-        .pages()
-        .map(|p| {
-            let mut buf = [0u8; PAGE_BYTES];
-            plan.fill_page(p.index, img, &mut buf).unwrap();
-            (p, buf)
-        })
-        .collect();
-    let pages: Vec<mrtd::MeasuredPage<'_>> = buffers
-        .iter()
-        .map(|(p, buf)| mrtd::MeasuredPage {
-            gpa: p.gpa,
-            bytes: buf,
-            extend: p.extend,
-        })
-        .collect();
-    mrtd::expected_mrtd(&pages)
+    let mut buf = [0u8; PAGE_BYTES];
+    for index in 0..plan.page_count() {
+        let page = plan.fill_page(index, img, &mut buf).unwrap();
+        p.add_page(&td, page.gpa, &buf, page.extend).unwrap();
+    }
+    p.finalize(&td).unwrap()
 }
 
 #[test]
@@ -1011,7 +1002,7 @@ fn replaying_operations_gives_the_expected_mrtd() {
     let layout = TdMemoryLayout::new(&md, 512).unwrap();
     let mrtd = expected_mrtd(&img, &layout).unwrap();
     assert_eq!(replay_operations(&img, &layout), mrtd);
-    assert_eq!(via_abi_mrtd(&img, &layout), mrtd);
+    assert_eq!(via_module(&img, &layout), mrtd);
 }
 
 #[test]
@@ -1191,7 +1182,7 @@ fn real_ovmf_image() {
     let mrtd = expected_mrtd(&img, &layout).unwrap();
     println!("  expected MRTD: {}", hex(&mrtd));
     assert_eq!(replay_operations(&img, &layout), mrtd);
-    assert_eq!(via_abi_mrtd(&img, &layout), mrtd);
+    assert_eq!(via_module(&img, &layout), mrtd);
     // Deterministic and independent of the RAM size.
     let other = TdMemoryLayout::new(&md, 16384).unwrap();
     assert_eq!(expected_mrtd(&img, &other).unwrap(), mrtd);
