@@ -24,6 +24,43 @@ impl BuiltImage {
     }
 }
 
+/// What `cargo xtask image` writes under `<target>/appliance/`.
+#[derive(Debug, Clone)]
+pub struct DeployImages {
+    /// `appliance.efi`.
+    pub efi: PathBuf,
+    /// `disk.img`.
+    pub disk: PathBuf,
+    /// `netboot/`.
+    pub netboot: PathBuf,
+}
+
+/// Writes the deployable images of `image` with `config` as their `appliance.toml`.
+pub fn write_deploy_images(
+    ws: &Workspace,
+    image: &BuiltImage,
+    config: &str,
+) -> Result<DeployImages> {
+    let images = DeployImages {
+        efi: ws.appliance_dir().join("appliance.efi"),
+        disk: ws.disk_image(),
+        netboot: ws.netboot_dir(),
+    };
+    fs::create_dir_all(ws.appliance_dir()).map_err(|source| ImageError::Io {
+        action: "create directory",
+        path: ws.appliance_dir(),
+        source,
+    })?;
+    fs::copy(&image.efi, &images.efi).map_err(|source| ImageError::Io {
+        action: "copy the image to",
+        path: images.efi.clone(),
+        source,
+    })?;
+    crate::disk::write_disk_image(&image.efi, Some(config), &images.disk)?;
+    crate::netboot::layout_netboot(&image.efi, Some(config), &images.netboot)?;
+    Ok(images)
+}
+
 /// Runs a command to completion, turning failure into [`ImageError`].
 pub fn run_command(command: &mut Command) -> Result<()> {
     let text = describe(command);

@@ -1,18 +1,21 @@
-//! The `cargo xtask` commands: `build`, `run [--port N]`, `test`.
+//! The `cargo xtask` commands: `build`, `image`, `run`, `flash`, `test`.
 //!
-//! Argument parsing is hand-written: three subcommands and one flag do not justify a dependency.
+//! Argument parsing is hand-written: five subcommands and five flags, each `--name value` or
+//! `--name=value`, do not justify a dependency (every case is unit-tested below).
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::build::{build_appliance, describe, run_command};
+use crate::appconfig::{ComposedConfig, ConfigArgs, compose};
+use crate::build::{BuiltImage, build_appliance, describe, run_command, write_deploy_images};
 use crate::deps;
 use crate::error::{ImageError, Result};
-use crate::qemu::{GUEST_API_PORT, Qemu, QemuConfig};
-use crate::serial::listening_after_ms;
+use crate::qemu::{BootMedium, GUEST_API_PORT, Qemu, QemuConfig};
+use crate::serial::{generated_token, listening_after_ms};
 use crate::workspace::{UEFI_TARGET, Workspace, cargo_binary};
 
 /// Usage text.
@@ -20,24 +23,61 @@ pub const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  build            build the appliance (release, x86_64-unknown-uefi) and lay out its ESP
-  run [--port N]   build, boot it in QEMU, forward 127.0.0.1:N (default 8080) to its API;
-                   prints `API ready at http://127.0.0.1:N` once it answers, runs until Ctrl-C
-  test             fmt --check, clippy, host unit tests, then the end-to-end tests (boots QEMU)
+  build                 build the appliance (release, x86_64-unknown-uefi) and lay out its ESP
+  image [CONFIG]        build, then write under target/appliance/: appliance.efi, disk.img
+                        (GPT + FAT32 ESP, ready for dd) and netboot/ (TFTP/HTTP boot files)
+  run [MEDIUM] [--port N] [CONFIG]
+                        build, boot it in QEMU, forward 127.0.0.1:N (default 8080) to its API;
+                        prints `API ready at http://127.0.0.1:N` once it answers, runs until
+                        Ctrl-C. MEDIUM: (none) the ESP directory, --disk boots disk.img as a
+                        flashed node, --netboot boots through PXE/TFTP with no disk at all
+  flash --device PATH [--image FILE]
+                        write disk.img (default target/appliance/disk.img) to a whole block
+                        device, after showing what it overwrites and asking to type YES
+  test                  fmt --check, clippy, host unit tests, then the end-to-end tests (QEMU)
+
+CONFIG (for image and run):
+  --config FILE         appliance.toml to write next to the .efi (see README.md)
+  --token T             API bearer token (overrides api.token of FILE); without one the
+                        appliance generates a token at boot and prints it on its console
 ";
 
 /// How long `run` waits for the API before giving up.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// What `run` boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMedium {
+    /// The ESP directory (`fat:rw:`), the quickest.
+    EspDir,
+    /// `disk.img`, as a flashed node.
+    Disk,
+    /// PXE/TFTP, no disk.
+    Netboot,
+}
 
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum XtaskCommand {
     /// `build`
     Build,
-    /// `run [--port N]`
+    /// `image [--config FILE] [--token T]`
+    Image(ConfigArgs),
+    /// `run [--disk|--netboot] [--port N] [--config FILE] [--token T]`
     Run {
         /// Host port forwarded to the guest API.
         port: u16,
+        /// What QEMU boots.
+        medium: RunMedium,
+        /// Configuration written next to the `.efi`.
+        config: ConfigArgs,
+    },
+    /// `flash --device PATH [--image FILE]`
+    Flash {
+        /// The block device.
+        device: PathBuf,
+        /// The image (default `target/appliance/disk.img`).
+        image: Option<PathBuf>,
     },
     /// `test`
     Test,
@@ -57,42 +97,147 @@ pub enum UsageError {
     /// An argument the command does not take.
     #[error("unexpected argument `{0}`")]
     UnexpectedArgument(String),
-    /// `--port` without a value.
-    #[error("`--port` needs a value")]
-    MissingPortValue,
+    /// A flag that takes a value without one.
+    #[error("`{0}` needs a value")]
+    MissingValue(&'static str),
+    /// A flag given twice.
+    #[error("`{0}` is given more than once")]
+    Repeated(&'static str),
     /// `--port` with something that is not a port number 1..=65535.
     #[error("`{0}` is not a TCP port (1-65535)")]
     InvalidPort(String),
+    /// Both `--disk` and `--netboot`.
+    #[error("`--disk` and `--netboot` exclude each other")]
+    ConflictingMedia,
+    /// `flash` without `--device`.
+    #[error("`flash` needs `--device PATH` (a whole block device such as /dev/sdb)")]
+    MissingDevice,
+}
+
+/// Flags a command accepts: those taking a value, and switches.
+struct FlagSpec {
+    valued: &'static [&'static str],
+    switches: &'static [&'static str],
+}
+
+/// Splits `args` into `(flag, value)` pairs per `spec` (`--name value`, `--name=value`;
+/// switches get `None`). Each flag at most once.
+fn parse_flags<'a>(
+    mut args: impl Iterator<Item = &'a str>,
+    spec: &FlagSpec,
+) -> Result<Vec<(&'static str, Option<String>)>, UsageError> {
+    let mut found: Vec<(&'static str, Option<String>)> = Vec::new();
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (arg, None),
+        };
+        let (flag, value) = if let Some(&flag) = spec.valued.iter().find(|&&f| f == name) {
+            let value = match inline {
+                Some(value) => value,
+                None => args.next().ok_or(UsageError::MissingValue(flag))?,
+            };
+            (flag, Some(value.to_string()))
+        } else if let Some(&flag) = spec.switches.iter().find(|&&f| f == arg) {
+            (flag, None)
+        } else {
+            return Err(UsageError::UnexpectedArgument(arg.to_string()));
+        };
+        if found.iter().any(|(seen, _)| *seen == flag) {
+            return Err(UsageError::Repeated(flag));
+        }
+        found.push((flag, value));
+    }
+    Ok(found)
+}
+
+fn flag_value(found: &[(&'static str, Option<String>)], flag: &str) -> Option<String> {
+    found
+        .iter()
+        .find(|(name, _)| *name == flag)
+        .and_then(|(_, value)| value.clone())
+}
+
+fn config_args(found: &[(&'static str, Option<String>)]) -> ConfigArgs {
+    ConfigArgs {
+        file: flag_value(found, "--config").map(PathBuf::from),
+        token: flag_value(found, "--token"),
+    }
+}
+
+/// `command`, if nothing follows it.
+fn no_more<'a>(
+    command: XtaskCommand,
+    mut rest: impl Iterator<Item = &'a str>,
+) -> Result<XtaskCommand, UsageError> {
+    match rest.next() {
+        Some(extra) => Err(UsageError::UnexpectedArgument(extra.to_string())),
+        None => Ok(command),
+    }
 }
 
 /// Parses the arguments after `cargo xtask`.
 pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<XtaskCommand, UsageError> {
     let mut args = args.iter().map(AsRef::as_ref);
-    let command = match args.next() {
-        None => return Err(UsageError::MissingCommand),
-        Some("build") => XtaskCommand::Build,
-        Some("test") => XtaskCommand::Test,
-        Some("help" | "-h" | "--help") => XtaskCommand::Help,
-        Some("run") => {
-            let mut port = GUEST_API_PORT;
-            while let Some(arg) = args.next() {
-                let value = match arg.split_once('=') {
-                    Some(("--port", value)) => value,
-                    _ if arg == "--port" => args.next().ok_or(UsageError::MissingPortValue)?,
-                    _ => return Err(UsageError::UnexpectedArgument(arg.to_string())),
-                };
-                port = match value.parse::<u16>() {
-                    Ok(port) if port != 0 => port,
-                    _ => return Err(UsageError::InvalidPort(value.to_string())),
-                };
-            }
-            return Ok(XtaskCommand::Run { port });
+    let command = args.next().ok_or(UsageError::MissingCommand)?;
+    match command {
+        "build" => no_more(XtaskCommand::Build, args),
+        "test" => no_more(XtaskCommand::Test, args),
+        "help" | "-h" | "--help" => no_more(XtaskCommand::Help, args),
+        "image" => {
+            let found = parse_flags(
+                args,
+                &FlagSpec {
+                    valued: &["--config", "--token"],
+                    switches: &[],
+                },
+            )?;
+            Ok(XtaskCommand::Image(config_args(&found)))
         }
-        Some(other) => return Err(UsageError::UnknownCommand(other.to_string())),
-    };
-    match args.next() {
-        Some(extra) => Err(UsageError::UnexpectedArgument(extra.to_string())),
-        None => Ok(command),
+        "run" => {
+            let found = parse_flags(
+                args,
+                &FlagSpec {
+                    valued: &["--port", "--config", "--token"],
+                    switches: &["--disk", "--netboot"],
+                },
+            )?;
+            let has = |flag: &str| found.iter().any(|(name, _)| *name == flag);
+            let medium = match (has("--disk"), has("--netboot")) {
+                (true, true) => return Err(UsageError::ConflictingMedia),
+                (true, false) => RunMedium::Disk,
+                (false, true) => RunMedium::Netboot,
+                (false, false) => RunMedium::EspDir,
+            };
+            let port = match flag_value(&found, "--port") {
+                None => GUEST_API_PORT,
+                Some(value) => match value.parse::<u16>() {
+                    Ok(port) if port != 0 => port,
+                    _ => return Err(UsageError::InvalidPort(value)),
+                },
+            };
+            Ok(XtaskCommand::Run {
+                port,
+                medium,
+                config: config_args(&found),
+            })
+        }
+        "flash" => {
+            let found = parse_flags(
+                args,
+                &FlagSpec {
+                    valued: &["--device", "--image"],
+                    switches: &[],
+                },
+            )?;
+            Ok(XtaskCommand::Flash {
+                device: flag_value(&found, "--device")
+                    .map(PathBuf::from)
+                    .ok_or(UsageError::MissingDevice)?,
+                image: flag_value(&found, "--image").map(PathBuf::from),
+            })
+        }
+        other => Err(UsageError::UnknownCommand(other.to_string())),
     }
 }
 
@@ -111,14 +256,73 @@ pub fn execute(command: &XtaskCommand) -> Result<()> {
             println!("boot  {}", image.boot_file().display());
             Ok(())
         }
-        XtaskCommand::Run { port } => run(&ws, *port),
+        XtaskCommand::Image(args) => {
+            let composed = compose(args)?;
+            let image = build_appliance(&ws)?;
+            let written = write_deploy_images(&ws, &image, &composed.text)?;
+            println!("appliance  {}", written.efi.display());
+            println!(
+                "disk       {} (dd it to a node's disk, or `cargo xtask flash`)",
+                written.disk.display()
+            );
+            println!(
+                "netboot    {}/ (see its README.txt)",
+                written.netboot.display()
+            );
+            println!(
+                "config     api.port {}, token {}",
+                composed.api_port,
+                if composed.token.is_some() {
+                    "configured"
+                } else {
+                    "generated at boot"
+                }
+            );
+            Ok(())
+        }
+        XtaskCommand::Run {
+            port,
+            medium,
+            config,
+        } => run(&ws, *port, *medium, config),
+        XtaskCommand::Flash { device, image } => {
+            let image = image.clone().unwrap_or_else(|| ws.disk_image());
+            if !image.is_file() {
+                return Err(ImageError::MissingImage(image));
+            }
+            crate::flash::flash(device, &image, &mut std::io::stdin().lock())
+        }
         XtaskCommand::Test => test(&ws),
     }
 }
 
+/// The QEMU medium for `run`: the ESP directory gets the configuration only when one was
+/// asked for; disk and netboot boot the artifacts `cargo xtask image` writes (with the
+/// template when no configuration was asked for), as a node would.
+fn prepare_medium(
+    ws: &Workspace,
+    image: &BuiltImage,
+    medium: RunMedium,
+    args: &ConfigArgs,
+    composed: &ComposedConfig,
+) -> Result<BootMedium> {
+    let asked = args.file.is_some() || args.token.is_some();
+    Ok(match medium {
+        RunMedium::EspDir => BootMedium::EspDir {
+            config: asked.then(|| composed.text.clone()),
+        },
+        RunMedium::Disk => BootMedium::Disk(write_deploy_images(ws, image, &composed.text)?.disk),
+        RunMedium::Netboot => {
+            BootMedium::Netboot(write_deploy_images(ws, image, &composed.text)?.netboot)
+        }
+    })
+}
+
 /// `cargo xtask run`: build, boot, wait for the API, stream the console until Ctrl-C.
-fn run(ws: &Workspace, port: u16) -> Result<()> {
+fn run(ws: &Workspace, port: u16, medium: RunMedium, args: &ConfigArgs) -> Result<()> {
+    let composed = compose(args)?;
     let image = build_appliance(ws)?;
+    let boot_medium = prepare_medium(ws, &image, medium, args, &composed)?;
     let firmware = deps::ensure()?;
     let stop = Arc::new(AtomicBool::new(false));
     let handler_flag = Arc::clone(&stop);
@@ -131,6 +335,9 @@ fn run(ws: &Workspace, port: u16) -> Result<()> {
         ws.instances_dir()
             .join(format!("run-{}-{port}", std::process::id())),
     );
+    config.medium = boot_medium;
+    config.guest_port = composed.api_port;
+    config.guest_address = composed.static_address;
     config.echo_serial = true;
     let mut vm = Qemu::start(&firmware, &config)?;
     eprintln!("xtask: {}", vm.command_line());
@@ -143,6 +350,16 @@ fn run(ws: &Workspace, port: u16) -> Result<()> {
                 "ready after {:.1} s (QEMU start to first 200 from /v1/health; appliance entry to listening: {appliance})",
                 ready_after.as_secs_f64()
             );
+            let token = composed
+                .token
+                .clone()
+                .or_else(|| generated_token(&vm.serial_log()));
+            match token {
+                Some(token) => println!(
+                    "try: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/v1/host"
+                ),
+                None => println!("the API token is printed on the console above"),
+            }
         }
         Err(ImageError::Cancelled) => {
             vm.kill();
@@ -343,19 +560,64 @@ mod tests {
     fn parses_the_three_commands() {
         assert_eq!(parse_args(&["build"]), Ok(XtaskCommand::Build));
         assert_eq!(parse_args(&["test"]), Ok(XtaskCommand::Test));
-        assert_eq!(parse_args(&["run"]), Ok(XtaskCommand::Run { port: 8080 }));
+        assert_eq!(
+            parse_args(&["run"]),
+            Ok(XtaskCommand::Run {
+                port: 8080,
+                medium: RunMedium::EspDir,
+                config: ConfigArgs::default()
+            })
+        );
         assert_eq!(parse_args(&["--help"]), Ok(XtaskCommand::Help));
     }
 
     #[test]
     fn parses_the_port_in_both_spellings() {
+        let port_of = |args: &[&str]| match parse_args(args) {
+            Ok(XtaskCommand::Run { port, .. }) => Some(port),
+            _ => None,
+        };
+        assert_eq!(port_of(&["run", "--port", "18080"]), Some(18080));
+        assert_eq!(port_of(&["run", "--port=9000"]), Some(9000));
+    }
+
+    #[test]
+    fn parses_media_and_configuration_flags() {
         assert_eq!(
-            parse_args(&["run", "--port", "18080"]),
-            Ok(XtaskCommand::Run { port: 18080 })
+            parse_args(&["run", "--netboot", "--port", "18080", "--token", "T"]),
+            Ok(XtaskCommand::Run {
+                port: 18080,
+                medium: RunMedium::Netboot,
+                config: ConfigArgs {
+                    file: None,
+                    token: Some("T".into())
+                }
+            })
         );
         assert_eq!(
-            parse_args(&["run", "--port=9000"]),
-            Ok(XtaskCommand::Run { port: 9000 })
+            parse_args(&["run", "--disk", "--config=lab.toml", "--token=a=b"]),
+            Ok(XtaskCommand::Run {
+                port: 8080,
+                medium: RunMedium::Disk,
+                config: ConfigArgs {
+                    file: Some("lab.toml".into()),
+                    token: Some("a=b".into())
+                }
+            })
+        );
+        assert_eq!(
+            parse_args(&["image", "--token", "T"]),
+            Ok(XtaskCommand::Image(ConfigArgs {
+                file: None,
+                token: Some("T".into())
+            }))
+        );
+        assert_eq!(
+            parse_args(&["flash", "--device", "/dev/sdz"]),
+            Ok(XtaskCommand::Flash {
+                device: "/dev/sdz".into(),
+                image: None
+            })
         );
     }
 
@@ -391,7 +653,24 @@ mod tests {
         );
         assert_eq!(
             parse_args(&["run", "--port"]),
-            Err(UsageError::MissingPortValue)
+            Err(UsageError::MissingValue("--port"))
+        );
+        assert_eq!(
+            parse_args(&["run", "--disk", "--netboot"]),
+            Err(UsageError::ConflictingMedia)
+        );
+        assert_eq!(
+            parse_args(&["run", "--token", "a", "--token", "b"]),
+            Err(UsageError::Repeated("--token"))
+        );
+        assert_eq!(
+            parse_args(&["run", "--disk=yes"]),
+            Err(UsageError::UnexpectedArgument("--disk=yes".into()))
+        );
+        assert_eq!(parse_args(&["flash"]), Err(UsageError::MissingDevice));
+        assert_eq!(
+            parse_args(&["image", "--port", "1"]),
+            Err(UsageError::UnexpectedArgument("--port".into()))
         );
         assert_eq!(
             parse_args(&["run", "--port", "0"]),

@@ -74,6 +74,58 @@ pub enum ImageError {
     /// The appliance sent something that is not a well-formed HTTP/1.1 response.
     #[error("malformed HTTP response: {0}")]
     BadResponse(&'static str),
+    /// Writing the protective MBR of a disk image failed.
+    #[error("disk image: protective MBR: {0}")]
+    Mbr(gpt::mbr::MBRError),
+    /// A GPT step of building or reading a disk image failed.
+    #[error("disk image: {step}: {source}")]
+    Gpt {
+        /// What was being done.
+        step: &'static str,
+        /// The GPT library's error.
+        source: gpt::GptError,
+    },
+    /// A FAT step of building or reading a disk image failed.
+    #[error("disk image: {step}: {source}")]
+    Fat {
+        /// What was being done.
+        step: &'static str,
+        /// The FAT library's error.
+        source: io::Error,
+    },
+    /// A disk image has no EFI System Partition.
+    #[error("disk image: no EFI System Partition")]
+    NoEsp,
+    /// A configuration file (or the one composed from `--config` and `--token`) is invalid.
+    #[error("invalid configuration {origin}:\n{errors}")]
+    InvalidConfig {
+        /// Which file, or "composed from --config/--token".
+        origin: String,
+        /// Every problem, one per line.
+        errors: appliance::config::ConfigErrors,
+    },
+    /// `--token` is not a usable bearer token.
+    #[error("--token: {0}")]
+    InvalidToken(mgmt_api::TokenError),
+    /// `cargo xtask flash` refused the target.
+    #[error("refusing to flash {}: {reason}", device.display())]
+    FlashRefused {
+        /// The device path given.
+        device: PathBuf,
+        /// Why.
+        reason: crate::flash::Refusal,
+    },
+    /// The operator did not confirm the flash.
+    #[error("not confirmed; nothing was written")]
+    NotConfirmed,
+    /// What was read back from the device differs from the image.
+    #[error("verification failed: {} differs from the image at byte {offset}", device.display())]
+    VerifyFailed {
+        /// The device.
+        device: PathBuf,
+        /// First differing byte.
+        offset: u64,
+    },
     /// No free TCP port could be reserved on 127.0.0.1.
     #[error("no free TCP port on 127.0.0.1: {0}")]
     NoFreePort(io::Error),

@@ -21,16 +21,41 @@ use crate::deps::Firmware;
 use crate::error::{ImageError, Result};
 use crate::http;
 
-/// The port the appliance's API listens on inside the guest.
+/// The port the appliance's API listens on inside the guest by default.
 pub const GUEST_API_PORT: u16 = 8080;
+
+/// What the guest boots from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootMedium {
+    /// A directory presented as a FAT disk (`fat:rw:`), holding `EFI/BOOT/BOOTX64.EFI` and
+    /// `appliance.toml` when `config` is given.
+    EspDir {
+        /// Text of `EFI/BOOT/appliance.toml`; `None` writes no file.
+        config: Option<String>,
+    },
+    /// A disk image (copied into the instance directory first, so it stays pristine),
+    /// attached as a virtio disk that the firmware boots first, as on a flashed node.
+    Disk(PathBuf),
+    /// No disk at all: the firmware's own PXE client (OVMF VirtioNetDxe, no iPXE option ROM)
+    /// boots [`crate::netboot::BOOT_FILE`] from QEMU's built-in DHCP/TFTP server serving a
+    /// copy of this directory.
+    Netboot(PathBuf),
+}
 
 /// How one QEMU instance is started.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
-    /// The appliance's `.efi` file.
+    /// The appliance's `.efi` file (used by [`BootMedium::EspDir`]).
     pub efi: PathBuf,
+    /// What the guest boots from.
+    pub medium: BootMedium,
     /// Port on 127.0.0.1 forwarded to the guest's API port.
     pub host_port: u16,
+    /// The API port inside the guest (`api.port` of the configuration).
+    pub guest_port: u16,
+    /// The guest address the forward goes to (a static `network.address`); `None` for
+    /// QEMU's DHCP address.
+    pub guest_address: Option<Ipv4Addr>,
     /// Guest memory in MiB.
     pub memory_mib: u32,
     /// Number of virtual CPUs.
@@ -42,11 +67,15 @@ pub struct QemuConfig {
 }
 
 impl QemuConfig {
-    /// Defaults: 512 MiB, 2 CPUs, serial captured but not echoed.
+    /// Defaults: boots the image's ESP directory without a configuration file, 512 MiB,
+    /// 2 CPUs, API on the default guest port, serial captured but not echoed.
     pub fn new(image: &BuiltImage, host_port: u16, instance_dir: PathBuf) -> Self {
         Self {
             efi: image.efi.clone(),
+            medium: BootMedium::EspDir { config: None },
             host_port,
+            guest_port: GUEST_API_PORT,
+            guest_address: None,
             memory_mib: 512,
             cpus: 2,
             echo_serial: false,
@@ -89,7 +118,11 @@ impl Qemu {
     pub fn start(firmware: &Firmware, config: &QemuConfig) -> Result<Self> {
         let dir = &config.instance_dir;
         let _ = fs::remove_dir_all(dir);
-        let esp = layout_esp(&config.efi, &dir.join("esp"))?;
+        fs::create_dir_all(dir).map_err(|source| ImageError::Io {
+            action: "create directory",
+            path: dir.clone(),
+            source,
+        })?;
         let vars = dir.join("OVMF_VARS.fd");
         copy_writable(&firmware.ovmf_vars, &vars)?;
 
@@ -108,15 +141,62 @@ impl Qemu {
                 &firmware.ovmf_code,
             ))
             .arg("-drive")
-            .arg(drive_arg("if=pflash,format=raw", &vars))
-            .arg("-drive")
-            .arg(format!("format=raw,file=fat:rw:{}", esp.esp_dir.display()))
-            .arg("-netdev")
-            .arg(format!(
-                "user,id=n0,hostfwd=tcp:127.0.0.1:{}-:{GUEST_API_PORT}",
-                config.host_port
-            ))
-            .args(["-device", "virtio-net-pci,netdev=n0"])
+            .arg(drive_arg("if=pflash,format=raw", &vars));
+        let forward = format!(
+            "hostfwd=tcp:127.0.0.1:{}-{}:{}",
+            config.host_port,
+            config
+                .guest_address
+                .map_or_else(String::new, |address| address.to_string()),
+            config.guest_port
+        );
+        match &config.medium {
+            BootMedium::EspDir { config: text } => {
+                let esp = layout_esp(&config.efi, &dir.join("esp"))?;
+                if let Some(text) = text {
+                    let boot_dir = esp.boot_file().parent().map(Path::to_path_buf);
+                    if let Some(boot_dir) = boot_dir {
+                        crate::appconfig::write_into(&boot_dir, text)?;
+                    }
+                }
+                command
+                    .arg("-drive")
+                    .arg(format!("format=raw,file=fat:rw:{}", esp.esp_dir.display()))
+                    .arg("-netdev")
+                    .arg(format!("user,id=n0,{forward}"))
+                    .args(["-device", "virtio-net-pci,netdev=n0"]);
+            }
+            BootMedium::Disk(image) => {
+                let disk = dir.join("disk.img");
+                fs::copy(image, &disk).map_err(|source| ImageError::Io {
+                    action: "copy the disk image to",
+                    path: disk.clone(),
+                    source,
+                })?;
+                command
+                    .arg("-drive")
+                    .arg(drive_arg("if=none,id=disk0,format=raw", &disk))
+                    .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
+                    .arg("-netdev")
+                    .arg(format!("user,id=n0,{forward}"))
+                    .args(["-device", "virtio-net-pci,netdev=n0"]);
+            }
+            BootMedium::Netboot(source_dir) => {
+                let tftp = dir.join("tftp");
+                copy_dir_files(source_dir, &tftp)?;
+                command
+                    .arg("-netdev")
+                    .arg(format!(
+                        "user,id=n0,tftp={},bootfile={},{forward}",
+                        tftp.display().to_string().replace(',', ",,"),
+                        crate::netboot::BOOT_FILE
+                    ))
+                    // `romfile=` (empty): OVMF's own virtio-net driver and PXE client instead
+                    // of iPXE's option ROM, which spends 2 s on a prompt.
+                    .args(["-device", "virtio-net-pci,netdev=n0,bootindex=1,romfile="]);
+            }
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -253,6 +333,27 @@ fn drive_arg(options: &str, file: &Path) -> String {
         "{options},file={}",
         file.display().to_string().replace(',', ",,")
     )
+}
+
+/// Copies the regular files of `from` into `to` (created).
+fn copy_dir_files(from: &Path, to: &Path) -> Result<()> {
+    let io = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    fs::create_dir_all(to).map_err(io("create directory", to))?;
+    for entry in fs::read_dir(from).map_err(io("read directory", from))? {
+        let entry = entry.map_err(io("read directory", from))?;
+        if entry.file_type().is_ok_and(|kind| kind.is_file()) {
+            let target = to.join(entry.file_name());
+            fs::copy(entry.path(), &target).map_err(io("copy to", &target))?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies a (read-only, root-owned) firmware file and makes the copy writable.

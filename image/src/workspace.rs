@@ -54,6 +54,16 @@ impl Workspace {
         self.appliance_dir().join("esp")
     }
 
+    /// `disk.img` written by `cargo xtask image` (`<target>/appliance/disk.img`).
+    pub fn disk_image(&self) -> PathBuf {
+        self.appliance_dir().join("disk.img")
+    }
+
+    /// The netboot directory written by `cargo xtask image` (`<target>/appliance/netboot`).
+    pub fn netboot_dir(&self) -> PathBuf {
+        self.appliance_dir().join("netboot")
+    }
+
     /// Directory for per-QEMU-instance files (private firmware variables, ESP copy).
     pub fn instances_dir(&self) -> PathBuf {
         self.appliance_dir().join("instances")

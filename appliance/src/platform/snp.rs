@@ -83,11 +83,32 @@ fn is_ip_child(handle: Handle) -> Option<bool> {
     }))
 }
 
+/// Connects drivers to every handle, recursively (the Boot Manager's "connect all").
+/// Returns how many handles accepted a connection.
+fn connect_all_controllers() -> usize {
+    let Ok(handles) = boot::locate_handle_buffer(boot::SearchType::AllHandles) else {
+        return 0;
+    };
+    handles
+        .iter()
+        .filter(|&&handle| boot::connect_controller(handle, &[], None, true).is_ok())
+        .count()
+}
+
 impl SnpNic {
     /// Finds the first card, opens it exclusively, starts and initialises it and enables
-    /// unicast and broadcast reception.
+    /// unicast and broadcast reception. Firmware that boots from a disk with a boot order
+    /// (OVMF with `bootindex`, "fast boot" on real machines) may not have connected a driver
+    /// to the card at all: then every controller is connected first.
     pub fn open_first() -> Result<Self, NicError> {
-        let handles = boot::find_handles::<SimpleNetwork>().map_err(|_| NicError::NoNic)?;
+        let handles = match boot::find_handles::<SimpleNetwork>() {
+            Ok(handles) if !handles.is_empty() => handles,
+            _ => {
+                let connected = connect_all_controllers();
+                info!("no NIC driver was connected; connected {connected} controllers");
+                boot::find_handles::<SimpleNetwork>().map_err(|_| NicError::NoNic)?
+            }
+        };
         let candidates: Vec<(Handle, Option<bool>)> =
             handles.iter().map(|&h| (h, is_ip_child(h))).collect();
         debug!("{} SNP handle(s)", candidates.len());
