@@ -1,9 +1,31 @@
 //! `cargo xtask`: builds the appliance image, runs it in QEMU, runs every test.
-//! See [`appliance_image::cli::USAGE`].
+//! See [`appliance_image::cli::USAGE`]; additionally `cargo xtask bench <name>` runs
+//! `cargo bench -p tdx --bench <name>` (`td`, `sept`) and streams its output.
 
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [cmd, name] = args.as_slice()
+        && cmd == "bench"
+    {
+        return bench(name);
+    }
     ExitCode::from(appliance_image::cli::main_with_args(&args))
+}
+
+/// `cargo bench -p tdx --bench <name>`, inheriting stdout/stderr.
+fn bench(name: &str) -> ExitCode {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| String::from("cargo"));
+    match Command::new(cargo)
+        .args(["bench", "-p", "tdx", "--bench", name])
+        .status()
+    {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask bench: cannot run cargo: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
