@@ -33,6 +33,62 @@ pub const MAX_STOP_TIMEOUT_MS: u64 = 600_000;
 
 /// Parses a JSON request body into `T`; a syntax error is a 400, a shape error (unknown
 /// field, wrong type, missing field, bad value) a 400 whose `field` is the JSON path.
+///
+/// Beyond what the derived `Deserialize` checks, the body must be a JSON object and may hold
+/// arrays only at the paths in `array_paths` (serde accepts an array in place of a struct,
+/// `["a","ovmf",1,64,...]`, which this API does not).
+pub fn parse_strict_json<'de, T: Deserialize<'de>>(
+    body: &'de [u8],
+    array_paths: &[&str],
+) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|err| ApiError::bad_request(format!("invalid request body: {err}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid request body: expected a JSON object",
+        ));
+    }
+    reject_misplaced_arrays(&value, &mut String::new(), array_paths)?;
+    parse_json(body)
+}
+
+fn reject_misplaced_arrays(
+    value: &serde_json::Value,
+    path: &mut String,
+    allowed: &[&str],
+) -> Result<(), ApiError> {
+    match value {
+        serde_json::Value::Array(items) => {
+            if !allowed.contains(&path.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "invalid request body: an array is not accepted at {path}"
+                ))
+                .with_field(path.clone()));
+            }
+            for (index, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{index}]"));
+                reject_misplaced_arrays(item, path, allowed)?;
+                path.truncate(len);
+            }
+        }
+        serde_json::Value::Object(members) => {
+            for (key, item) in members {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                reject_misplaced_arrays(item, path, allowed)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// [`parse_strict_json`] without the object/array checks (for types with no struct).
 pub fn parse_json<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -133,6 +189,9 @@ fn decode_hex48(text: &str) -> Option<[u8; 48]> {
 // ---------------------------------------------------------------------------------------
 // Requests
 // ---------------------------------------------------------------------------------------
+
+/// Where a `POST /v1/tds` body may hold arrays.
+pub const CREATE_TD_ARRAYS: &[&str] = &["workload.steps"];
 
 /// Body of `POST /v1/tds`.
 #[derive(Debug, Clone, Deserialize)]
@@ -756,7 +815,21 @@ mod tests {
     use super::*;
 
     fn create(json: &str) -> Result<TdSpec, ApiError> {
-        parse_json::<CreateTdRequest>(json.as_bytes())?.into_spec()
+        parse_strict_json::<CreateTdRequest>(json.as_bytes(), CREATE_TD_ARRAYS)?.into_spec()
+    }
+
+    #[test]
+    fn arrays_in_place_of_objects_are_refused() {
+        let err = create(r#"["a","ovmf",1,64,null,false,null]"#).unwrap_err();
+        assert!(err.message.contains("JSON object"), "{}", err.message);
+        let err = create(&format!("{{{BASE},\"workload\":[[\"halt\"]]}}")).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("workload"));
+        let err = create(&format!(
+            "{{{BASE},\"workload\":{{\"steps\":[{{\"print\":[\"x\"]}}]}}}}"
+        ))
+        .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("workload.steps[0].print"));
+        assert!(create(&format!("{{{BASE},\"workload\":{{\"steps\":[\"halt\"]}}}}")).is_ok());
     }
 
     const BASE: &str = r#""name":"a","image":"ovmf","vcpus":1,"memory_mib":64"#;

@@ -245,7 +245,8 @@ fn td_created(td: &tdx::host::TdInfo, replayed: bool) -> Response {
 /// `Idempotent-Replayed: true`; for a different body, 422 `idempotency_key_reused`.
 pub fn create_td(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
     let key = idempotency_key(call)?;
-    let spec = dto::parse_json::<CreateTdRequest>(call.body)?.into_spec()?;
+    let spec =
+        dto::parse_strict_json::<CreateTdRequest>(call.body, dto::CREATE_TD_ARRAYS)?.into_spec()?;
     let remembered = key
         .as_deref()
         .and_then(|key| api.idempotency.find(key))
@@ -310,7 +311,7 @@ fn transition_reply(api: &mut Api, id: TdId, transition: Transition) -> RouteRes
 pub fn start_td(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
     let id = td_id(call)?;
     if !call.body.is_empty() {
-        dto::parse_json::<StartRequest>(call.body)?;
+        dto::parse_strict_json::<StartRequest>(call.body, &[])?;
     }
     let transition = api
         .require_host()?
@@ -325,7 +326,7 @@ pub fn stop_td(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
     let request = if call.body.is_empty() {
         StopRequest::default()
     } else {
-        dto::parse_json::<StopRequest>(call.body)?
+        dto::parse_strict_json::<StopRequest>(call.body, &[])?
     };
     let mode = request.into_mode()?;
     let transition = api

@@ -30,6 +30,27 @@
 //! [`Handler::body_chunk`]/[`Handler::body_end`] receive streamed bodies;
 //! [`Reply::Later`] + [`Handler::poll_later`] complete long polls later;
 //! [`Response`] carries any status, header fields and body (JSON or text).
+//!
+//! # The REST API
+//! [`Api`] is the [`Handler`]: the route table [`api::ROUTES`], bearer-token auth
+//! ([`auth`]), the endpoint functions ([`handlers`], including the one mapping of
+//! `tdx::host::HostError` to statuses and codes), the JSON shapes ([`dto`], strict:
+//! unknown members are refused with the JSON path in `field`), Prometheus exposition
+//! ([`metrics`]) and the OpenAPI 3.1 document `mgmt-api/openapi.json`, served at
+//! `GET /v1/openapi.json`. It drives a `tdx::host::Host` given with [`Api::with_host`];
+//! the appliance main loop calls [`Api::step`] between network polls so long jobs (TD
+//! builds, stops, teardowns) progress without blocking requests.
+//!
+//! # Tests and fuzzing
+//! * `cargo test -p mgmt-api`: unit tests, in-process API tests over the software TDX
+//!   module (they read `/usr/share/ovmf/OVMF.fd`, Debian package `ovmf`), OpenAPI
+//!   consistency and response-schema checks, and property tests of the connection and of
+//!   the whole API (200 cases each).
+//! * A long property run: `PROPTEST_CASES=1000000 cargo test -p mgmt-api --release proptests`.
+//! * cargo-fuzz (nightly), from `mgmt-api/fuzz`:
+//!   `cargo +nightly fuzz run http_request -- -runs=1000000` (HTTP layer) and
+//!   `cargo +nightly fuzz run api_request corpus/api_request -- -runs=1000000` (whole API
+//!   over a live host; seed with `mkdir -p corpus/api_request && cp seeds/api-* corpus/api_request/`).
 #![no_std]
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]

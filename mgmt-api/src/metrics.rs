@@ -114,7 +114,9 @@ fn push_label_value(out: &mut String, value: &str) {
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// HTTP requests answered by the API, by method, route pattern (never the raw path, so the
-/// number of series is bounded by the route table) and status.
+/// number of series is bounded by the route table) and status. Responses the connection
+/// layer writes without consulting the handler (unparsable requests, 408, 431, 413 on a
+/// buffered body) are not counted.
 #[derive(Debug, Default, Clone)]
 pub struct HttpCounters {
     by_route: BTreeMap<(&'static str, &'static str, u16), u64>,

@@ -83,17 +83,17 @@ fn json_value() -> impl Strategy<Value = Value> {
 fn create_body() -> impl Strategy<Value = Value> {
     (
         "[a-z]{1,6}",
-        prop_oneof![Just("ovmf"), Just("missing")],
-        0u32..6,
-        prop_oneof![Just(0u64), Just(1), Just(32), Just(64), Just(1 << 40)],
-        prop::option::of(json_value()),
+        prop_oneof![4 => Just("ovmf"), 1 => Just("missing")],
+        prop_oneof![4 => 1u32..4, 1 => 0u32..1000],
+        prop_oneof![1 => Just(0u64), 1 => Just(1 << 40), 6 => Just(32), 6 => Just(64)],
+        prop_oneof![2 => Just(None), 1 => json_value().prop_map(Some)],
     )
         .prop_map(|(name, image, vcpus, memory_mib, workload)| {
             let mut v = serde_json::json!({
                 "name": name, "image": image, "vcpus": vcpus, "memory_mib": memory_mib,
             });
             if let Some(w) = workload {
-                v["workload"] = serde_json::json!({ "steps": [w] });
+                v["workload"] = serde_json::json!({ "steps": [w, "halt"] });
             }
             v
         })
@@ -110,17 +110,33 @@ struct ApiRequest {
 }
 
 fn api_request() -> impl Strategy<Value = ApiRequest> {
-    let route = 0..ROUTES.len();
+    let create = ROUTES
+        .iter()
+        .position(|r| r.method == Method::Post && r.pattern == "/v1/tds")
+        .unwrap_or(0);
+    let route = prop_oneof![3 => 0..ROUTES.len(), 1 => Just(create)];
     let method = prop_oneof![
-        4 => Just(None),
-        1 => prop::sample::select(&["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "BREW"][..]).prop_map(Some),
+        6 => Just(None),
+        1 => prop::sample::select(&["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "BREW"][..])
+            .prop_map(Some),
     ];
-    let id =
-        prop::sample::select(&["1", "2", "0", "abc", "99999999999999999999999", "%31", "-1"][..]);
-    let name = prop::sample::select(&["ovmf", "x", "a%2Fb", "..", "%zz", "n.a-me_1"][..]);
-    let query = prop::sample::select(
+    let id = prop::sample::select(
         &[
-            "",
+            "1",
+            "2",
+            "3",
+            "1",
+            "2",
+            "0",
+            "abc",
+            "99999999999999999999999",
+            "%31",
+            "-1",
+        ][..],
+    );
+    let name = prop::sample::select(&["ovmf", "x", "ovmf", "a%2Fb", "..", "%zz", "n.a-me_1"][..]);
+    let odd_query = prop::sample::select(
+        &[
             "?offset=0",
             "?offset=99999999999",
             "?offset=-1",
@@ -134,7 +150,8 @@ fn api_request() -> impl Strategy<Value = ApiRequest> {
             "?since=x",
         ][..],
     );
-    let auth = prop_oneof![6 => Just(Some("tok3n")), 1 => Just(Some("nope")), 1 => Just(None)];
+    let query = prop_oneof![2 => Just(""), 1 => odd_query];
+    let auth = prop_oneof![8 => Just(Some("tok3n")), 1 => Just(Some("nope")), 1 => Just(None)];
     let content_type = prop::sample::select(
         &[
             Some("application/json"),
@@ -144,13 +161,15 @@ fn api_request() -> impl Strategy<Value = ApiRequest> {
             Some("application/json; charset=utf-8"),
         ][..],
     );
-    let key = prop::sample::select(&[None, Some("k1"), Some("k2"), Some(" ")][..]);
+    let key =
+        prop::sample::select(&[None, None, None, None, Some("k1"), Some("k2"), Some(" ")][..]);
     let body = prop_oneof![
-        3 => Just(Vec::new()),
         3 => json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
         3 => create_body().prop_map(|v| serde_json::to_vec(&v).unwrap()),
         1 => prop::collection::vec(any::<u8>(), 0..300),
     ];
+    // Mostly what the route takes (so handlers are reached), sometimes anything.
+    let fitting = prop::bool::weighted(0.8);
     (
         route,
         method,
@@ -158,14 +177,29 @@ fn api_request() -> impl Strategy<Value = ApiRequest> {
         name,
         query,
         auth,
-        content_type,
-        key,
-        body,
+        (content_type, key, body, fitting),
     )
         .prop_map(
-            |(route, method, id, name, query, auth, content_type, idempotency_key, body)| {
+            |(
+                route,
+                method,
+                id,
+                name,
+                query,
+                auth,
+                (content_type, idempotency_key, body, fitting),
+            )| {
                 let spec = &ROUTES[route];
                 let path = spec.pattern.replace("{id}", id).replace("{name}", name);
+                let (content_type, body) = match (fitting, spec.body) {
+                    (false, _) => (content_type, body),
+                    (true, BodyKind::None) => (None, Vec::new()),
+                    (true, BodyKind::OptionalJson) if body.len() % 2 == 0 => (None, Vec::new()),
+                    (true, BodyKind::Json | BodyKind::OptionalJson) => {
+                        (Some("application/json"), body)
+                    }
+                    (true, BodyKind::OctetStream) => (Some("application/octet-stream"), body),
+                };
                 ApiRequest {
                     method: method.unwrap_or(spec.method.as_str()),
                     path: format!("{path}{query}"),
@@ -254,6 +288,7 @@ proptest! {
                     req.method, req.path, resp.status, statuses, String::from_utf8_lossy(&resp.body)
                 );
             }
+            if std::env::var("API_PROPTEST_TRACE").is_ok() { std::eprintln!("TRACE {} {} {} {}", req.method, req.path, resp.status, String::from_utf8_lossy(&resp.body).chars().take(150).collect::<String>()); }
             prop_assert_eq!(client.api().in_flight(), 0);
             // Let builds and teardowns progress between requests.
             client.now += 5;

@@ -355,16 +355,13 @@ pub(crate) fn upload(client: &mut Client, name: &str, data: &[u8], chunk: usize)
          Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
         data.len()
     );
+    // Like a real client, send the whole body even when the answer comes early (a refused
+    // upload's body is read and discarded to keep the connection).
     let mut responses = client.raw(head.as_bytes());
     for piece in data.chunks(chunk.max(1)) {
-        if !responses.is_empty() {
-            break;
-        }
-        responses = client.raw(piece);
+        responses.extend(client.raw(piece));
     }
-    if responses.is_empty() {
-        responses = client.drain();
-    }
+    responses.extend(client.drain());
     assert_eq!(responses.len(), 1, "{responses:?}");
     let resp = responses.remove(0);
     client.record("PUT", &format!("/v1/images/{name}"), &resp);
@@ -507,10 +504,6 @@ fn operator_story_over_the_software_module() {
     assert_eq!(m["mrtd"], expected_mrtd.as_str());
     assert_eq!(m["finalized"], true);
     assert_eq!(m["rtmr"].as_array().unwrap().len(), 4);
-
-    // Stop before start is an impossible transition.
-    let r = client.send("POST", &format!("/v1/tds/{id}/stop"), &[], b"");
-    assert_eq!((r.status, r.code().as_str()), (409, "invalid_transition"));
 
     // Start: 202, then follow events until running; start again: 200.
     let since = json(&client.get("/v1/events"))["last_event_id"]
