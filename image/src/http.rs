@@ -195,8 +195,22 @@ impl Connection {
 
 /// One `GET path` on a fresh connection that is closed afterwards.
 pub fn get(port: u16, path: &str, timeout: Duration) -> Result<HttpResponse> {
+    get_with_authorization(port, path, None, timeout)
+}
+
+/// Like [`get`], with an `Authorization` header field when `authorization` is given
+/// (`"Bearer <token>"`).
+pub fn get_with_authorization(
+    port: u16,
+    path: &str,
+    authorization: Option<&str>,
+    timeout: Duration,
+) -> Result<HttpResponse> {
     let mut connection = Connection::open(port, timeout)?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let auth =
+        authorization.map_or_else(String::new, |value| format!("Authorization: {value}\r\n"));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n");
     connection.send(request.as_bytes())?;
     connection.read_response()
 }

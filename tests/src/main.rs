@@ -1,21 +1,30 @@
-//! End-to-end tests: build the appliance image, boot it ONCE in QEMU (through the
-//! `appliance-image` library, on a free host port), then run named checks against its
-//! management API over real TCP from the host.
+//! End-to-end tests: build the appliance image, boot it in QEMU three times at once (through
+//! the `appliance-image` library, each on a free host port), then run named checks against
+//! each instance's management API over real TCP from the host:
 //!
-//! Prints `ok`/`FAILED` per check, the boot-to-ready time and the appliance's own
-//! entry-to-listening time, and finally `N passed, M failed`; on failure also the guest's
-//! serial log. Exits non-zero when any check fails.
+//! - `disk`: `disk.img` (GPT + FAT32 ESP) as a flashed node, with an `appliance.toml` that sets
+//!   a token and a static address; the HTTP checks run here;
+//! - `netboot`: no disk, OVMF's PXE client and QEMU's TFTP server, the configuration (a token,
+//!   DHCP) fetched over TFTP;
+//! - `defaults`: the ESP directory without a configuration file: defaults, and a token
+//!   generated at boot and printed once on the console.
+//!
+//! Prints `ok`/`FAILED` per check, each instance's boot-to-ready time and the appliance's own
+//! entry-to-listening time, and finally `N passed, M failed`; on failure also the serial logs.
+//! Exits non-zero when any check fails.
 
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use appliance::config::ApplianceConfig;
-use appliance_image::build::build_appliance;
-use appliance_image::deps;
+use appliance_image::build::{BuiltImage, build_appliance};
+use appliance_image::deps::{self, Firmware};
+use appliance_image::disk::write_disk_image;
 use appliance_image::http::{self, Connection, HttpResponse};
-use appliance_image::qemu::{Qemu, QemuConfig, free_port};
-use appliance_image::serial::listening_after_ms;
+use appliance_image::netboot::layout_netboot;
+use appliance_image::qemu::{BootMedium, Qemu, QemuConfig, free_port};
+use appliance_image::serial::{generated_token, listening_after_ms};
 use appliance_image::workspace::Workspace;
 
 /// Timeout of every connect, read and write.
@@ -29,9 +38,25 @@ const LATENCY_SAMPLES: usize = 20;
 
 type CheckResult = Result<(), String>;
 
-/// What every check gets: the forwarded host port.
+/// Token of the `disk` instance's configuration file.
+const DISK_TOKEN: &str = "e2e-disk-token_2f9c";
+/// Token of the `netboot` instance's configuration file.
+const NETBOOT_TOKEN: &str = "e2e.netboot~token+7/a==";
+
+/// What every check gets: the forwarded host port, the token the instance should accept
+/// and its serial console so far.
 struct Target {
     port: u16,
+    token: String,
+    serial: String,
+}
+
+impl Target {
+    fn get_authorized(&self, path: &str, token: Option<&str>) -> Result<HttpResponse, String> {
+        let authorization = token.map(|token| format!("Bearer {token}"));
+        http::get_with_authorization(self.port, path, authorization.as_deref(), IO_TIMEOUT)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// One named check.
@@ -40,7 +65,28 @@ struct Check {
     run: fn(&Target) -> CheckResult,
 }
 
-const CHECKS: &[Check] = &[
+/// Authentication checks, run on every instance.
+const AUTH_CHECKS: &[Check] = &[
+    Check {
+        name: "GET /v1/host without a token is 401 with a Bearer challenge",
+        run: host_without_token_is_401,
+    },
+    Check {
+        name: "GET /v1/host with a wrong token is 401 (invalid_token)",
+        run: host_with_wrong_token_is_401,
+    },
+];
+
+/// The `disk` instance: configured token and static address, plus the HTTP checks.
+const DISK_CHECKS: &[Check] = &[
+    Check {
+        name: "GET /v1/host with the configured token reports the static address and the file on the disk",
+        run: disk_host_reports_static_config,
+    },
+    Check {
+        name: "the appliance logs `listening on port 8080 after N ms` at the static address",
+        run: logs_listening_at_static_address,
+    },
     Check {
         name: "GET /v1/health answers 200 with a JSON body",
         run: health_is_200_json,
@@ -66,6 +112,111 @@ const CHECKS: &[Check] = &[
         run: keep_alive_serves_two_requests,
     },
 ];
+
+/// The `netboot` instance: configuration over TFTP.
+const NETBOOT_CHECKS: &[Check] = &[Check {
+    name: "GET /v1/host with the configured token reports the TFTP configuration and a DHCP address",
+    run: netboot_host_reports_tftp_config,
+}];
+
+/// The `defaults` instance: no configuration file.
+const DEFAULTS_CHECKS: &[Check] = &[Check {
+    name: "without a configuration file a token is generated, printed once, and accepted",
+    run: generated_token_is_printed_once_and_accepted,
+}];
+
+fn host_without_token_is_401(target: &Target) -> CheckResult {
+    let response = target.get_authorized("/v1/host", None)?;
+    expect_status(&response, 401)?;
+    let body = expect_json(&response)?;
+    if body.get("code").and_then(serde_json::Value::as_str) != Some("unauthorized") {
+        return Err(format!("body code is not \"unauthorized\": {body}"));
+    }
+    match response.header("www-authenticate") {
+        Some(challenge) if challenge.starts_with("Bearer realm=\"tdx-appliance\"") => Ok(()),
+        other => Err(format!("WWW-Authenticate is {other:?}")),
+    }
+}
+
+fn host_with_wrong_token_is_401(target: &Target) -> CheckResult {
+    let wrong = format!("{}x", target.token);
+    let response = target.get_authorized("/v1/host", Some(&wrong))?;
+    expect_status(&response, 401)?;
+    match response.header("www-authenticate") {
+        Some(challenge) if challenge.contains("invalid_token") => Ok(()),
+        other => Err(format!("WWW-Authenticate is {other:?}")),
+    }
+}
+
+/// `GET /v1/host` with the instance's token: 200 and its JSON body.
+fn authorized_host(target: &Target) -> Result<serde_json::Value, String> {
+    let response = target.get_authorized("/v1/host", Some(&target.token))?;
+    expect_status(&response, 200)?;
+    expect_json(&response)
+}
+
+fn expect_field(body: &serde_json::Value, field: &str, expected: &str) -> CheckResult {
+    match body.get(field).and_then(serde_json::Value::as_str) {
+        Some(value) if value == expected => Ok(()),
+        other => Err(format!(
+            "{field} is {other:?}, expected {expected:?}: {body}"
+        )),
+    }
+}
+
+fn disk_host_reports_static_config(target: &Target) -> CheckResult {
+    let body = authorized_host(target)?;
+    expect_field(&body, "ipv4", "10.0.2.15/24")?;
+    expect_field(&body, "network", "static")?;
+    expect_field(
+        &body,
+        "config_source",
+        "boot medium \\EFI\\BOOT\\appliance.toml",
+    )?;
+    expect_field(&body, "token_source", "configured")
+}
+
+fn logs_listening_at_static_address(target: &Target) -> CheckResult {
+    let logged = target.serial.lines().any(|line| {
+        line.contains("listening on port 8080 after ") && line.contains(" at 10.0.2.15/24")
+    });
+    let configured = target
+        .serial
+        .contains("configuration from boot medium \\EFI\\BOOT\\appliance.toml: network static 10.0.2.15/24 via 10.0.2.2");
+    match (logged, configured) {
+        (true, true) => Ok(()),
+        (false, _) => Err("no `listening ... at 10.0.2.15/24` line".into()),
+        (_, false) => Err("no `configuration from boot medium ...: network static` line".into()),
+    }
+}
+
+fn netboot_host_reports_tftp_config(target: &Target) -> CheckResult {
+    let body = authorized_host(target)?;
+    expect_field(&body, "config_source", "tftp://10.0.2.2/appliance.toml")?;
+    expect_field(&body, "network", "dhcp")?;
+    expect_field(&body, "ipv4", "10.0.2.15/24")?;
+    expect_field(&body, "token_source", "configured")
+}
+
+fn generated_token_is_printed_once_and_accepted(target: &Target) -> CheckResult {
+    let printed = target.serial.matches("generated API token").count();
+    if printed != 1 {
+        return Err(format!("the token line appears {printed} times"));
+    }
+    if target.token.len() != 64 || !target.token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("token {:?} is not 64 hex digits", target.token));
+    }
+    let body = authorized_host(target)?;
+    expect_field(&body, "token_source", "generated")?;
+    expect_field(&body, "network", "dhcp")?;
+    match body
+        .get("config_source")
+        .and_then(serde_json::Value::as_str)
+    {
+        Some(source) if source.starts_with("defaults (no boot medium") => Ok(()),
+        other => Err(format!("config_source is {other:?}")),
+    }
+}
 
 fn expect_status(response: &HttpResponse, status: u16) -> CheckResult {
     if response.status == status {
@@ -205,92 +356,177 @@ fn measure_latency(port: u16) -> Option<(Duration, Duration)> {
     Some((*samples.get(samples.len() / 2)?, *samples.last()?))
 }
 
+/// One booted appliance and its checks.
+struct Instance {
+    name: &'static str,
+    vm: Qemu,
+    token: Option<String>,
+    checks: Vec<&'static Check>,
+}
+
+/// The configuration of the `disk` instance.
+fn disk_config() -> String {
+    format!(
+        "# e2e: a flashed node with a fixed address\n[api]\ntoken = \"{DISK_TOKEN}\"\n\n\
+         [network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\n"
+    )
+}
+
+/// Starts the three instances (they boot in parallel).
+fn start_instances(
+    ws: &Workspace,
+    image: &BuiltImage,
+    firmware: &Firmware,
+) -> Result<Vec<Instance>, String> {
+    let scratch = ws
+        .instances_dir()
+        .join(format!("e2e-artifacts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    let disk = scratch.join("disk.img");
+    write_disk_image(&image.efi, Some(&disk_config()), &disk).map_err(|e| e.to_string())?;
+    let netboot = scratch.join("netboot");
+    let netboot_config = format!("[api]\ntoken = \"{NETBOOT_TOKEN}\"\n");
+    layout_netboot(&image.efi, Some(&netboot_config), &netboot).map_err(|e| e.to_string())?;
+
+    let with = |checks: &[&'static [Check]]| -> Vec<&'static Check> {
+        checks.iter().flat_map(|list| list.iter()).collect()
+    };
+    let plan: [(&'static str, BootMedium, Option<&str>, Vec<&'static Check>); 3] = [
+        (
+            "disk",
+            BootMedium::Disk(disk),
+            Some(DISK_TOKEN),
+            with(&[AUTH_CHECKS, DISK_CHECKS]),
+        ),
+        (
+            "netboot",
+            BootMedium::Netboot(netboot),
+            Some(NETBOOT_TOKEN),
+            with(&[AUTH_CHECKS, NETBOOT_CHECKS]),
+        ),
+        (
+            "defaults",
+            BootMedium::EspDir { config: None },
+            None,
+            with(&[AUTH_CHECKS, DEFAULTS_CHECKS]),
+        ),
+    ];
+    let mut instances = Vec::new();
+    for (name, medium, token, checks) in plan {
+        let port = free_port().map_err(|e| e.to_string())?;
+        let mut config = QemuConfig::new(
+            image,
+            port,
+            ws.instances_dir()
+                .join(format!("e2e-{name}-{}-{port}", std::process::id())),
+        );
+        config.medium = medium;
+        let vm = Qemu::start(firmware, &config).map_err(|e| format!("{name}: {e}"))?;
+        println!("e2e: {name}: {}", vm.command_line());
+        instances.push(Instance {
+            name,
+            vm,
+            token: token.map(str::to_string),
+            checks,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(instances)
+}
+
+fn fail_early(what: &str, err: &str) -> ExitCode {
+    println!("FAILED {what}: {err}\n0 passed, 1 failed");
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
     let ws = Workspace::locate();
     println!("e2e: building the appliance image");
     let image = match build_appliance(&ws) {
         Ok(image) => image,
-        Err(err) => {
-            println!("FAILED build the image: {err}\n0 passed, 1 failed");
-            return ExitCode::FAILURE;
-        }
+        Err(err) => return fail_early("build the image", &err.to_string()),
     };
-    let booted = deps::ensure().and_then(|firmware| {
-        let port = free_port()?;
-        let config = QemuConfig::new(
-            &image,
-            port,
-            ws.instances_dir()
-                .join(format!("e2e-{}-{port}", std::process::id())),
-        );
-        Qemu::start(&firmware, &config)
-    });
-    let mut vm = match booted {
-        Ok(vm) => vm,
-        Err(err) => {
-            println!("FAILED start QEMU: {err}\n0 passed, 1 failed");
-            return ExitCode::FAILURE;
-        }
+    let firmware = match deps::ensure() {
+        Ok(firmware) => firmware,
+        Err(err) => return fail_early("find QEMU and OVMF", &err.to_string()),
     };
-    println!("e2e: booting: {}", vm.command_line());
-    let ready_after = match vm.wait_ready(BOOT_TIMEOUT) {
-        Ok(ready_after) => ready_after,
-        Err(err) => {
-            println!("FAILED boot until /v1/health answers 200: {err}");
-            println!("--- serial log ---\n{}", vm.serial_log());
-            println!("--- QEMU stderr ---\n{}", vm.stderr_log());
-            println!("0 passed, 1 failed");
-            return ExitCode::FAILURE;
-        }
+    let mut instances = match start_instances(&ws, &image, &firmware) {
+        Ok(instances) => instances,
+        Err(err) => return fail_early("start QEMU", &err),
     };
-    let listening = listening_after_ms(&vm.serial_log());
-    println!(
-        "e2e: boot to ready (QEMU start to first 200 from /v1/health): {:.2} s",
-        ready_after.as_secs_f64()
-    );
-    match listening {
-        Some(ms) => println!("e2e: appliance entry to listening: {ms} ms"),
-        None => println!("e2e: appliance entry to listening: not found in the serial log"),
-    }
 
-    let target = Target {
-        port: vm.host_port(),
-    };
     let mut passed = 0usize;
     let mut failed = 0usize;
-    for check in CHECKS {
-        let start = Instant::now();
-        match (check.run)(&target) {
-            Ok(()) => {
+    for instance in &mut instances {
+        let name = instance.name;
+        match instance.vm.wait_ready(BOOT_TIMEOUT) {
+            Ok(ready_after) => {
                 passed += 1;
-                println!("ok     {} ({} ms)", check.name, start.elapsed().as_millis());
+                println!(
+                    "ok     [{name}] boots until /v1/health answers 200 ({:.2} s from QEMU start)",
+                    ready_after.as_secs_f64()
+                );
+                let serial = instance.vm.serial_log();
+                match listening_after_ms(&serial) {
+                    Some(ms) => println!("e2e: [{name}] appliance entry to listening: {ms} ms"),
+                    None => println!("e2e: [{name}] appliance entry to listening: not logged"),
+                }
             }
-            Err(reason) => {
-                failed += 1;
-                println!("FAILED {}: {reason}", check.name);
+            Err(err) => {
+                failed += 1 + instance.checks.len();
+                println!("FAILED [{name}] boots until /v1/health answers 200: {err}");
+                println!("--- [{name}] serial log ---\n{}", instance.vm.serial_log());
+                println!("--- [{name}] QEMU stderr ---\n{}", instance.vm.stderr_log());
+                instance.vm.kill();
+                continue;
             }
         }
+        let serial = instance.vm.serial_log();
+        let token = instance
+            .token
+            .clone()
+            .or_else(|| generated_token(&serial))
+            .unwrap_or_default();
+        let target = Target {
+            port: instance.vm.host_port(),
+            token,
+            serial,
+        };
+        let mut instance_failed = false;
+        for check in &instance.checks {
+            let start = Instant::now();
+            match (check.run)(&target) {
+                Ok(()) => {
+                    passed += 1;
+                    println!(
+                        "ok     [{name}] {} ({} ms)",
+                        check.name,
+                        start.elapsed().as_millis()
+                    );
+                }
+                Err(reason) => {
+                    failed += 1;
+                    instance_failed = true;
+                    println!("FAILED [{name}] {}: {reason}", check.name);
+                }
+            }
+        }
+        if name == "disk" {
+            match measure_latency(target.port) {
+                Some((median, max)) => println!(
+                    "e2e: [disk] {LATENCY_SAMPLES} sequential GET /v1/health on new connections: median {:.1} ms, max {:.1} ms",
+                    median.as_secs_f64() * 1e3,
+                    max.as_secs_f64() * 1e3
+                ),
+                None => println!("e2e: [disk] latency measurement failed"),
+            }
+        }
+        if instance_failed {
+            println!("--- [{name}] serial log ---\n{}", instance.vm.serial_log());
+        }
+        instance.vm.kill();
     }
-    // The appliance must have logged when it started listening.
-    if listening.is_some() {
-        passed += 1;
-        println!("ok     the appliance logs `listening on port 8080 after N ms`");
-    } else {
-        failed += 1;
-        println!("FAILED the appliance logs `listening on port 8080 after N ms`");
-    }
-    match measure_latency(target.port) {
-        Some((median, max)) => println!(
-            "e2e: {LATENCY_SAMPLES} sequential GET /v1/health on new connections: median {:.1} ms, max {:.1} ms",
-            median.as_secs_f64() * 1e3,
-            max.as_secs_f64() * 1e3
-        ),
-        None => println!("e2e: latency measurement failed"),
-    }
-    if failed > 0 {
-        println!("--- serial log ---\n{}", vm.serial_log());
-    }
-    vm.kill();
     println!("{passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS
