@@ -21,8 +21,8 @@ use tdx::abi::td_params::attributes::SEPT_VE_DISABLE;
 use tdx::abi::{Gpa, Hpa, PageLevel};
 use tdx::emu::workload::{Step, Workload};
 use tdx::host::testing::{
-    ThreadTopology, emulated_host_parts, small_config, step_until, synthetic_tdvf_image,
-    upload_image,
+    EmulatedHost, ThreadTopology, emulated_host_parts, small_config, step_until,
+    synthetic_tdvf_image, upload_image,
 };
 use tdx::host::{Host, HostConfig, TdId, TdSpec};
 use tdx::td::lifecycle::TdState;
@@ -105,10 +105,12 @@ fn build_once(image: &[u8]) -> (f64, f64) {
     (ms, mib)
 }
 
-/// ms for the guest to accept `mib` MiB at `level` (faulting every page in).
-fn faultin_once(mib: u64, level: PageLevel) -> f64 {
+/// A host with a running TD whose guest has accepted `mib` MiB at `level` (every page
+/// faulted in); returns the host, the TD and the ms the fault-in took.
+fn faulted_in(mib: u64, level: PageLevel, slow_teardown: bool) -> (EmulatedHost, TdId, f64) {
+    let cfg = config(mib + 256, slow_teardown);
     let mut e = emulated_host_parts(
-        config(mib + 256, false),
+        cfg,
         ThreadTopology {
             cpus: 2,
             packages: 1,
@@ -139,41 +141,22 @@ fn faultin_once(mib: u64, level: PageLevel) -> f64 {
     let t = h.td(id).expect("td");
     let mapped = t.mapped.pages_4k * 4096 + t.mapped.pages_2m * 2 * MIB;
     assert!(mapped >= mib * MIB, "everything faulted in: {t:?}");
-    destroy(h, id);
+    (e, id, ms)
+}
+
+/// ms for the guest to accept `mib` MiB at `level`.
+fn faultin_once(mib: u64, level: PageLevel) -> f64 {
+    let (mut e, id, ms) = faulted_in(mib, level, false);
+    destroy(&mut e.host, id);
     ms
 }
 
 /// ms to destroy a TD with `mib` MiB mapped at 4 KiB.
 fn teardown_once(mib: u64, slow: bool) -> f64 {
-    let mut e = emulated_host_parts(
-        config(mib + 256, slow),
-        ThreadTopology {
-            cpus: 2,
-            packages: 1,
-        },
-    );
-    let h = &mut e.host;
-    upload_image(h, "fw", &synthetic_tdvf_image()).expect("upload");
-    let steps = vec![
-        Step::Accept {
-            gpa: Gpa(64 * MIB),
-            len: mib * MIB,
-            level: PageLevel::L4K,
-        },
-        Step::Print { line: "x".into() },
-    ];
-    let id = h
-        .create_td(spec("fw", mib + 64, false, steps), h.now_ms())
-        .expect("create")
-        .id;
-    wait(h, id, TdState::Runnable);
-    h.start_td(id, h.now_ms()).expect("start");
-    assert!(step_until(h, 600_000, |h| h
-        .td(id)
-        .is_ok_and(|t| t.counters.console_bytes == 2)));
-    let before = h.metrics().leaked_pages;
-    let ms = destroy(h, id);
-    assert_eq!(h.metrics().leaked_pages, before);
+    let (mut e, id, _) = faulted_in(mib, PageLevel::L4K, slow);
+    let before = e.host.metrics().leaked_pages;
+    let ms = destroy(&mut e.host, id);
+    assert_eq!(e.host.metrics().leaked_pages, before);
     ms
 }
 

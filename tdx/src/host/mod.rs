@@ -260,6 +260,16 @@ struct Td {
     leaked_pages: u64,
 }
 
+/// What a TD being created holds (freed or torn down together on failure).
+struct TdParts {
+    id: TdId,
+    hkid: u16,
+    control: ControlPages,
+    backing: Arc<TdBacking>,
+    cache: Arc<SeptPageCache>,
+    seam_counters: Arc<SeamcallCounters>,
+}
+
 /// Control pages of a TD being created (freed together on failure).
 struct ControlPages {
     tdr: Hpa,
@@ -862,21 +872,18 @@ impl Host {
             log::error!("host: TDH.MNG.CREATE failed: {e}");
             return Err(HostError::Module(e));
         }
-        let seam_counters = Arc::new(SeamcallCounters::new());
         let id = TdId(self.next_td);
         self.next_td += 1;
-        // Everything below runs on a TD the module knows: failures tear it down.
-        let result = self.init_td(
-            &spec,
+        let parts = TdParts {
             id,
             hkid,
-            &control,
-            &backing,
-            &cache,
-            &seam_counters,
-            plan,
-            now_ms,
-        );
+            control,
+            backing,
+            cache,
+            seam_counters: Arc::new(SeamcallCounters::new()),
+        };
+        // Everything below runs on a TD the module knows: failures tear it down.
+        let result = self.init_td(&spec, &parts, plan, now_ms);
         match result {
             Ok(()) => {
                 let _ = self.apply(id, TdEvent::BeginBuild, now_ms);
@@ -892,8 +899,7 @@ impl Host {
                     self.leaked_pages += td.leaked_pages;
                 } else {
                     // init_td failed before the TD object existed: tear down the bare TD.
-                    let mut bare =
-                        self.bare_td(id, &spec, hkid, &control, backing, cache, seam_counters);
+                    let mut bare = self.bare_td(&spec, &parts);
                     let _ = self.teardown(&mut bare);
                     self.leaked_pages += bare.leaked_pages;
                 }
@@ -902,35 +908,15 @@ impl Host {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn bare_td(
-        &self,
-        id: TdId,
-        spec: &TdSpec,
-        hkid: u16,
-        control: &ControlPages,
-        backing: Arc<TdBacking>,
-        cache: Arc<SeptPageCache>,
-        seam_counters: Arc<SeamcallCounters>,
-    ) -> Td {
+    /// The TD object for a TD that failed before its vCPUs existed (for teardown).
+    fn bare_td(&self, spec: &TdSpec, parts: &TdParts) -> Td {
         let vcpus = Arc::new(TdVcpus {
             vcpus: Vec::new(),
             block: core::sync::atomic::AtomicU32::new(0),
             kicker: self.kicker(),
         });
-        let sept = self.sept_manager(control.tdr, hkid, &backing, &cache, &vcpus, &seam_counters);
-        self.td_object(
-            id,
-            spec,
-            hkid,
-            control,
-            backing,
-            cache,
-            seam_counters,
-            vcpus,
-            sept,
-            0,
-        )
+        let sept = self.sept_manager(parts, &vcpus);
+        self.td_object(spec, parts, vcpus, sept, 0)
     }
 
     fn kicker(&self) -> Kicker {
@@ -940,15 +926,8 @@ impl Host {
         }
     }
 
-    fn sept_manager(
-        &self,
-        tdr: Hpa,
-        hkid: u16,
-        backing: &Arc<TdBacking>,
-        cache: &Arc<SeptPageCache>,
-        vcpus: &Arc<TdVcpus>,
-        counters: &Arc<SeamcallCounters>,
-    ) -> SeptManager<dyn Seamcall> {
+    fn sept_manager(&self, parts: &TdParts, vcpus: &Arc<TdVcpus>) -> SeptManager<dyn Seamcall> {
+        let counters = &parts.seam_counters;
         let module: Arc<dyn Seamcall> = match &self.module {
             HostModule::Hardware(h) => Arc::new(Counted {
                 counters: counters.clone(),
@@ -962,13 +941,13 @@ impl Host {
         SeptManager::new(
             module,
             TdSeptInfo {
-                tdr,
-                hkid: Hkid(hkid),
+                tdr: parts.control.tdr,
+                hkid: Hkid(parts.hkid),
                 gpaw: Gpaw::Bits48,
             },
             SeptBackends {
-                memory: backing.clone(),
-                pool: cache.clone(),
+                memory: parts.backing.clone(),
+                pool: parts.cache.clone(),
                 vcpus: Arc::new(VcpuGate(vcpus.clone())),
                 phys: self.phys.clone(),
             },
@@ -979,20 +958,17 @@ impl Host {
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn td_object(
         &self,
-        id: TdId,
         spec: &TdSpec,
-        hkid: u16,
-        control: &ControlPages,
-        backing: Arc<TdBacking>,
-        cache: Arc<SeptPageCache>,
-        seam_counters: Arc<SeamcallCounters>,
+        parts: &TdParts,
         vcpus: Arc<TdVcpus>,
         sept: SeptManager<dyn Seamcall>,
         created_vcpus: usize,
     ) -> Td {
+        let (id, hkid, control) = (parts.id, parts.hkid, &parts.control);
+        let (backing, cache) = (parts.backing.clone(), parts.cache.clone());
+        let seam_counters = parts.seam_counters.clone();
         let shared = Arc::new(TdShared {
             id,
             tdr: control.tdr,
@@ -1042,19 +1018,14 @@ impl Host {
 
     /// KEY.CONFIG per package, ADDCX, MNG.INIT, VP.CREATE/ADDCX/INIT per vCPU, the S-EPT
     /// manager, runner binding and the build job. On error the caller tears the TD down.
-    #[allow(clippy::too_many_arguments)]
     fn init_td(
         &mut self,
         spec: &TdSpec,
-        id: TdId,
-        hkid: u16,
-        control: &ControlPages,
-        backing: &Arc<TdBacking>,
-        cache: &Arc<SeptPageCache>,
-        seam_counters: &Arc<SeamcallCounters>,
+        parts: &TdParts,
         plan: BuildPlan,
         now_ms: u64,
     ) -> Result<(), HostError> {
+        let (id, control) = (parts.id, &parts.control);
         let tdr = control.tdr;
         let main = self.main.clone();
         for cpu in self.cpus.one_cpu_per_package() {
@@ -1119,19 +1090,8 @@ impl Host {
             block: core::sync::atomic::AtomicU32::new(0),
             kicker: self.kicker(),
         });
-        let sept = self.sept_manager(tdr, hkid, backing, cache, &vcpus, seam_counters);
-        let mut td = self.td_object(
-            id,
-            spec,
-            hkid,
-            control,
-            backing.clone(),
-            cache.clone(),
-            seam_counters.clone(),
-            vcpus,
-            sept,
-            created,
-        );
+        let sept = self.sept_manager(parts, &vcpus);
+        let mut td = self.td_object(spec, parts, vcpus, sept, created);
         td.created_ms = now_ms;
         if let Some(e) = fail {
             self.tds.insert(id, td);

@@ -1,9 +1,9 @@
 //! Test support (cargo feature `testing`): a [`Host`] over the software TDX module, sparse
 //! memory and one thread per vCPU runner, built in one call.
 //!
-//! ```ignore
-//! let mut host = tdx::host::testing::emulated_host(tdx::host::HostConfig::default());
-//! ```
+//! Typical use: `let mut host = emulated_host(small_config());`, upload
+//! [`synthetic_tdvf_image`] with [`upload_image`], create a TD, and drive the jobs with
+//! [`step_until`].
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
