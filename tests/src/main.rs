@@ -100,7 +100,7 @@ const DISK_CHECKS: &[Check] = &[
         run: unknown_path_is_404_json,
     },
     Check {
-        name: "a body over the limit gets 413",
+        name: "a body over the limit gets 413 (authorized POST /v1/tds)",
         run: oversized_body_is_413,
     },
     Check {
@@ -272,8 +272,12 @@ fn unknown_path_is_404_json(target: &Target) -> CheckResult {
 
 fn oversized_body_is_413(target: &Target) -> CheckResult {
     let limit = ApplianceConfig::default().api_limits.max_body_bytes;
+    // An authorized JSON request to a route that takes a body, announcing one byte too many:
+    // refused from the head alone, before any body byte is sent.
     let request = format!(
-        "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/tds HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        target.token,
         limit + 1
     );
     let response = raw_exchange(target, request.as_bytes())?;
