@@ -486,6 +486,12 @@ fn write_host_metrics(doc: &mut Exposition, host: &tdx::host::Host) {
     )
     .sample("tdx_busy_retries_total", &[], m.busy_retries);
     doc.family(
+        "tdx_leaked_pages",
+        MetricType::Gauge,
+        "Pages deliberately leaked after unrecoverable errors (live and destroyed TDs).",
+    )
+    .sample("tdx_leaked_pages", &[], m.leaked_pages);
+    doc.family(
         "tdx_seamcalls_total",
         MetricType::Counter,
         "SEAMCALLs by leaf and status class (success, busy, error).",

@@ -563,6 +563,21 @@ fn operator_story_over_the_software_module() {
         ),
         "{text}"
     );
+    for family in [
+        "tdx_uptime_seconds ",
+        "tdx_faults_total ",
+        "tdx_busy_retries_total ",
+        "tdx_seamcalls_total{leaf=\"",
+        "tdx_pool_bytes{use=\"",
+        "tdx_pool_free_bytes ",
+        "tdx_hkids_free ",
+        "tdx_leaked_pages ",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    assert!(text.contains(&format!(
+        "tdx_td_mapped_pages{{id=\"{id}\",name=\"web\",size=\"4k\"}}"
+    )));
     check_exposition(&text);
 
     // Stop (graceful, short timeout): 202, then stopped; stop again: 200.
@@ -623,4 +638,280 @@ fn check_exposition(text: &str) {
 
 fn check_against_openapi(seen: &[(Method, &'static str, Parsed)]) {
     super::openapi_check::check_responses(seen);
+}
+
+// ---------------------------------------------------------------------------------------
+// Events long poll
+// ---------------------------------------------------------------------------------------
+
+fn spec(name: &str) -> tdx::host::TdSpec {
+    tdx::host::TdSpec {
+        name: name.into(),
+        image: "ovmf".into(),
+        vcpus: 1,
+        memory_mib: 32,
+        attributes: 0,
+        huge_pages: false,
+        workload: None,
+    }
+}
+
+fn client_with_image() -> Client {
+    let mut client = Client::new(api_with_host());
+    let r = upload(&mut client, "ovmf", &ovmf(), 1 << 20);
+    assert_eq!(r.status, 201);
+    client
+}
+
+fn events_request(since: u64, wait_ms: u64) -> String {
+    format!(
+        "GET /v1/events?since={since}&wait_ms={wait_ms} HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+}
+
+#[test]
+fn long_poll_answers_as_soon_as_an_event_exists() {
+    let mut client = client_with_image();
+    let last = json(&client.get("/v1/events"))["last_event_id"]
+        .as_u64()
+        .unwrap();
+    assert!(last > 0, "the upload is an event");
+    client.now = 1_000;
+    assert!(
+        client
+            .raw(events_request(last, 20_000).as_bytes())
+            .is_empty()
+    );
+    client.now = 1_500;
+    assert!(client.drain().is_empty(), "no event yet");
+    assert_eq!(client.api().in_flight(), 1);
+    let td = client
+        .api()
+        .host_mut()
+        .unwrap()
+        .create_td(spec("poll"), 1_500)
+        .unwrap();
+    client.now = 1_501;
+    let r = client.drain();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, 200);
+    let v = json(&r[0]);
+    let events = v["events"].as_array().unwrap();
+    assert!(!events.is_empty());
+    assert!(events.iter().all(|e| e["id"].as_u64().unwrap() > last));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "td_state" && e["td_id"] == td.id.0),
+        "{v}"
+    );
+    assert_eq!(v["next_since"], events.last().unwrap()["id"]);
+    assert_eq!(client.api().in_flight(), 0);
+    client.record("GET", "/v1/events", &r[0]);
+    check_against_openapi(&client.seen);
+}
+
+#[test]
+fn long_poll_times_out_empty_and_wait_is_capped() {
+    let mut client = client_with_image();
+    let last = json(&client.get("/v1/events"))["last_event_id"]
+        .as_u64()
+        .unwrap();
+    client.now = 10_000;
+    assert!(client.raw(events_request(last, 250).as_bytes()).is_empty());
+    client.now = 10_249;
+    assert!(client.drain().is_empty());
+    client.now = 10_250;
+    let r = client.drain();
+    let v = json(&r[0]);
+    assert_eq!(v["events"], json!([]));
+    assert_eq!(v["next_since"], last);
+    // A wait over the cap ends at the cap (30 s).
+    assert!(
+        client
+            .raw(events_request(last, 3_600_000).as_bytes())
+            .is_empty()
+    );
+    client.now = 10_250 + 29_999;
+    assert!(client.drain().is_empty());
+    client.now = 10_250 + 30_000;
+    assert_eq!(client.drain().len(), 1);
+    // Events already there: answered at once, whatever the wait.
+    let r = client.raw(events_request(0, 30_000).as_bytes());
+    assert_eq!(r.len(), 1);
+    assert!(!json(&r[0])["events"].as_array().unwrap().is_empty());
+    // limit bounds the answer; next_since continues from it.
+    let v = json(&client.get("/v1/events?since=0&limit=1"));
+    assert_eq!(v["events"].as_array().unwrap().len(), 1);
+    assert_eq!(v["next_since"], 1);
+    let r = client.get("/v1/events?limit=0");
+    assert_eq!((r.status, json(&r)["field"].as_str()), (400, Some("limit")));
+    let r = client.get("/v1/events?since=abc");
+    assert_eq!((r.status, json(&r)["field"].as_str()), (400, Some("since")));
+}
+
+#[test]
+fn disconnect_abandons_a_long_poll() {
+    let mut client = client_with_image();
+    client.raw(events_request(u64::MAX - 1, 10_000).as_bytes());
+    assert_eq!(client.api().in_flight(), 1);
+    let now = client.now;
+    client.server.disconnect(&mut client.conn, now);
+    assert_eq!(client.api().in_flight(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Statuses
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn not_found_and_validation_statuses() {
+    let mut client = client_with_image();
+    for path in [
+        "/v1/tds/999",
+        "/v1/tds/abc",
+        "/v1/tds/99999999999999999999999",
+        "/v1/tds/999/measurement",
+        "/v1/tds/999/console",
+        "/v1/images/nothing",
+    ] {
+        let r = client.get(path);
+        assert_eq!((r.status, r.code().as_str()), (404, "not_found"), "{path}");
+    }
+    for (method, path) in [
+        ("POST", "/v1/tds/999/start"),
+        ("POST", "/v1/tds/999/stop"),
+        ("DELETE", "/v1/tds/999"),
+        ("DELETE", "/v1/images/nothing"),
+    ] {
+        let r = client.send(method, path, &[], b"");
+        assert_eq!(r.status, 404, "{method} {path}");
+    }
+    // Validation errors name the field, as a JSON path.
+    let cases = [
+        (json!({"name": "a", "image": "ovmf", "vcpus": 1}), None),
+        (
+            json!({"name": "a", "image": "ovmf", "vcpus": 1, "memory_mib": 64, "ram": 1}),
+            Some("ram"),
+        ),
+        (
+            json!({"name": "a", "image": "ovmf", "vcpus": 1, "memory_mib": 64,
+                   "workload": {"steps": ["halt", {"touch": {"gpa": "0x1000", "len": 1, "access": "poke"}}]}}),
+            Some("workload.steps[1].touch.access"),
+        ),
+        (
+            json!({"name": "bad name!", "image": "ovmf", "vcpus": 1, "memory_mib": 64}),
+            Some("name"),
+        ),
+        (
+            json!({"name": "a", "image": "ovmf", "vcpus": 0, "memory_mib": 64}),
+            Some("vcpus"),
+        ),
+    ];
+    for (body, field) in cases {
+        let r = client.post_json("/v1/tds", &body);
+        assert_eq!(
+            r.status,
+            400,
+            "{body}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(json(&r)["field"].as_str(), field, "{body}");
+    }
+    let r = client.post_json(
+        "/v1/tds",
+        &json!({"name": "a", "image": "nope", "vcpus": 1, "memory_mib": 64}),
+    );
+    assert_eq!((r.status, json(&r)["field"].as_str()), (404, Some("image")));
+    // More memory than the pool has.
+    let r = client.post_json(
+        "/v1/tds",
+        &json!({"name": "huge", "image": "ovmf", "vcpus": 1, "memory_mib": 1 << 20}),
+    );
+    assert!(matches!(r.status, 400 | 503), "{}", r.status);
+    assert_eq!(json(&client.get("/v1/tds"))["items"], json!([]));
+    // Stop body: unknown member, bad timeout.
+    let td = client
+        .api()
+        .host_mut()
+        .unwrap()
+        .create_td(spec("s"), 0)
+        .unwrap();
+    let path = format!("/v1/tds/{}/stop", td.id.0);
+    let r = client.post_json(&path, &json!({"forse": true}));
+    assert_eq!((r.status, json(&r)["field"].as_str()), (400, Some("forse")));
+    let r = client.post_json(&path, &json!({"timeout_ms": 10_000_000}));
+    assert_eq!(
+        (r.status, json(&r)["field"].as_str()),
+        (400, Some("timeout_ms"))
+    );
+    let r = client.post_json(&format!("/v1/tds/{}/start", td.id.0), &json!({"now": 1}));
+    assert_eq!(r.status, 400);
+    // Idempotency-Key syntax.
+    let long = "k".repeat(MAX_IDEMPOTENCY_KEY_LEN + 1);
+    let r = client.post_json_with(
+        "/v1/tds",
+        &json!({"name": "k", "image": "ovmf", "vcpus": 1, "memory_mib": 32}),
+        &[("Idempotency-Key", &long)],
+    );
+    assert_eq!(
+        (r.status, json(&r)["field"].as_str()),
+        (400, Some("Idempotency-Key"))
+    );
+    check_against_openapi(&client.seen);
+}
+
+#[test]
+fn head_is_served_for_get_routes() {
+    let mut client = client_with_image();
+    let r = client.raw(
+        format!(
+            "HEAD /v1/images/ovmf HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r[0].status, 200);
+    assert!(r[0].body.is_empty());
+    assert!(
+        r[0].header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+            > 0
+    );
+}
+
+#[test]
+fn openapi_document_is_served() {
+    let mut client = Client::new(api_with_host());
+    let r = client.get("/v1/openapi.json");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, crate::handlers::OPENAPI_JSON.as_bytes());
+    assert_eq!(json(&r)["openapi"], "3.1.0");
+}
+
+#[test]
+fn idempotency_memory_is_bounded() {
+    let mut client = client_with_image();
+    let config = ApiConfig {
+        idempotency_keys: 2,
+        ..ApiConfig::default()
+    };
+    let api = core::mem::replace(client.api(), Api::new(0));
+    *client.api() = api.with_config(config);
+    let mut ids = Vec::new();
+    for (i, key) in ["a", "b", "c"].iter().enumerate() {
+        let body = json!({"name": format!("td{i}"), "image": "ovmf", "vcpus": 1, "memory_mib": 32});
+        let r = client.post_json_with("/v1/tds", &body, &[("Idempotency-Key", key)]);
+        assert_eq!(r.status, 201);
+        ids.push(json(&r)["id"].clone());
+    }
+    // "a" was forgotten: the retry is a new create, refused because the name is taken.
+    let body = json!({"name": "td0", "image": "ovmf", "vcpus": 1, "memory_mib": 32});
+    let r = client.post_json_with("/v1/tds", &body, &[("Idempotency-Key", "a")]);
+    assert_eq!((r.status, r.code().as_str()), (409, "name_taken"));
+    // "c" is remembered.
+    let body = json!({"name": "td2", "image": "ovmf", "vcpus": 1, "memory_mib": 32});
+    let r = client.post_json_with("/v1/tds", &body, &[("Idempotency-Key", "c")]);
+    assert_eq!((r.status, json(&r)["id"].clone()), (201, ids[2].clone()));
 }
