@@ -291,6 +291,8 @@ pub struct Host {
     free_hkids: Vec<u16>,
     hkids_total: u32,
     runners: Vec<Arc<runner::Runner>>,
+    /// Runner loops are started with the first TD (an idle runner spins its CPU).
+    runners_started: bool,
     next_runner: usize,
     scratch_source: Hpa,
     td_params_page: Hpa,
@@ -359,16 +361,18 @@ impl Host {
             .alloc_4k(MemoryUse::Control)
             .map_err(|_| HostError::OutOfMemory)?;
         let mut runners = Vec::new();
-        for (index, cpu) in platform.runner_cpus().into_iter().enumerate() {
+        for cpu in platform.runner_cpus() {
             let Some(seam) = cpus.for_cpu(cpu, main_counters.clone()) else {
                 log::warn!("host: no SEAMCALL handle for runner CPU {cpu}; skipped");
                 continue;
             };
-            let r = Arc::new(runner::Runner::new(index, cpu, seam, platform.clone()));
-            match platform.start_runner(r.clone()) {
-                Ok(()) => runners.push(r),
-                Err(e) => log::warn!("host: {e}; runner skipped"),
-            }
+            let index = runners.len();
+            runners.push(Arc::new(runner::Runner::new(
+                index,
+                cpu,
+                seam,
+                platform.clone(),
+            )));
         }
         let kind = match &module {
             HostModule::Hardware(_) => ModuleKind::Hardware,
@@ -392,6 +396,7 @@ impl Host {
             free_hkids,
             hkids_total: td_hkids,
             runners,
+            runners_started: false,
             next_runner: 0,
             scratch_source,
             td_params_page,
@@ -800,8 +805,33 @@ impl Host {
         self.cpus.call_on(cpu, regs)
     }
 
+    /// Starts the runner loops (once). Runners that fail to start are dropped.
+    fn start_runners(&mut self) {
+        if self.runners_started {
+            return;
+        }
+        self.runners_started = true;
+        let mut started = Vec::new();
+        for r in core::mem::take(&mut self.runners) {
+            match self.platform.start_runner(r.clone()) {
+                Ok(()) => started.push(r),
+                Err(e) => log::warn!("host: {e}; runner skipped"),
+            }
+        }
+        // Keep indices dense: vCPUs refer to runners by index.
+        self.runners = started
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.set_index(i);
+                r
+            })
+            .collect();
+    }
+
     /// Creates a TD and starts its build. On any error nothing is left allocated.
     pub fn create_td(&mut self, spec: TdSpec, now_ms: u64) -> Result<TdInfo, HostError> {
+        self.start_runners();
         self.validate_spec(&spec)?;
         let image = self
             .images

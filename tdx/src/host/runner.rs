@@ -63,7 +63,7 @@ pub(crate) struct Slot {
 
 /// One runner loop, bound to one CPU.
 pub struct Runner {
-    index: usize,
+    index: AtomicUsize,
     cpu: u32,
     seam: Arc<dyn Seamcall>,
     clock: Arc<dyn Platform>,
@@ -82,7 +82,7 @@ impl Runner {
         clock: Arc<dyn Platform>,
     ) -> Runner {
         Runner {
-            index,
+            index: AtomicUsize::new(index),
             cpu,
             seam,
             clock,
@@ -92,6 +92,10 @@ impl Runner {
             mail_state: AtomicU8::new(MAIL_EMPTY),
             mail: spin::Mutex::new(Regs::default()),
         }
+    }
+
+    pub(crate) fn set_index(&self, index: usize) {
+        self.index.store(index, Ordering::Relaxed);
     }
 
     /// The CPU this runner runs on.
@@ -341,7 +345,7 @@ impl Runner {
         };
         let req = FaultRequest::new(gpa.gfn())
             .max_level(level)
-            .cpu(self.index);
+            .cpu(self.index.load(Ordering::Relaxed));
         for _ in 0..LOCAL_FAULT_RETRIES {
             match td.sept.map_private(req) {
                 Ok(MapOutcome::Mapped { .. } | MapOutcome::AlreadyMapped { .. }) => return,
@@ -417,7 +421,7 @@ impl Runner {
 impl core::fmt::Debug for Runner {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Runner")
-            .field("index", &self.index)
+            .field("index", &self.index.load(Ordering::Relaxed))
             .field("cpu", &self.cpu)
             .finish()
     }
