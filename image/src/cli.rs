@@ -436,6 +436,10 @@ fn test(ws: &Workspace) -> Result<()> {
     for mut step in host_steps {
         run_step(step.name, &mut step.command)?;
     }
+    // QEMU and OVMF first: host unit tests build TDs from Debian's OVMF.fd too.
+    eprintln!("\n=== xtask test: QEMU and OVMF");
+    let firmware = deps::ensure()?;
+    eprintln!("using {}", firmware.qemu.display());
     let mut tally = TestTally::default();
     run_test_step(
         "host unit tests (cargo test --workspace --exclude e2e)",
@@ -444,9 +448,6 @@ fn test(ws: &Workspace) -> Result<()> {
     )?;
     eprintln!("\n=== xtask test: build the appliance image");
     build_appliance(ws)?;
-    eprintln!("\n=== xtask test: QEMU and OVMF");
-    let firmware = deps::ensure()?;
-    eprintln!("using {}", firmware.qemu.display());
     run_test_step(
         "end-to-end tests (cargo test -p e2e)",
         &mut cargo(ws, &["test", "--package", "e2e"]),
