@@ -44,6 +44,8 @@ use crate::uri::Query;
 pub struct RouteCall<'a, 'r> {
     /// The request.
     pub req: &'a Request<'r>,
+    /// The route it matched.
+    pub route: &'static RouteSpec,
     /// The pattern's path parameters, decoded.
     pub params: PathParams,
     /// The buffered body.
@@ -550,6 +552,7 @@ impl Handler for Api {
         };
         let call = RouteCall {
             req,
+            route: spec,
             params,
             body,
             now_ms,

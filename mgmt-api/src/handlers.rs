@@ -418,14 +418,10 @@ pub fn events(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
     if has_events || wait_ms == 0 {
         return events_reply(api, since, limit).map(Reply::Ready);
     }
-    let route = crate::api::ROUTES
-        .iter()
-        .find(|r| r.pattern == "/v1/events")
-        .ok_or_else(|| ApiError::internal("events route missing"))?;
     api.in_flight.insert(
         call.req.id(),
         InFlight::EventsPoll {
-            route,
+            route: call.route,
             since,
             limit,
             deadline_ms: call.now_ms.saturating_add(wait_ms),
