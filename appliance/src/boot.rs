@@ -89,6 +89,13 @@ fn main() -> Status {
     if let Some(token) = config.api_token.clone() {
         api = api.with_token(token);
     }
+    match crate::host_init::bring_up(&config) {
+        Ok(host) => api = api.with_host(host),
+        Err(reason) => {
+            error!("no TD host: {reason}");
+            api.set_host_failure(reason);
+        }
+    }
     let mut runtime = Runtime::new(nic, &config, api, now_ms(), seed);
     let mut drop_report = RateLimit::new(DROP_REPORT_INTERVAL_MS, now_ms());
     let mut reported_drops = DropCounters::default();

@@ -16,6 +16,9 @@ mod platform;
 #[cfg(target_os = "uefi")]
 mod boot;
 
+#[cfg(target_os = "uefi")]
+mod host_init;
+
 /// Host builds: nothing to run (see the crate documentation).
 #[cfg(not(target_os = "uefi"))]
 fn main() {}

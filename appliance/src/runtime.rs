@@ -40,9 +40,10 @@ impl<N: Nic> Runtime<N> {
         }
     }
 
-    /// Polls once at `now_ms`.
+    /// Polls once at `now_ms`, then advances the TD host's jobs by one slice.
     pub fn step(&mut self, now_ms: u64) -> StepOutcome {
-        let activity = self.stack.poll(now_ms, &mut self.service);
+        let mut activity = self.stack.poll(now_ms, &mut self.service);
+        activity |= self.service.server_mut().handler_mut().step(now_ms);
         let address = self.stack.ipv4_address();
         let address_event = self.watch.observe(address, now_ms);
         if address_event.is_some() {

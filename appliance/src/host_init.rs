@@ -1,0 +1,168 @@
+//! Brings the TD runtime up at boot: reserve the TD memory, detect TDX, initialize the
+//! module (hardware or the software module over the reserved range) and the vCPU runners on
+//! the application processors, and say which module runs.
+//!
+//! TD memory size: `td_memory` from the configuration, or by default most of the free RAM
+//! (what the firmware's memory map shows as conventional memory) minus a margin for the
+//! appliance itself (a quarter, at least 128 MiB). The heap every CPU allocates from is
+//! reserved at the same time (16 MiB plus 1/32 of the TD memory: S-EPT mirrors and the
+//! software module's own tables).
+
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+
+use appliance::config::{ApplianceConfig, TdMemory};
+use log::{info, warn};
+use tdx::abi::Hpa;
+use tdx::emu::{EmuConfig, EmuLimits, EmulatedModule};
+use tdx::host::{Host, HostConfig, HostModule, Platform, PlatformMemory};
+use tdx::phys::PhysMemory;
+use uefi::boot::{self, AllocateType, MemoryType};
+use uefi::mem::memory_map::MemoryMap;
+
+use crate::platform::{heap, mp::MpPlatform, phys::ReservedMemory, tdx_detect};
+
+const MIB: u64 = 1 << 20;
+const M2: u64 = 2 * MIB;
+/// Smallest TD memory worth bringing the runtime up for.
+const MIN_TD_MEMORY: u64 = 64 * MIB;
+
+/// Free conventional memory in bytes, from the firmware's memory map.
+fn free_memory() -> u64 {
+    boot::memory_map(MemoryType::LOADER_DATA).map_or(0, |map| {
+        map.entries()
+            .filter(|d| d.ty == MemoryType::CONVENTIONAL)
+            .map(|d| d.page_count * 4096)
+            .sum()
+    })
+}
+
+/// Reserves `bytes` of TD memory, 2 MiB aligned; returns `(base, size)`.
+fn reserve(bytes: u64) -> Result<(u64, u64), String> {
+    let pages = usize::try_from((bytes + M2) / 4096).map_err(|_| String::from("too large"))?;
+    let base = boot::allocate_pages(AllocateType::AnyPages, MemoryType::LOADER_DATA, pages)
+        .map_err(|e| {
+            format!(
+                "AllocatePages of {} MiB failed: {:?}",
+                bytes / MIB,
+                e.status()
+            )
+        })?;
+    let start = base.as_ptr() as u64;
+    let aligned = start.next_multiple_of(M2);
+    Ok((aligned, bytes))
+}
+
+/// Brings the runtime up; the error says why there is no TD host.
+pub fn bring_up(config: &ApplianceConfig) -> Result<Host, String> {
+    let free = free_memory();
+    let td_bytes = match config.td_memory {
+        TdMemory::Mib(mib) => mib * MIB,
+        TdMemory::Auto => free.saturating_sub((free / 4).max(128 * MIB)),
+    } / M2
+        * M2;
+    if td_bytes < MIN_TD_MEMORY {
+        return Err(format!(
+            "not enough memory for TDs ({} MiB free, {} MiB for TDs; need {} MiB)",
+            free / MIB,
+            td_bytes / MIB,
+            MIN_TD_MEMORY / MIB
+        ));
+    }
+    let heap_bytes = 16 * MIB + td_bytes / 32;
+    heap::init(heap_bytes as usize).map_err(|e| {
+        format!(
+            "cannot reserve the {} MiB heap: {:?}",
+            heap_bytes / MIB,
+            e.status()
+        )
+    })?;
+    let (base, size) = reserve(td_bytes)?;
+    info!(
+        "TD memory: {} MiB at {base:#x} ({} MiB free at boot), heap {} MiB",
+        size / MIB,
+        free / MIB,
+        heap_bytes / MIB
+    );
+    // SAFETY: `[base, base + size)` was just allocated with AllocatePages for the runtime
+    // alone (inside the allocation, after 2 MiB alignment), is never freed, and firmware
+    // identity-maps it.
+    let phys: Arc<dyn PhysMemory> = Arc::new(unsafe { ReservedMemory::new(base, size) });
+    let platform = Arc::new(MpPlatform::new());
+    let module = match tdx_detect::detect() {
+        Ok(p) => {
+            warn!(
+                "TDX hardware detected ({} KeyIDs from {}), but enabling VMX on every CPU is not \
+                 implemented: using the EMULATED TDX module",
+                p.num_hkids, p.hkid_start
+            );
+            emulated(platform.as_ref(), base, size, &phys)?
+        }
+        Err(why) => {
+            warn!("no TDX hardware ({why}): using the EMULATED (software) TDX module");
+            emulated(platform.as_ref(), base, size, &phys)?
+        }
+    };
+    let host_config = HostConfig {
+        memory: PlatformMemory {
+            pool_base: Hpa(base),
+            pool_size: size,
+            hkid_start: EMU_HKID_START,
+            num_hkids: EMU_HKIDS,
+        },
+        ..HostConfig::default()
+    };
+    let host = Host::new(
+        module,
+        phys,
+        platform.clone() as Arc<dyn Platform>,
+        host_config,
+    )
+    .map_err(|e| format!("TDX module bring-up failed: {e}"))?;
+    let info = host.info();
+    info!(
+        "TD host ready: {} module ({}), {} CPUs, {} vCPU runners, {} KeyIDs, {} MiB pool",
+        info.module_kind,
+        info.module_version,
+        info.cpus,
+        info.runners,
+        info.hkids_total,
+        info.memory_total / MIB
+    );
+    let (used, free_heap) = heap::usage();
+    info!(
+        "heap: {} KiB used, {} KiB free",
+        used / 1024,
+        free_heap / 1024
+    );
+    Ok(host)
+}
+
+/// First KeyID of the software module.
+const EMU_HKID_START: u16 = 16;
+/// KeyIDs of the software module (one is the global KeyID).
+const EMU_HKIDS: u16 = 64;
+
+fn emulated(
+    platform: &MpPlatform,
+    base: u64,
+    size: u64,
+    phys: &Arc<dyn PhysMemory>,
+) -> Result<HostModule, String> {
+    let module = EmulatedModule::new(
+        EmuConfig {
+            phys_base: Hpa(base),
+            phys_size: size,
+            num_lps: platform.cpus(),
+            num_packages: platform.packages(),
+            hkid_start: EMU_HKID_START,
+            num_hkids: EMU_HKIDS,
+            hkid_shift: 46,
+            limits: EmuLimits::default(),
+        },
+        phys.clone(),
+    )
+    .map_err(|e| format!("software TDX module: {e}"))?;
+    Ok(HostModule::Emulated(module))
+}

@@ -1,0 +1,157 @@
+//! Application processors through the PI MP Services protocol, as the TD runtime's
+//! [`Platform`]: one vCPU runner loop per application processor, started with a non-blocking
+//! `StartupThisAP` (with an event, no timeout) so it runs while the main CPU serves the API
+//! (uefi-platform-notes, "Other CPUs").
+//!
+//! Rules for code on an application processor: no firmware calls, no logging, and no
+//! allocation from the UEFI pool — the runner loop only touches atomics, spin locks and the
+//! spin-locked heap (`platform::heap`). MP Services itself is only called from the main CPU.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::ffi::c_void;
+
+use tdx::host::runner::Runner;
+use tdx::host::{Platform, PlatformError, RunnerPoll};
+use uefi::boot::{self, EventType, Tpl};
+use uefi::proto::pi::mp::MpServices;
+
+use super::clock::now_ms;
+
+/// `pause` turns an idle runner waits between polls (tens of microseconds: quick to react,
+/// and under TCG a spinning AP costs a whole host core).
+const IDLE_PAUSES: u32 = 20_000;
+
+/// The logical CPUs as MP Services numbers them, main CPU first.
+pub struct MpPlatform {
+    /// MP Services processor number of each of our CPU indices (0 = the main CPU).
+    processors: Vec<usize>,
+    /// Packages the software module is told about (`cpu % packages`).
+    packages: u32,
+}
+
+fn with_mp<R>(f: impl FnOnce(&MpServices) -> R) -> Option<R> {
+    let handle = boot::get_handle_for_protocol::<MpServices>().ok()?;
+    let mp = boot::open_protocol_exclusive::<MpServices>(handle).ok()?;
+    Some(f(&mp))
+}
+
+impl MpPlatform {
+    /// Enumerates the enabled processors (just the main CPU without MP Services).
+    pub fn new() -> MpPlatform {
+        let found = with_mp(|mp| {
+            let me = mp.who_am_i().unwrap_or(0);
+            let count = mp.get_number_of_processors().map_or(1, |c| c.total);
+            let mut processors = alloc::vec![me];
+            let mut packages = Vec::new();
+            for n in 0..count {
+                let Ok(info) = mp.get_processor_info(n) else {
+                    continue;
+                };
+                if !packages.contains(&info.location.package) {
+                    packages.push(info.location.package);
+                }
+                if n != me && info.is_enabled() && info.is_healthy() {
+                    processors.push(n);
+                }
+            }
+            (processors, packages.len().max(1) as u32)
+        });
+        let (processors, packages) = found.unwrap_or((alloc::vec![0], 1));
+        MpPlatform {
+            processors,
+            packages,
+        }
+    }
+
+    /// Packages.
+    pub fn packages(&self) -> u32 {
+        self.packages
+    }
+}
+
+/// The runner loop an application processor runs: `arg` is an `Arc<Runner>` leaked for it.
+extern "efiapi" fn runner_entry(arg: *mut c_void) {
+    // SAFETY: `start_runner` passes `Arc::into_raw` of a runner and never releases that
+    // reference, so the pointer stays valid for as long as this loop runs.
+    let runner = unsafe { &*(arg as *const Runner) };
+    loop {
+        match runner.poll() {
+            RunnerPoll::Busy => {}
+            RunnerPoll::Idle => {
+                for _ in 0..IDLE_PAUSES {
+                    core::hint::spin_loop();
+                }
+            }
+            RunnerPoll::Exit => return,
+        }
+    }
+}
+
+/// Runs the closure `arg` points to (`&&(dyn Fn() + Sync)`) on an application processor.
+extern "efiapi" fn call_entry(arg: *mut c_void) {
+    // SAFETY: `run_on_cpu` passes a pointer to a `&(dyn Fn() + Sync)` on its stack and blocks
+    // in StartupThisAP until this returns, so the reference is live throughout.
+    let f = unsafe { &*(arg as *const &(dyn Fn() + Sync)) };
+    f();
+}
+
+impl Platform for MpPlatform {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    fn cpus(&self) -> u32 {
+        self.processors.len() as u32
+    }
+
+    fn package_of(&self, cpu: u32) -> u32 {
+        cpu % self.packages.max(1)
+    }
+
+    fn run_on_cpu(&self, cpu: u32, f: &(dyn Fn() + Sync)) -> Result<(), PlatformError> {
+        if cpu == 0 {
+            f();
+            return Ok(());
+        }
+        let n = *self
+            .processors
+            .get(cpu as usize)
+            .ok_or(PlatformError::NoSuchCpu(cpu))?;
+        let arg: &(dyn Fn() + Sync) = f;
+        let ptr = &arg as *const &(dyn Fn() + Sync) as *mut c_void;
+        with_mp(|mp| mp.startup_this_ap(n, call_entry, ptr, None, None))
+            .and_then(|r| r.ok())
+            .ok_or(PlatformError::NoSuchCpu(cpu))
+    }
+
+    fn runner_cpus(&self) -> Vec<u32> {
+        (1..self.processors.len() as u32).collect()
+    }
+
+    fn start_runner(&self, runner: Arc<Runner>) -> Result<(), PlatformError> {
+        let cpu = runner.cpu();
+        let n = *self
+            .processors
+            .get(cpu as usize)
+            .ok_or(PlatformError::NoSuchCpu(cpu))?;
+        // SAFETY: a plain event (no notification function) that only MP Services signals.
+        let event = unsafe { boot::create_event(EventType::empty(), Tpl::CALLBACK, None, None) }
+            .map_err(|_| PlatformError::RunnerStart(cpu))?;
+        let arg = Arc::into_raw(runner) as *mut c_void;
+        let started = with_mp(|mp| mp.startup_this_ap(n, runner_entry, arg, Some(event), None));
+        match started {
+            Some(Ok(())) => Ok(()),
+            _ => {
+                // SAFETY: the AP did not start, so nothing else holds this reference.
+                drop(unsafe { Arc::from_raw(arg as *const Runner) });
+                Err(PlatformError::RunnerStart(cpu))
+            }
+        }
+    }
+
+    fn kick_cpu(&self, _cpu: u32) {
+        // Runners poll without sleeping, and the software module's kick flag makes
+        // TDH.VP.ENTER exit; with the hardware module this would be an IPI (not implemented).
+    }
+}
