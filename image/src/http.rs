@@ -90,7 +90,10 @@ pub fn parse_response(buf: &[u8], at_eof: bool) -> Result<Parsed> {
     }) {
         return Err(ImageError::BadResponse("chunked bodies are not supported"));
     }
+    // 1xx, 204 and 304 responses have no body, whatever the header fields say (RFC 9112 §6.3).
+    let bodiless = status < 200 || status == 204 || status == 304;
     let body_len = match content_length {
+        _ if bodiless => 0,
         Some(len) if len > MAX_RESPONSE => {
             return Err(ImageError::BadResponse("body too large"));
         }
@@ -252,6 +255,19 @@ mod tests {
         };
         assert_eq!(response.status, 404);
         assert_eq!(response.body_text(), "nope");
+    }
+
+    #[test]
+    fn no_content_has_no_body_before_eof() {
+        let raw = b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        match parse_response(raw, false) {
+            Ok(Parsed::Complete(response, used)) => {
+                assert_eq!(response.status, 204);
+                assert!(response.body.is_empty());
+                assert_eq!(used, b"HTTP/1.1 204 No Content\r\n\r\n".len());
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

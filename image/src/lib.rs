@@ -10,6 +10,7 @@
 //! library, so QEMU is launched in exactly one place.
 
 pub mod appconfig;
+pub mod bench_api;
 pub mod build;
 pub mod cli;
 pub mod deps;

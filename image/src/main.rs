@@ -1,6 +1,8 @@
 //! `cargo xtask`: builds the appliance image, runs it in QEMU, runs every test.
 //! See [`appliance_image::cli::USAGE`]; additionally `cargo xtask bench <name>` runs
-//! `cargo bench -p tdx --bench <name>` (`td`, `sept`) and streams its output.
+//! `cargo bench -p tdx --bench <name>` (`td`, `sept`) and streams its output, and
+//! `cargo xtask bench api` boots the image and measures the management API
+//! ([`appliance_image::bench_api`]).
 
 use std::process::{Command, ExitCode};
 
@@ -9,9 +11,24 @@ fn main() -> ExitCode {
     if let [cmd, name] = args.as_slice()
         && cmd == "bench"
     {
+        if name == "api" {
+            return bench_api();
+        }
         return bench(name);
     }
     ExitCode::from(appliance_image::cli::main_with_args(&args))
+}
+
+/// `cargo xtask bench api`: boot the image, measure the API over the forwarded port.
+fn bench_api() -> ExitCode {
+    let ws = appliance_image::workspace::Workspace::locate();
+    match appliance_image::bench_api::run(&ws) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask bench api: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `cargo bench -p tdx --bench <name>`, inheriting stdout/stderr.

@@ -13,6 +13,9 @@
 //! entry-to-listening time, and finally `N passed, M failed`; on failure also the serial logs.
 //! Exits non-zero when any check fails.
 
+mod openapi;
+mod operator_story;
+
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -111,7 +114,18 @@ const DISK_CHECKS: &[Check] = &[
         name: "keep-alive: two requests on one connection",
         run: keep_alive_serves_two_requests,
     },
+    Check {
+        name: "operator story: upload OVMF.fd, create (idempotent), build, start, events, MRTD, console, metrics, stop, delete, pool whole; every response matches openapi.json",
+        run: operator_story_check,
+    },
 ];
+
+fn operator_story_check(target: &Target) -> CheckResult {
+    let openapi = openapi::OpenApi::load()?;
+    let summary = operator_story::run(target.port, &target.token, IO_TIMEOUT, &openapi)?;
+    println!("e2e: [disk] operator story: {summary}");
+    Ok(())
+}
 
 /// The `netboot` instance: configuration over TFTP.
 const NETBOOT_CHECKS: &[Check] = &[Check {
@@ -444,7 +458,31 @@ fn fail_early(what: &str, err: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// `E2E_STORY_PORT=N E2E_STORY_TOKEN=T cargo test -p e2e`: only the operator story, against
+/// an appliance already running on `127.0.0.1:N` (e.g. from `cargo xtask run --token T`).
+fn story_against_running_appliance(port: &str) -> ExitCode {
+    let result = port
+        .parse::<u16>()
+        .map_err(|e| format!("E2E_STORY_PORT: {e}"))
+        .and_then(|port| {
+            let token =
+                std::env::var("E2E_STORY_TOKEN").map_err(|e| format!("E2E_STORY_TOKEN: {e}"))?;
+            let openapi = openapi::OpenApi::load()?;
+            operator_story::run(port, &token, IO_TIMEOUT, &openapi)
+        });
+    match result {
+        Ok(summary) => {
+            println!("ok     operator story: {summary}\n1 passed, 0 failed");
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail_early("operator story", &err),
+    }
+}
+
 fn main() -> ExitCode {
+    if let Ok(port) = std::env::var("E2E_STORY_PORT") {
+        return story_against_running_appliance(&port);
+    }
     let ws = Workspace::locate();
     println!("e2e: building the appliance image");
     let image = match build_appliance(&ws) {

@@ -1,0 +1,310 @@
+//! The end-to-end operator story, over real HTTP to a booted appliance: upload Debian's
+//! `/usr/share/ovmf/OVMF.fd`, create a TD from it, follow events until it is runnable, start
+//! it, follow events until it runs, read its measurement (MRTD equals the image's expected
+//! MRTD) and console, read metrics, stop it, delete it and the image, and see the TD memory
+//! pool and the HKIDs whole again. Every response is checked against the OpenAPI document
+//! (`mgmt-api/openapi.json`): its status must be documented for the operation and a JSON body
+//! must validate against the documented schema.
+
+use std::time::{Duration, Instant};
+
+use appliance_image::http::{Connection, HttpResponse};
+use serde_json::{Value, json};
+
+use crate::openapi::OpenApi;
+
+/// Where the firmware comes from (Debian package `ovmf`).
+pub const OVMF_PATH: &str = "/usr/share/ovmf/OVMF.fd";
+/// How long each wait of the story (build, start, console, stop, teardown) may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One keep-alive connection with the token, checking every answer against the document.
+struct Operator<'a> {
+    connection: Connection,
+    port: u16,
+    io_timeout: Duration,
+    token: &'a str,
+    openapi: &'a OpenApi,
+    requests: usize,
+}
+
+impl Operator<'_> {
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<HttpResponse, String> {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n",
+            self.token
+        );
+        if let Some(content_type) = content_type {
+            head.push_str(&format!("Content-Type: {content_type}\r\n"));
+        }
+        for (name, value) in extra {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut sent = self
+            .connection
+            .send(head.as_bytes())
+            .and_then(|()| self.connection.send(body));
+        if sent.is_err() {
+            // The appliance closed an idle keep-alive connection: reconnect once.
+            self.connection =
+                Connection::open(self.port, self.io_timeout).map_err(|e| e.to_string())?;
+            sent = self
+                .connection
+                .send(head.as_bytes())
+                .and_then(|()| self.connection.send(body));
+        }
+        if let Err(err) = sent {
+            // The appliance may have answered early (and closed): show that answer.
+            return Err(match self.connection.read_response() {
+                Ok(early) => format!(
+                    "{method} {path}: sending failed ({err}) after an early answer {}: {}",
+                    early.status,
+                    early.body_text()
+                ),
+                Err(_) => format!("{method} {path}: {err}"),
+            });
+        }
+        let response = self
+            .connection
+            .read_response()
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        self.requests += 1;
+        self.openapi
+            .check(method, path, &response)
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        Ok(response)
+    }
+
+    fn get(&mut self, path: &str) -> Result<HttpResponse, String> {
+        self.request("GET", path, None, &[], b"")
+    }
+
+    fn get_json(&mut self, path: &str) -> Result<Value, String> {
+        let response = self.get(path)?;
+        expect(&response, 200, &format!("GET {path}"))?;
+        json_body(&response)
+    }
+
+    fn post_json(
+        &mut self,
+        path: &str,
+        body: &Value,
+        extra: &[(&str, &str)],
+    ) -> Result<HttpResponse, String> {
+        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        self.request("POST", path, Some("application/json"), extra, &body)
+    }
+
+    /// Follows `GET /v1/events` (long polls of up to 5 s) from `since` until `done` accepts an
+    /// event; returns the id to continue from.
+    fn follow_events(
+        &mut self,
+        mut since: u64,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<u64, String> {
+        let start = Instant::now();
+        loop {
+            let page = self.get_json(&format!("/v1/events?since={since}&wait_ms=5000"))?;
+            let events = page["events"].as_array().ok_or("events is not an array")?;
+            for event in events {
+                let id = event["id"].as_u64().ok_or("event without id")?;
+                if id <= since {
+                    return Err(format!("event ids do not increase: {id} after {since}"));
+                }
+                since = id;
+                if done(event) {
+                    return Ok(since);
+                }
+            }
+            if start.elapsed() > STEP_TIMEOUT {
+                return Err(format!("no event for {what} within {STEP_TIMEOUT:?}"));
+            }
+        }
+    }
+
+    fn wait_for(
+        &mut self,
+        what: &str,
+        mut done: impl FnMut(&mut Self) -> Result<bool, String>,
+    ) -> Result<(), String> {
+        let start = Instant::now();
+        while !done(self)? {
+            if start.elapsed() > STEP_TIMEOUT {
+                return Err(format!("{what}: not within {STEP_TIMEOUT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+fn expect(response: &HttpResponse, status: u16, what: &str) -> Result<(), String> {
+    if response.status == status {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: expected {status}, got {}: {}",
+            response.status,
+            response.body_text()
+        ))
+    }
+}
+
+fn json_body(response: &HttpResponse) -> Result<Value, String> {
+    serde_json::from_slice(&response.body)
+        .map_err(|e| format!("not JSON ({e}): {}", response.body_text()))
+}
+
+fn is_state_event(event: &Value, id: &Value, to: &str) -> bool {
+    event["type"] == "td_state" && event["td_id"] == *id && event["to"] == to
+}
+
+/// Runs the story against `127.0.0.1:port` with `token`; returns a one-line summary.
+pub fn run(
+    port: u16,
+    token: &str,
+    io_timeout: Duration,
+    openapi: &OpenApi,
+) -> Result<String, String> {
+    let firmware = std::fs::read(OVMF_PATH)
+        .map_err(|e| format!("{OVMF_PATH} (Debian package `ovmf`): {e}"))?;
+    let started = Instant::now();
+    let mut op = Operator {
+        connection: Connection::open(port, io_timeout).map_err(|e| e.to_string())?,
+        port,
+        io_timeout,
+        token,
+        openapi,
+        requests: 0,
+    };
+
+    let host = op.get_json("/v1/host")?;
+    let tdx = &host["tdx"];
+    let pool_free = tdx["memory_free_bytes"]
+        .as_u64()
+        .ok_or(format!("no TDX host: {host}"))?;
+    let hkids_total = tdx["hkids_total"].clone();
+    let since = op.get_json("/v1/events")?["last_event_id"]
+        .as_u64()
+        .ok_or("no last_event_id")?;
+
+    // Upload.
+    let response = op.request(
+        "PUT",
+        "/v1/images/ovmf-e2e",
+        Some("application/octet-stream"),
+        &[],
+        &firmware,
+    )?;
+    expect(&response, 201, "upload OVMF.fd")?;
+    let image = json_body(&response)?;
+    if image["size"] != json!(firmware.len()) {
+        return Err(format!("uploaded size: {}", image["size"]));
+    }
+    let expected_mrtd = image["expected_mrtd"].clone();
+
+    // Create (idempotently) and follow the build.
+    let spec = json!({
+        "name": "e2e-story", "image": "ovmf-e2e", "vcpus": 1, "memory_mib": 64,
+        "workload": {"steps": [{"print": {"line": "hello from the e2e TD"}}, "halt"]}
+    });
+    let key = [("Idempotency-Key", "e2e-story-1")];
+    let response = op.post_json("/v1/tds", &spec, &key)?;
+    expect(&response, 201, "create the TD")?;
+    let td = json_body(&response)?;
+    let id = td["id"].clone();
+    let retry = op.post_json("/v1/tds", &spec, &key)?;
+    expect(&retry, 201, "retried create")?;
+    if json_body(&retry)?["id"] != id || retry.header("idempotent-replayed") != Some("true") {
+        return Err("the retried create did not return the same TD".into());
+    }
+    let since = op.follow_events(since, "runnable", |e| is_state_event(e, &id, "runnable"))?;
+
+    // Start, follow events until running.
+    let response = op.request("POST", &format!("/v1/tds/{id}/start"), None, &[], b"")?;
+    expect(&response, 202, "start")?;
+    let since = op.follow_events(since, "running", |e| is_state_event(e, &id, "running"))?;
+
+    // Measurement and console.
+    let measurement = op.get_json(&format!("/v1/tds/{id}/measurement"))?;
+    if measurement["mrtd"] != expected_mrtd {
+        return Err(format!(
+            "MRTD {} differs from the image's expected MRTD {expected_mrtd}",
+            measurement["mrtd"]
+        ));
+    }
+    op.wait_for("the console line", |op| {
+        let response = op.get(&format!("/v1/tds/{id}/console?offset=0"))?;
+        expect(&response, 200, "console")?;
+        if response.header("x-console-next-offset").is_none() {
+            return Err("console without X-Console-Next-Offset".into());
+        }
+        Ok(response.body_text().contains("hello from the e2e TD"))
+    })?;
+
+    // Metrics.
+    let response = op.get("/v1/metrics")?;
+    expect(&response, 200, "metrics")?;
+    let metrics = response.body_text();
+    for needle in [
+        "tdx_tds{state=\"running\"} ",
+        "tdx_seamcalls_total{",
+        "tdx_http_requests_total{",
+        "name=\"e2e-story\"",
+    ] {
+        if !metrics.contains(needle) {
+            return Err(format!("metrics lack {needle}"));
+        }
+    }
+
+    // Stop, delete, and the pool is whole again.
+    let response = op.post_json(
+        &format!("/v1/tds/{id}/stop"),
+        &json!({"timeout_ms": 2000}),
+        &[],
+    )?;
+    if !matches!(response.status, 200 | 202) {
+        return Err(format!(
+            "stop: {} {}",
+            response.status,
+            response.body_text()
+        ));
+    }
+    op.follow_events(since, "stopped", |e| is_state_event(e, &id, "stopped"))?;
+    let response = op.request("DELETE", &format!("/v1/tds/{id}"), None, &[], b"")?;
+    if !matches!(response.status, 202 | 204) {
+        return Err(format!(
+            "delete: {} {}",
+            response.status,
+            response.body_text()
+        ));
+    }
+    op.wait_for("the TD to be gone", |op| {
+        Ok(op.get(&format!("/v1/tds/{id}"))?.status == 404)
+    })?;
+    let response = op.request("DELETE", "/v1/images/ovmf-e2e", None, &[], b"")?;
+    expect(&response, 204, "delete the image")?;
+    let host = op.get_json("/v1/host")?;
+    if host["tdx"]["memory_free_bytes"] != json!(pool_free)
+        || host["tdx"]["hkids_free"] != hkids_total
+    {
+        return Err(format!(
+            "pool not whole again: free {} (was {pool_free}), HKIDs free {} of {hkids_total}",
+            host["tdx"]["memory_free_bytes"], host["tdx"]["hkids_free"]
+        ));
+    }
+    Ok(format!(
+        "{} requests in {:.1} s, every response matches openapi.json",
+        op.requests,
+        started.elapsed().as_secs_f64()
+    ))
+}
