@@ -472,9 +472,15 @@ impl Api {
     }
 }
 
-/// Checks `Content-Type` and body presence against what the route takes.
+/// Checks `Content-Length`, `Content-Type` and body presence against what the route takes.
 fn check_body(req: &Request<'_>, kind: BodyKind) -> Result<(), ApiError> {
     let len = req.content_length();
+    if matches!(kind, BodyKind::Json | BodyKind::OctetStream) && !req.has_content_length() {
+        return Err(ApiError::new(
+            ErrorCode::LengthRequired,
+            "this endpoint needs a body sent with Content-Length",
+        ));
+    }
     let media_type = req
         .header("content-type")
         .map(|v| v.split(';').next().unwrap_or("").trim());

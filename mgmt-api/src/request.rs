@@ -64,11 +64,6 @@ impl Method {
             Self::Other => "",
         }
     }
-
-    /// Methods whose requests normally carry a body; they must send `Content-Length`.
-    const fn expects_body(self) -> bool {
-        matches!(self, Self::Post | Self::Put | Self::Patch)
-    }
 }
 
 /// HTTP version of a request.
@@ -104,6 +99,7 @@ pub(crate) struct RequestHead {
     pub path_end: usize,
     pub headers: Vec<(String, Vec<u8>)>,
     pub content_length: u64,
+    pub content_length_given: bool,
     pub keep_alive: bool,
     /// HTTP/1.0 client asked for keep-alive explicitly: echo the token.
     pub keep_alive_token: bool,
@@ -185,6 +181,12 @@ impl<'a> Request<'a> {
     /// The announced body length (`Content-Length`, 0 when absent).
     pub fn content_length(&self) -> u64 {
         self.head.content_length
+    }
+
+    /// Whether the request carried a `Content-Length` field (routes that need a body answer
+    /// 411 without one).
+    pub fn has_content_length(&self) -> bool {
+        self.head.content_length_given
     }
 
     /// Whether the connection stays open after this request's response.
@@ -290,14 +292,8 @@ fn validate(parsed: &httparse::Request<'_, '_>, id: RequestId) -> Result<Request
             )
         });
     }
-    if content_length.is_none() && method.expects_body() {
-        return Err(ApiError::new(
-            ErrorCode::LengthRequired,
-            format!(
-                "{method_token} requires a Content-Length header (Content-Length: 0 for no body)"
-            ),
-        ));
-    }
+    // Without Content-Length (and Transfer-Encoding) a request has no body (RFC 9112 §6.3);
+    // routes that need a body refuse its absence with 411 (`Request::has_content_length`).
     match (version, hosts) {
         (Version::Http11, 0) => return Err(ApiError::bad_request("missing Host header")),
         (_, n) if n > 1 => return Err(ApiError::bad_request("more than one Host header")),
@@ -319,6 +315,7 @@ fn validate(parsed: &httparse::Request<'_, '_>, id: RequestId) -> Result<Request
         path_end,
         headers,
         content_length: content_length.unwrap_or(0),
+        content_length_given: content_length.is_some(),
         keep_alive,
         keep_alive_token: keep_alive && version == Version::Http10,
         expect_continue: expect_continue && version == Version::Http11,
@@ -452,8 +449,13 @@ mod tests {
         assert!(err.message.contains("chunked"));
         let gzip = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n";
         assert_eq!(parse(gzip).unwrap_err().code, ErrorCode::NotImplemented);
+        // No Content-Length: no body (the route decides whether it needs one).
         let put = "PUT / HTTP/1.1\r\nHost: h\r\n\r\n";
-        assert_eq!(parse(put).unwrap_err().code, ErrorCode::LengthRequired);
+        let (head, _) = parse(put).unwrap();
+        assert_eq!(head.content_length, 0);
+        assert!(!Request::new(&head).has_content_length());
+        let (head, _) = parse("PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(Request::new(&head).has_content_length());
         assert!(parse("DELETE / HTTP/1.1\r\nHost: h\r\n\r\n").is_ok());
     }
 

@@ -306,7 +306,23 @@ fn framing_and_media_type_errors() {
         format!("POST /v1/tds HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
             .as_bytes(),
     );
+    assert_eq!(
+        (r[0].status, r[0].code().as_str()),
+        (411, "length_required")
+    );
+    let r = client.raw(
+        format!("PUT /v1/images/x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/octet-stream\r\n\r\n")
+            .as_bytes(),
+    );
     assert_eq!(r[0].status, 411);
+    // A POST that takes no body needs no Content-Length (curl -X POST sends none).
+    let r = client.raw(
+        format!(
+            "POST /v1/tds/77/start HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r[0].status, 404);
     // 415: JSON route with another type, or none.
     let r = client.send("POST", "/v1/tds", &[("Content-Type", "text/plain")], b"{}");
     assert_eq!(
