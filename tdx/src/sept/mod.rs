@@ -281,7 +281,7 @@ pub enum PromoteOutcome {
     Rejected,
 }
 
-/// What `reclaim_all` took back.
+/// What `reclaim_all` (or one `reclaim_some` slice) took back.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct ReclaimReport {
     /// Guest pages (4 KiB units) reclaimed, cleared and returned to their owner.
@@ -292,6 +292,28 @@ pub struct ReclaimReport {
     pub leaked_pages_4k: u64,
     /// S-EPT pages whose RECLAIM failed (leaked).
     pub leaked_sept_pages: u64,
+}
+
+impl ReclaimReport {
+    fn add(&mut self, other: &ReclaimReport) {
+        self.pages_4k += other.pages_4k;
+        self.sept_pages += other.sept_pages;
+        self.leaked_pages_4k += other.leaked_pages_4k;
+        self.leaked_sept_pages += other.leaked_sept_pages;
+    }
+}
+
+/// What one [`SeptManager::reclaim_some`] slice did.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct ReclaimProgress {
+    /// What this slice took back (or found leaked).
+    pub report: ReclaimReport,
+    /// Work done in 4 KiB-page units: a guest leaf counts its size in 4 KiB pages, an S-EPT
+    /// page counts one. At most the budget plus the one leaf the slice started and one S-EPT
+    /// page per level (see [`SeptManager::reclaim_some`]).
+    pub units: u64,
+    /// True when the whole S-EPT has been walked: nothing is left to reclaim.
+    pub done: bool,
 }
 
 /// Why a TD was marked bugged.
@@ -409,6 +431,9 @@ pub struct SeptManager<S: Seamcall + ?Sized> {
     stats: StatSlots,
     mirror_bytes: core::sync::atomic::AtomicU64,
     reclaim_warned: core::sync::atomic::AtomicBool,
+    /// Teardown: the GFNs below this were reclaimed by earlier `reclaim_some` slices (only
+    /// read and written under `zap`).
+    reclaim_cursor: core::sync::atomic::AtomicU64,
 }
 
 impl<S: Seamcall + ?Sized> SeptManager<S> {
@@ -438,6 +463,7 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
             stats: StatSlots::new(config.stat_slots),
             mirror_bytes: core::sync::atomic::AtomicU64::new(DirTable::BYTES as u64),
             reclaim_warned: core::sync::atomic::AtomicBool::new(false),
+            reclaim_cursor: core::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -507,6 +507,61 @@ fn reclaim_all_returns_every_page_after_freeid() {
 }
 
 #[test]
+fn reclaim_some_takes_bounded_slices_and_ends_like_reclaim_all() {
+    let h = harness(true);
+    for g in [1u64, 2, 0x1000, 1 << 27] {
+        assert_eq!(map4k(&h, g), Ok(M4K));
+    }
+    assert_eq!(map2m(&h, 0x2000), Ok(M2M));
+    assert_eq!(map2m(&h, 0x4000), Ok(M2M));
+    h.mgr
+        .unmap_private(Gfn(0x2000)..Gfn(0x2001))
+        .expect("demote");
+    let mut tables = 0;
+    h.mgr.for_each_mapping(&mut |m| {
+        if let MappingKind::SeptPage { .. } = m.kind {
+            tables += 1;
+        }
+    });
+    h.module.set_teardown();
+    let budget = 100;
+    let mut total = ReclaimReport::default();
+    let mut slices = 0;
+    loop {
+        let before = h.module.calls(Leaf::PhymemPageReclaim);
+        let p = h.mgr.reclaim_some(budget).expect("reclaim");
+        let calls = h.module.calls(Leaf::PhymemPageReclaim) - before;
+        slices += 1;
+        // A 2 MiB leaf (512 units) is finished even though it exceeds the budget alone.
+        assert!(p.units <= budget + 512, "slice {slices}: {p:?}");
+        // Plus at most one S-EPT page per level whose children the slice finished.
+        assert!(calls <= budget + 4, "slice {slices}: {calls} RECLAIMs");
+        assert!(p.units > 0 || p.done, "every slice makes progress");
+        assert_eq!(map4k(&h, 1), Err(SeptError::TornDown));
+        total.pages_4k += p.report.pages_4k;
+        total.sept_pages += p.report.sept_pages;
+        total.leaked_pages_4k += p.report.leaked_pages_4k;
+        total.leaked_sept_pages += p.report.leaked_sept_pages;
+        if p.done {
+            break;
+        }
+        assert!(slices < 1000, "reclaim_some never finishes");
+    }
+    // 4 + 511 4K pages and one 2M leaf: at 100 units a slice that is at least 6 slices.
+    assert!(slices >= 6, "{slices} slices");
+    assert_eq!(total.pages_4k, 4 + 511 + 512);
+    assert_eq!(total.leaked_pages_4k, 0);
+    assert_eq!(total.sept_pages, tables as u64);
+    assert_eq!(h.pool.free(), h.pool.total, "every S-EPT page is back");
+    assert_eq!(h.mem.outstanding(), 0);
+    assert_eq!(h.module.owned_frames(), 0);
+    assert_eq!(h.mem.violations(), Vec::<alloc::string::String>::new());
+    // Done stays done.
+    let again = h.mgr.reclaim_some(budget).expect("reclaim");
+    assert!(again.done && again.units == 0, "{again:?}");
+}
+
+#[test]
 fn five_level_tds_use_the_fifth_level() {
     let h = harness_with(false, true, Gpaw::Bits52, SeptConfig::default());
     let gfn = (1u64 << 38) + 3;

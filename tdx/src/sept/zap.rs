@@ -12,8 +12,8 @@ use super::entry::{EMPTY, Entry, FROZEN};
 use super::sync::{AtomicU64, Ordering, spin_hint};
 use super::table::{Child, DirTable, FANOUT, PtTable};
 use super::{
-    BugCause, BugReport, Counter, Found, PromoteOutcome, ReclaimReport, SeptError, SeptManager,
-    UnmapOutcome, align_gfn, level_of, unmapped_counter,
+    BugCause, BugReport, Counter, Found, PromoteOutcome, ReclaimProgress, ReclaimReport, SeptError,
+    SeptManager, UnmapOutcome, align_gfn, level_of, unmapped_counter,
 };
 
 /// Leaves blocked before one TRACK + kick and then removed.
@@ -456,72 +456,143 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
     /// owner (guest pages to [`super::PrivateMemory`], S-EPT pages to the pool). Pages whose
     /// reclaim fails, and pages leaked earlier, stay leaked. Afterwards every operation answers
     /// [`SeptError::TornDown`]. The runtime calls it once no vCPU can run.
+    ///
+    /// This is [`SeptManager::reclaim_some`] without a budget; a runtime that must stay
+    /// responsive calls `reclaim_some` in slices instead.
     pub fn reclaim_all(&self) -> Result<ReclaimReport, SeptError> {
+        let mut total = ReclaimReport::default();
+        loop {
+            let progress = self.reclaim_some(u64::MAX)?;
+            total.add(&progress.report);
+            if progress.done {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One bounded slice of the teardown reclaim (see [`SeptManager::reclaim_all`]): reclaims
+    /// guest pages and S-EPT pages in ascending GFN order, children before the S-EPT page that
+    /// maps them, until `max_units` 4 KiB-page units of work were done. A slice finishes the
+    /// item it started (a 2 MiB leaf is 512 units) and the S-EPT pages whose children it just
+    /// finished (at most one per level), so it may exceed `max_units` by that much, and every
+    /// call makes progress. The first call marks the mirror torn
+    /// down (faults and unmaps answer [`SeptError::TornDown`] from then on); later calls resume
+    /// where the previous one stopped. Call until [`ReclaimProgress::done`].
+    pub fn reclaim_some(&self, max_units: u64) -> Result<ReclaimProgress, SeptError> {
         let _zap = self.zap.lock();
         self.torn_down.store(true, Ordering::Release);
-        let mut report = ReclaimReport::default();
-        self.reclaim_dir(&self.root, self.top_level, 0, &mut report);
+        let mut slice = ReclaimSlice {
+            cursor: self
+                .reclaim_cursor
+                .load(core::sync::atomic::Ordering::Relaxed),
+            budget: max_units.max(1),
+            units: 0,
+            report: ReclaimReport::default(),
+        };
+        let done = self.reclaim_dir(&self.root, self.top_level, 0, &mut slice);
+        self.reclaim_cursor
+            .store(slice.cursor, core::sync::atomic::Ordering::Relaxed);
+        let report = slice.report;
         self.stats
             .add_zap(Counter::ReclaimedPages4k, report.pages_4k);
         self.stats
             .add_zap(Counter::ReclaimedSeptPages, report.sept_pages);
         self.stats
             .add_zap(Counter::LeakedSeptPages, report.leaked_sept_pages);
-        Ok(report)
+        Ok(ReclaimProgress {
+            report,
+            units: slice.units,
+            done,
+        })
     }
 
-    fn reclaim_dir(&self, dir: &DirTable, level: u32, base: u64, report: &mut ReclaimReport) {
+    /// Walks `dir` (entries at `level`, first GFN `base`) from the slice's cursor; returns
+    /// false when the budget ran out inside it.
+    fn reclaim_dir(&self, dir: &DirTable, level: u32, base: u64, slice: &mut ReclaimSlice) -> bool {
+        let span = 1u64 << (9 * level);
         for (i, e) in dir.entries.iter().enumerate() {
             let gfn = base + ((i as u64) << (9 * level));
+            let end = gfn + span;
+            if slice.cursor >= end {
+                continue;
+            }
             match Entry::decode(e.load(Ordering::Acquire)) {
                 Entry::NonLeaf { sept_page, .. } => {
-                    match dir.child(i) {
-                        Some(Child::Dir(d)) => self.reclaim_dir(d, level - 1, gfn, report),
-                        Some(Child::Pt(p)) => self.reclaim_pt(p, gfn, report),
-                        None => {}
+                    let children_done = match dir.child(i) {
+                        Some(Child::Dir(d)) => self.reclaim_dir(d, level - 1, gfn, slice),
+                        Some(Child::Pt(p)) => self.reclaim_pt(p, gfn, slice),
+                        None => true,
+                    };
+                    if !children_done {
+                        return false;
                     }
+                    // Reclaimed even when the children used up the budget: once the cursor
+                    // passes a range, its table page is done (at most one page per level over
+                    // budget).
+                    slice.units += 1;
                     if self.reclaim_one(sept_page) {
                         self.backends.phys.zero(sept_page, PAGE_SIZE_4K);
                         self.backends.pool.give_back(sept_page);
-                        report.sept_pages += 1;
+                        slice.report.sept_pages += 1;
                         e.store(EMPTY, Ordering::Release);
                     } else {
-                        report.leaked_sept_pages += 1;
+                        slice.report.leaked_sept_pages += 1;
                     }
                 }
-                other => self.reclaim_leaf(e, other, gfn, report),
+                other => {
+                    if !self.reclaim_leaf(e, other, gfn, slice) {
+                        return false;
+                    }
+                }
             }
+            slice.cursor = end;
         }
+        true
     }
 
-    fn reclaim_pt(&self, pt: &PtTable, base: u64, report: &mut ReclaimReport) {
+    fn reclaim_pt(&self, pt: &PtTable, base: u64, slice: &mut ReclaimSlice) -> bool {
         for (i, e) in pt.entries.iter().enumerate() {
-            self.reclaim_leaf(
-                e,
-                Entry::decode(e.load(Ordering::Acquire)),
-                base + i as u64,
-                report,
-            );
+            let gfn = base + i as u64;
+            if slice.cursor > gfn {
+                continue;
+            }
+            if !self.reclaim_leaf(e, Entry::decode(e.load(Ordering::Acquire)), gfn, slice) {
+                return false;
+            }
+            slice.cursor = gfn + 1;
         }
+        true
     }
 
-    fn reclaim_leaf(&self, slot: &AtomicU64, entry: Entry, gfn: u64, report: &mut ReclaimReport) {
+    /// Reclaims one leaf; false (nothing done) if the slice's budget is spent.
+    fn reclaim_leaf(
+        &self,
+        slot: &AtomicU64,
+        entry: Entry,
+        gfn: u64,
+        slice: &mut ReclaimSlice,
+    ) -> bool {
         match entry {
             Entry::Leaf { hpa, level, .. } => {
+                if slice.exhausted() {
+                    return false;
+                }
+                slice.units += level.pages_4k();
                 if self.reclaim_one(hpa) {
                     self.backends.phys.zero(hpa, level.size());
                     self.backends.memory.release(Gfn(gfn), hpa, level);
-                    report.pages_4k += level.pages_4k();
+                    slice.report.pages_4k += level.pages_4k();
                     slot.store(EMPTY, Ordering::Release);
                 } else {
-                    report.leaked_pages_4k += level.pages_4k();
+                    slice.report.leaked_pages_4k += level.pages_4k();
                     slot.store(Entry::Leaked { hpa, level }.encode(), Ordering::Release);
                     self.stats.add_zap(Counter::LeakedPages4k, level.pages_4k());
                 }
             }
-            Entry::Leaked { level, .. } => report.leaked_pages_4k += level.pages_4k(),
+            Entry::Leaked { level, .. } => slice.report.leaked_pages_4k += level.pages_4k(),
             _ => {}
         }
+        true
     }
 
     /// TDH.PHYMEM.PAGE.RECLAIM; a failure is logged once per TD and leaks the page.
@@ -549,5 +620,20 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
             gfn: Gfn(gfn),
             level,
         })
+    }
+}
+
+/// State of one `reclaim_some` walk.
+struct ReclaimSlice {
+    /// GFNs below this are done (earlier slices or this one).
+    cursor: u64,
+    budget: u64,
+    units: u64,
+    report: ReclaimReport,
+}
+
+impl ReclaimSlice {
+    fn exhausted(&self) -> bool {
+        self.units >= self.budget
     }
 }
