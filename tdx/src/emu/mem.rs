@@ -5,8 +5,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::pamt::PamtMeta;
-use super::sept::{self, SeptTable, WalkResult};
+use super::lock::SharexGuard;
+use super::pamt::{PageLock, PamtMeta};
+use super::sept::{self, SeptTable, SeptTree, WalkResult};
 use super::td::Td;
 use super::{EmulatedModule, LeafResult, LockMode};
 use crate::abi::pamt::{PageType, PamtPageSize};
@@ -16,20 +17,30 @@ use crate::abi::{
 use crate::seamcall::Regs;
 
 /// A host-held S-EPT entry lock; released on drop unless a new value was committed.
-struct EntryLock<'a> {
-    entry: &'a AtomicU64,
+///
+/// Holds its table (not a borrow of it) so that [`Located`] can carry the lock and the walk
+/// that found the entry together.
+struct EntryLock {
+    table: Arc<SeptTable>,
+    index: usize,
     word: u64,
     committed: bool,
 }
 
-impl<'a> EntryLock<'a> {
-    fn take(entry: &'a AtomicU64) -> Result<EntryLock<'a>, TdxStatus> {
-        let word = sept::lock_host(entry)?;
+impl EntryLock {
+    /// Host-locks entry `index` (taken modulo 512) of `table`.
+    fn take(table: &Arc<SeptTable>, index: usize) -> Result<EntryLock, TdxStatus> {
+        let index = index & 511;
+        let word = sept::lock_host(&table.entries[index])?;
         Ok(EntryLock {
-            entry,
+            table: table.clone(),
+            index,
             word,
             committed: false,
         })
+    }
+    fn entry(&self) -> &AtomicU64 {
+        &self.table.entries[self.index]
     }
     fn state(&self) -> SeptState {
         sept::state_of(self.word)
@@ -38,17 +49,31 @@ impl<'a> EntryLock<'a> {
         sept::hpa_of(self.word)
     }
     fn commit(mut self, new: u64) {
-        sept::store_unlock(self.entry, new);
+        sept::store_unlock(self.entry(), new);
         self.committed = true;
     }
 }
 
-impl Drop for EntryLock<'_> {
+impl Drop for EntryLock {
     fn drop(&mut self) {
         if !self.committed {
-            sept::unlock(self.entry);
+            sept::unlock(self.entry());
         }
     }
+}
+
+/// An S-EPT entry found and host-locked by [`EmulatedModule::locate_entry`].
+///
+/// Fields drop in declaration order: the entry lock is released before the tree lock.
+struct Located<'a> {
+    /// The host lock on the entry.
+    entry: EntryLock,
+    /// Where the walk ended (table, index, level); feeds [`sept_fail`].
+    walk: WalkResult,
+    /// The TD's S-EPT tree.
+    tree: &'a SeptTree,
+    /// The S-EPT tree lock, when the leaf takes one.
+    _tree_lock: Option<SharexGuard<'a>>,
 }
 
 fn pamt_size(level: PageLevel) -> PamtPageSize {
@@ -65,6 +90,18 @@ fn sept_fail(r: &mut Regs, w: &WalkResult, status: TdxStatus) -> TdxStatus {
     r.rcx = rcx;
     r.rdx = rdx;
     status.with_operand(OperandId::RCX)
+}
+
+/// Walks `tree` to `gpa` at `level`; a walk that stops early is EPT_WALK_FAILED with the
+/// details of the entry it stopped at in RCX/RDX.
+fn walk_to(
+    r: &mut Regs,
+    tree: &SeptTree,
+    gpa: Gpa,
+    level: PageLevel,
+) -> Result<WalkResult, TdxStatus> {
+    tree.walk(gpa, level)
+        .map_err(|w| sept_fail(r, &w, TdxStatus::EPT_WALK_FAILED))
 }
 
 impl EmulatedModule {
@@ -94,11 +131,71 @@ impl EmulatedModule {
         Ok((gpa, level))
     }
 
-    fn tree_lock<'a>(
+    /// The prologue of the S-EPT leaves taking the TDR in RDX (shared): TDR lock, TD state
+    /// check for `leaf`, GPA+level decode from RCX with the level in `min..=max`; then
+    /// RCX/RDX are zeroed (from here on they carry entry details or outputs).
+    fn open_sept_leaf(
         &self,
+        r: &mut Regs,
+        leaf: Leaf,
+        min: PageLevel,
+        max: PageLevel,
+    ) -> Result<(Arc<Td>, PageLock<'_>, Gpa, PageLevel), TdxStatus> {
+        let (td, tdr_lock) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
+        self.check_td_state(&td, leaf)?;
+        let (gpa, level) = self.decode_gpa(&td, r.rcx, min, max)?;
+        r.rcx = 0;
+        r.rdx = 0;
+        Ok((td, tdr_lock, gpa, level))
+    }
+
+    /// Finds the S-EPT entry of `td` for `gpa` at `level` and host-locks it. Steps, and so
+    /// the status precedence: the tree lock in `tree_mode` (none if `None`; OPERAND_BUSY on
+    /// SEPT_TREE), the walk (EPT_WALK_FAILED), the entry lock (busy statuses), then
+    /// `allowed(state)` (EPT_ENTRY_STATE_INCORRECT, read after the entry is unlocked); the
+    /// last three put the entry details in RCX/RDX.
+    fn locate_entry<'a>(
+        &self,
+        r: &mut Regs,
         td: &'a Td,
-        mode: LockMode,
-    ) -> Result<super::lock::SharexGuard<'a>, TdxStatus> {
+        gpa: Gpa,
+        level: PageLevel,
+        tree_mode: Option<LockMode>,
+        allowed: impl Fn(SeptState) -> bool,
+    ) -> Result<Located<'a>, TdxStatus> {
+        let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
+        let tree_lock = tree_mode.map(|m| self.tree_lock(td, m)).transpose()?;
+        let walk = walk_to(r, tree, gpa, level)?;
+        let entry = EntryLock::take(&walk.table, walk.index).map_err(|s| sept_fail(r, &walk, s))?;
+        if !allowed(entry.state()) {
+            drop(entry);
+            return Err(sept_fail(r, &walk, TdxStatus::EPT_ENTRY_STATE_INCORRECT));
+        }
+        Ok(Located {
+            entry,
+            walk,
+            tree,
+            _tree_lock: tree_lock,
+        })
+    }
+
+    /// Exclusively locks the page whose HPA (with HKID bits) is in R8 as a PAMT page of
+    /// `size`; it must be free (PAGE_METADATA_INCORRECT on R8 otherwise).
+    fn lock_free_page_r8(&self, raw: u64, size: PamtPageSize) -> Result<PageLock<'_>, TdxStatus> {
+        let page = self.pamt.lock_explicit(
+            raw,
+            size,
+            self.cfg.hkid_shift,
+            LockMode::Exclusive,
+            OperandId::R8,
+        )?;
+        if !page.all_free() {
+            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::R8));
+        }
+        Ok(page)
+    }
+
+    fn tree_lock<'a>(&self, td: &'a Td, mode: LockMode) -> Result<SharexGuard<'a>, TdxStatus> {
         td.tree_lock
             .try_lock(mode)
             .ok_or(TdxStatus::OPERAND_BUSY.with_operand(OperandId::SEPT_TREE))
@@ -137,31 +234,14 @@ impl EmulatedModule {
         let (td, _l) = self.lock_tdr(r.rdx, LockMode::Exclusive, OperandId::RDX)?;
         self.check_td_state(&td, Leaf::MemPageAdd)?;
         let (gpa, level) = self.decode_gpa(&td, r.rcx, PageLevel::L4K, PageLevel::L4K)?;
-        let page = self.pamt.lock_explicit(
-            r.r8,
-            PamtPageSize::S4K,
-            self.cfg.hkid_shift,
-            LockMode::Exclusive,
-            OperandId::R8,
-        )?;
-        if !page.all_free() {
-            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::R8));
-        }
+        let page = self.lock_free_page_r8(r.r8, PamtPageSize::S4K)?;
         let source = self.check_page_hpa(r.r9, OperandId::R9)?;
         let mut data = alloc::vec![0u8; 4096];
         self.read_phys(source, &mut data, OperandId::R9)?;
-        let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
         r.rcx = 0;
         r.rdx = 0;
-        let w = match tree.walk(gpa, level) {
-            Ok(w) => w,
-            Err(w) => return Err(sept_fail(r, &w, TdxStatus::EPT_WALK_FAILED)),
-        };
-        let e = EntryLock::take(w.entry()).map_err(|s| sept_fail(r, &w, s))?;
-        if e.state() != SeptState::Free {
-            drop(e);
-            return Err(sept_fail(r, &w, TdxStatus::EPT_ENTRY_STATE_INCORRECT));
-        }
+        // No tree lock: the exclusive TDR lock already excludes every other S-EPT leaf.
+        let loc = self.locate_entry(r, &td, gpa, level, None, |s| s == SeptState::Free)?;
         self.mem.write(page.hpa, &data);
         page.set_all(PamtMeta {
             page_type: PageType::Reg,
@@ -169,7 +249,7 @@ impl EmulatedModule {
             owner: Hpa(td.tdr),
         });
         td.chldcnt.fetch_add(1, Ordering::AcqRel);
-        e.commit(sept::word(SeptState::Mapped, page.hpa.0));
+        loc.entry.commit(sept::word(SeptState::Mapped, page.hpa.0));
         if let Some(sha) = td.mr.lock().sha.as_mut() {
             sha.page_add(gpa);
         }
@@ -181,143 +261,84 @@ impl EmulatedModule {
         if r.rdx & 0xFFF != 0 {
             return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX));
         }
-        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
-        self.check_td_state(&td, Leaf::MemSeptAdd)?;
-        let (gpa, level) = self.decode_gpa(&td, r.rcx, PageLevel::L2M, PageLevel::L256T)?;
-        r.rcx = 0;
-        r.rdx = 0;
-        let page = self.pamt.lock_explicit(
-            r.r8,
-            PamtPageSize::S4K,
-            self.cfg.hkid_shift,
-            LockMode::Exclusive,
-            OperandId::R8,
-        )?;
-        if !page.all_free() {
-            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::R8));
-        }
-        let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
-        let _t = self.tree_lock(&td, LockMode::Shared)?;
-        let w = match tree.walk(gpa, level) {
-            Ok(w) => w,
-            Err(w) => return Err(sept_fail(r, &w, TdxStatus::EPT_WALK_FAILED)),
-        };
-        let e = EntryLock::take(w.entry()).map_err(|s| sept_fail(r, &w, s))?;
-        if e.state() != SeptState::Free {
-            drop(e);
-            return Err(sept_fail(r, &w, TdxStatus::EPT_ENTRY_STATE_INCORRECT));
-        }
+        let (td, _l, gpa, level) =
+            self.open_sept_leaf(r, Leaf::MemSeptAdd, PageLevel::L2M, PageLevel::L256T)?;
+        let page = self.lock_free_page_r8(r.r8, PamtPageSize::S4K)?;
+        let loc = self.locate_entry(r, &td, gpa, level, Some(LockMode::Shared), |s| {
+            s == SeptState::Free
+        })?;
         self.zero_phys(page.hpa.0, 4096);
-        tree.insert_table(page.hpa.0, Arc::new(SeptTable::new()));
+        loc.tree
+            .insert_table(page.hpa.0, Arc::new(SeptTable::new()));
         page.set_all(PamtMeta {
             page_type: PageType::Ept,
             size: PamtPageSize::S4K,
             owner: Hpa(td.tdr),
         });
         td.chldcnt.fetch_add(1, Ordering::AcqRel);
-        e.commit(sept::word(SeptState::NlMapped, page.hpa.0));
+        loc.entry
+            .commit(sept::word(SeptState::NlMapped, page.hpa.0));
         Ok(TdxStatus::SUCCESS)
     }
 
     pub(super) fn leaf_mem_page_aug(&self, r: &mut Regs) -> LeafResult {
-        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
-        self.check_td_state(&td, Leaf::MemPageAug)?;
-        let (gpa, level) = self.decode_gpa(&td, r.rcx, PageLevel::L4K, PageLevel::L2M)?;
-        r.rcx = 0;
-        r.rdx = 0;
+        let (td, _l, gpa, level) =
+            self.open_sept_leaf(r, Leaf::MemPageAug, PageLevel::L4K, PageLevel::L2M)?;
         let size = pamt_size(level);
-        let page = self.pamt.lock_explicit(
-            r.r8,
-            size,
-            self.cfg.hkid_shift,
-            LockMode::Exclusive,
-            OperandId::R8,
-        )?;
-        if !page.all_free() {
-            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::R8));
-        }
-        let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
-        let _t = self.tree_lock(&td, LockMode::Shared)?;
-        let w = match tree.walk(gpa, level) {
-            Ok(w) => w,
-            Err(w) => return Err(sept_fail(r, &w, TdxStatus::EPT_WALK_FAILED)),
-        };
-        let e = EntryLock::take(w.entry()).map_err(|s| sept_fail(r, &w, s))?;
-        if !matches!(e.state(), SeptState::Free | SeptState::Removed) {
-            drop(e);
-            return Err(sept_fail(r, &w, TdxStatus::EPT_ENTRY_STATE_INCORRECT));
-        }
+        let page = self.lock_free_page_r8(r.r8, size)?;
+        let loc = self.locate_entry(r, &td, gpa, level, Some(LockMode::Shared), |s| {
+            matches!(s, SeptState::Free | SeptState::Removed)
+        })?;
         page.set_all(PamtMeta {
             page_type: PageType::Reg,
             size,
             owner: Hpa(td.tdr),
         });
         td.chldcnt.fetch_add(1, Ordering::AcqRel);
-        e.commit(sept::word(SeptState::Pending, page.hpa.0));
+        loc.entry.commit(sept::word(SeptState::Pending, page.hpa.0));
         Ok(TdxStatus::SUCCESS)
     }
 
     pub(super) fn leaf_mem_range_block(&self, r: &mut Regs) -> LeafResult {
-        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
-        self.check_td_state(&td, Leaf::MemRangeBlock)?;
-        let (gpa, level) = self.decode_gpa(&td, r.rcx, PageLevel::L4K, PageLevel::L256T)?;
-        r.rcx = 0;
-        r.rdx = 0;
-        let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
-        let _t = self.tree_lock(&td, LockMode::Exclusive)?;
-        let w = match tree.walk(gpa, level) {
-            Ok(w) => w,
-            Err(w) => return Err(sept_fail(r, &w, TdxStatus::EPT_WALK_FAILED)),
-        };
-        let e = EntryLock::take(w.entry()).map_err(|s| sept_fail(r, &w, s))?;
-        let state = e.state();
-        if matches!(
-            state,
-            SeptState::Blocked | SeptState::PendingBlocked | SeptState::NlBlocked
-        ) {
-            drop(e);
-            let _ = sept_fail(r, &w, TdxStatus::GPA_RANGE_ALREADY_BLOCKED);
+        let (td, _l, gpa, level) =
+            self.open_sept_leaf(r, Leaf::MemRangeBlock, PageLevel::L4K, PageLevel::L256T)?;
+        // Every state is examined below: "already blocked" is a warning, not an error.
+        let loc = self.locate_entry(r, &td, gpa, level, Some(LockMode::Exclusive), |_| true)?;
+        let state = loc.entry.state();
+        if state.is_blocked() {
+            drop(loc.entry);
+            let _ = sept_fail(r, &loc.walk, TdxStatus::GPA_RANGE_ALREADY_BLOCKED);
             return Ok(TdxStatus::GPA_RANGE_ALREADY_BLOCKED.with_operand(OperandId::RCX));
         }
         let Some(new) = sept::blocked(state) else {
-            drop(e);
-            return Err(sept_fail(r, &w, TdxStatus::EPT_ENTRY_STATE_INCORRECT));
+            drop(loc.entry);
+            return Err(sept_fail(
+                r,
+                &loc.walk,
+                TdxStatus::EPT_ENTRY_STATE_INCORRECT,
+            ));
         };
-        let hpa = e.hpa();
+        let hpa = loc.entry.hpa();
         if let Some(p) = self.pamt.entry(hpa) {
             p.bepoch
                 .store(td.td_epoch.load(Ordering::Acquire), Ordering::Release);
         }
-        e.commit(sept::word(new, hpa));
+        loc.entry.commit(sept::word(new, hpa));
         Ok(TdxStatus::SUCCESS)
     }
 
     pub(super) fn leaf_mem_range_unblock(&self, r: &mut Regs) -> LeafResult {
-        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
-        self.check_td_state(&td, Leaf::MemRangeUnblock)?;
-        let (gpa, level) = self.decode_gpa(&td, r.rcx, PageLevel::L4K, PageLevel::L256T)?;
-        r.rcx = 0;
-        r.rdx = 0;
-        let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
-        let _t = self.tree_lock(&td, LockMode::Exclusive)?;
-        let w = match tree.walk(gpa, level) {
-            Ok(w) => w,
-            Err(w) => return Err(sept_fail(r, &w, TdxStatus::EPT_WALK_FAILED)),
-        };
-        let e = EntryLock::take(w.entry()).map_err(|s| sept_fail(r, &w, s))?;
-        let state = e.state();
-        if !matches!(
-            state,
-            SeptState::Blocked | SeptState::PendingBlocked | SeptState::NlBlocked
-        ) {
-            drop(e);
-            return Err(sept_fail(r, &w, TdxStatus::EPT_ENTRY_STATE_INCORRECT));
-        }
-        if td.tracking_required() && !td.is_tracked(self.bepoch_of(e.hpa())) {
+        let (td, _l, gpa, level) =
+            self.open_sept_leaf(r, Leaf::MemRangeUnblock, PageLevel::L4K, PageLevel::L256T)?;
+        let loc = self.locate_entry(r, &td, gpa, level, Some(LockMode::Exclusive), |s| {
+            s.is_blocked()
+        })?;
+        let hpa = loc.entry.hpa();
+        if td.tracking_required() && !td.is_tracked(self.bepoch_of(hpa)) {
             return Err(TdxStatus::TLB_TRACKING_NOT_DONE.with_operand(OperandId::RCX));
         }
-        let hpa = e.hpa();
-        e.commit(sept::word(sept::unblocked(state), hpa));
+        let state = loc.entry.state();
+        loc.entry.commit(sept::word(sept::unblocked(state), hpa));
         Ok(TdxStatus::SUCCESS)
     }
 
@@ -338,78 +359,55 @@ impl EmulatedModule {
     }
 
     pub(super) fn leaf_mem_page_remove(&self, r: &mut Regs) -> LeafResult {
-        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
-        self.check_td_state(&td, Leaf::MemPageRemove)?;
-        let (gpa, level) = self.decode_gpa(&td, r.rcx, PageLevel::L4K, PageLevel::L1G)?;
-        r.rcx = 0;
-        r.rdx = 0;
-        let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
-        let _t = self.tree_lock(&td, LockMode::Shared)?;
-        let w = match tree.walk(gpa, level) {
-            Ok(w) => w,
-            Err(w) => return Err(sept_fail(r, &w, TdxStatus::EPT_WALK_FAILED)),
-        };
-        let e = EntryLock::take(w.entry()).map_err(|s| sept_fail(r, &w, s))?;
-        let state = e.state();
-        if !matches!(
-            state,
-            SeptState::Mapped
-                | SeptState::Blocked
-                | SeptState::Pending
-                | SeptState::PendingBlocked
-                | SeptState::BlockedW
-                | SeptState::PendingBlockedW
-        ) {
-            drop(e);
-            return Err(sept_fail(r, &w, TdxStatus::EPT_ENTRY_STATE_INCORRECT));
-        }
-        self.check_blocked_and_tracked(&td, r, &w, state, e.hpa())?;
+        let (td, _l, gpa, level) =
+            self.open_sept_leaf(r, Leaf::MemPageRemove, PageLevel::L4K, PageLevel::L1G)?;
+        let loc = self.locate_entry(r, &td, gpa, level, Some(LockMode::Shared), |s| {
+            matches!(
+                s,
+                SeptState::Mapped
+                    | SeptState::Blocked
+                    | SeptState::Pending
+                    | SeptState::PendingBlocked
+                    | SeptState::BlockedW
+                    | SeptState::PendingBlockedW
+            )
+        })?;
+        let hpa = loc.entry.hpa();
+        self.check_blocked_and_tracked(&td, r, &loc.walk, loc.entry.state(), hpa)?;
         let pages = self
             .pamt
-            .lock_pages(e.hpa(), level.pages_4k(), LockMode::Exclusive)
+            .lock_pages(hpa, level.pages_4k(), LockMode::Exclusive)
             .map_err(|s| s.with_operand(OperandId::RCX))?;
-        let (rcx, rdx) = w.details();
+        let (rcx, rdx) = loc.walk.details();
         pages.set_all(PamtMeta::FREE);
         td.chldcnt.fetch_sub(1, Ordering::AcqRel);
-        e.commit(sept::FREE_WORD);
+        loc.entry.commit(sept::FREE_WORD);
         r.rcx = rcx & !sept::TDEL;
         r.rdx = rdx;
         Ok(TdxStatus::SUCCESS)
     }
 
     pub(super) fn leaf_mem_sept_remove(&self, r: &mut Regs) -> LeafResult {
-        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
-        self.check_td_state(&td, Leaf::MemSeptRemove)?;
-        let (gpa, level) = self.decode_gpa(&td, r.rcx, PageLevel::L2M, PageLevel::L256T)?;
-        r.rcx = 0;
-        r.rdx = 0;
-        let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
-        let _t = self.tree_lock(&td, LockMode::Exclusive)?;
-        let w = match tree.walk(gpa, level) {
-            Ok(w) => w,
-            Err(w) => return Err(sept_fail(r, &w, TdxStatus::EPT_WALK_FAILED)),
-        };
-        let e = EntryLock::take(w.entry()).map_err(|s| sept_fail(r, &w, s))?;
-        let state = e.state();
-        if !matches!(state, SeptState::NlMapped | SeptState::NlBlocked) {
-            drop(e);
-            return Err(sept_fail(r, &w, TdxStatus::EPT_ENTRY_STATE_INCORRECT));
-        }
-        let child = e.hpa();
+        let (td, _l, gpa, level) =
+            self.open_sept_leaf(r, Leaf::MemSeptRemove, PageLevel::L2M, PageLevel::L256T)?;
+        let loc = self.locate_entry(r, &td, gpa, level, Some(LockMode::Exclusive), |s| {
+            matches!(s, SeptState::NlMapped | SeptState::NlBlocked)
+        })?;
+        let child = loc.entry.hpa();
         let page = self
             .pamt
             .lock_pages(child, 1, LockMode::Exclusive)
             .map_err(|s| s.with_operand(OperandId::RCX))?;
-        self.check_blocked_and_tracked(&td, r, &w, state, child)?;
-        let table = tree.table(child);
+        self.check_blocked_and_tracked(&td, r, &loc.walk, loc.entry.state(), child)?;
+        let table = loc.tree.table(child);
         if table.as_ref().is_some_and(|t| !t.all_free()) {
-            drop(e);
-            return Err(sept_fail(r, &w, TdxStatus::EPT_PAGE_NOT_FREE));
+            drop(loc.entry);
+            return Err(sept_fail(r, &loc.walk, TdxStatus::EPT_PAGE_NOT_FREE));
         }
-        tree.remove_table(child);
+        loc.tree.remove_table(child);
         page.set_all(PamtMeta::FREE);
         td.chldcnt.fetch_sub(1, Ordering::AcqRel);
-        e.commit(sept::FREE_WORD);
+        loc.entry.commit(sept::FREE_WORD);
         r.rcx = child;
         r.rdx = 0;
         Ok(TdxStatus::SUCCESS)
@@ -419,38 +417,21 @@ impl EmulatedModule {
         if r.rdx & 0xFFF != 0 {
             return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX));
         }
-        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
-        self.check_td_state(&td, Leaf::MemPageDemote)?;
-        let (gpa, level) = self.decode_gpa(&td, r.rcx, PageLevel::L2M, PageLevel::L1G)?;
-        r.rcx = 0;
-        r.rdx = 0;
-        let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
-        let _t = self.tree_lock(&td, LockMode::Shared)?;
-        let w = match tree.walk(gpa, level) {
-            Ok(w) => w,
-            Err(w) => return Err(sept_fail(r, &w, TdxStatus::EPT_WALK_FAILED)),
-        };
-        let e = EntryLock::take(w.entry()).map_err(|s| sept_fail(r, &w, s))?;
-        let state = e.state();
-        if !matches!(
-            state,
-            SeptState::Mapped | SeptState::Blocked | SeptState::Pending | SeptState::PendingBlocked
-        ) {
-            drop(e);
-            return Err(sept_fail(r, &w, TdxStatus::EPT_ENTRY_STATE_INCORRECT));
-        }
-        let big = e.hpa();
-        self.check_blocked_and_tracked(&td, r, &w, state, big)?;
-        let new_page = self.pamt.lock_explicit(
-            r.r8,
-            PamtPageSize::S4K,
-            self.cfg.hkid_shift,
-            LockMode::Exclusive,
-            OperandId::R8,
-        )?;
-        if !new_page.all_free() {
-            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::R8));
-        }
+        let (td, _l, gpa, level) =
+            self.open_sept_leaf(r, Leaf::MemPageDemote, PageLevel::L2M, PageLevel::L1G)?;
+        let loc = self.locate_entry(r, &td, gpa, level, Some(LockMode::Shared), |s| {
+            matches!(
+                s,
+                SeptState::Mapped
+                    | SeptState::Blocked
+                    | SeptState::Pending
+                    | SeptState::PendingBlocked
+            )
+        })?;
+        let state = loc.entry.state();
+        let big = loc.entry.hpa();
+        self.check_blocked_and_tracked(&td, r, &loc.walk, state, big)?;
+        let new_page = self.lock_free_page_r8(r.r8, PamtPageSize::S4K)?;
         let pages = self
             .pamt
             .lock_pages(big, level.pages_4k(), LockMode::Exclusive)
@@ -467,7 +448,7 @@ impl EmulatedModule {
             );
         }
         self.zero_phys(new_page.hpa.0, 4096);
-        tree.insert_table(new_page.hpa.0, Arc::new(table));
+        loc.tree.insert_table(new_page.hpa.0, Arc::new(table));
         pages.set_all(PamtMeta {
             page_type: PageType::Reg,
             size: pamt_size(child_level),
@@ -480,49 +461,42 @@ impl EmulatedModule {
         });
         // One large page becomes 512 pages, plus the new S-EPT page.
         td.chldcnt.fetch_add(512, Ordering::AcqRel);
-        e.commit(sept::word(SeptState::NlMapped, new_page.hpa.0));
+        loc.entry
+            .commit(sept::word(SeptState::NlMapped, new_page.hpa.0));
         Ok(TdxStatus::SUCCESS)
     }
 
     pub(super) fn leaf_mem_page_promote(&self, r: &mut Regs) -> LeafResult {
-        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
-        self.check_td_state(&td, Leaf::MemPagePromote)?;
-        let (gpa, level) = self.decode_gpa(&td, r.rcx, PageLevel::L2M, PageLevel::L1G)?;
-        r.rcx = 0;
-        r.rdx = 0;
-        let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
-        let _t = self.tree_lock(&td, LockMode::Shared)?;
-        let w = match tree.walk(gpa, level) {
-            Ok(w) => w,
-            Err(w) => return Err(sept_fail(r, &w, TdxStatus::EPT_WALK_FAILED)),
-        };
-        let e = EntryLock::take(w.entry()).map_err(|s| sept_fail(r, &w, s))?;
-        let state = e.state();
-        if !matches!(state, SeptState::NlMapped | SeptState::NlBlocked) {
-            drop(e);
-            return Err(sept_fail(r, &w, TdxStatus::EPT_ENTRY_STATE_INCORRECT));
-        }
-        let child = e.hpa();
+        let (td, _l, gpa, level) =
+            self.open_sept_leaf(r, Leaf::MemPagePromote, PageLevel::L2M, PageLevel::L1G)?;
+        let loc = self.locate_entry(r, &td, gpa, level, Some(LockMode::Shared), |s| {
+            matches!(s, SeptState::NlMapped | SeptState::NlBlocked)
+        })?;
+        let child = loc.entry.hpa();
         let child_page = self
             .pamt
             .lock_pages(child, 1, LockMode::Exclusive)
             .map_err(|s| s.with_operand(OperandId::RCX))?;
-        self.check_blocked_and_tracked(&td, r, &w, state, child)?;
-        let Some(table) = tree.table(child) else {
-            return Err(sept_fail(r, &w, TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS));
+        self.check_blocked_and_tracked(&td, r, &loc.walk, loc.entry.state(), child)?;
+        let Some(table) = loc.tree.table(child) else {
+            return Err(sept_fail(
+                r,
+                &loc.walk,
+                TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS,
+            ));
         };
         let Some(child_level) = level.lower() else {
             return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX));
         };
         // Lock all 512 children and check: uniformly MAPPED or uniformly PENDING, contiguous
         // HPAs starting at an address aligned to the merged size.
-        let mut locked: Vec<EntryLock<'_>> = Vec::with_capacity(512);
-        for entry in table.entries.iter() {
-            match EntryLock::take(entry) {
+        let mut locked: Vec<EntryLock> = Vec::with_capacity(512);
+        for index in 0..table.entries.len() {
+            match EntryLock::take(&table, index) {
                 Ok(l) => locked.push(l),
                 Err(s) => {
                     drop(locked);
-                    return Err(sept_fail(r, &w, s));
+                    return Err(sept_fail(r, &loc.walk, s));
                 }
             }
         }
@@ -535,7 +509,11 @@ impl EmulatedModule {
             });
         if !uniform {
             drop(locked);
-            return Err(sept_fail(r, &w, TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS));
+            return Err(sept_fail(
+                r,
+                &loc.walk,
+                TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS,
+            ));
         }
         let pages = self
             .pamt
@@ -547,10 +525,10 @@ impl EmulatedModule {
             owner: Hpa(td.tdr),
         });
         child_page.set_all(PamtMeta::FREE);
-        tree.remove_table(child);
+        loc.tree.remove_table(child);
         td.chldcnt.fetch_sub(512, Ordering::AcqRel);
         drop(locked);
-        e.commit(sept::word(first_state, first_hpa));
+        loc.entry.commit(sept::word(first_state, first_hpa));
         r.rcx = child;
         r.rdx = 0;
         Ok(TdxStatus::SUCCESS)
@@ -562,15 +540,9 @@ impl EmulatedModule {
         let (gpa, level) = self.decode_gpa(&td, r.rcx, PageLevel::L4K, PageLevel::L256T)?;
         let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
         let _t = self.tree_lock(&td, LockMode::Shared)?;
-        match tree.walk(gpa, level) {
-            Ok(w) => {
-                let (rcx, rdx) = w.details();
-                r.rcx = rcx;
-                r.rdx = rdx;
-                Ok(TdxStatus::SUCCESS)
-            }
-            Err(w) => Err(sept_fail(r, &w, TdxStatus::EPT_WALK_FAILED)),
-        }
+        let w = walk_to(r, tree, gpa, level)?;
+        (r.rcx, r.rdx) = w.details();
+        Ok(TdxStatus::SUCCESS)
     }
 
     pub(super) fn leaf_mr_extend(&self, r: &mut Regs) -> LeafResult {
@@ -584,10 +556,7 @@ impl EmulatedModule {
         r.rcx = 0;
         r.rdx = 0;
         let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
-        let w = match tree.walk(gpa.align_down(PageLevel::L4K), PageLevel::L4K) {
-            Ok(w) => w,
-            Err(w) => return Err(sept_fail(r, &w, TdxStatus::EPT_WALK_FAILED)),
-        };
+        let w = walk_to(r, tree, gpa.align_down(PageLevel::L4K), PageLevel::L4K)?;
         if sept::state_of(w.word) != SeptState::Mapped {
             return Err(sept_fail(r, &w, TdxStatus::EPT_ENTRY_STATE_INCORRECT));
         }

@@ -545,6 +545,26 @@ impl EmulatedModule {
         Ok(raw)
     }
 
+    /// Locks the 4 KiB page of an explicit operand in `mode`; its PAMT type must be
+    /// `page_type` (PAGE_METADATA_INCORRECT on `op` otherwise). Returns the HPA and the lock.
+    fn lock_typed_page(
+        &self,
+        raw: u64,
+        mode: LockMode,
+        op: OperandId,
+        page_type: PageType,
+    ) -> Result<(u64, pamt::PageLock<'_>), TdxStatus> {
+        let hpa = self.check_page_hpa(raw, op)?;
+        let lock = self
+            .pamt
+            .lock_pages(hpa, 1, mode)
+            .map_err(|e| e.with_operand(op))?;
+        if lock.meta().page_type != page_type {
+            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(op));
+        }
+        Ok((hpa, lock))
+    }
+
     /// Looks up and locks an explicit TDR operand.
     fn lock_tdr(
         &self,
@@ -552,14 +572,7 @@ impl EmulatedModule {
         mode: LockMode,
         op: OperandId,
     ) -> Result<(Arc<Td>, pamt::PageLock<'_>), TdxStatus> {
-        let hpa = self.check_page_hpa(raw, op)?;
-        let lock = self
-            .pamt
-            .lock_pages(hpa, 1, mode)
-            .map_err(|e| e.with_operand(op))?;
-        if lock.meta().page_type != PageType::Tdr {
-            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(op));
-        }
+        let (hpa, lock) = self.lock_typed_page(raw, mode, op, PageType::Tdr)?;
         let td = self
             .tds
             .read()
@@ -576,14 +589,7 @@ impl EmulatedModule {
         mode: LockMode,
         op: OperandId,
     ) -> Result<(Arc<Vcpu>, pamt::PageLock<'_>, pamt::PageLock<'_>), TdxStatus> {
-        let hpa = self.check_page_hpa(raw, op)?;
-        let lock = self
-            .pamt
-            .lock_pages(hpa, 1, mode)
-            .map_err(|e| e.with_operand(op))?;
-        if lock.meta().page_type != PageType::Tdvpr {
-            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(op));
-        }
+        let (hpa, lock) = self.lock_typed_page(raw, mode, op, PageType::Tdvpr)?;
         let vcpu = self
             .vcpus
             .read()

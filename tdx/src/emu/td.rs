@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use super::guest::GuestState;
 use super::lock::Sharex;
-use super::pamt::PamtMeta;
+use super::pamt::{PageLock, PamtMeta};
 use super::platform::CPUID_CONFIG;
 use super::sept::{self, SeptTable, SeptTree};
 use super::{EmulatedModule, KotState, LeafResult, LockMode};
@@ -166,6 +166,32 @@ fn op_state_allowed(leaf: Leaf, s: OpState) -> bool {
 }
 
 impl EmulatedModule {
+    /// Exclusively locks the 4 KiB page whose HPA is in RCX; it must be free
+    /// (PAGE_METADATA_INCORRECT on RCX otherwise). Returns the HPA and the lock.
+    fn lock_free_page_rcx(&self, raw: u64) -> Result<(u64, PageLock<'_>), TdxStatus> {
+        let hpa = self.check_page_hpa(raw, OperandId::RCX)?;
+        let page = self
+            .pamt
+            .lock_pages(hpa, 1, LockMode::Exclusive)
+            .map_err(|e| e.with_operand(OperandId::RCX))?;
+        if !page.all_free() {
+            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX));
+        }
+        Ok((hpa, page))
+    }
+
+    /// Makes the locked free 4 KiB `page` a zeroed control page of type `page_type` owned by
+    /// `td`, counted in its child pages.
+    fn adopt_child_page(&self, page: &PageLock<'_>, td: &Td, page_type: PageType) {
+        self.zero_phys(page.hpa.0, 4096);
+        page.set_all(PamtMeta {
+            page_type,
+            size: PamtPageSize::S4K,
+            owner: Hpa(td.tdr),
+        });
+        td.chldcnt.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// `check_state_map_tdcs_and_lock`: lifecycle KEYS_CONFIGURED, TDCS allocated, op-state
     /// allowed for `leaf`.
     pub(super) fn check_td_state(&self, td: &Td, leaf: Leaf) -> Result<(), TdxStatus> {
@@ -184,14 +210,7 @@ impl EmulatedModule {
     }
 
     pub(super) fn leaf_mng_create(&self, r: &mut Regs) -> LeafResult {
-        let tdr = self.check_page_hpa(r.rcx, OperandId::RCX)?;
-        let page = self
-            .pamt
-            .lock_pages(tdr, 1, LockMode::Exclusive)
-            .map_err(|e| e.with_operand(OperandId::RCX))?;
-        if !page.all_free() {
-            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX));
-        }
+        let (tdr, page) = self.lock_free_page_rcx(r.rcx)?;
         let hkid = u16::try_from(r.rdx)
             .ok()
             .filter(|&h| self.kot_entry(h).is_some())
@@ -276,21 +295,8 @@ impl EmulatedModule {
         if td.tdcs_count.load(Ordering::Acquire) >= self.cfg.limits.tdcs_pages {
             return Err(TdxStatus::TDCX_NUM_INCORRECT.with_operand(OperandId::RCX));
         }
-        let hpa = self.check_page_hpa(r.rcx, OperandId::RCX)?;
-        let page = self
-            .pamt
-            .lock_pages(hpa, 1, LockMode::Exclusive)
-            .map_err(|e| e.with_operand(OperandId::RCX))?;
-        if !page.all_free() {
-            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX));
-        }
-        self.zero_phys(hpa, 4096);
-        page.set_all(PamtMeta {
-            page_type: PageType::Tdcx,
-            size: PamtPageSize::S4K,
-            owner: Hpa(td.tdr),
-        });
-        td.chldcnt.fetch_add(1, Ordering::AcqRel);
+        let (_, page) = self.lock_free_page_rcx(r.rcx)?;
+        self.adopt_child_page(&page, &td, PageType::Tdcx);
         td.tdcs_count.fetch_add(1, Ordering::AcqRel);
         Ok(TdxStatus::SUCCESS)
     }
@@ -366,14 +372,7 @@ impl EmulatedModule {
     pub(super) fn leaf_vp_create(&self, r: &mut Regs) -> LeafResult {
         let (td, _l) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
         self.check_td_state(&td, Leaf::VpCreate)?;
-        let hpa = self.check_page_hpa(r.rcx, OperandId::RCX)?;
-        let page = self
-            .pamt
-            .lock_pages(hpa, 1, LockMode::Exclusive)
-            .map_err(|e| e.with_operand(OperandId::RCX))?;
-        if !page.all_free() {
-            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX));
-        }
+        let (hpa, page) = self.lock_free_page_rcx(r.rcx)?;
         let max = td
             .cfg
             .get()
@@ -385,13 +384,7 @@ impl EmulatedModule {
                 (n < max).then_some(n + 1)
             })
             .map_err(|_| TdxStatus::MAX_VCPUS_EXCEEDED)?;
-        self.zero_phys(hpa, 4096);
-        page.set_all(PamtMeta {
-            page_type: PageType::Tdvpr,
-            size: PamtPageSize::S4K,
-            owner: Hpa(td.tdr),
-        });
-        td.chldcnt.fetch_add(1, Ordering::AcqRel);
+        self.adopt_child_page(&page, &td, PageType::Tdvpr);
         td.vcpus.lock().push(hpa);
         let vcpu = Vcpu {
             tdvpr: hpa,
@@ -420,21 +413,8 @@ impl EmulatedModule {
         if vcpu.tdcx_count.load(Ordering::Acquire) + 1 >= self.cfg.limits.tdvps_pages {
             return Err(TdxStatus::TDCX_NUM_INCORRECT.with_operand(OperandId::RCX));
         }
-        let hpa = self.check_page_hpa(r.rcx, OperandId::RCX)?;
-        let page = self
-            .pamt
-            .lock_pages(hpa, 1, LockMode::Exclusive)
-            .map_err(|e| e.with_operand(OperandId::RCX))?;
-        if !page.all_free() {
-            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX));
-        }
-        self.zero_phys(hpa, 4096);
-        page.set_all(PamtMeta {
-            page_type: PageType::Tdcx,
-            size: PamtPageSize::S4K,
-            owner: Hpa(vcpu.td.tdr),
-        });
-        vcpu.td.chldcnt.fetch_add(1, Ordering::AcqRel);
+        let (_, page) = self.lock_free_page_rcx(r.rcx)?;
+        self.adopt_child_page(&page, &vcpu.td, PageType::Tdcx);
         vcpu.tdcx_count.fetch_add(1, Ordering::AcqRel);
         Ok(TdxStatus::SUCCESS)
     }

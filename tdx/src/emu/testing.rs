@@ -352,6 +352,24 @@ impl Platform {
         self.module.call(r).map(|o| o.r8)
     }
 
+    /// Calls `leaf` (RCX = `rcx`) on the first logical processor of each package, as the
+    /// per-package leaves (MNG.KEY.CONFIG, PHYMEM.CACHE.WB) require.
+    fn call_per_package(&self, leaf: Leaf, rcx: u64) -> Result<(), SetupError> {
+        let mut pkgs = Vec::new();
+        for lp in 0..self.cfg.num_lps {
+            let pkg = lp % self.cfg.num_packages;
+            if pkgs.contains(&pkg) {
+                continue;
+            }
+            pkgs.push(pkg);
+            let h = self.module.lp(lp).ok_or(SetupError::Range)?;
+            let mut r = Regs::for_leaf(leaf, 0);
+            r.rcx = rcx;
+            h.call(r)?;
+        }
+        Ok(())
+    }
+
     fn take_hkid(&self) -> Result<u16, SetupError> {
         self.hkids.lock().pop().ok_or(SetupError::OutOfMemory)
     }
@@ -367,18 +385,7 @@ impl Platform {
         r.rcx = tdr.0;
         r.rdx = u64::from(hkid);
         m.call(r)?;
-        let mut pkgs = Vec::new();
-        for lp in 0..self.cfg.num_lps {
-            let pkg = lp % self.cfg.num_packages;
-            if pkgs.contains(&pkg) {
-                continue;
-            }
-            pkgs.push(pkg);
-            let h = self.module.lp(lp).ok_or(SetupError::Range)?;
-            let mut r = Regs::for_leaf(Leaf::MngKeyConfig, 0);
-            r.rcx = tdr.0;
-            h.call(r)?;
-        }
+        self.call_per_package(Leaf::MngKeyConfig, tdr.0)?;
         let tdcs_pages = self.sys_rd(sysf::TDCS_BASE_SIZE)? / 4096;
         let mut tdcs = Vec::new();
         for _ in 0..tdcs_pages {
@@ -550,16 +557,7 @@ impl Platform {
         let mut r = Regs::for_leaf(Leaf::MngVpFlushDone, 0);
         r.rcx = td.tdr.0;
         m.call(r)?;
-        let mut pkgs = Vec::new();
-        for lp in 0..self.cfg.num_lps {
-            let pkg = lp % self.cfg.num_packages;
-            if pkgs.contains(&pkg) {
-                continue;
-            }
-            pkgs.push(pkg);
-            let h = self.module.lp(lp).ok_or(SetupError::Range)?;
-            h.call(Regs::for_leaf(Leaf::PhymemCacheWb, 0))?;
-        }
+        self.call_per_package(Leaf::PhymemCacheWb, 0)?;
         let mut r = Regs::for_leaf(Leaf::MngKeyFreeId, 0);
         r.rcx = td.tdr.0;
         m.call(r)?;
