@@ -64,6 +64,9 @@ pub struct HostConfig {
     pub memory: PlatformMemory,
     /// Period of the emulated guest timer that wakes halted vCPUs (ms). Default 10.
     pub idle_wakeup_ms: u64,
+    /// Reclaim work per [`Host::step`] during a TD teardown, in 4 KiB-page units (a 2 MiB page
+    /// counts 512, a control or S-EPT page 1). Default 4096 (16 MiB mapped at 4 KiB).
+    pub teardown_pages_per_step: u32,
     /// Teardown removes every private page with BLOCK/TRACK/REMOVE while the key is still
     /// live, instead of releasing the key first and reclaiming (for comparison benchmarks).
     pub slow_teardown: bool,
@@ -76,6 +79,7 @@ impl Default for HostConfig {
             console_ring_bytes: 64 << 10,
             event_log_len: 4096,
             build_pages_per_step: 64,
+            teardown_pages_per_step: 4096,
             memory: PlatformMemory {
                 pool_base: Hpa(1 << 30),
                 pool_size: 1 << 30,
@@ -252,6 +256,8 @@ struct Td {
     sept_cache: Arc<SeptPageCache>,
     seam_counters: Arc<SeamcallCounters>,
     build: Option<build::BuildJob>,
+    /// The teardown in progress (state `Destroying`).
+    teardown: Option<teardown::TeardownJob>,
     stop_deadline: Option<u64>,
     destroy_requested: bool,
     destroy_started_ms: u64,
@@ -1037,6 +1043,7 @@ impl Host {
             sept_cache: cache,
             seam_counters,
             build: None,
+            teardown: None,
             stop_deadline: None,
             destroy_requested: false,
             destroy_started_ms: 0,

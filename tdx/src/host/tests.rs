@@ -715,3 +715,94 @@ fn slow_teardown_also_returns_everything() {
     );
     assert_pool_whole(&e.host, &before, &e);
 }
+
+fn seamcall_total(h: &Host, leaf: Option<&str>) -> u64 {
+    h.metrics()
+        .seamcalls
+        .iter()
+        .filter(|(l, _, _)| leaf.is_none_or(|want| *l == want))
+        .map(|(_, _, n)| n)
+        .sum()
+}
+
+#[test]
+fn teardown_reclaims_in_bounded_slices_across_steps() {
+    const BUDGET: u64 = 512;
+    const MAPPED_MIB: u64 = 32;
+    let mut cfg = small_config();
+    cfg.teardown_pages_per_step = BUDGET as u32;
+    let mut e = emulated_host_parts(
+        cfg,
+        ThreadTopology {
+            cpus: 2,
+            packages: 1,
+        },
+    );
+    upload_image(&mut e.host, "fw", &synthetic_tdvf_image()).unwrap();
+    let before = e.host.pool().stats();
+    let h = &mut e.host;
+    let mut s = spec("big", "fw", None);
+    s.memory_mib = MAPPED_MIB + 64;
+    s.huge_pages = false;
+    s.workload = Some(Workload {
+        steps: vec![
+            Step::Accept {
+                gpa: Gpa(64 * MIB),
+                len: MAPPED_MIB * MIB,
+                level: PageLevel::L4K,
+            },
+            Step::Print {
+                line: String::from("x"),
+            },
+        ],
+    });
+    let id = h.create_td(s, 0).unwrap().id;
+    wait_state(h, id, TdState::Runnable);
+    h.start_td(id, h.now_ms()).unwrap();
+    assert!(step_until(h, 20_000, |h| console_text(h, id) == "x\n"));
+    let mapped = h.td(id).unwrap().mapped;
+    assert!(mapped.pages_4k >= MAPPED_MIB * 256, "{mapped:?}");
+    let reclaims_before = seamcall_total(h, Some("TDH.PHYMEM.PAGE.RECLAIM"));
+    h.destroy_td(id, h.now_ms()).unwrap();
+    let mut working_steps = 0u64;
+    let mut max_calls = 0u64;
+    let deadline = h.now_ms() + 20_000;
+    while h.td(id).is_ok() {
+        assert!(h.now_ms() < deadline, "teardown did not finish");
+        let now = state(h, id);
+        assert!(
+            matches!(
+                now,
+                Some(TdState::Running | TdState::Stopping | TdState::Stopped | TdState::Destroying)
+            ),
+            "{now:?}"
+        );
+        let calls = seamcall_total(h, None);
+        let more = h.step(h.now_ms());
+        let calls = seamcall_total(h, None) - calls;
+        // A slice: at most BUDGET units of RECLAIM work, plus one S-EPT page per level and
+        // the key release (VPFLUSHDONE, CACHE.WB, KEY.FREEID) or the TDR (RECLAIM, WBINVD).
+        assert!(calls <= BUDGET + 8, "one step issued {calls} SEAMCALLs");
+        max_calls = max_calls.max(calls);
+        if calls > 0 {
+            working_steps += 1;
+        }
+        if h.td(id).is_ok() {
+            assert!(
+                more,
+                "step says no work remains while the TD is still there"
+            );
+        }
+    }
+    let reclaims = seamcall_total(h, Some("TDH.PHYMEM.PAGE.RECLAIM")) - reclaims_before;
+    assert!(reclaims >= MAPPED_MIB * 256, "{reclaims} RECLAIMs");
+    assert!(
+        working_steps >= MAPPED_MIB * 256 / BUDGET,
+        "{working_steps} steps for {reclaims} RECLAIMs"
+    );
+    println!(
+        "teardown of {MAPPED_MIB} MiB at 4K: {working_steps} steps, {reclaims} RECLAIMs, \
+         at most {max_calls} SEAMCALLs per step"
+    );
+    assert_pool_whole(&e.host, &before, &e);
+}
