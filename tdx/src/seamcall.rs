@@ -125,6 +125,46 @@ pub struct ReclaimedPage {
     pub size: u64,
 }
 
+impl ReclaimedPage {
+    /// Decodes RCX/RDX/R8 of PHYMEM.PAGE.RECLAIM or PHYMEM.PAGE.RDMD.
+    fn from_regs(out: Regs) -> ReclaimedPage {
+        ReclaimedPage {
+            page_type: out.rcx,
+            owner: Hpa(out.rdx),
+            size: out.r8,
+        }
+    }
+}
+
+/// Calls version 0 of `leaf` on `module` with the given RCX, RDX and R8 (the other inputs
+/// zero).
+fn call_leaf<M: TdxModule + ?Sized>(
+    module: &M,
+    leaf: Leaf,
+    rcx: u64,
+    rdx: u64,
+    r8: u64,
+) -> Result<Regs, SeamError> {
+    let mut r = Regs::for_leaf(leaf, 0);
+    r.rcx = rcx;
+    r.rdx = rdx;
+    r.r8 = r8;
+    module.call(r)
+}
+
+/// Calls an S-EPT leaf on `module`: the GPA+level operand in RCX, the TDR in RDX, and `r8`
+/// (a page HPA, or 0 where the leaf takes none).
+fn sept_call<M: TdxModule + ?Sized>(
+    module: &M,
+    leaf: Leaf,
+    tdr: Hpa,
+    gpa: Gpa,
+    level: PageLevel,
+    r8: u64,
+) -> Result<Regs, SeamError> {
+    call_leaf(module, leaf, gpa_level_operand(gpa, level), tdr.0, r8)
+}
+
 /// Typed wrappers for the host leaves. Implemented for every [`Seamcall`]; each returns the
 /// leaf's outputs or a [`SeamError`] carrying the raw status and the explanatory registers.
 pub trait TdxModule: Seamcall {
@@ -167,11 +207,7 @@ pub trait TdxModule: Seamcall {
         level: PageLevel,
         sept_page: Hpa,
     ) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MemSeptAdd, 0);
-        r.rcx = gpa_level_operand(gpa, level);
-        r.rdx = tdr.0;
-        r.r8 = sept_page.0;
-        self.call(r).map(drop)
+        sept_call(self, Leaf::MemSeptAdd, tdr, gpa, level, sept_page.0).map(drop)
     }
 
     /// TDH.MEM.PAGE.AUG: add `page` at `gpa`/`level` (4 KiB or 2 MiB) in PENDING state after
@@ -183,43 +219,28 @@ pub trait TdxModule: Seamcall {
         level: PageLevel,
         page: Hpa,
     ) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MemPageAug, 0);
-        r.rcx = gpa_level_operand(gpa, level);
-        r.rdx = tdr.0;
-        r.r8 = page.0;
-        self.call(r).map(drop)
+        sept_call(self, Leaf::MemPageAug, tdr, gpa, level, page.0).map(drop)
     }
 
     /// TDH.MEM.RANGE.BLOCK: block the entry for `gpa` at `level` (records BEPOCH).
     fn mem_range_block(&self, tdr: Hpa, gpa: Gpa, level: PageLevel) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MemRangeBlock, 0);
-        r.rcx = gpa_level_operand(gpa, level);
-        r.rdx = tdr.0;
-        self.call(r).map(drop)
+        sept_call(self, Leaf::MemRangeBlock, tdr, gpa, level, 0).map(drop)
     }
 
     /// TDH.MEM.RANGE.UNBLOCK: unblock a blocked entry (tracking must be done).
     fn mem_range_unblock(&self, tdr: Hpa, gpa: Gpa, level: PageLevel) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MemRangeUnblock, 0);
-        r.rcx = gpa_level_operand(gpa, level);
-        r.rdx = tdr.0;
-        self.call(r).map(drop)
+        sept_call(self, Leaf::MemRangeUnblock, tdr, gpa, level, 0).map(drop)
     }
 
     /// TDH.MEM.TRACK: advance the TD's TLB epoch.
     fn mem_track(&self, tdr: Hpa) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MemTrack, 0);
-        r.rcx = tdr.0;
-        self.call(r).map(drop)
+        call_leaf(self, Leaf::MemTrack, tdr.0, 0, 0).map(drop)
     }
 
     /// TDH.MEM.PAGE.REMOVE: remove a (blocked and tracked, if the TD can run) leaf at
     /// `gpa`/`level` (4 KiB, 2 MiB or 1 GiB).
     fn mem_page_remove(&self, tdr: Hpa, gpa: Gpa, level: PageLevel) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MemPageRemove, 0);
-        r.rcx = gpa_level_operand(gpa, level);
-        r.rdx = tdr.0;
-        self.call(r).map(drop)
+        sept_call(self, Leaf::MemPageRemove, tdr, gpa, level, 0).map(drop)
     }
 
     /// TDH.MEM.PAGE.DEMOTE: split the leaf at `gpa`/`level` (2 MiB or 1 GiB) into 512 entries
@@ -231,33 +252,23 @@ pub trait TdxModule: Seamcall {
         level: PageLevel,
         sept_page: Hpa,
     ) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MemPageDemote, 0);
-        r.rcx = gpa_level_operand(gpa, level);
-        r.rdx = tdr.0;
-        r.r8 = sept_page.0;
-        self.call(r).map(drop)
+        sept_call(self, Leaf::MemPageDemote, tdr, gpa, level, sept_page.0).map(drop)
     }
 
     /// TDH.MEM.PAGE.PROMOTE: merge the 512 uniform children under the non-leaf entry at
     /// `gpa`/`level` into one leaf; returns the S-EPT page that is no longer used.
     fn mem_page_promote(&self, tdr: Hpa, gpa: Gpa, level: PageLevel) -> Result<Hpa, SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MemPagePromote, 0);
-        r.rcx = gpa_level_operand(gpa, level);
-        r.rdx = tdr.0;
         // The module returns the freed S-EPT page in RCX (`tdh_mem_page_promote.c`); the low
         // 12 bits may carry a Dynamic-PAMT hint on newer modules.
-        self.call(r)
+        sept_call(self, Leaf::MemPagePromote, tdr, gpa, level, 0)
             .map(|out| Hpa(out.rcx & crate::abi::sept::entry_bits::HPA_MASK))
     }
 
     /// TDH.MEM.SEPT.REMOVE: remove an empty, blocked, tracked S-EPT page from the non-leaf
     /// entry at `gpa`/`level`; returns the page's HPA.
     fn mem_sept_remove(&self, tdr: Hpa, gpa: Gpa, level: PageLevel) -> Result<Hpa, SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MemSeptRemove, 0);
-        r.rcx = gpa_level_operand(gpa, level);
-        r.rdx = tdr.0;
         // The module returns the removed S-EPT page in RCX (`tdh_mem_sept_remove.c`).
-        self.call(r)
+        sept_call(self, Leaf::MemSeptRemove, tdr, gpa, level, 0)
             .map(|out| Hpa(out.rcx & crate::abi::sept::entry_bits::HPA_MASK))
     }
 
@@ -269,29 +280,20 @@ pub trait TdxModule: Seamcall {
         gpa: Gpa,
         level: PageLevel,
     ) -> Result<(u64, SeptLevelState), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MemSeptRd, 0);
-        r.rcx = gpa_level_operand(gpa, level);
-        r.rdx = tdr.0;
-        self.call(r).map(|out| (out.rcx, SeptLevelState(out.rdx)))
+        sept_call(self, Leaf::MemSeptRd, tdr, gpa, level, 0)
+            .map(|out| (out.rcx, SeptLevelState(out.rdx)))
     }
 
     /// TDH.PHYMEM.PAGE.WBINVD: write back and invalidate the cache lines of `page` under
     /// `hkid` (the page must already be free in PAMT, i.e. removed).
     fn phymem_page_wbinvd(&self, page: Hpa, hkid: Hkid) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::PhymemPageWbinvd, 0);
-        r.rcx = page.0 | u64::from(hkid.0) << self.hkid_shift();
-        self.call(r).map(drop)
+        let rcx = page.0 | u64::from(hkid.0) << self.hkid_shift();
+        call_leaf(self, Leaf::PhymemPageWbinvd, rcx, 0, 0).map(drop)
     }
 
     /// TDH.PHYMEM.PAGE.RECLAIM: take back a page of a TD in TEARDOWN.
     fn phymem_page_reclaim(&self, page: Hpa) -> Result<ReclaimedPage, SeamError> {
-        let mut r = Regs::for_leaf(Leaf::PhymemPageReclaim, 0);
-        r.rcx = page.0;
-        self.call(r).map(|out| ReclaimedPage {
-            page_type: out.rcx,
-            owner: Hpa(out.rdx),
-            size: out.r8,
-        })
+        call_leaf(self, Leaf::PhymemPageReclaim, page.0, 0, 0).map(ReclaimedPage::from_regs)
     }
 
     // ----- platform -----
@@ -308,19 +310,14 @@ pub trait TdxModule: Seamcall {
 
     /// TDH.SYS.RD: one global metadata field (`abi::metadata::sys`).
     fn sys_rd(&self, field: u64) -> Result<u64, SeamError> {
-        let mut r = Regs::for_leaf(Leaf::SysRd, 0);
-        r.rdx = field;
-        self.call(r).map(|out| out.r8)
+        call_leaf(self, Leaf::SysRd, 0, field, 0).map(|out| out.r8)
     }
 
     /// TDH.SYS.CONFIG: `tdmr_array` is the HPA of an array of `count` TDMR_INFO HPAs (each
     /// 512-byte aligned), `global_hkid` the KeyID the module uses for its own structures.
     fn sys_config(&self, tdmr_array: Hpa, count: u64, global_hkid: Hkid) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::SysConfig, 0);
-        r.rcx = tdmr_array.0;
-        r.rdx = count;
-        r.r8 = u64::from(global_hkid.0);
-        self.call(r).map(drop)
+        let hkid = u64::from(global_hkid.0);
+        call_leaf(self, Leaf::SysConfig, tdmr_array.0, count, hkid).map(drop)
     }
 
     /// TDH.SYS.KEY.CONFIG (once per package, on an LP of that package).
@@ -331,51 +328,35 @@ pub trait TdxModule: Seamcall {
     /// TDH.SYS.TDMR.INIT: initializes part of the TDMR at `tdmr_base`; returns the next
     /// address to initialize (call until it reaches the TDMR's end).
     fn sys_tdmr_init(&self, tdmr_base: Hpa) -> Result<Hpa, SeamError> {
-        let mut r = Regs::for_leaf(Leaf::SysTdmrInit, 0);
-        r.rcx = tdmr_base.0;
-        self.call(r).map(|out| Hpa(out.rdx))
+        call_leaf(self, Leaf::SysTdmrInit, tdmr_base.0, 0, 0).map(|out| Hpa(out.rdx))
     }
 
     // ----- TD and vCPU management -----
 
     /// TDH.MNG.CREATE: make `tdr` the TDR of a new TD using `hkid`.
     fn mng_create(&self, tdr: Hpa, hkid: Hkid) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MngCreate, 0);
-        r.rcx = tdr.0;
-        r.rdx = u64::from(hkid.0);
-        self.call(r).map(drop)
+        call_leaf(self, Leaf::MngCreate, tdr.0, u64::from(hkid.0), 0).map(drop)
     }
 
     /// TDH.MNG.KEY.CONFIG (once per package). Returns the raw status, which is
     /// `TDX_KEY_CONFIGURED` (informational) if this package was already done.
     fn mng_key_config(&self, tdr: Hpa) -> Result<TdxStatus, SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MngKeyConfig, 0);
-        r.rcx = tdr.0;
-        self.call(r).map(|out| TdxStatus(out.rax))
+        call_leaf(self, Leaf::MngKeyConfig, tdr.0, 0, 0).map(|out| TdxStatus(out.rax))
     }
 
     /// TDH.MNG.ADDCX: add a TDCS page.
     fn mng_addcx(&self, tdr: Hpa, page: Hpa) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MngAddCx, 0);
-        r.rcx = page.0;
-        r.rdx = tdr.0;
-        self.call(r).map(drop)
+        call_leaf(self, Leaf::MngAddCx, page.0, tdr.0, 0).map(drop)
     }
 
     /// TDH.MNG.INIT with the 1024-byte TD_PARAMS at `td_params` (1024-byte aligned).
     fn mng_init(&self, tdr: Hpa, td_params: Hpa) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MngInit, 0);
-        r.rcx = tdr.0;
-        r.rdx = td_params.0;
-        self.call(r).map(drop)
+        call_leaf(self, Leaf::MngInit, tdr.0, td_params.0, 0).map(drop)
     }
 
     /// TDH.MNG.RD: one TD metadata field.
     fn mng_rd(&self, tdr: Hpa, field: u64) -> Result<u64, SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MngRd, 0);
-        r.rcx = tdr.0;
-        r.rdx = field;
-        self.call(r).map(|out| out.r8)
+        call_leaf(self, Leaf::MngRd, tdr.0, field, 0).map(|out| out.r8)
     }
 
     /// TDH.MNG.WR: writes `value` under `mask`; returns the old value.
@@ -390,18 +371,12 @@ pub trait TdxModule: Seamcall {
 
     /// TDH.VP.CREATE: make `tdvpr` a vCPU of the TD.
     fn vp_create(&self, tdr: Hpa, tdvpr: Hpa) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::VpCreate, 0);
-        r.rcx = tdvpr.0;
-        r.rdx = tdr.0;
-        self.call(r).map(drop)
+        call_leaf(self, Leaf::VpCreate, tdvpr.0, tdr.0, 0).map(drop)
     }
 
     /// TDH.VP.ADDCX: add a TDCX page to a vCPU.
     fn vp_addcx(&self, tdvpr: Hpa, page: Hpa) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::VpAddCx, 0);
-        r.rcx = page.0;
-        r.rdx = tdvpr.0;
-        self.call(r).map(drop)
+        call_leaf(self, Leaf::VpAddCx, page.0, tdvpr.0, 0).map(drop)
     }
 
     /// TDH.VP.INIT version 1 (as upstream Linux): initial guest RCX and x2APIC ID.
@@ -415,10 +390,7 @@ pub trait TdxModule: Seamcall {
 
     /// TDH.VP.RD: one vCPU metadata field.
     fn vp_rd(&self, tdvpr: Hpa, field: u64) -> Result<u64, SeamError> {
-        let mut r = Regs::for_leaf(Leaf::VpRd, 0);
-        r.rcx = tdvpr.0;
-        r.rdx = field;
-        self.call(r).map(|out| out.r8)
+        call_leaf(self, Leaf::VpRd, tdvpr.0, field, 0).map(|out| out.r8)
     }
 
     /// TDH.VP.WR: writes `value` under `mask`; returns the old value.
@@ -449,61 +421,42 @@ pub trait TdxModule: Seamcall {
 
     /// TDH.VP.FLUSH (on the LP the vCPU last ran on).
     fn vp_flush(&self, tdvpr: Hpa) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::VpFlush, 0);
-        r.rcx = tdvpr.0;
-        self.call(r).map(drop)
+        call_leaf(self, Leaf::VpFlush, tdvpr.0, 0, 0).map(drop)
     }
 
     // ----- measurement -----
 
     /// TDH.MR.EXTEND of the 256-byte chunk at `gpa`.
     fn mr_extend(&self, tdr: Hpa, gpa: Gpa) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MrExtend, 0);
-        r.rcx = gpa.0;
-        r.rdx = tdr.0;
-        self.call(r).map(drop)
+        call_leaf(self, Leaf::MrExtend, gpa.0, tdr.0, 0).map(drop)
     }
 
     /// TDH.MR.FINALIZE: MRTD is final, the TD becomes RUNNABLE.
     fn mr_finalize(&self, tdr: Hpa) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MrFinalize, 0);
-        r.rcx = tdr.0;
-        self.call(r).map(drop)
+        call_leaf(self, Leaf::MrFinalize, tdr.0, 0, 0).map(drop)
     }
 
     // ----- teardown -----
 
     /// TDH.MNG.VPFLUSHDONE: every vCPU flushed; the TD is blocked.
     fn mng_vpflushdone(&self, tdr: Hpa) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MngVpFlushDone, 0);
-        r.rcx = tdr.0;
-        self.call(r).map(drop)
+        call_leaf(self, Leaf::MngVpFlushDone, tdr.0, 0, 0).map(drop)
     }
 
     /// TDH.PHYMEM.CACHE.WB on this package (`resume` after `TDX_INTERRUPTED_RESUMABLE`).
     /// Returns the raw status (`TDX_NO_HKID_READY_TO_WBCACHE` is informational).
     fn phymem_cache_wb(&self, resume: bool) -> Result<TdxStatus, SeamError> {
-        let mut r = Regs::for_leaf(Leaf::PhymemCacheWb, 0);
-        r.rcx = u64::from(resume);
-        self.call(r).map(|out| TdxStatus(out.rax))
+        call_leaf(self, Leaf::PhymemCacheWb, u64::from(resume), 0, 0).map(|out| TdxStatus(out.rax))
     }
 
     /// TDH.MNG.KEY.FREEID: release the TD's KeyID (after CACHE.WB on every package).
     fn mng_key_freeid(&self, tdr: Hpa) -> Result<(), SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MngKeyFreeId, 0);
-        r.rcx = tdr.0;
-        self.call(r).map(drop)
+        call_leaf(self, Leaf::MngKeyFreeId, tdr.0, 0, 0).map(drop)
     }
 
     /// TDH.PHYMEM.PAGE.RDMD: the PAMT metadata of `page` (type, owner, size).
     fn phymem_page_rdmd(&self, page: Hpa) -> Result<ReclaimedPage, SeamError> {
-        let mut r = Regs::for_leaf(Leaf::PhymemPageRdmd, 0);
-        r.rcx = page.0;
-        self.call(r).map(|out| ReclaimedPage {
-            page_type: out.rcx,
-            owner: Hpa(out.rdx),
-            size: out.r8,
-        })
+        call_leaf(self, Leaf::PhymemPageRdmd, page.0, 0, 0).map(ReclaimedPage::from_regs)
     }
 }
 
