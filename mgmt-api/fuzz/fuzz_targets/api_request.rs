@@ -20,6 +20,7 @@ use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
 use mgmt_api::{Api, BearerToken, ConnState, Limits, Server};
+use mgmt_api_fuzz::{ResponseRules, check_responses};
 
 thread_local! {
     static SERVER: RefCell<Server<Api>> = RefCell::new(server());
@@ -71,46 +72,12 @@ fuzz_target!(|input: &[u8]| {
         out.extend_from_slice(conn.output());
         server.disconnect(&mut conn, now + 60_000);
         assert_eq!(server.handler().in_flight(), 0, "request state left behind");
-        check_responses(&out);
+        check_responses(
+            &out,
+            ResponseRules {
+                bare_204: true,
+                forbid_500: true,
+            },
+        );
     });
 });
-
-/// Panics unless `out` is a sequence of well-formed HTTP/1.1 responses whose error bodies
-/// are JSON objects with string `code` and `message`, and none is a 500.
-fn check_responses(mut out: &[u8]) {
-    while !out.is_empty() {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut resp = httparse::Response::new(&mut headers);
-        let len = match resp.parse(out) {
-            Ok(httparse::Status::Complete(len)) => len,
-            other => panic!("malformed response head: {other:?}"),
-        };
-        let status = resp.code.expect("status");
-        let content_length = resp
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .map(|h| std::str::from_utf8(h.value).expect("utf8").parse::<usize>().expect("number"));
-        out = &out[len..];
-        if status == 100 {
-            continue;
-        }
-        let body_len = match (status, content_length) {
-            (204, None) => 0,
-            (_, Some(len)) => len,
-            (_, None) => panic!("no Content-Length on a {status} response"),
-        };
-        if body_len > 0 && (out.is_empty() || out.starts_with(b"HTTP/1.1 ")) {
-            continue;
-        }
-        let body = &out[..body_len];
-        out = &out[body_len..];
-        assert_ne!(status, 500, "500: {}", String::from_utf8_lossy(body));
-        if status >= 400 {
-            let value: serde_json::Value = serde_json::from_slice(body).expect("JSON error body");
-            let obj = value.as_object().expect("error body is an object");
-            assert!(obj.get("code").is_some_and(|c| c.is_string()), "code: {value}");
-            assert!(obj.get("message").is_some_and(|m| m.is_string()), "message: {value}");
-        }
-    }
-}

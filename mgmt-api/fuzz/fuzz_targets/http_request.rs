@@ -15,6 +15,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mgmt_api::{Api, ConnState, Limits, Server};
+use mgmt_api_fuzz::{ResponseRules, check_responses};
 
 fuzz_target!(|input: &[u8]| {
     let [chunk_ctl, time_ctl, data @ ..] = input else {
@@ -40,7 +41,11 @@ fuzz_target!(|input: &[u8]| {
         rest = tail;
         server.on_receive(&mut conn, chunk, now);
         // Send only part of the output sometimes, to exercise the backlog limit.
-        let n = if step % 3 == 0 { conn.output().len() / 2 } else { conn.output().len() };
+        let n = if step % 3 == 0 {
+            conn.output().len() / 2
+        } else {
+            conn.output().len()
+        };
         out.extend_from_slice(&conn.output()[..n]);
         conn.consume_output(n);
         now += u64::from(*time_ctl) * 500 / 8;
@@ -52,41 +57,11 @@ fuzz_target!(|input: &[u8]| {
     conn.peer_closed(now);
     let _ = server.poll(&mut conn, now + 60_000);
     out.extend_from_slice(conn.output());
-    check_responses(&out);
+    check_responses(
+        &out,
+        ResponseRules {
+            bare_204: false,
+            forbid_500: false,
+        },
+    );
 });
-
-/// Panics unless `out` is a sequence of well-formed HTTP/1.1 responses whose error bodies
-/// are JSON objects with string `code` and `message`.
-fn check_responses(mut out: &[u8]) {
-    while !out.is_empty() {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut resp = httparse::Response::new(&mut headers);
-        let len = match resp.parse(out) {
-            Ok(httparse::Status::Complete(len)) => len,
-            other => panic!("malformed response head: {other:?}"),
-        };
-        let status = resp.code.expect("status");
-        let content_length = resp
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .map(|h| std::str::from_utf8(h.value).expect("utf8").parse::<usize>().expect("number"));
-        out = &out[len..];
-        if status == 100 {
-            continue;
-        }
-        let body_len = content_length.expect("Content-Length on every final response");
-        // A HEAD response announces a length but sends no body.
-        if body_len > 0 && (out.is_empty() || out.starts_with(b"HTTP/1.1 ")) {
-            continue;
-        }
-        let body = &out[..body_len];
-        out = &out[body_len..];
-        if status >= 400 {
-            let value: serde_json::Value = serde_json::from_slice(body).expect("JSON error body");
-            let obj = value.as_object().expect("error body is an object");
-            assert!(obj.get("code").is_some_and(|c| c.is_string()), "code: {value}");
-            assert!(obj.get("message").is_some_and(|m| m.is_string()), "message: {value}");
-        }
-    }
-}
