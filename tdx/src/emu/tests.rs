@@ -34,6 +34,11 @@ fn err(r: Result<impl core::fmt::Debug, SeamError>) -> SeamError {
     r.expect_err("expected an error")
 }
 
+/// Gives vCPU `v` a workload of `steps`.
+fn set_steps(p: &Platform, v: Hpa, steps: Vec<Step>) {
+    p.module.set_workload(v, Workload { steps });
+}
+
 fn enter(p: &Platform, tdvpr: Hpa, r10: u64, r11: u64) -> Regs {
     let mut r = Regs::for_leaf(Leaf::VpEnter, 0);
     r.rcx = tdvpr.0;
@@ -123,25 +128,24 @@ fn guest_touch_faults_then_runs_after_aug_and_accept() {
     let td = runnable(&p);
     let v = td.vcpus[0].tdvpr;
     let gpa = Gpa(8 * G);
-    p.module.set_workload(
+    set_steps(
+        &p,
         v,
-        Workload {
-            steps: vec![
-                Step::Accept {
-                    gpa,
-                    len: 2 * 4096,
-                    level: PageLevel::L4K,
-                },
-                Step::Touch {
-                    gpa,
-                    len: 2 * 4096,
-                    access: Access::Write,
-                    order: Order::Sequential,
-                },
-                Step::Print { line: "ok".into() },
-                Step::Halt,
-            ],
-        },
+        vec![
+            Step::Accept {
+                gpa,
+                len: 2 * 4096,
+                level: PageLevel::L4K,
+            },
+            Step::Touch {
+                gpa,
+                len: 2 * 4096,
+                access: Access::Write,
+                order: Order::Sequential,
+            },
+            Step::Print { line: "ok".into() },
+            Step::Halt,
+        ],
     );
     let mut console = Vec::new();
     let mut exits = 0;
@@ -254,27 +258,35 @@ fn call(p: &Platform, r: Regs) -> Result<Regs, SeamError> {
     p.module.call(r)
 }
 
+/// [`check_table`] for a leaf taking the GPA+level of `gpa` at `level` in RCX, the TDR in
+/// RDX and, with `new_page`, a freshly allocated page in R8.
+fn check_sept_leaf_table(
+    leaf: Leaf,
+    level: PageLevel,
+    states: &[SeptState],
+    allowed: &[SeptState],
+    new_page: bool,
+) {
+    check_table(leaf, level, states, allowed, |p, td, gpa| {
+        let r8 = if new_page {
+            p.alloc_page().unwrap().0
+        } else {
+            0
+        };
+        call(p, regs(leaf, gpa_level_operand(gpa, level), td.tdr.0, r8))
+    });
+}
+
 // ---------- legality tables (seamcall_sept_state_lookup) ----------
 
 #[test]
 fn legality_page_aug() {
-    check_table(
+    check_sept_leaf_table(
         Leaf::MemPageAug,
         PageLevel::L4K,
         &LEAF_STATES,
         &[SeptState::Free, SeptState::Removed],
-        |p, td, gpa| {
-            let page = p.alloc_page().unwrap();
-            call(
-                p,
-                regs(
-                    Leaf::MemPageAug,
-                    gpa_level_operand(gpa, PageLevel::L4K),
-                    td.tdr.0,
-                    page.0,
-                ),
-            )
-        },
+        true,
     );
 }
 
@@ -297,7 +309,7 @@ fn legality_page_add() {
 
 #[test]
 fn legality_range_block_and_unblock() {
-    check_table(
+    check_sept_leaf_table(
         Leaf::MemRangeBlock,
         PageLevel::L4K,
         &LEAF_STATES,
@@ -309,57 +321,27 @@ fn legality_range_block_and_unblock() {
             SeptState::BlockedW,
             SeptState::PendingBlockedW,
         ],
-        |p, td, gpa| {
-            call(
-                p,
-                regs(
-                    Leaf::MemRangeBlock,
-                    gpa_level_operand(gpa, PageLevel::L4K),
-                    td.tdr.0,
-                    0,
-                ),
-            )
-        },
+        false,
     );
-    check_table(
+    check_sept_leaf_table(
         Leaf::MemRangeUnblock,
         PageLevel::L4K,
         &LEAF_STATES,
         &[SeptState::Blocked, SeptState::PendingBlocked],
-        |p, td, gpa| {
-            call(
-                p,
-                regs(
-                    Leaf::MemRangeUnblock,
-                    gpa_level_operand(gpa, PageLevel::L4K),
-                    td.tdr.0,
-                    0,
-                ),
-            )
-        },
+        false,
     );
-    check_table(
+    check_sept_leaf_table(
         Leaf::MemRangeBlock,
         PageLevel::L2M,
         &[SeptState::NlMapped, SeptState::NlBlocked, SeptState::Free],
         &[SeptState::NlMapped, SeptState::NlBlocked],
-        |p, td, gpa| {
-            call(
-                p,
-                regs(
-                    Leaf::MemRangeBlock,
-                    gpa_level_operand(gpa, PageLevel::L2M),
-                    td.tdr.0,
-                    0,
-                ),
-            )
-        },
+        false,
     );
 }
 
 #[test]
 fn legality_page_remove() {
-    check_table(
+    check_sept_leaf_table(
         Leaf::MemPageRemove,
         PageLevel::L4K,
         &LEAF_STATES,
@@ -371,17 +353,7 @@ fn legality_page_remove() {
             SeptState::BlockedW,
             SeptState::PendingBlockedW,
         ],
-        |p, td, gpa| {
-            call(
-                p,
-                regs(
-                    Leaf::MemPageRemove,
-                    gpa_level_operand(gpa, PageLevel::L4K),
-                    td.tdr.0,
-                    0,
-                ),
-            )
-        },
+        false,
     );
 }
 
@@ -396,9 +368,11 @@ fn legality_demote_promote_sept_add_remove() {
         SeptState::NlMapped,
         SeptState::NlBlocked,
     ];
-    check_table(
+    let l2m = PageLevel::L2M;
+    let non_leaf = [SeptState::NlMapped, SeptState::NlBlocked];
+    check_sept_leaf_table(
         Leaf::MemPageDemote,
-        PageLevel::L2M,
+        l2m,
         &all2m,
         &[
             SeptState::Mapped,
@@ -406,71 +380,11 @@ fn legality_demote_promote_sept_add_remove() {
             SeptState::Pending,
             SeptState::PendingBlocked,
         ],
-        |p, td, gpa| {
-            let page = p.alloc_page().unwrap();
-            call(
-                p,
-                regs(
-                    Leaf::MemPageDemote,
-                    gpa_level_operand(gpa, PageLevel::L2M),
-                    td.tdr.0,
-                    page.0,
-                ),
-            )
-        },
+        true,
     );
-    check_table(
-        Leaf::MemPagePromote,
-        PageLevel::L2M,
-        &all2m,
-        &[SeptState::NlMapped, SeptState::NlBlocked],
-        |p, td, gpa| {
-            call(
-                p,
-                regs(
-                    Leaf::MemPagePromote,
-                    gpa_level_operand(gpa, PageLevel::L2M),
-                    td.tdr.0,
-                    0,
-                ),
-            )
-        },
-    );
-    check_table(
-        Leaf::MemSeptRemove,
-        PageLevel::L2M,
-        &all2m,
-        &[SeptState::NlMapped, SeptState::NlBlocked],
-        |p, td, gpa| {
-            call(
-                p,
-                regs(
-                    Leaf::MemSeptRemove,
-                    gpa_level_operand(gpa, PageLevel::L2M),
-                    td.tdr.0,
-                    0,
-                ),
-            )
-        },
-    );
-    check_table(
-        Leaf::MemSeptAdd,
-        PageLevel::L2M,
-        &all2m,
-        &[SeptState::Free],
-        |p, td, gpa| {
-            let page = p.alloc_page().unwrap();
-            call(
-                p,
-                regs(
-                    Leaf::MemSeptAdd,
-                    gpa_level_operand(gpa, PageLevel::L2M),
-                    td.tdr.0,
-                    page.0,
-                ),
-            )
-        },
-    );
+    check_sept_leaf_table(Leaf::MemPagePromote, l2m, &all2m, &non_leaf, false);
+    check_sept_leaf_table(Leaf::MemSeptRemove, l2m, &all2m, &non_leaf, false);
+    check_sept_leaf_table(Leaf::MemSeptAdd, l2m, &all2m, &[SeptState::Free], true);
 }
 
 #[test]
@@ -1429,18 +1343,17 @@ fn two_mega_accept_on_a_4k_table_falls_back_to_4k_accepts() {
             .mem_page_aug(td.tdr, Gpa(gpa.0 + i * 4096), PageLevel::L4K, page)
             .unwrap();
     }
-    p.module.set_workload(
+    set_steps(
+        &p,
         v,
-        Workload {
-            steps: vec![
-                Step::Accept {
-                    gpa,
-                    len: PAGE_2M,
-                    level: PageLevel::L2M,
-                },
-                Step::Halt,
-            ],
-        },
+        vec![
+            Step::Accept {
+                gpa,
+                len: PAGE_2M,
+                level: PageLevel::L2M,
+            },
+            Step::Halt,
+        ],
     );
     let (_, exits) = run_to_halt(&p, &td, v);
     // 510 pages were missing: one EPT violation (ACCEPT type, level 4K) each.
@@ -1465,18 +1378,17 @@ fn two_mega_accept_maps_a_2m_page_and_4k_accept_inside_it_asks_for_demote() {
     let td = runnable(&p);
     let v = td.vcpus[0].tdvpr;
     let gpa = Gpa(8 * G);
-    p.module.set_workload(
+    set_steps(
+        &p,
         v,
-        Workload {
-            steps: vec![
-                Step::Accept {
-                    gpa,
-                    len: PAGE_2M,
-                    level: PageLevel::L2M,
-                },
-                Step::Halt,
-            ],
-        },
+        vec![
+            Step::Accept {
+                gpa,
+                len: PAGE_2M,
+                level: PageLevel::L2M,
+            },
+            Step::Halt,
+        ],
     );
     let (_, exits) = run_to_halt(&p, &td, v);
     assert_eq!(
@@ -1489,15 +1401,14 @@ fn two_mega_accept_maps_a_2m_page_and_4k_accept_inside_it_asks_for_demote() {
     let gpa2 = Gpa(10 * G);
     let big = p.alloc_2m().unwrap();
     p.aug(&td, gpa2, PageLevel::L2M, big).unwrap();
-    p.module.set_workload(
+    set_steps(
+        &p,
         v,
-        Workload {
-            steps: vec![Step::Accept {
-                gpa: Gpa(gpa2.0 + 0x3000),
-                len: 4096,
-                level: PageLevel::L4K,
-            }],
-        },
+        vec![Step::Accept {
+            gpa: Gpa(gpa2.0 + 0x3000),
+            len: 4096,
+            level: PageLevel::L4K,
+        }],
     );
     let r = enter(&p, v, 0, 0);
     assert_eq!(r.rax, exit::EPT_VIOLATION);
@@ -1534,29 +1445,28 @@ fn accept_zeroes_the_page_and_touch_writes_through_the_mapping() {
     let page = p.alloc_page().unwrap();
     p.mem.write(page, &[0xEE; 4096]);
     p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
-    p.module.set_workload(
+    set_steps(
+        &p,
         v,
-        Workload {
-            steps: vec![
-                Step::Accept {
-                    gpa,
-                    len: 4096,
-                    level: PageLevel::L4K,
-                },
-                Step::Accept {
-                    gpa,
-                    len: 4096,
-                    level: PageLevel::L4K,
-                },
-                Step::Touch {
-                    gpa,
-                    len: 4096,
-                    access: Access::Write,
-                    order: Order::Sequential,
-                },
-                Step::Halt,
-            ],
-        },
+        vec![
+            Step::Accept {
+                gpa,
+                len: 4096,
+                level: PageLevel::L4K,
+            },
+            Step::Accept {
+                gpa,
+                len: 4096,
+                level: PageLevel::L4K,
+            },
+            Step::Touch {
+                gpa,
+                len: 4096,
+                access: Access::Write,
+                order: Order::Sequential,
+            },
+            Step::Halt,
+        ],
     );
     run_to_halt(&p, &td, v);
     let mut back = [0u8; 16];
@@ -1573,16 +1483,15 @@ fn pending_touch_with_sept_ve_disable_exits_as_pending_violation() {
     let gpa = Gpa(8 * G);
     let page = p.alloc_page().unwrap();
     p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
-    p.module.set_workload(
+    set_steps(
+        &p,
         v,
-        Workload {
-            steps: vec![Step::Touch {
-                gpa,
-                len: 4096,
-                access: Access::Read,
-                order: Order::Sequential,
-            }],
-        },
+        vec![Step::Touch {
+            gpa,
+            len: 4096,
+            access: Access::Read,
+            order: Order::Sequential,
+        }],
     );
     let r = enter(&p, v, 0, 0);
     assert_eq!(r.rax, exit::EPT_VIOLATION);
@@ -1598,16 +1507,15 @@ fn pending_touch_with_sept_ve_disable_exits_as_pending_violation() {
     let v2 = td2.vcpus[0].tdvpr;
     let page = p.alloc_page().unwrap();
     p.aug(&td2, gpa, PageLevel::L4K, page).unwrap();
-    p.module.set_workload(
+    set_steps(
+        &p,
         v2,
-        Workload {
-            steps: vec![Step::Touch {
-                gpa,
-                len: 4096,
-                access: Access::Read,
-                order: Order::Sequential,
-            }],
-        },
+        vec![Step::Touch {
+            gpa,
+            len: 4096,
+            access: Access::Read,
+            order: Order::Sequential,
+        }],
     );
     let r = enter(&p, v2, 0, 0);
     assert_eq!((r.rax, r.r11), (exit::TDCALL, exit::TDVMCALL_HLT));
@@ -1627,19 +1535,18 @@ fn random_touch_resumes_across_exits_and_visits_every_page_once() {
     let v = td.vcpus[0].tdvpr;
     let gpa = Gpa(8 * G);
     let pages = 300u64;
-    p.module.set_workload(
+    set_steps(
+        &p,
         v,
-        Workload {
-            steps: vec![
-                Step::Touch {
-                    gpa,
-                    len: pages * 4096,
-                    access: Access::Write,
-                    order: Order::Random { seed: 42 },
-                },
-                Step::Halt,
-            ],
-        },
+        vec![
+            Step::Touch {
+                gpa,
+                len: pages * 4096,
+                access: Access::Write,
+                order: Order::Random { seed: 42 },
+            },
+            Step::Halt,
+        ],
     );
     let (_, exits) = run_to_halt(&p, &td, v);
     // Exactly one EPT violation per page: progress survives every exit.
@@ -1669,20 +1576,19 @@ fn map_gpa_retry_and_console_and_fatal_and_shutdown() {
     let td = runnable(&p);
     let v = td.vcpus[0].tdvpr;
     let gpa = Gpa(8 * G);
-    p.module.set_workload(
+    set_steps(
+        &p,
         v,
-        Workload {
-            steps: vec![
-                Step::Convert {
-                    gpa,
-                    len: 4 * PAGE_2M,
-                    to_shared: true,
-                },
-                Step::Print { line: "hi".into() },
-                Step::ReportFatalError { code: 0x77 },
-                Step::Shutdown,
-            ],
-        },
+        vec![
+            Step::Convert {
+                gpa,
+                len: 4 * PAGE_2M,
+                to_shared: true,
+            },
+            Step::Print { line: "hi".into() },
+            Step::ReportFatalError { code: 0x77 },
+            Step::Shutdown,
+        ],
     );
     let r = enter(&p, v, 0, 0);
     assert_eq!((r.rax, r.r11), (exit::TDCALL, exit::TDVMCALL_MAP_GPA));
@@ -1713,15 +1619,14 @@ fn map_gpa_retry_and_console_and_fatal_and_shutdown() {
     assert_eq!(enter(&p, v, 0, 0).rax, exit::TRIPLE_FAULT);
     assert_eq!(enter(&p, v, 0, 0).rax, exit::TRIPLE_FAULT);
     // A failed MapGPA makes the guest report a fatal error.
-    p.module.set_workload(
+    set_steps(
+        &p,
         v,
-        Workload {
-            steps: vec![Step::Convert {
-                gpa,
-                len: 4096,
-                to_shared: false,
-            }],
-        },
+        vec![Step::Convert {
+            gpa,
+            len: 4096,
+            to_shared: false,
+        }],
     );
     let r = enter(&p, v, 0, 0);
     assert_eq!(r.r12, gpa.0);
@@ -1736,20 +1641,19 @@ fn rtmr_extend_matches_the_offline_function() {
     let v = td.vcpus[0].tdvpr;
     let d1 = [7u8; 48];
     let d2 = [9u8; 48];
-    p.module.set_workload(
+    set_steps(
+        &p,
         v,
-        Workload {
-            steps: vec![
-                Step::ExtendRtmr {
-                    index: 2,
-                    digest: d1,
-                },
-                Step::ExtendRtmr {
-                    index: 2,
-                    digest: d2,
-                },
-            ],
-        },
+        vec![
+            Step::ExtendRtmr {
+                index: 2,
+                digest: d1,
+            },
+            Step::ExtendRtmr {
+                index: 2,
+                digest: d2,
+            },
+        ],
     );
     enter(&p, v, 0, 0);
     let want = crate::measure::rtmr_extend(&crate::measure::rtmr_extend(&[0; 48], &d1), &d2);
@@ -1769,16 +1673,15 @@ fn zero_step_mitigation_takes_the_tree_lock_after_six_faults() {
     let td = runnable(&p);
     let v = td.vcpus[0].tdvpr;
     let gpa = Gpa(8 * G);
-    p.module.set_workload(
+    set_steps(
+        &p,
         v,
-        Workload {
-            steps: vec![Step::Touch {
-                gpa,
-                len: 4096,
-                access: Access::Write,
-                order: Order::Sequential,
-            }],
-        },
+        vec![Step::Touch {
+            gpa,
+            len: 4096,
+            access: Access::Write,
+            order: Order::Sequential,
+        }],
     );
     for _ in 0..6 {
         assert_eq!(enter(&p, v, 0, 0).rax, exit::EPT_VIOLATION);
@@ -2137,16 +2040,15 @@ fn typed_vp_enter_wrapper_decodes_exits() {
     let p = Platform::new();
     let td = runnable(&p);
     let v = td.vcpus[0].tdvpr;
-    p.module.set_workload(
+    set_steps(
+        &p,
         v,
-        Workload {
-            steps: vec![Step::Touch {
-                gpa: Gpa(3 * G),
-                len: 4096,
-                access: Access::Write,
-                order: Order::Sequential,
-            }],
-        },
+        vec![Step::Touch {
+            gpa: Gpa(3 * G),
+            len: 4096,
+            access: Access::Write,
+            order: Order::Sequential,
+        }],
     );
     let (ex, _) = p.module.vp_enter(v, 0, 0).unwrap();
     assert_eq!(
