@@ -14,6 +14,7 @@ use crate::emu::Injection;
 use crate::emu::testing::{Platform, TdOptions, TestTd};
 use crate::seamcall::{Regs, TdxModule};
 
+use super::mock::{random_fault, xorshift};
 use super::testing::NoVcpus;
 use super::*;
 
@@ -385,19 +386,11 @@ fn stress_faults_conversions_and_releases_on_several_tds() {
                 scope.spawn(move || {
                     let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ (t * 0x9E37_79B9);
                     for _ in 0..500 {
-                        rng ^= rng << 13;
-                        rng ^= rng >> 7;
-                        rng ^= rng << 17;
+                        let rng = xorshift(&mut rng);
                         let gfn = rng % GFNS;
                         match rng >> 61 {
                             0..=4 => {
-                                let level = if rng & 0x100 != 0 {
-                                    PageLevel::L2M
-                                } else {
-                                    PageLevel::L4K
-                                };
-                                let req =
-                                    FaultRequest::new(Gfn(gfn)).max_level(level).cpu(t as usize);
+                                let req = random_fault(gfn, rng, t as usize);
                                 mgr.map_private(req).expect("map");
                             }
                             _ => {

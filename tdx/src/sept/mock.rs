@@ -576,3 +576,23 @@ impl SeptPagePool for CountingPool {
         self.free.lock().push(hpa);
     }
 }
+
+/// The xorshift64 step the stress tests draw their operations from (deterministic per seed).
+#[cfg(not(loom))]
+pub(super) fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// The stress tests' random fault at `gfn` on `cpu`: 2 MiB allowed when bit 8 of `r` is set.
+#[cfg(not(loom))]
+pub(super) fn random_fault(gfn: u64, r: u64, cpu: usize) -> super::FaultRequest {
+    let level = if r & 0x100 != 0 {
+        PageLevel::L2M
+    } else {
+        PageLevel::L4K
+    };
+    super::FaultRequest::new(Gfn(gfn)).max_level(level).cpu(cpu)
+}

@@ -7,7 +7,7 @@ use crate::abi::{Gfn, Hkid, Hpa, Leaf, PageLevel, SeptState, TdxStatus};
 use crate::phys::SparseMemory;
 use crate::seamcall::TdxModule;
 
-use super::mock::{CheckedMemory, CountingPool, MockModule, MockVcpus};
+use super::mock::{CheckedMemory, CountingPool, MockModule, MockVcpus, random_fault, xorshift};
 use super::*;
 
 const TDR: Hpa = Hpa(0x1000);
@@ -594,24 +594,12 @@ fn stress_many_threads_two_tds_with_busy_injection() {
                 let mgr = h.mgr.clone();
                 scope.spawn(move || {
                     let mut rng = 0x9E37_79B9u64 ^ (t << 32) ^ 0x55;
-                    let mut next = move || {
-                        rng ^= rng << 13;
-                        rng ^= rng >> 7;
-                        rng ^= rng << 17;
-                        rng
-                    };
                     for _ in 0..600 {
-                        let r = next();
+                        let r = xorshift(&mut rng);
                         let gfn = r % GFNS;
                         match r >> 60 {
                             0..=9 => {
-                                let level = if r & 0x100 != 0 {
-                                    PageLevel::L2M
-                                } else {
-                                    PageLevel::L4K
-                                };
-                                let req =
-                                    FaultRequest::new(Gfn(gfn)).max_level(level).cpu(t as usize);
+                                let req = random_fault(gfn, r, t as usize);
                                 mgr.map_private(req).expect("map");
                             }
                             10..=13 => {
