@@ -1,10 +1,11 @@
 //! Firmware image store: uploads streamed into pool pages (`MemoryUse::ImageStorage`) with a
 //! running SHA-384, validated as TDVF when finished.
 //!
-//! Validation needs the whole file once (the OVMF GUID table sits at its end and the
-//! descriptor may be anywhere): [`finish`] copies the image into a temporary buffer, parses
-//! the metadata and computes the expected MRTD, then drops the buffer. TDs are built page by
-//! page straight from the pool pages.
+//! Validation reads the image where it is stored, through [`StoredPages`] (a
+//! [`crate::tdvf::ImageSource`] over the pool pages): the parser reads the GUIDed table at the
+//! end, the descriptor and its entries (section bounds are checked arithmetically), and the
+//! expected MRTD reads only the MR.EXTENDed pages, one 4 KiB page at a time. The file is never
+//! copied onto the heap. TDs are built page by page straight from the pool pages.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -17,7 +18,8 @@ use crate::abi::{Hpa, PAGE_SIZE_4K};
 use crate::phys::PhysMemory;
 use crate::pool::{MemoryPool, MemoryUse};
 use crate::tdvf::{
-    FIRMWARE_WINDOW_START, SectionType, TdMemoryLayout, TdvfMetadata, expected_mrtd,
+    FIRMWARE_WINDOW_START, ImageSource, OutOfImage, SectionType, TdMemoryLayout, TdvfMetadata,
+    expected_mrtd_from,
 };
 
 /// An upload in progress.
@@ -101,8 +103,15 @@ impl Upload {
         if self.written != self.size {
             return Err(HostError::UploadSizeMismatch);
         }
-        let bytes = read_all(phys, &self.pages, self.size);
-        let metadata = TdvfMetadata::parse(&bytes).map_err(HostError::InvalidImage)?;
+        self.validate(&StoredPages::new(phys, &self.pages, self.size))
+    }
+
+    /// Validates the image `source` reads (the upload's pages; tests pass a counting source).
+    pub(crate) fn validate<S: ImageSource + ?Sized>(
+        &self,
+        source: &S,
+    ) -> Result<StoredParts, HostError> {
+        let metadata = TdvfMetadata::parse_source(source).map_err(HostError::InvalidImage)?;
         let layout =
             TdMemoryLayout::new(&metadata, minimal_memory_mib(&metadata)).map_err(|_| {
                 HostError::InvalidSpec {
@@ -110,7 +119,7 @@ impl Upload {
                     reason: "the TDVF sections cannot be laid out in guest memory",
                 }
             })?;
-        let expected = expected_mrtd(&bytes, &layout).map_err(|e| match e {
+        let expected = expected_mrtd_from(source, &layout).map_err(|e| match e {
             crate::tdvf::ExpectedMrtdError::Image(t) => HostError::InvalidImage(t),
             _ => HostError::InvalidSpec {
                 field: "image",
@@ -146,14 +155,45 @@ pub(crate) fn minimal_memory_mib(md: &TdvfMetadata) -> u64 {
     top.div_ceil(1 << 20).max(32)
 }
 
-fn read_all(phys: &dyn PhysMemory, pages: &[Hpa], size: u64) -> Vec<u8> {
-    let mut out = alloc::vec![0u8; size as usize];
-    for (i, chunk) in out.chunks_mut(PAGE_SIZE_4K as usize).enumerate() {
-        if let Some(hpa) = pages.get(i) {
-            phys.read(*hpa, chunk);
-        }
+/// An image stored in pool pages (4 KiB of the file per page, in order), read through
+/// [`PhysMemory`].
+pub(crate) struct StoredPages<'a> {
+    phys: &'a dyn PhysMemory,
+    pages: &'a [Hpa],
+    size: u64,
+}
+
+impl<'a> StoredPages<'a> {
+    pub(crate) fn new(phys: &'a dyn PhysMemory, pages: &'a [Hpa], size: u64) -> Self {
+        StoredPages { phys, pages, size }
     }
-    out
+}
+
+impl ImageSource for StoredPages<'_> {
+    fn len(&self) -> usize {
+        usize::try_from(self.size).unwrap_or(usize::MAX)
+    }
+
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), OutOfImage> {
+        let end = offset.checked_add(buf.len()).ok_or(OutOfImage)?;
+        if end as u64 > self.size {
+            return Err(OutOfImage);
+        }
+        let mut done = 0usize;
+        let mut at = offset as u64;
+        while done < buf.len() {
+            let page = (at / PAGE_SIZE_4K) as usize;
+            let off = at % PAGE_SIZE_4K;
+            let n = ((PAGE_SIZE_4K - off) as usize).min(buf.len() - done);
+            let (Some(hpa), Some(dst)) = (self.pages.get(page), buf.get_mut(done..done + n)) else {
+                return Err(OutOfImage);
+            };
+            self.phys.read(hpa.add(off), dst);
+            done += n;
+            at += n as u64;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn free_pages(pages: &[Hpa], pool: &MemoryPool, phys: &dyn PhysMemory) {
@@ -169,19 +209,12 @@ impl StoredImage {
     /// Reads `len` bytes at file offset `offset` into `buf` (zero past the end).
     pub(crate) fn read(&self, phys: &dyn PhysMemory, offset: u64, buf: &mut [u8]) {
         buf.fill(0);
-        let mut done = 0usize;
-        let mut at = offset;
-        while done < buf.len() && at < self.size {
-            let page = (at / PAGE_SIZE_4K) as usize;
-            let off = at % PAGE_SIZE_4K;
-            let n = ((PAGE_SIZE_4K - off) as usize)
-                .min(buf.len() - done)
-                .min((self.size - at) as usize);
-            if let (Some(hpa), Some(dst)) = (self.pages.get(page), buf.get_mut(done..done + n)) {
-                phys.read(hpa.add(off), dst);
-            }
-            done += n;
-            at += n as u64;
+        let n = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let source = StoredPages::new(phys, &self.pages, self.size);
+        if let (Ok(at), Some(dst)) = (usize::try_from(offset), buf.get_mut(..n))
+            && source.read_at(at, dst).is_err()
+        {
+            dst.fill(0);
         }
     }
 

@@ -295,3 +295,54 @@ pub fn step_until(host: &mut Host, timeout_ms: u64, mut done: impl FnMut(&Host) 
         }
     }
 }
+
+/// An [`ImageSource`](crate::tdvf::ImageSource) that counts what is read through it (to check
+/// that validation reads only what it needs).
+pub struct CountingSource<S> {
+    inner: S,
+    bytes: core::sync::atomic::AtomicU64,
+    reads: core::sync::atomic::AtomicU64,
+    largest: core::sync::atomic::AtomicU64,
+}
+
+impl<S: crate::tdvf::ImageSource> CountingSource<S> {
+    /// Counts reads of `inner`.
+    pub fn new(inner: S) -> Self {
+        CountingSource {
+            inner,
+            bytes: core::sync::atomic::AtomicU64::new(0),
+            reads: core::sync::atomic::AtomicU64::new(0),
+            largest: core::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `read_at` calls so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The largest single read (bytes).
+    pub fn largest_read(&self) -> u64 {
+        self.largest.load(core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl<S: crate::tdvf::ImageSource> crate::tdvf::ImageSource for CountingSource<S> {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), crate::tdvf::OutOfImage> {
+        use core::sync::atomic::Ordering::Relaxed;
+        let n = buf.len() as u64;
+        self.bytes.fetch_add(n, Relaxed);
+        self.reads.fetch_add(1, Relaxed);
+        self.largest.fetch_max(n, Relaxed);
+        self.inner.read_at(offset, buf)
+    }
+}

@@ -19,9 +19,9 @@ pub use layout::{
     TdMemoryLayout,
 };
 pub use parse::{
-    GuidTableEntry, OVMF_TABLE_FOOTER_GUID, SectionAttributes, SectionType, TDVF_DESCRIPTOR_SIZE,
-    TDVF_SECTION_ENTRY_SIZE, TDVF_SIGNATURE, TDVF_VERSION, TDX_METADATA_OFFSET_GUID, TdvfError,
-    TdvfMetadata, TdvfSection, efi_guid, ovmf_guid_table,
+    GuidTableEntry, ImageSource, OVMF_TABLE_FOOTER_GUID, OutOfImage, SectionAttributes,
+    SectionType, TDVF_DESCRIPTOR_SIZE, TDVF_SECTION_ENTRY_SIZE, TDVF_SIGNATURE, TDVF_VERSION,
+    TDX_METADATA_OFFSET_GUID, TdvfError, TdvfMetadata, TdvfSection, efi_guid, ovmf_guid_table,
 };
 pub use plan::{
     BuildOp, BuildPlan, MR_EXTEND_CHUNK_SIZE, MR_EXTENDS_PER_PAGE, PAGE_BYTES, PageSource,
@@ -47,12 +47,23 @@ pub enum ExpectedMrtdError {
 /// The MRTD a TD built from `image` with `layout` reports after TDH.MR.FINALIZE, computed
 /// offline by replaying the [`BuildPlan`] through [`MrtdAccumulator`]. Only the image and the
 /// layout matter: the TD HOB is PAGE.ADDed (its GPAs are hashed) but its contents are only
-/// hashed if the TD_HOB section has MR.EXTEND, which TDVF images do not set.
+/// hashed if the TD_HOB section has MR.EXTEND, which TDVF images do not set. Same as
+/// [`expected_mrtd_from`] over the slice.
 pub fn expected_mrtd(
     image: &[u8],
     layout: &TdMemoryLayout,
 ) -> Result<[u8; MRTD_SIZE], ExpectedMrtdError> {
-    let metadata = TdvfMetadata::parse(image)?;
+    expected_mrtd_from(image, layout)
+}
+
+/// [`expected_mrtd`] for an image read through `image`: reads the metadata (to check the
+/// layout belongs to it) and the contents of MR.EXTENDed pages only (pages without MR.EXTEND
+/// are hashed by GPA alone).
+pub fn expected_mrtd_from<S: ImageSource + ?Sized>(
+    image: &S,
+    layout: &TdMemoryLayout,
+) -> Result<[u8; MRTD_SIZE], ExpectedMrtdError> {
+    let metadata = TdvfMetadata::parse_source(image)?;
     if metadata.sections() != layout.sections() || metadata.image_len() != layout.image_len() {
         return Err(ExpectedMrtdError::LayoutMismatch);
     }
@@ -60,7 +71,16 @@ pub fn expected_mrtd(
     let mut acc = MrtdAccumulator::new();
     let mut buf = [0u8; PAGE_BYTES];
     for index in 0..plan.page_count() {
-        let page = plan.fill_page(index, image, &mut buf)?;
+        let page = match plan.page(index) {
+            Some(p) if p.extend => plan.fill_page_from(index, image, &mut buf)?,
+            Some(p) => p,
+            None => {
+                return Err(ExpectedMrtdError::Plan(PlanError::PageOutOfRange {
+                    index,
+                    count: plan.page_count(),
+                }));
+            }
+        };
         acc.add_page(MeasuredPage {
             gpa: page.gpa,
             bytes: &buf,

@@ -13,6 +13,13 @@
 //! * Descriptor: `Signature` "TDVF", `Length` = 16 + 32·N, `Version` 1, `NumberOfSectionEntries`
 //!   N, then N 32-byte [`TdvfSection`] entries.
 //!
+//! Reading: everything goes through an [`ImageSource`] (`read_at(offset, buf)`), so the runtime
+//! validates an image where it was stored (pool pages) without copying the file: the parser
+//! reads the footer, the GUIDed table (at most 64 KiB), the 16-byte descriptor and its 32-byte
+//! entries, and checks section bounds arithmetically without reading section data. The
+//! `&[u8]` entry points ([`TdvfMetadata::parse`], [`ovmf_guid_table`]) run the same code over
+//! a slice.
+//!
 //! Why hand-written: no maintained crate on crates.io parses TDVF metadata in `no_std`. The
 //! only one found, `virtfw-igvm-tools` (checked with `cargo info`, 0.2.6), is a std-only Linux
 //! tool crate (`std::fmt`, clap, env_logger) and does not validate the rules the runtime relies
@@ -65,6 +72,55 @@ pub const TDVF_SECTION_ENTRY_SIZE: usize = 32;
 const BYTES_AFTER_TABLE: usize = 32;
 /// Size of an entry header (u16 length + GUID); also the footer entry's total size.
 const ENTRY_HEADER_SIZE: usize = 18;
+
+/// A firmware image that can be read piecewise (a byte slice, or an image stored in pool pages).
+pub trait ImageSource {
+    /// Length of the image in bytes.
+    fn len(&self) -> usize;
+
+    /// Whether the image is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `buf` with the image bytes at `offset..offset + buf.len()`; an error (and `buf`
+    /// unspecified) if that range is not inside the image.
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), OutOfImage>;
+}
+
+/// A read outside the image (see [`ImageSource::read_at`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[error("read outside the image")]
+pub struct OutOfImage;
+
+impl ImageSource for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), OutOfImage> {
+        let end = offset.checked_add(buf.len()).ok_or(OutOfImage)?;
+        buf.copy_from_slice(self.get(offset..end).ok_or(OutOfImage)?);
+        Ok(())
+    }
+}
+
+impl<S: ImageSource + ?Sized> ImageSource for &S {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), OutOfImage> {
+        (**self).read_at(offset, buf)
+    }
+}
+
+/// Reads `N` bytes at `offset` of `src`, or `None` if out of range.
+fn read_array<const N: usize, S: ImageSource + ?Sized>(src: &S, offset: usize) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    src.read_at(offset, &mut out).ok()?;
+    Some(out)
+}
 
 /// `Type` of a TDVF section.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -421,45 +477,93 @@ pub struct GuidTableEntry<'a> {
 /// are found (last entry in the file first). Every entry is validated, so a malformed table is
 /// an error even if the wanted entry comes first.
 pub fn ovmf_guid_table(image: &[u8]) -> Result<Vec<GuidTableEntry<'_>>, TdvfError> {
-    let len = image.len();
-    let too_small = TdvfError::ImageTooSmall { len };
-    // Offset of the footer GUID and of the table length before it.
-    let footer_guid_at = len.checked_sub(BYTES_AFTER_TABLE + 16).ok_or(too_small)?;
-    let table_len_at = footer_guid_at.checked_sub(2).ok_or(too_small)?;
-    let footer: [u8; 16] = bytes_at(image, footer_guid_at).ok_or(too_small)?;
-    if footer != OVMF_TABLE_FOOTER_GUID {
-        return Err(TdvfError::BadFooterGuid);
-    }
-    let table_len = u16_at(image, table_len_at).ok_or(too_small)?;
-    let table_end = len - BYTES_AFTER_TABLE;
-    let table_start = usize::from(table_len)
-        .checked_sub(ENTRY_HEADER_SIZE)
-        .and_then(|entries_len| table_len_at.checked_sub(entries_len))
-        .ok_or(TdvfError::TableLengthOutOfRange { len: table_len })?;
-    debug_assert!(table_start <= table_end);
+    let table = GuidTable::read(image)?;
+    Ok(table
+        .entries
+        .iter()
+        .map(|e| GuidTableEntry {
+            guid: e.guid,
+            data: image.get(e.data.clone()).unwrap_or(&[]),
+        })
+        .collect())
+}
 
-    let mut entries = Vec::new();
-    // `pos` is one past the end of the next entry to read (its GUID ends there).
-    let mut pos = table_len_at;
-    while pos > table_start {
-        let malformed = |len| TdvfError::MalformedTableEntry { end: pos, len };
-        let header_at = pos
+/// Position of one GUIDed table entry (image offsets).
+struct GuidTablePos {
+    guid: [u8; 16],
+    data: core::ops::Range<usize>,
+}
+
+/// The GUIDed table read from an [`ImageSource`]: the bytes of its entries (without the footer
+/// entry) and where each entry's data lies.
+struct GuidTable {
+    /// Image bytes `base..base + region.len()`.
+    region: Vec<u8>,
+    base: usize,
+    entries: Vec<GuidTablePos>,
+}
+
+impl GuidTable {
+    fn read<S: ImageSource + ?Sized>(src: &S) -> Result<GuidTable, TdvfError> {
+        let len = src.len();
+        let too_small = TdvfError::ImageTooSmall { len };
+        // Offset of the footer GUID and of the table length before it.
+        let footer_guid_at = len.checked_sub(BYTES_AFTER_TABLE + 16).ok_or(too_small)?;
+        let table_len_at = footer_guid_at.checked_sub(2).ok_or(too_small)?;
+        let footer: [u8; 16] = read_array(src, footer_guid_at).ok_or(too_small)?;
+        if footer != OVMF_TABLE_FOOTER_GUID {
+            return Err(TdvfError::BadFooterGuid);
+        }
+        let table_len = read_array(src, table_len_at)
+            .map(u16::from_le_bytes)
+            .ok_or(too_small)?;
+        let table_start = usize::from(table_len)
             .checked_sub(ENTRY_HEADER_SIZE)
-            .filter(|&at| at >= table_start)
-            .ok_or(malformed(0))?;
-        let entry_len = u16_at(image, header_at).ok_or(malformed(0))?;
-        let guid: [u8; 16] = bytes_at(image, header_at + 2).ok_or(malformed(entry_len))?;
-        let entry_start = pos
-            .checked_sub(usize::from(entry_len))
-            .filter(|&start| start >= table_start && usize::from(entry_len) >= ENTRY_HEADER_SIZE)
-            .ok_or(malformed(entry_len))?;
-        let data = image
-            .get(entry_start..header_at)
-            .ok_or(malformed(entry_len))?;
-        entries.push(GuidTableEntry { guid, data });
-        pos = entry_start;
+            .and_then(|entries_len| table_len_at.checked_sub(entries_len))
+            .ok_or(TdvfError::TableLengthOutOfRange { len: table_len })?;
+        // The entries, read once (at most 64 KiB: the length is a u16).
+        let mut region = alloc::vec![0u8; table_len_at - table_start];
+        src.read_at(table_start, &mut region)
+            .map_err(|_| too_small)?;
+        let at = |offset: usize| offset - table_start;
+
+        let mut entries = Vec::new();
+        // `pos` is one past the end of the next entry to read (its GUID ends there).
+        let mut pos = table_len_at;
+        while pos > table_start {
+            let malformed = |len| TdvfError::MalformedTableEntry { end: pos, len };
+            let header_at = pos
+                .checked_sub(ENTRY_HEADER_SIZE)
+                .filter(|&h| h >= table_start)
+                .ok_or(malformed(0))?;
+            let entry_len = u16_at(&region, at(header_at)).ok_or(malformed(0))?;
+            let guid: [u8; 16] =
+                bytes_at(&region, at(header_at) + 2).ok_or(malformed(entry_len))?;
+            let entry_start = pos
+                .checked_sub(usize::from(entry_len))
+                .filter(|&start| {
+                    start >= table_start && usize::from(entry_len) >= ENTRY_HEADER_SIZE
+                })
+                .ok_or(malformed(entry_len))?;
+            entries.push(GuidTablePos {
+                guid,
+                data: entry_start..header_at,
+            });
+            pos = entry_start;
+        }
+        Ok(GuidTable {
+            region,
+            base: table_start,
+            entries,
+        })
     }
-    Ok(entries)
+
+    /// Data of the first entry with `guid`.
+    fn find(&self, guid: &[u8; 16]) -> Option<&[u8]> {
+        let e = self.entries.iter().find(|e| e.guid == *guid)?;
+        self.region
+            .get(e.data.start - self.base..e.data.end - self.base)
+    }
 }
 
 /// Parsed and validated TDX metadata of a TDVF image. Only [`TdvfMetadata::parse`] makes one,
@@ -473,32 +577,38 @@ pub struct TdvfMetadata {
 
 impl TdvfMetadata {
     /// Parses and validates the TDX metadata of `image`. Never panics; every malformed input
-    /// gives a [`TdvfError`].
+    /// gives a [`TdvfError`]. Same as [`TdvfMetadata::parse_source`] over the slice.
     pub fn parse(image: &[u8]) -> Result<Self, TdvfError> {
-        let table = ovmf_guid_table(image)?;
+        Self::parse_source(image)
+    }
+
+    /// Parses and validates the TDX metadata of the image `src` reads. Reads only the GUIDed
+    /// table at the end, the descriptor and its section entries; section data is checked to
+    /// lie inside the image by arithmetic, never read. Never panics.
+    pub fn parse_source<S: ImageSource + ?Sized>(src: &S) -> Result<Self, TdvfError> {
+        let image_len = src.len();
+        let table = GuidTable::read(src)?;
         let entry = table
-            .iter()
-            .find(|entry| entry.guid == TDX_METADATA_OFFSET_GUID)
+            .find(&TDX_METADATA_OFFSET_GUID)
             .ok_or(TdvfError::MissingMetadataEntry)?;
-        let raw_offset: [u8; 4] =
-            entry
-                .data
-                .try_into()
-                .map_err(|_| TdvfError::BadMetadataEntrySize {
-                    len: entry.data.len(),
-                })?;
+        let raw_offset: [u8; 4] = entry
+            .try_into()
+            .map_err(|_| TdvfError::BadMetadataEntrySize { len: entry.len() })?;
         let offset_from_end = u32::from_le_bytes(raw_offset);
         let out_of_range = TdvfError::MetadataOffsetOutOfRange {
             offset: offset_from_end,
         };
         let descriptor_offset = usize::try_from(offset_from_end)
             .ok()
-            .and_then(|off| image.len().checked_sub(off))
+            .and_then(|off| image_len.checked_sub(off))
             .ok_or(out_of_range)?;
-        let signature = u32_at(image, descriptor_offset).ok_or(out_of_range)?;
-        let length = u32_at(image, descriptor_offset + 4).ok_or(out_of_range)?;
-        let version = u32_at(image, descriptor_offset + 8).ok_or(out_of_range)?;
-        let count = u32_at(image, descriptor_offset + 12).ok_or(out_of_range)?;
+        let header: [u8; TDVF_DESCRIPTOR_SIZE] =
+            read_array(src, descriptor_offset).ok_or(out_of_range)?;
+        let field = |i: usize| u32_at(&header, i).ok_or(out_of_range);
+        let signature = field(0)?;
+        let length = field(4)?;
+        let version = field(8)?;
+        let count = field(12)?;
         if signature != TDVF_SIGNATURE {
             return Err(TdvfError::BadSignature { found: signature });
         }
@@ -516,22 +626,23 @@ impl TdvfMetadata {
                 sections: count,
             });
         }
-        let table_bytes = usize::try_from(length)
+        let out_of_file = TdvfError::DescriptorOutOfFile { sections: count };
+        usize::try_from(length)
             .ok()
             .and_then(|len| descriptor_offset.checked_add(len))
-            .and_then(|end| image.get(descriptor_offset..end))
-            .ok_or(TdvfError::DescriptorOutOfFile { sections: count })?;
-        let entries = table_bytes
-            .get(TDVF_DESCRIPTOR_SIZE..)
-            .ok_or(TdvfError::DescriptorOutOfFile { sections: count })?;
-
-        let mut sections = Vec::with_capacity(entries.len() / TDVF_SECTION_ENTRY_SIZE);
-        for (index, raw) in entries.chunks_exact(TDVF_SECTION_ENTRY_SIZE).enumerate() {
-            sections.push(parse_section(image.len(), index, raw)?);
+            .filter(|end| *end <= image_len)
+            .ok_or(out_of_file)?;
+        // In the file, so `count` entries of 32 bytes fit in usize.
+        let count = count as usize;
+        let mut sections = Vec::with_capacity(count);
+        for index in 0..count {
+            let at = descriptor_offset + TDVF_DESCRIPTOR_SIZE + index * TDVF_SECTION_ENTRY_SIZE;
+            let raw: [u8; TDVF_SECTION_ENTRY_SIZE] = read_array(src, at).ok_or(out_of_file)?;
+            sections.push(parse_section(image_len, index, &raw)?);
         }
         validate_sections(&sections)?;
         Ok(Self {
-            image_len: image.len(),
+            image_len,
             descriptor_offset,
             sections,
         })

@@ -23,7 +23,7 @@
 use alloc::vec::Vec;
 
 use super::layout::TdMemoryLayout;
-use super::parse::SectionType;
+use super::parse::{ImageSource, SectionType};
 use crate::abi::{Gpa, PAGE_SIZE_4K};
 use crate::hob::{HobError, build_td_hob};
 
@@ -286,11 +286,24 @@ impl BuildPlan {
     }
 
     /// Fills `buf` with the contents of plan page `index`, taken from `image` (the same image
-    /// the layout was made from), and returns the page's description.
+    /// the layout was made from), and returns the page's description. Same as
+    /// [`BuildPlan::fill_page_from`] over the slice.
     pub fn fill_page(
         &self,
         index: u64,
         image: &[u8],
+        buf: &mut [u8; PAGE_BYTES],
+    ) -> Result<PlannedPage, PlanError> {
+        self.fill_page_from(index, image, buf)
+    }
+
+    /// Fills `buf` with the contents of plan page `index`, read from `image` (the same image
+    /// the layout was made from; only the page's own bytes are read), and returns the page's
+    /// description.
+    pub fn fill_page_from<S: ImageSource + ?Sized>(
+        &self,
+        index: u64,
+        image: &S,
         buf: &mut [u8; PAGE_BYTES],
     ) -> Result<PlannedPage, PlanError> {
         if image.len() != self.image_len {
@@ -304,21 +317,30 @@ impl BuildPlan {
             count: self.page_count,
         })?;
         buf.fill(0);
-        let copy = |buf: &mut [u8; PAGE_BYTES], src: &[u8], offset: u64, len: u64| {
-            let taken = usize::try_from(offset)
-                .ok()
-                .and_then(|start| Some((start, start.checked_add(usize::try_from(len).ok()?)?)))
-                .and_then(|(start, end)| src.get(start..end.min(src.len())));
-            if let Some(bytes) = taken
-                && let Some(dst) = buf.get_mut(..bytes.len())
-            {
-                dst.copy_from_slice(bytes);
-            }
-        };
         match page.source {
             PageSource::Zero => {}
-            PageSource::Image { offset, len } => copy(buf, image, offset, u64::from(len)),
-            PageSource::TdHob { offset } => copy(buf, &self.td_hob, offset, PAGE_SIZE_4K),
+            PageSource::Image { offset, len } => {
+                // Sections lie inside the image (checked by the parser); clamp anyway.
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let n = image
+                    .len()
+                    .saturating_sub(start)
+                    .min(len as usize)
+                    .min(PAGE_BYTES);
+                if let Some(dst) = buf.get_mut(..n)
+                    && image.read_at(start, dst).is_err()
+                {
+                    dst.fill(0);
+                }
+            }
+            PageSource::TdHob { offset } => {
+                let hob = &self.td_hob;
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(hob.len());
+                let end = start.saturating_add(PAGE_BYTES).min(hob.len());
+                if let (Some(src), Some(dst)) = (hob.get(start..end), buf.get_mut(..end - start)) {
+                    dst.copy_from_slice(src);
+                }
+            }
         }
         Ok(page)
     }
