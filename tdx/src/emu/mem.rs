@@ -179,6 +179,30 @@ impl EmulatedModule {
         })
     }
 
+    /// SEPT.REMOVE and PROMOTE: [`Self::locate_entry`] for a non-leaf (NL_MAPPED or
+    /// NL_BLOCKED) entry, then its child S-EPT page locked exclusively in PAMT (busy on RCX),
+    /// then the blocked-and-tracked rule. Bound as `(loc, page)`, the page lock drops
+    /// first, as when both were locals of the leaf.
+    fn locate_non_leaf<'a>(
+        &'a self,
+        r: &mut Regs,
+        td: &'a Td,
+        gpa: Gpa,
+        level: PageLevel,
+        tree_mode: LockMode,
+    ) -> Result<(Located<'a>, PageLock<'a>), TdxStatus> {
+        let loc = self.locate_entry(r, td, gpa, level, Some(tree_mode), |s| {
+            matches!(s, SeptState::NlMapped | SeptState::NlBlocked)
+        })?;
+        let child = loc.entry.hpa();
+        let child_page = self
+            .pamt
+            .lock_pages(child, 1, LockMode::Exclusive)
+            .map_err(|s| s.with_operand(OperandId::RCX))?;
+        self.check_blocked_and_tracked(td, r, &loc.walk, loc.entry.state(), child)?;
+        Ok((loc, child_page))
+    }
+
     /// Exclusively locks the page whose HPA (with HKID bits) is in R8 as a PAMT page of
     /// `size`; it must be free (PAGE_METADATA_INCORRECT on R8 otherwise).
     fn lock_free_page_r8(&self, raw: u64, size: PamtPageSize) -> Result<PageLock<'_>, TdxStatus> {
@@ -390,15 +414,8 @@ impl EmulatedModule {
     pub(super) fn leaf_mem_sept_remove(&self, r: &mut Regs) -> LeafResult {
         let (td, _l, gpa, level) =
             self.open_sept_leaf(r, Leaf::MemSeptRemove, PageLevel::L2M, PageLevel::L256T)?;
-        let loc = self.locate_entry(r, &td, gpa, level, Some(LockMode::Exclusive), |s| {
-            matches!(s, SeptState::NlMapped | SeptState::NlBlocked)
-        })?;
+        let (loc, page) = self.locate_non_leaf(r, &td, gpa, level, LockMode::Exclusive)?;
         let child = loc.entry.hpa();
-        let page = self
-            .pamt
-            .lock_pages(child, 1, LockMode::Exclusive)
-            .map_err(|s| s.with_operand(OperandId::RCX))?;
-        self.check_blocked_and_tracked(&td, r, &loc.walk, loc.entry.state(), child)?;
         let table = loc.tree.table(child);
         if table.as_ref().is_some_and(|t| !t.all_free()) {
             drop(loc.entry);
@@ -469,15 +486,8 @@ impl EmulatedModule {
     pub(super) fn leaf_mem_page_promote(&self, r: &mut Regs) -> LeafResult {
         let (td, _l, gpa, level) =
             self.open_sept_leaf(r, Leaf::MemPagePromote, PageLevel::L2M, PageLevel::L1G)?;
-        let loc = self.locate_entry(r, &td, gpa, level, Some(LockMode::Shared), |s| {
-            matches!(s, SeptState::NlMapped | SeptState::NlBlocked)
-        })?;
+        let (loc, child_page) = self.locate_non_leaf(r, &td, gpa, level, LockMode::Shared)?;
         let child = loc.entry.hpa();
-        let child_page = self
-            .pamt
-            .lock_pages(child, 1, LockMode::Exclusive)
-            .map_err(|s| s.with_operand(OperandId::RCX))?;
-        self.check_blocked_and_tracked(&td, r, &loc.walk, loc.entry.state(), child)?;
         let Some(table) = loc.tree.table(child) else {
             return Err(sept_fail(
                 r,
