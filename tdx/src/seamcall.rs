@@ -152,6 +152,24 @@ fn call_leaf<M: TdxModule + ?Sized>(
     module.call(r)
 }
 
+/// MNG.WR / VP.WR on `module`: writes `value` under `mask` to `field` of the TDR or TDVPR
+/// `owner`; returns the old value (R8).
+fn write_field<M: TdxModule + ?Sized>(
+    module: &M,
+    leaf: Leaf,
+    owner: Hpa,
+    field: u64,
+    value: u64,
+    mask: u64,
+) -> Result<u64, SeamError> {
+    let mut r = Regs::for_leaf(leaf, 0);
+    r.rcx = owner.0;
+    r.rdx = field;
+    r.r8 = value;
+    r.r9 = mask;
+    module.call(r).map(|out| out.r8)
+}
+
 /// Calls an S-EPT leaf on `module`: the GPA+level operand in RCX, the TDR in RDX, and `r8`
 /// (a page HPA, or 0 where the leaf takes none).
 fn sept_call<M: TdxModule + ?Sized>(
@@ -361,12 +379,7 @@ pub trait TdxModule: Seamcall {
 
     /// TDH.MNG.WR: writes `value` under `mask`; returns the old value.
     fn mng_wr(&self, tdr: Hpa, field: u64, value: u64, mask: u64) -> Result<u64, SeamError> {
-        let mut r = Regs::for_leaf(Leaf::MngWr, 0);
-        r.rcx = tdr.0;
-        r.rdx = field;
-        r.r8 = value;
-        r.r9 = mask;
-        self.call(r).map(|out| out.r8)
+        write_field(self, Leaf::MngWr, tdr, field, value, mask)
     }
 
     /// TDH.VP.CREATE: make `tdvpr` a vCPU of the TD.
@@ -395,12 +408,7 @@ pub trait TdxModule: Seamcall {
 
     /// TDH.VP.WR: writes `value` under `mask`; returns the old value.
     fn vp_wr(&self, tdvpr: Hpa, field: u64, value: u64, mask: u64) -> Result<u64, SeamError> {
-        let mut r = Regs::for_leaf(Leaf::VpWr, 0);
-        r.rcx = tdvpr.0;
-        r.rdx = field;
-        r.r8 = value;
-        r.r9 = mask;
-        self.call(r).map(|out| out.r8)
+        write_field(self, Leaf::VpWr, tdvpr, field, value, mask)
     }
 
     /// TDH.VP.ENTER. `tdvmcall_status`/`tdvmcall_value` answer the previous TDVMCALL exit
