@@ -12,6 +12,8 @@
 //! * [`host`]: the runtime façade ([`host::Host`]): module bring-up, images, TDs, vCPU
 //!   runners, jobs stepped from the main loop.
 #![no_std]
+// `unsafe` lives only in `hw` (the `seamcall` instruction and MSR reads).
+#![deny(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 extern crate alloc;
@@ -23,6 +25,7 @@ pub mod emu;
 pub mod hob;
 pub mod host;
 #[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
 pub mod hw;
 pub mod measure;
 pub mod phys;
