@@ -446,6 +446,26 @@ fn test(ws: &Workspace) -> Result<()> {
         &mut cargo(ws, &["test", "--workspace", "--exclude", "e2e"]),
         &mut tally,
     )?;
+    // The S-EPT freeze/publish protocol, model-checked with loom (own target dir: the cfg
+    // changes every crate's build).
+    let mut loom = cargo(
+        ws,
+        &[
+            "test",
+            "--package",
+            "tdx",
+            "--release",
+            "--lib",
+            "sept::loom_tests",
+        ],
+    );
+    loom.env("RUSTFLAGS", "--cfg loom")
+        .env("CARGO_TARGET_DIR", ws.root.join("target").join("loom"));
+    run_test_step(
+        "model checking (RUSTFLAGS=\"--cfg loom\" cargo test -p tdx --release --lib sept::loom_tests)",
+        &mut loom,
+        &mut tally,
+    )?;
     eprintln!("\n=== xtask test: build the appliance image");
     build_appliance(ws)?;
     run_test_step(
@@ -453,7 +473,9 @@ fn test(ws: &Workspace) -> Result<()> {
         &mut cargo(ws, &["test", "--package", "e2e"]),
         &mut tally,
     )?;
-    eprintln!("\nxtask test: every step passed (fmt, clippy, unit tests, end-to-end tests)");
+    eprintln!(
+        "\nxtask test: every step passed (fmt, clippy, unit tests, loom model checking, end-to-end tests)"
+    );
     // Last line: the total over every runner, in the plain `N passed, M failed` form.
     println!("total: {} passed, {} failed", tally.passed, tally.failed);
     Ok(())

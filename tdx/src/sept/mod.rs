@@ -64,6 +64,8 @@ mod emu_tests;
 #[cfg(all(test, loom))]
 mod loom_tests;
 #[cfg(test)]
+// Under loom only part of the model module is used by the loom tests.
+#[cfg_attr(loom, allow(dead_code))]
 mod mock;
 #[cfg(all(test, not(loom)))]
 mod tests;
