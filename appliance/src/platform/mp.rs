@@ -1,7 +1,10 @@
 //! Application processors through the PI MP Services protocol, as the TD runtime's
 //! [`Platform`]: one vCPU runner loop per application processor, started with a non-blocking
 //! `StartupThisAP` (with an event, no timeout) so it runs while the main CPU serves the API
-//! (uefi-platform-notes, "Other CPUs").
+//! (uefi-platform-notes, "Other CPUs"). A loop returns when its runner parks (no vCPU bound),
+//! so an AP without work sits in MP Services' idle state instead of spinning; the host starts
+//! it again later, and [`MpPlatform::start_runner`] only dispatches to an AP once the event of
+//! its previous dispatch is signalled (a second StartupThisAP on a busy AP resets it).
 //!
 //! Rules for code on an application processor: no firmware calls, no logging, and no
 //! allocation from the UEFI pool — the runner loop only touches atomics, spin locks and the
@@ -28,7 +31,23 @@ pub struct MpPlatform {
     processors: Vec<usize>,
     /// Packages the software module is told about (`cpu % packages`).
     packages: u32,
+    /// Runner loops dispatched and not yet seen completed.
+    dispatches: spin::Mutex<Vec<Dispatch>>,
 }
+
+/// One runner loop handed to MP Services: its completion event and the `Arc<Runner>`
+/// reference leaked for it (both raw, so the platform stays `Send + Sync`; only the main CPU
+/// touches them).
+struct Dispatch {
+    cpu: u32,
+    event: *mut c_void,
+    runner: *const Runner,
+}
+
+// SAFETY: a `Dispatch` is only created, read and consumed on the main CPU (MP Services and
+// event services are main-CPU only); the raw pointers are handles, never dereferenced by APs
+// through this struct.
+unsafe impl Send for Dispatch {}
 
 fn with_mp<R>(f: impl FnOnce(&MpServices) -> R) -> Option<R> {
     let handle = boot::get_handle_for_protocol::<MpServices>().ok()?;
@@ -61,6 +80,7 @@ impl MpPlatform {
         MpPlatform {
             processors,
             packages,
+            dispatches: spin::Mutex::new(Vec::new()),
         }
     }
 
@@ -83,7 +103,7 @@ extern "efiapi" fn runner_entry(arg: *mut c_void) {
                     core::hint::spin_loop();
                 }
             }
-            RunnerPoll::Exit => return,
+            RunnerPoll::Parked | RunnerPoll::Exit => return,
         }
     }
 }
@@ -135,13 +155,41 @@ impl Platform for MpPlatform {
             .processors
             .get(cpu as usize)
             .ok_or(PlatformError::NoSuchCpu(cpu))?;
+        let mut dispatches = self.dispatches.lock();
+        if let Some(i) = dispatches.iter().position(|d| d.cpu == cpu) {
+            let Some(d) = dispatches.get(i) else {
+                return Err(PlatformError::RunnerBusy(cpu));
+            };
+            // SAFETY: `d.event` came from `create_event` below and is closed only here, after
+            // which the dispatch is removed.
+            let Some(event) = (unsafe { uefi::Event::from_ptr(d.event) }) else {
+                return Err(PlatformError::RunnerBusy(cpu));
+            };
+            if !boot::check_event(&event).unwrap_or(false) {
+                // Still running (or just returning): StartupThisAP now would reset the AP.
+                return Err(PlatformError::RunnerBusy(cpu));
+            }
+            let done = dispatches.swap_remove(i);
+            let _ = boot::close_event(event);
+            // SAFETY: the AP finished `runner_entry` (its event is signalled), so the
+            // reference leaked for it is no longer used.
+            drop(unsafe { Arc::from_raw(done.runner) });
+        }
         // SAFETY: a plain event (no notification function) that only MP Services signals.
         let event = unsafe { boot::create_event(EventType::empty(), Tpl::CALLBACK, None, None) }
             .map_err(|_| PlatformError::RunnerStart(cpu))?;
+        let event_ptr = event.as_ptr();
         let arg = Arc::into_raw(runner) as *mut c_void;
         let started = with_mp(|mp| mp.startup_this_ap(n, runner_entry, arg, Some(event), None));
         match started {
-            Some(Ok(())) => Ok(()),
+            Some(Ok(())) => {
+                dispatches.push(Dispatch {
+                    cpu,
+                    event: event_ptr,
+                    runner: arg as *const Runner,
+                });
+                Ok(())
+            }
             _ => {
                 // SAFETY: the AP did not start, so nothing else holds this reference.
                 drop(unsafe { Arc::from_raw(arg as *const Runner) });

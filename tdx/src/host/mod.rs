@@ -101,6 +101,9 @@ pub enum PlatformError {
     /// The platform could not start a runner loop.
     #[error("cannot start a runner on CPU {0}")]
     RunnerStart(u32),
+    /// The previous runner loop on this CPU has not finished yet; try again later.
+    #[error("the previous runner loop on CPU {0} has not finished")]
+    RunnerBusy(u32),
 }
 
 /// What a runner loop should do after one [`Runner::poll`].
@@ -110,6 +113,9 @@ pub enum RunnerPoll {
     Busy,
     /// Nothing to do right now; the platform may pause briefly (≤ 1 ms) or until kicked.
     Idle,
+    /// No vCPU is bound: leave the loop (the CPU goes idle); the host starts it again
+    /// through [`Platform::start_runner`] when it binds a vCPU.
+    Parked,
     /// The host is gone; leave the loop.
     Exit,
 }
@@ -128,7 +134,12 @@ pub trait Platform: Send + Sync {
     /// CPUs that run vCPU runner loops (application processors; never CPU 0).
     fn runner_cpus(&self) -> Vec<u32>;
     /// Starts the runner loop on `runner.cpu()`: call [`Runner::poll`] until it returns
-    /// [`RunnerPoll::Exit`], pausing briefly on [`RunnerPoll::Idle`].
+    /// [`RunnerPoll::Parked`] or [`RunnerPoll::Exit`], pausing briefly on
+    /// [`RunnerPoll::Idle`]. Called again for the same runner after its loop parked; returns
+    /// [`PlatformError::RunnerBusy`] while the previous dispatch on that CPU has not completed
+    /// (the host retries in [`Host::step`]).
+    ///
+    /// [`Runner::poll`]: runner::Runner::poll
     fn start_runner(&self, runner: Arc<runner::Runner>) -> Result<(), PlatformError>;
     /// Interrupts CPU `cpu` (hardware: an IPI that makes a vCPU in TDX non-root mode exit;
     /// threads: unpark the runner).
@@ -297,7 +308,8 @@ pub struct Host {
     free_hkids: Vec<u16>,
     hkids_total: u32,
     runners: Vec<Arc<runner::Runner>>,
-    /// Runner loops are started with the first TD (an idle runner spins its CPU).
+    /// Runner loops are first started with the first TD; afterwards a runner parks when no
+    /// vCPU is bound to it and [`Host::ensure_runners`] starts it again.
     runners_started: bool,
     next_runner: usize,
     scratch_source: Hpa,
@@ -793,10 +805,15 @@ impl Host {
         if let HostModule::Hardware(_) = self.module
             && cpu != 0
             && let Some(r) = self.runners.iter().find(|r| r.cpu() == cpu)
+            && r.is_running()
         {
-            let out = r
-                .call_here(regs, 1_000)
-                .ok_or(CpuCallError::Platform(PlatformError::NoSuchCpu(cpu)))?;
+            let Some(out) = r.call_here(regs, 1_000) else {
+                if r.is_running() {
+                    return Err(CpuCallError::Platform(PlatformError::NoSuchCpu(cpu)));
+                }
+                // The loop parked meanwhile: its CPU is free for a direct call.
+                return self.cpus.call_on(cpu, regs);
+            };
             let status = crate::abi::TdxStatus(out.rax);
             if status.is_error() {
                 return Err(CpuCallError::Seam(SeamError {
@@ -819,9 +836,16 @@ impl Host {
         self.runners_started = true;
         let mut started = Vec::new();
         for r in core::mem::take(&mut self.runners) {
+            if !r.claim_start() {
+                started.push(r);
+                continue;
+            }
             match self.platform.start_runner(r.clone()) {
                 Ok(()) => started.push(r),
-                Err(e) => log::warn!("host: {e}; runner skipped"),
+                Err(e) => {
+                    r.start_failed();
+                    log::warn!("host: {e}; runner skipped");
+                }
             }
         }
         // Keep indices dense: vCPUs refer to runners by index.
@@ -833,6 +857,26 @@ impl Host {
                 r
             })
             .collect();
+    }
+
+    /// Starts the loop of every runner that has vCPUs bound but parked. A start the platform
+    /// refuses (the previous loop is still finishing) is retried on the next call; this runs
+    /// after binding and on every [`Host::step`].
+    fn ensure_runners(&self) {
+        for r in &self.runners {
+            if r.bound_vcpus() == 0 || r.is_running() || !r.claim_start() {
+                continue;
+            }
+            match self.platform.start_runner(r.clone()) {
+                Ok(()) => {}
+                Err(e) => {
+                    r.start_failed();
+                    if !matches!(e, PlatformError::RunnerBusy(_)) && !r.take_start_error_logged() {
+                        log::warn!("host: restarting runner: {e}");
+                    }
+                }
+            }
+        }
     }
 
     /// Creates a TD and starts its build. On any error nothing is left allocated.
@@ -1147,6 +1191,7 @@ impl Host {
                 });
             }
         }
+        self.ensure_runners();
         td.build = Some(build::BuildJob::new(plan));
         self.tds.insert(id, td);
         Ok(())
@@ -1367,6 +1412,7 @@ impl Host {
     /// Advances long jobs (TD builds, stops, teardowns) by a bounded slice and applies what
     /// the runners reported; returns true if work remains.
     pub fn step(&mut self, now_ms: u64) -> bool {
+        self.ensure_runners();
         let ids: Vec<TdId> = self.tds.keys().copied().collect();
         let mut work = false;
         for id in ids {

@@ -1,5 +1,12 @@
 //! vCPU runner loops: the code a runner CPU (an application processor on the appliance, a
-//! thread in host tests) runs forever through [`Runner::poll`].
+//! thread in host tests) runs through [`Runner::poll`] while it has vCPUs bound.
+//!
+//! A runner with no vCPU bound (and no cross-CPU request pending) parks: [`Runner::poll`]
+//! returns [`RunnerPoll::Parked`] and clears the runner's `running` flag under the slot
+//! lock, so its CPU goes back to the platform's idle state instead of spinning (under QEMU
+//! TCG a spinning AP costs a whole host core; uefi-platform-notes, "Other CPUs"). The host
+//! binds vCPUs under the same lock and then starts every bound runner that is not running
+//! (`Host::ensure_runners`), so a bind either keeps the loop alive or sees it parked.
 //!
 //! Each vCPU is bound to one runner; a runner serves its vCPUs round-robin, one TDH.VP.ENTER
 //! per turn, and handles every exit (tdx-reference §1.3, `abi::exit`):
@@ -70,6 +77,11 @@ pub struct Runner {
     slots: spin::Mutex<Vec<Slot>>,
     cursor: AtomicUsize,
     exit: AtomicBool,
+    /// A loop is dispatched (set by the host before starting it, cleared by the loop when it
+    /// parks).
+    running: AtomicBool,
+    /// A failed restart was logged (once per runner).
+    start_error_logged: AtomicBool,
     mail_state: AtomicU8,
     mail: spin::Mutex<Regs>,
 }
@@ -89,6 +101,8 @@ impl Runner {
             slots: spin::Mutex::new(Vec::new()),
             cursor: AtomicUsize::new(0),
             exit: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            start_error_logged: AtomicBool::new(false),
             mail_state: AtomicU8::new(MAIL_EMPTY),
             mail: spin::Mutex::new(Regs::default()),
         }
@@ -106,6 +120,30 @@ impl Runner {
     /// Asks the loop to return [`RunnerPoll::Exit`] at its next turn.
     pub fn request_exit(&self) {
         self.exit.store(true, Ordering::Release);
+    }
+
+    /// Whether a loop is dispatched for this runner (false once it returned
+    /// [`RunnerPoll::Parked`]).
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Claims the right to dispatch a loop: true if the runner was parked (the caller must
+    /// then start it, or call [`Runner::start_failed`]).
+    pub(crate) fn claim_start(&self) -> bool {
+        self.running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Undoes [`Runner::claim_start`] after the platform could not start the loop.
+    pub(crate) fn start_failed(&self) {
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a failed restart was already logged; marks it logged (logged once per runner).
+    pub(crate) fn take_start_error_logged(&self) -> bool {
+        self.start_error_logged.swap(true, Ordering::Relaxed)
     }
 
     /// vCPUs bound to this runner.
@@ -137,8 +175,17 @@ impl Runner {
         self.clock.kick_cpu(self.cpu);
         let deadline = self.clock.now_ms().saturating_add(timeout_ms);
         while self.mail_state.load(Ordering::Acquire) != MAIL_DONE {
-            if self.clock.now_ms() > deadline {
-                return None;
+            let parked = !self.running.load(Ordering::SeqCst);
+            if parked || self.clock.now_ms() > deadline {
+                // Withdraw the request unless the loop served it meanwhile.
+                if self
+                    .mail_state
+                    .compare_exchange(MAIL_POSTED, MAIL_EMPTY, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return None;
+                }
+                continue;
             }
             core::hint::spin_loop();
         }
@@ -165,13 +212,24 @@ impl Runner {
         }
     }
 
-    /// One turn of the loop: serve a cross-CPU request, then run one vCPU entry.
+    /// One turn of the loop: serve a cross-CPU request, then run one vCPU entry. Returns
+    /// [`RunnerPoll::Parked`] (and the loop must return) when no vCPU is bound.
     pub fn poll(&self) -> RunnerPoll {
         if self.exit.load(Ordering::Acquire) {
+            self.running.store(false, Ordering::SeqCst);
             return RunnerPoll::Exit;
         }
         self.serve_mail();
-        let n = self.slots.lock().len();
+        let n = {
+            let slots = self.slots.lock();
+            if slots.is_empty() && self.mail_state.load(Ordering::Acquire) == MAIL_EMPTY {
+                // Under the slot lock: a concurrent bind either lands before this check (and
+                // the loop keeps running) or sees `running` false afterwards (and restarts it).
+                self.running.store(false, Ordering::SeqCst);
+                return RunnerPoll::Parked;
+            }
+            slots.len()
+        };
         let start = self.cursor.load(Ordering::Relaxed);
         for k in 0..n {
             let i = (start + k) % n;

@@ -73,6 +73,13 @@ impl ThreadPlatform {
         }
     }
 
+    /// Runner loop threads that have not returned yet.
+    pub fn live_runner_threads(&self) -> usize {
+        self.threads
+            .lock()
+            .map_or(0, |t| t.iter().filter(|(_, h)| !h.is_finished()).count())
+    }
+
     fn unpark_all(&self) {
         if let Ok(p) = self.parked.lock() {
             for (_, t) in p.iter() {
@@ -108,9 +115,31 @@ impl Platform for ThreadPlatform {
     fn runner_cpus(&self) -> Vec<u32> {
         (1..self.topology.cpus).collect()
     }
+    /// Spawns a thread for the loop. Like a busy application processor, a CPU whose previous
+    /// loop thread has not finished yet refuses with [`PlatformError::RunnerBusy`].
     fn start_runner(&self, runner: Arc<Runner>) -> Result<(), PlatformError> {
         let cpu = runner.cpu();
-        if let Ok(mut r) = self.runners.lock() {
+        let mut threads = self
+            .threads
+            .lock()
+            .map_err(|_| PlatformError::RunnerStart(cpu))?;
+        if threads.iter().any(|(c, t)| *c == cpu && !t.is_finished()) {
+            return Err(PlatformError::RunnerBusy(cpu));
+        }
+        // Reap the finished loops of this CPU.
+        let (done, keep): (Vec<_>, Vec<_>) = core::mem::take(&mut *threads)
+            .into_iter()
+            .partition(|(c, _)| *c == cpu);
+        *threads = keep;
+        for (_, t) in done {
+            let _ = t.join();
+        }
+        if let Ok(mut p) = self.parked.lock() {
+            p.retain(|(c, _)| *c != cpu);
+        }
+        if let Ok(mut r) = self.runners.lock()
+            && !r.iter().any(|known| Arc::ptr_eq(known, &runner))
+        {
             r.push(runner.clone());
         }
         let handle = thread::Builder::new()
@@ -120,7 +149,7 @@ impl Platform for ThreadPlatform {
                     match runner.poll() {
                         RunnerPoll::Busy => {}
                         RunnerPoll::Idle => thread::park_timeout(Duration::from_millis(1)),
-                        RunnerPoll::Exit => break,
+                        RunnerPoll::Parked | RunnerPoll::Exit => break,
                     }
                 }
             })
@@ -129,9 +158,7 @@ impl Platform for ThreadPlatform {
         if let Ok(mut p) = self.parked.lock() {
             p.push((cpu, t));
         }
-        if let Ok(mut th) = self.threads.lock() {
-            th.push((cpu, handle));
-        }
+        threads.push((cpu, handle));
         Ok(())
     }
     fn kick_cpu(&self, cpu: u32) {

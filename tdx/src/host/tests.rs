@@ -861,3 +861,61 @@ fn upload_validation_reads_the_stored_pages_not_a_copy() {
     let info = h.finish_image_upload(id).unwrap();
     assert_eq!(info.expected_mrtd, parts.expected_mrtd);
 }
+
+fn runners_running(h: &Host) -> usize {
+    h.runners().iter().filter(|r| r.is_running()).count()
+}
+
+#[test]
+fn runners_park_without_tds_and_restart_for_the_next_one() {
+    let mut e = host();
+    upload_image(&mut e.host, "fw", &synthetic_tdvf_image()).unwrap();
+    let before = e.host.pool().stats();
+    let runners = e.host.runners().len();
+    assert!(runners >= 2, "the default topology has several runner CPUs");
+    assert_eq!(
+        runners_running(&e.host),
+        0,
+        "no loop runs before the first TD"
+    );
+    assert_eq!(e.platform.live_runner_threads(), 0);
+
+    for round in 0..2 {
+        let h = &mut e.host;
+        let id = h
+            .create_td(spec("td", "fw", Some(workload(round))), h.now_ms())
+            .unwrap()
+            .id;
+        // Both vCPUs are bound (round-robin over the runners): their loops run.
+        let bound = h.runners().iter().filter(|r| r.bound_vcpus() > 0).count();
+        assert_eq!(bound, 2);
+        assert!(
+            step_until(h, 20_000, |h| runners_running(h) >= bound),
+            "round {round}: bound runners were (re)started"
+        );
+        wait_state(h, id, TdState::Runnable);
+        h.start_td(id, h.now_ms()).unwrap();
+        let want = alloc::format!("hello from td {round}\n");
+        assert!(
+            step_until(h, 20_000, |h| console_text(h, id) == want),
+            "round {round}: the workload ran: {:?} / {:?}",
+            console_text(h, id),
+            h.td(id)
+        );
+        assert!(runners_running(h) >= bound);
+
+        destroy_all(h);
+        assert!(h.runners().iter().all(|r| r.bound_vcpus() == 0));
+        // Every loop parks and its thread returns (the CPU is idle, not spinning).
+        let parked = step_until(h, 5_000, |h| {
+            runners_running(h) == 0 && e.platform.live_runner_threads() == 0
+        });
+        assert!(
+            parked,
+            "round {round}: runners still running: {} (threads {})",
+            runners_running(h),
+            e.platform.live_runner_threads()
+        );
+    }
+    assert_pool_whole(&e.host, &before, &e);
+}
