@@ -33,7 +33,7 @@ use tdx::host::{Host, TdId, TdSpec, UploadId};
 use crate::auth::{self, BearerToken};
 use crate::error::{ApiError, ErrorCode};
 use crate::handlers;
-use crate::metrics::{HttpCounters, UNMATCHED_ROUTE};
+use crate::metrics::{HttpCounters, NO_METHOD, PROTOCOL_ROUTE, UNMATCHED_ROUTE};
 use crate::request::{Method, Request, RequestId};
 use crate::response::{Response, StatusCode};
 use crate::router::{PathParams, Router};
@@ -408,7 +408,7 @@ impl Api {
 
     /// HTTP responses counted for a method, route pattern and status (as in `/v1/metrics`).
     pub fn http_count(&self, method: Method, route: &'static str, status: u16) -> u64 {
-        self.http.get(method.as_str(), route, status)
+        self.http.get(method_label(method), route, status)
     }
 
     /// Requests whose answer is still in progress (uploads, long polls).
@@ -428,12 +428,8 @@ impl Api {
     }
 
     fn count(&mut self, method: Method, route: &'static str, status: StatusCode) {
-        let method = if method == Method::Other {
-            "OTHER"
-        } else {
-            method.as_str()
-        };
-        self.http.count(method, route, status.as_u16());
+        self.http
+            .count(method_label(method), route, status.as_u16());
     }
 
     /// Counts and returns `resp` for `route`.
@@ -469,6 +465,16 @@ impl Api {
         Ok(Admission::Stream {
             max_body_bytes: max,
         })
+    }
+}
+
+/// The `method` label of `tdx_http_requests_total`: the method, `OTHER` for extension
+/// methods (so a client cannot create series at will).
+fn method_label(method: Method) -> &'static str {
+    if method == Method::Other {
+        "OTHER"
+    } else {
+        method.as_str()
     }
 }
 
@@ -648,6 +654,11 @@ impl Handler for Api {
         {
             host.abort_image_upload(id);
         }
+    }
+
+    fn on_protocol_error(&mut self, req: Option<&Request<'_>>, status: StatusCode, _now_ms: u64) {
+        let method = req.map_or(NO_METHOD, |req| method_label(req.method()));
+        self.http.count(method, PROTOCOL_ROUTE, status.as_u16());
     }
 }
 

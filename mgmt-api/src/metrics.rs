@@ -113,10 +113,19 @@ fn push_label_value(out: &mut String, value: &str) {
 /// Route label of requests that matched no route (404, 405, undecodable path).
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
+/// Route label of responses the connection layer wrote on its own, without a handler
+/// answering: unparsable requests and unsupported framing (400, 411, 501, 505), heads too
+/// large (431), bodies over the limit (413), timeouts (408), too many pipelined responses
+/// (503). Their method label is the request's when its head was parsed, else
+/// [`NO_METHOD`].
+pub const PROTOCOL_ROUTE: &str = "(protocol)";
+
+/// Method label of a protocol-level response to a request whose head never parsed.
+pub const NO_METHOD: &str = "(none)";
+
 /// HTTP requests answered by the API, by method, route pattern (never the raw path, so the
 /// number of series is bounded by the route table) and status. Responses the connection
-/// layer writes without consulting the handler (unparsable requests, 408, 431, 413 on a
-/// buffered body) are not counted.
+/// layer writes without consulting the handler are counted under [`PROTOCOL_ROUTE`].
 #[derive(Debug, Default, Clone)]
 pub struct HttpCounters {
     by_route: BTreeMap<(&'static str, &'static str, u16), u64>,
@@ -141,7 +150,11 @@ impl HttpCounters {
         doc.family(
             "tdx_http_requests_total",
             MetricType::Counter,
-            "HTTP requests answered by the management API, by method, route pattern and status.",
+            "HTTP requests answered by the management API, by method, route pattern and status; \
+             route=\"(protocol)\" counts responses the HTTP layer sent on its own, without a \
+             route answering (malformed request 400, 408 timeout, 411, 413 body too large, \
+             431 head too large, 503 pipeline full), with method=\"(none)\" when the request \
+             line never parsed.",
         );
         let mut status_text = String::new();
         for (&(method, route, status), &count) in &self.by_route {

@@ -17,7 +17,7 @@ use core::cell::Cell;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::request::{HeadParse, Method, Request, RequestHead, RequestId, parse_head};
-use crate::response::{Framing, Response, write_response};
+use crate::response::{Framing, Response, StatusCode, write_response};
 
 /// Per-connection limits. Every violation is answered with a JSON [`ApiError`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +138,16 @@ pub trait Handler {
     /// state. Default: nothing.
     fn abandon(&mut self, req: &Request<'_>, now_ms: u64) {
         let _ = (req, now_ms);
+    }
+
+    /// The connection layer answered on its own, without the handler producing the
+    /// response: an unparsable request or unsupported framing (400, 411, 501, 505...), a
+    /// head too large (431), a body over the admitted limit (413), a request or body that
+    /// timed out (408), or too many responses waiting (503). Called once per such response,
+    /// after it was written; the connection then closes. `req` is the request whose head
+    /// had been parsed, `None` when there was none. For metrics; default: nothing.
+    fn on_protocol_error(&mut self, req: Option<&Request<'_>>, status: StatusCode, now_ms: u64) {
+        let _ = (req, status, now_ms);
     }
 }
 
@@ -472,17 +482,17 @@ impl<H: Handler> Server<H> {
         match parse_head(avail, &conn.limits, id) {
             HeadParse::Partial => {
                 if avail.len() >= max_head {
-                    conn.fail(&head_too_large(max_head), None, now_ms);
+                    self.protocol_error(conn, &head_too_large(max_head), None, now_ms);
                 }
                 false
             }
             HeadParse::Invalid(err) => {
-                conn.fail(&err, None, now_ms);
+                self.protocol_error(conn, &err, None, now_ms);
                 false
             }
             HeadParse::Complete(head, len) => {
                 if len > max_head {
-                    conn.fail(&head_too_large(max_head), Some(&head), now_ms);
+                    self.protocol_error(conn, &head_too_large(max_head), Some(&head), now_ms);
                     return false;
                 }
                 conn.in_pos += len;
@@ -493,13 +503,27 @@ impl<H: Handler> Server<H> {
                         "more than {} responses waiting to be sent on this connection",
                         conn.limits.max_pipelined
                     ));
-                    conn.fail(&err, Some(&head), now_ms);
+                    self.protocol_error(conn, &err, Some(&head), now_ms);
                     return false;
                 }
                 self.start_request(conn, head, now_ms);
                 true
             }
         }
+    }
+
+    /// Answers `err` on behalf of the connection layer, closes, and tells the handler.
+    fn protocol_error(
+        &mut self,
+        conn: &mut Connection,
+        err: &ApiError,
+        head: Option<&RequestHead>,
+        now_ms: u64,
+    ) {
+        conn.fail(err, head, now_ms);
+        let req = head.map(Request::new);
+        self.handler
+            .on_protocol_error(req.as_ref(), err.status, now_ms);
     }
 
     fn start_request(&mut self, conn: &mut Connection, head: RequestHead, now_ms: u64) {
@@ -529,7 +553,7 @@ impl<H: Handler> Server<H> {
                 ErrorCode::PayloadTooLarge,
                 format!("request body of {len} bytes exceeds the limit of {max} bytes"),
             );
-            conn.fail(&err, Some(&head), now_ms);
+            self.protocol_error(conn, &err, Some(&head), now_ms);
             return;
         }
         if head.expect_continue && len > 0 {
@@ -674,7 +698,7 @@ impl<H: Handler> Server<H> {
                         ErrorCode::RequestTimeout,
                         "request head not received in time",
                     );
-                    conn.fail(&err, None, now_ms);
+                    self.protocol_error(conn, &err, None, now_ms);
                     conn.input.clear();
                     conn.in_pos = 0;
                 }
@@ -691,7 +715,7 @@ impl<H: Handler> Server<H> {
                     "request body not received in time",
                 );
                 if let Phase::Body { head, .. } = &phase {
-                    conn.fail(&err, Some(head), now_ms);
+                    self.protocol_error(conn, &err, Some(head), now_ms);
                 }
                 self.abandon(phase, now_ms);
                 conn.input.clear();

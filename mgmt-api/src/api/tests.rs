@@ -285,6 +285,64 @@ fn host_reports_the_setup_and_the_tdx_host() {
 }
 
 #[test]
+fn protocol_errors_are_counted_in_metrics() {
+    let mut client = Client::new(authed_api());
+    // Each of these closes its connection; `raw` then opens a fresh one.
+    let r = client.raw(b"G@T /v1/health HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(r[0].status, 400);
+    let big = format!(
+        "GET /v1/health HTTP/1.1\r\nHost: h\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(9000)
+    );
+    let r = client.raw(big.as_bytes());
+    assert_eq!(r[0].status, 431);
+    let r = client.raw(big.trim_end().as_bytes());
+    assert_eq!(r[0].status, 431);
+    let r = client.raw(
+        format!(
+            "POST /v1/tds HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r[0].status, 413);
+    // A head that stops arriving: 408 once the head timeout passes.
+    assert!(client.raw(b"GET /v1/health HTTP/1.1\r\nHo").is_empty());
+    client.now += Limits::default().head_timeout_ms;
+    let r = client.drain();
+    assert_eq!(r[0].status, 408);
+
+    let api = client.api();
+    assert_eq!(api.http_count(Method::Get, PROTOCOL_ROUTE, 431), 1);
+    assert_eq!(api.http_count(Method::Post, PROTOCOL_ROUTE, 413), 1);
+    assert_eq!(
+        api.http_count(Method::Post, "/v1/tds", 413),
+        0,
+        "the handler never answered it"
+    );
+
+    let r = client.get("/v1/metrics");
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.body.clone()).unwrap();
+    check_exposition(&text);
+    for series in [
+        "tdx_http_requests_total{method=\"(none)\",route=\"(protocol)\",status=\"400\"} 1\n",
+        "tdx_http_requests_total{method=\"(none)\",route=\"(protocol)\",status=\"408\"} 1\n",
+        "tdx_http_requests_total{method=\"(none)\",route=\"(protocol)\",status=\"431\"} 1\n",
+        "tdx_http_requests_total{method=\"GET\",route=\"(protocol)\",status=\"431\"} 1\n",
+        "tdx_http_requests_total{method=\"POST\",route=\"(protocol)\",status=\"413\"} 1\n",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+    assert!(text.contains("# HELP tdx_http_requests_total HTTP requests answered by the management API, by method, route pattern and status; route=\"(protocol)\""));
+    let protocol_series = text
+        .lines()
+        .filter(|line| line.starts_with("tdx_http_requests_total{") && line.contains("(protocol)"))
+        .count();
+    assert_eq!(protocol_series, 5, "{text}");
+}
+
+#[test]
 fn routing_errors_come_before_authentication() {
     let mut client = Client::new(authed_api());
     let r = client.raw(b"GET /v1/nope HTTP/1.1\r\nHost: h\r\n\r\n");

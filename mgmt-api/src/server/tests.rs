@@ -610,6 +610,8 @@ struct Echo {
     released: bool,
     abandoned: Vec<RequestId>,
     unavailable: bool,
+    /// `on_protocol_error` calls.
+    protocol_errors: Vec<ProtocolReport>,
 }
 
 impl Handler for Echo {
@@ -668,6 +670,150 @@ impl Handler for Echo {
     fn abandon(&mut self, req: &Request<'_>, _now_ms: u64) {
         self.abandoned.push(req.id());
     }
+
+    fn on_protocol_error(&mut self, req: Option<&Request<'_>>, status: StatusCode, _now_ms: u64) {
+        self.protocol_errors
+            .push((req.map(|r| r.path().to_string()), status.as_u16()));
+    }
+}
+
+/// An `on_protocol_error` report: (path of the parsed head, status).
+type ProtocolReport = (Option<String>, u16);
+
+/// (what, limits, input chunks, poll time, response statuses, expected reports).
+type ProtocolCase<'a> = (
+    &'a str,
+    Limits,
+    Vec<&'a [u8]>,
+    u64,
+    Vec<u16>,
+    Vec<ProtocolReport>,
+);
+
+/// Runs `chunks` (at 0 ms, then a poll at `poll_ms`) through a fresh `Echo` server with
+/// `limits`; returns the response statuses and the handler's protocol-error reports.
+fn protocol_run(limits: Limits, chunks: &[&[u8]], poll_ms: u64) -> (Vec<u16>, Vec<ProtocolReport>) {
+    let mut server = Server::new(Echo::default(), limits);
+    let mut conn = server.open(0);
+    for chunk in chunks {
+        server.on_receive(&mut conn, chunk, 0);
+    }
+    server.poll(&mut conn, poll_ms);
+    let statuses = parse_responses(conn.output())
+        .unwrap()
+        .iter()
+        .map(|p| p.status)
+        .collect();
+    (statuses, server.handler().protocol_errors.clone())
+}
+
+#[test]
+fn every_response_the_connection_writes_itself_is_reported_to_the_handler() {
+    let path = |p: &str| Some(p.to_string());
+    let big_head = alloc::format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(9000)
+    );
+    let cases: [ProtocolCase<'_>; 9] = [
+        (
+            "malformed request line",
+            Limits::default(),
+            vec![b"G@T / HTTP/1.1\r\n\r\n"],
+            0,
+            vec![400],
+            vec![(None, 400)],
+        ),
+        (
+            "chunked body",
+            Limits::default(),
+            vec![b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"],
+            0,
+            vec![411],
+            vec![(None, 411)],
+        ),
+        (
+            "complete head too large",
+            Limits::default(),
+            vec![big_head.as_bytes()],
+            0,
+            vec![431],
+            vec![(path("/"), 431)],
+        ),
+        (
+            "unfinished head too large",
+            Limits::default(),
+            vec![big_head.trim_end().as_bytes()],
+            0,
+            vec![431],
+            vec![(None, 431)],
+        ),
+        (
+            "buffered body over the limit",
+            Limits::default(),
+            vec![b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n"],
+            0,
+            vec![413],
+            vec![(path("/x"), 413)],
+        ),
+        (
+            "streamed body over the route limit",
+            Limits::default(),
+            vec![b"PUT /stream HTTP/1.1\r\nHost: a\r\nContent-Length: 67108865\r\n\r\n"],
+            0,
+            vec![413],
+            vec![(path("/stream"), 413)],
+        ),
+        (
+            "head timeout",
+            Limits::default(),
+            vec![b"GET / HTTP/1.1\r\nHo"],
+            30_000,
+            vec![408],
+            vec![(None, 408)],
+        ),
+        (
+            "body timeout",
+            Limits::default(),
+            vec![b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab"],
+            30_000,
+            vec![408],
+            vec![(path("/x"), 408)],
+        ),
+        (
+            "pipeline full",
+            Limits {
+                max_pipelined: 1,
+                ..Limits::default()
+            },
+            vec![
+                HEALTH.as_bytes(),
+                b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n",
+            ],
+            0,
+            vec![200, 503],
+            vec![(path("/second"), 503)],
+        ),
+    ];
+    for (what, limits, chunks, poll_ms, statuses, reports) in cases {
+        let (got_statuses, got_reports) = protocol_run(limits, &chunks, poll_ms);
+        assert_eq!(got_statuses, statuses, "{what}");
+        assert_eq!(got_reports, reports, "{what}");
+    }
+}
+
+#[test]
+fn handler_answers_are_not_reported_as_protocol_errors() {
+    let (statuses, reports) = protocol_run(
+        Limits::default(),
+        &[
+            b"POST /secret HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nz",
+            HEALTH.as_bytes(),
+            b"PUT /stream HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nab!",
+        ],
+        1,
+    );
+    assert_eq!(statuses, [401, 200, 400]);
+    assert!(reports.is_empty(), "{reports:?}");
 }
 
 #[test]
