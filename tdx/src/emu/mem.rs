@@ -11,9 +11,7 @@ use super::sept::{self, SeptTable, SeptTree, WalkResult};
 use super::td::Td;
 use super::{EmulatedModule, LeafResult, LockMode};
 use crate::abi::pamt::{PageType, PamtPageSize};
-use crate::abi::{
-    Gpa, Hpa, Leaf, OperandId, PageLevel, SeptState, TdxStatus, decode_gpa_level_operand,
-};
+use crate::abi::{Gpa, Leaf, OperandId, PageLevel, SeptState, TdxStatus, decode_gpa_level_operand};
 use crate::seamcall::Regs;
 
 /// A host-held S-EPT entry lock; released on drop unless a new value was committed.
@@ -267,11 +265,7 @@ impl EmulatedModule {
         // No tree lock: the exclusive TDR lock already excludes every other S-EPT leaf.
         let loc = self.locate_entry(r, &td, gpa, level, None, |s| s == SeptState::Free)?;
         self.mem.write(page.hpa, &data);
-        page.set_all(PamtMeta {
-            page_type: PageType::Reg,
-            size: PamtPageSize::S4K,
-            owner: Hpa(td.tdr),
-        });
+        page.set_all(PamtMeta::owned(PageType::Reg, PamtPageSize::S4K, td.tdr));
         td.chldcnt.fetch_add(1, Ordering::AcqRel);
         loc.entry.commit(sept::word(SeptState::Mapped, page.hpa.0));
         if let Some(sha) = td.mr.lock().sha.as_mut() {
@@ -294,11 +288,7 @@ impl EmulatedModule {
         self.zero_phys(page.hpa.0, 4096);
         loc.tree
             .insert_table(page.hpa.0, Arc::new(SeptTable::new()));
-        page.set_all(PamtMeta {
-            page_type: PageType::Ept,
-            size: PamtPageSize::S4K,
-            owner: Hpa(td.tdr),
-        });
+        page.set_all(PamtMeta::owned(PageType::Ept, PamtPageSize::S4K, td.tdr));
         td.chldcnt.fetch_add(1, Ordering::AcqRel);
         loc.entry
             .commit(sept::word(SeptState::NlMapped, page.hpa.0));
@@ -313,11 +303,7 @@ impl EmulatedModule {
         let loc = self.locate_entry(r, &td, gpa, level, Some(LockMode::Shared), |s| {
             matches!(s, SeptState::Free | SeptState::Removed)
         })?;
-        page.set_all(PamtMeta {
-            page_type: PageType::Reg,
-            size,
-            owner: Hpa(td.tdr),
-        });
+        page.set_all(PamtMeta::owned(PageType::Reg, size, td.tdr));
         td.chldcnt.fetch_add(1, Ordering::AcqRel);
         loc.entry.commit(sept::word(SeptState::Pending, page.hpa.0));
         Ok(TdxStatus::SUCCESS)
@@ -466,16 +452,12 @@ impl EmulatedModule {
         }
         self.zero_phys(new_page.hpa.0, 4096);
         loc.tree.insert_table(new_page.hpa.0, Arc::new(table));
-        pages.set_all(PamtMeta {
-            page_type: PageType::Reg,
-            size: pamt_size(child_level),
-            owner: Hpa(td.tdr),
-        });
-        new_page.set_all(PamtMeta {
-            page_type: PageType::Ept,
-            size: PamtPageSize::S4K,
-            owner: Hpa(td.tdr),
-        });
+        pages.set_all(PamtMeta::owned(
+            PageType::Reg,
+            pamt_size(child_level),
+            td.tdr,
+        ));
+        new_page.set_all(PamtMeta::owned(PageType::Ept, PamtPageSize::S4K, td.tdr));
         // One large page becomes 512 pages, plus the new S-EPT page.
         td.chldcnt.fetch_add(512, Ordering::AcqRel);
         loc.entry
@@ -529,11 +511,7 @@ impl EmulatedModule {
             .pamt
             .lock_pages(first_hpa, level.pages_4k(), LockMode::Exclusive)
             .map_err(|s| s.with_operand(OperandId::RCX))?;
-        pages.set_all(PamtMeta {
-            page_type: PageType::Reg,
-            size: pamt_size(level),
-            owner: Hpa(td.tdr),
-        });
+        pages.set_all(PamtMeta::owned(PageType::Reg, pamt_size(level), td.tdr));
         child_page.set_all(PamtMeta::FREE);
         loc.tree.remove_table(child);
         td.chldcnt.fetch_sub(512, Ordering::AcqRel);

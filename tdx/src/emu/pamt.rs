@@ -49,6 +49,15 @@ impl PamtMeta {
         owner: Hpa(0),
     };
 
+    /// A page of type `page_type`, tracked at `size`, owned by the TD whose TDR is at `tdr`.
+    pub const fn owned(page_type: PageType, size: PamtPageSize, tdr: u64) -> PamtMeta {
+        PamtMeta {
+            page_type,
+            size,
+            owner: Hpa(tdr),
+        }
+    }
+
     fn encode(self) -> u64 {
         self.page_type.raw() | (self.size.raw() << 8) | (self.owner.0 & 0x000F_FFFF_FFFF_F000)
     }

@@ -184,11 +184,7 @@ impl EmulatedModule {
     /// `td`, counted in its child pages.
     fn adopt_child_page(&self, page: &PageLock<'_>, td: &Td, page_type: PageType) {
         self.zero_phys(page.hpa.0, 4096);
-        page.set_all(PamtMeta {
-            page_type,
-            size: PamtPageSize::S4K,
-            owner: Hpa(td.tdr),
-        });
+        page.set_all(PamtMeta::owned(page_type, PamtPageSize::S4K, td.tdr));
         td.chldcnt.fetch_add(1, Ordering::AcqRel);
     }
 

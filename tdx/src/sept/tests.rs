@@ -60,6 +60,17 @@ fn harness(huge: bool) -> Harness {
     harness_with(huge, true, Gpaw::Bits48, SeptConfig::default())
 }
 
+/// Number of S-EPT pages the mirror holds.
+fn sept_pages(h: &Harness) -> usize {
+    let mut tables = 0;
+    h.mgr.for_each_mapping(&mut |m| {
+        if let MappingKind::SeptPage { .. } = m.kind {
+            tables += 1;
+        }
+    });
+    tables
+}
+
 fn map4k(h: &Harness, gfn: u64) -> Result<MapOutcome, SeptError> {
     h.mgr.map_private(FaultRequest::new(Gfn(gfn)))
 }
@@ -487,12 +498,7 @@ fn reclaim_all_returns_every_page_after_freeid() {
     h.mgr
         .unmap_private(Gfn(0x2000)..Gfn(0x2001))
         .expect("demote");
-    let mut tables = 0;
-    h.mgr.for_each_mapping(&mut |m| {
-        if let MappingKind::SeptPage { .. } = m.kind {
-            tables += 1;
-        }
-    });
+    let tables = sept_pages(&h);
     assert_eq!(tables, h.pool.total - h.pool.free());
     h.module.set_teardown();
     let report = h.mgr.reclaim_all().expect("reclaim");
@@ -517,12 +523,7 @@ fn reclaim_some_takes_bounded_slices_and_ends_like_reclaim_all() {
     h.mgr
         .unmap_private(Gfn(0x2000)..Gfn(0x2001))
         .expect("demote");
-    let mut tables = 0;
-    h.mgr.for_each_mapping(&mut |m| {
-        if let MappingKind::SeptPage { .. } = m.kind {
-            tables += 1;
-        }
-    });
+    let tables = sept_pages(&h);
     h.module.set_teardown();
     let budget = 100;
     let mut total = ReclaimReport::default();
