@@ -90,8 +90,9 @@ pub fn describe(command: &Command) -> String {
 
 /// Makes sure rustup has the UEFI target installed for the workspace's toolchain.
 ///
-/// `rust-toolchain.toml` lists the target, so rustup normally installs it with the toolchain;
-/// this covers toolchains installed before that line existed. Without rustup (a distribution
+/// `rust-toolchain.toml` lists the target, but rustup installs it only when automatic installs
+/// are on (`RUSTUP_AUTO_INSTALL=0` turns them off, as on a fresh CI machine), so every command
+/// that builds or lints for the target calls this first. Without rustup (a distribution
 /// toolchain) nothing is done and cargo reports a missing target itself.
 pub fn ensure_uefi_target(ws: &Workspace) -> Result<()> {
     let output = Command::new("rustup")

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::appconfig::{ComposedConfig, ConfigArgs, compose};
-use crate::build::{BuiltImage, build_appliance, describe, run_command, write_deploy_images};
+use crate::build::{
+    BuiltImage, build_appliance, describe, ensure_uefi_target, run_command, write_deploy_images,
+};
 use crate::deps;
 use crate::error::{ImageError, Result};
 use crate::qemu::{BootMedium, GUEST_API_PORT, Qemu, QemuConfig};
@@ -397,6 +399,9 @@ fn cargo(ws: &Workspace, args: &[&str]) -> Command {
 
 /// `cargo xtask test`: every check CI enforces, failing fast.
 fn test(ws: &Workspace) -> Result<()> {
+    // The UEFI clippy step below needs the target before the build step would add it: rustup
+    // does not install `rust-toolchain.toml`'s targets by itself when automatic installs are off.
+    ensure_uefi_target(ws)?;
     let host_steps = [
         Step {
             name: "format (cargo fmt --check)",
