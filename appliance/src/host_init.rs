@@ -14,10 +14,10 @@ use alloc::sync::Arc;
 
 use appliance::config::{ApplianceConfig, TdMemory};
 use log::{info, warn};
-use tdx::abi::Hpa;
-use tdx::emu::{EmuConfig, EmuLimits, EmulatedModule};
-use tdx::host::{Host, HostConfig, HostModule, Platform, PlatformMemory};
-use tdx::phys::PhysMemory;
+use tdx_abi::Hpa;
+use tdx_abi::phys::PhysMemory;
+use tdx_emu::{EmuConfig, EmuLimits, EmulatedModule};
+use tdx_runtime::host::{Host, HostConfig, HostModule, Platform, PlatformMemory};
 use uefi::boot::{self, AllocateType, MemoryType};
 use uefi::mem::memory_map::MemoryMap;
 
@@ -164,5 +164,5 @@ fn emulated(
         phys.clone(),
     )
     .map_err(|e| format!("software TDX module: {e}"))?;
-    Ok(HostModule::Emulated(module))
+    Ok(HostModule::Software(module.hooks()))
 }

@@ -1,5 +1,5 @@
 //! The management API's [`Handler`]: the route table, per-request state and the glue to
-//! the TDX runtime façade ([`tdx::host::Host`]).
+//! the TDX runtime façade ([`tdx_runtime::host::Host`]).
 //!
 //! Routes are data ([`ROUTES`]): method, pattern, [`Access`], the body the route takes
 //! ([`BodyKind`]) and its [`Endpoint`]. Everything that can be decided from the request head
@@ -10,7 +10,7 @@
 //!
 //! # Long work never blocks the poll loop
 //! Every handler returns at once. Building a TD, a graceful stop and a teardown are jobs the
-//! runtime advances in bounded slices in [`tdx::host::Host::step`]: the appliance main loop
+//! runtime advances in bounded slices in [`tdx_runtime::host::Host::step`]: the appliance main loop
 //! calls [`Api::step`] between network polls, so health and every other request keep
 //! answering while a large image is being added and measured. Image uploads are streamed
 //! into pool memory chunk by chunk ([`Handler::body_chunk`]), never buffered whole, and the
@@ -28,7 +28,7 @@ use alloc::format;
 use alloc::string::String;
 
 use serde::Serialize;
-use tdx::host::{Host, TdId, TdSpec, UploadId};
+use tdx_runtime::host::{Host, TdId, TdSpec, UploadId};
 
 use crate::auth::{self, BearerToken};
 use crate::error::{ApiError, ErrorCode};
@@ -457,7 +457,9 @@ impl Api {
             .require_host()?
             .begin_image_upload(name, size)
             .map_err(|err| match err {
-                tdx::host::HostError::NameTaken => handlers::host_error(err).with_field("name"),
+                tdx_runtime::host::HostError::NameTaken => {
+                    handlers::host_error(err).with_field("name")
+                }
                 other => handlers::host_error(other),
             })?;
         self.in_flight
@@ -588,7 +590,7 @@ impl Handler for Api {
         let (route, id) = (*route, *id);
         let result = match self.host.as_mut() {
             Some(host) => host.write_image_chunk(id, chunk),
-            None => Err(tdx::host::HostError::UploadNotFound),
+            None => Err(tdx_runtime::host::HostError::UploadNotFound),
         };
         if let Err(err) = result {
             self.in_flight.remove(&req.id());

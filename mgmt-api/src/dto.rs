@@ -1,5 +1,5 @@
 //! JSON shapes of the management API: request bodies (strict: unknown fields are refused)
-//! and response bodies, with their translation to and from the runtime's `tdx::host` types.
+//! and response bodies, with their translation to and from the runtime's `tdx_runtime::host` types.
 //!
 //! Request bodies are read with [`parse_json`], which reports the JSON path of the first
 //! offending element (`workload.steps[2].touch.gpa`) as the error's `field`, using
@@ -16,9 +16,12 @@ use core::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
-use tdx::abi::{Gpa, PageLevel};
-use tdx::emu::workload as wl;
-use tdx::host::{ConsoleChunk, Event, EventKind, ImageInfo, Measurement, StopMode, TdInfo, TdSpec};
+use tdx_abi::software::GuestProgram;
+use tdx_abi::{Gpa, PageLevel};
+use tdx_emu::workload as wl;
+use tdx_runtime::host::{
+    ConsoleChunk, Event, EventKind, ImageInfo, Measurement, StopMode, TdInfo, TdSpec,
+};
 
 use crate::error::ApiError;
 
@@ -220,7 +223,7 @@ impl CreateTdRequest {
     /// The runtime's spec, after the checks that are the API's (workload size).
     pub fn into_spec(self) -> Result<TdSpec, ApiError> {
         let workload = match self.workload {
-            Some(dto) => Some(dto.into_workload()?),
+            Some(dto) => Some(GuestProgram::new(dto.into_workload()?)),
             None => None,
         };
         Ok(TdSpec {
@@ -270,7 +273,7 @@ impl StopRequest {
 pub struct StartRequest {}
 
 /// Emulated module only: a declared guest workload, not guest code (see
-/// `tdx::emu::workload`). vCPU 0 runs the steps in order, then halts.
+/// `tdx_emu::workload`). vCPU 0 runs the steps in order, then halts.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadDto {
@@ -789,8 +792,8 @@ pub struct TdxHostDto {
     pub tds_by_state: BTreeMap<&'static str, u32>,
 }
 
-impl From<&tdx::host::HostInfo> for TdxHostDto {
-    fn from(info: &tdx::host::HostInfo) -> Self {
+impl From<&tdx_runtime::host::HostInfo> for TdxHostDto {
+    fn from(info: &tdx_runtime::host::HostInfo) -> Self {
         Self {
             module_kind: info.module_kind,
             module_version: info.module_version.to_owned(),
@@ -891,7 +894,8 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(spec.attributes, 1 << 28);
-        let steps = spec.workload.unwrap().steps;
+        let program = spec.workload.unwrap();
+        let steps = &program.downcast::<wl::Workload>().unwrap().steps;
         assert_eq!(steps.len(), 8);
         assert_eq!(
             steps[0],

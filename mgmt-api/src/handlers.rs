@@ -24,7 +24,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use serde::Serialize;
-use tdx::host::{HostError, TdId, Transition};
+use tdx_runtime::host::{HostError, TdId, Transition};
 
 use crate::api::{Api, Health, IdempotentCreate, InFlight, MAX_IDEMPOTENCY_KEY_LEN, RouteCall};
 use crate::dto::{
@@ -230,7 +230,7 @@ fn idempotency_key(call: &RouteCall<'_, '_>) -> Result<Option<String>, ApiError>
     Ok(Some(String::from_utf8_lossy(key).into_owned()))
 }
 
-fn td_created(td: &tdx::host::TdInfo, replayed: bool) -> Response {
+fn td_created(td: &tdx_runtime::host::TdInfo, replayed: bool) -> Response {
     let resp = Response::json(StatusCode::CREATED, &TdDto::from(td))
         .with_header("Location", format!("/v1/tds/{}", td.id.0));
     if replayed {
@@ -460,7 +460,7 @@ pub fn metrics(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
     )
 }
 
-fn write_host_metrics(doc: &mut Exposition, host: &tdx::host::Host) {
+fn write_host_metrics(doc: &mut Exposition, host: &tdx_runtime::host::Host) {
     let info = host.info();
     let m = host.metrics();
     let tds = host.tds();
@@ -532,7 +532,7 @@ fn write_host_metrics(doc: &mut Exposition, host: &tdx::host::Host) {
     )
     .sample("tdx_hkids_free", &[], info.hkids_free);
 
-    type Counter = fn(&tdx::host::TdInfo) -> u64;
+    type Counter = fn(&tdx_runtime::host::TdInfo) -> u64;
     let per_td: [(&str, MetricType, &str, Counter); 8] = [
         (
             "tdx_td_exits_total",

@@ -34,10 +34,10 @@
 //! # The REST API
 //! [`Api`] is the [`Handler`]: the route table [`api::ROUTES`], bearer-token auth
 //! ([`auth`]), the endpoint functions ([`handlers`], including the one mapping of
-//! `tdx::host::HostError` to statuses and codes), the JSON shapes ([`dto`], strict:
+//! `tdx_runtime::host::HostError` to statuses and codes), the JSON shapes ([`dto`], strict:
 //! unknown members are refused with the JSON path in `field`), Prometheus exposition
 //! ([`metrics`]) and the OpenAPI 3.1 document `mgmt-api/openapi.json`, served at
-//! `GET /v1/openapi.json`. It drives a `tdx::host::Host` given with [`Api::with_host`];
+//! `GET /v1/openapi.json`. It drives a `tdx_runtime::host::Host` given with [`Api::with_host`];
 //! the appliance main loop calls [`Api::step`] between network polls so long jobs (TD
 //! builds, stops, teardowns) progress without blocking requests.
 //!

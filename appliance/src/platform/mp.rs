@@ -14,8 +14,8 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ffi::c_void;
 
-use tdx::host::runner::Runner;
-use tdx::host::{Platform, PlatformError, RunnerPoll};
+use tdx_runtime::host::runner::Runner;
+use tdx_runtime::host::{Platform, PlatformError, RunnerPoll};
 use uefi::boot::{self, EventType, Tpl};
 use uefi::proto::pi::mp::MpServices;
 

@@ -2,8 +2,8 @@
 //! address. Firmware identity-maps everything AllocatePages returns (uefi-platform-notes,
 //! "Memory and privilege"), so an HPA in the range is also a valid pointer.
 
-use tdx::abi::Hpa;
-use tdx::phys::PhysMemory;
+use tdx_abi::Hpa;
+use tdx_abi::phys::PhysMemory;
 
 /// The reserved TD memory range `[base, base + size)`.
 pub struct ReservedMemory {

@@ -1,8 +1,8 @@
 //! TDX detection (tdx-reference §2; Intel TDX module spec "Platform enumeration"): the CPU
 //! vendor and MTRR support through CPUID, then IA32_MTRRCAP.SEAMRR, IA32_SEAMRR_PHYS_MASK,
-//! IA32_TME_ACTIVATE and IA32_MKTME_KEYID_PARTITIONING through `tdx::hw::detect`.
+//! IA32_TME_ACTIVATE and IA32_MKTME_KEYID_PARTITIONING through `tdx_hw::detect`.
 
-use tdx::hw::{DetectError, TdxPlatform};
+use tdx_hw::{DetectError, TdxPlatform};
 
 /// Why no TDX hardware is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,5 +33,5 @@ pub fn detect() -> Result<TdxPlatform, NoTdx> {
     // SAFETY: the appliance runs at CPL 0 (uefi-platform-notes) on an Intel CPU with MTRRs,
     // so IA32_MTRRCAP exists; `detect` reads the SEAM/TME MSRs only when MTRRCAP says SEAMRR
     // is supported.
-    unsafe { tdx::hw::detect() }.map_err(NoTdx::Msr)
+    unsafe { tdx_hw::detect() }.map_err(NoTdx::Msr)
 }

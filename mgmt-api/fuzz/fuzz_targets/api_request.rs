@@ -27,9 +27,9 @@ thread_local! {
 }
 
 fn server() -> Server<Api> {
-    let mut config = tdx::host::testing::small_config();
+    let mut config = tdx_runtime::host::testing::small_config();
     config.max_image_bytes = 4 << 20;
-    let host = tdx::host::testing::emulated_host(config);
+    let host = tdx_runtime::host::testing::emulated_host(config);
     let api = Api::new(0)
         .with_token(BearerToken::new("fuzz").expect("valid token"))
         .with_host(host);

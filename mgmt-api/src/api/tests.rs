@@ -1,5 +1,5 @@
 //! In-process API tests: raw HTTP bytes through `Server<Api>` over the software TDX module
-//! (`tdx::host::testing`), every endpoint and every error status the API documents.
+//! (`tdx_runtime::host::testing`), every endpoint and every error status the API documents.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -151,8 +151,8 @@ pub(crate) mod harness {
 
 use harness::{Client, json};
 
-fn small_host() -> tdx::host::Host {
-    tdx::host::testing::emulated_host(tdx::host::testing::small_config())
+fn small_host() -> tdx_runtime::host::Host {
+    tdx_runtime::host::testing::emulated_host(tdx_runtime::host::testing::small_config())
 }
 
 pub(crate) fn api_with_host() -> Api {
@@ -718,8 +718,8 @@ fn check_against_openapi(seen: &[(Method, &'static str, Parsed)]) {
 // Events long poll
 // ---------------------------------------------------------------------------------------
 
-fn spec(name: &str) -> tdx::host::TdSpec {
-    tdx::host::TdSpec {
+fn spec(name: &str) -> tdx_runtime::host::TdSpec {
+    tdx_runtime::host::TdSpec {
         name: name.into(),
         image: "ovmf".into(),
         vcpus: 1,

@@ -1,0 +1,64 @@
+//! TDH.VP.ENTER exit ABI: exit reasons, TDVMCALL sub-functions and statuses,
+//! exit-qualification encodings (Linux `arch/x86/kvm/vmx/tdx.c`, `tdx_arch.h`,
+//! `arch/x86/include/asm/shared/tdx.h`; Intel GHCI for TDX 1.5; the accept-level encoding is
+//! from the 2025–2026 huge-page RFCs and therefore unverified). The host runtime decodes exits
+//! into typed values; this module only names the numbers.
+
+/// Exit reason: external interrupt (kick / timer).
+pub const EXTERNAL_INTERRUPT: u64 = 1;
+/// Exit reason: triple fault (guest shutdown).
+pub const TRIPLE_FAULT: u64 = 2;
+/// Exit reason: EPT violation.
+pub const EPT_VIOLATION: u64 = 48;
+/// Exit reason: TDCALL (TDG.VP.VMCALL, i.e. a TDVMCALL).
+pub const TDCALL: u64 = 77;
+/// TDVMCALL sub-function Instruction.CPUID (the VMX exit reason).
+pub const TDVMCALL_CPUID: u64 = 10;
+/// TDVMCALL sub-function Instruction.HLT.
+pub const TDVMCALL_HLT: u64 = 12;
+/// TDVMCALL sub-function Instruction.IO.
+pub const TDVMCALL_IO: u64 = 30;
+/// TDVMCALL sub-function Instruction.RDMSR.
+pub const TDVMCALL_RDMSR: u64 = 31;
+/// TDVMCALL sub-function Instruction.WRMSR.
+pub const TDVMCALL_WRMSR: u64 = 32;
+/// TDVMCALL sub-function #VE.RequestMMIO (the EPT-violation exit reason).
+pub const TDVMCALL_MMIO: u64 = 48;
+/// TDVMCALL sub-function GetTdVmCallInfo.
+pub const TDVMCALL_GET_TD_VM_CALL_INFO: u64 = 0x10000;
+/// TDVMCALL sub-function MapGPA.
+pub const TDVMCALL_MAP_GPA: u64 = 0x10001;
+/// TDVMCALL sub-function GetQuote.
+pub const TDVMCALL_GET_QUOTE: u64 = 0x10002;
+/// TDVMCALL sub-function ReportFatalError.
+pub const TDVMCALL_REPORT_FATAL_ERROR: u64 = 0x10003;
+/// TDVMCALL sub-function SetupEventNotifyInterrupt.
+pub const TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT: u64 = 0x10004;
+/// TDVMCALL status: success.
+pub const TDVMCALL_STATUS_SUCCESS: u64 = 0;
+/// TDVMCALL status: retry (MapGPA partially done; R11 = next GPA).
+pub const TDVMCALL_STATUS_RETRY: u64 = 1;
+/// TDVMCALL status: invalid operand.
+pub const TDVMCALL_STATUS_INVALID_OPERAND: u64 = 0x8000_0000_0000_0000;
+/// TDVMCALL status: the GPA is already in use (MapGPA).
+pub const TDVMCALL_STATUS_GPA_INUSE: u64 = 0x8000_0000_0000_0001;
+/// TDVMCALL status: an operand is misaligned.
+pub const TDVMCALL_STATUS_ALIGN_ERROR: u64 = 0x8000_0000_0000_0002;
+/// TDVMCALL status: the sub-function is not supported.
+pub const TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED: u64 = 0x8000_0000_0000_0003;
+/// Extended exit qualification type: plain EPT violation.
+pub const EXT_QUAL_TYPE_NORMAL: u64 = 0;
+/// Extended exit qualification type: violation caused by TDG.MEM.PAGE.ACCEPT.
+pub const EXT_QUAL_TYPE_ACCEPT: u64 = 1;
+/// Extended exit qualification type: PENDING page accessed with SEPT_VE_DISABLE.
+pub const EXT_QUAL_TYPE_PENDING_EPT_VIOLATION: u64 = 6;
+/// Mask of the type field.
+pub const EXT_QUAL_TYPE_MASK: u64 = 0xF;
+/// Shift of the info field (accept level in its bits 2:0).
+pub const EXT_QUAL_INFO_SHIFT: u32 = 32;
+/// Exit qualification bit: data read.
+pub const QUAL_READ: u64 = 1 << 0;
+/// Exit qualification bit: data write.
+pub const QUAL_WRITE: u64 = 1 << 1;
+/// GPR mask a TDVMCALL exposes (R10–R15).
+pub const TDVMCALL_GPR_MASK: u64 = 0xFC00;

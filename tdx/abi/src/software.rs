@@ -1,0 +1,81 @@
+//! What a software implementation of the TDX module offers the host beyond the SEAMCALL ABI.
+//!
+//! On hardware the CPU that executes `seamcall` is the logical processor the module sees, a
+//! vCPU leaves the TD when its CPU takes an interrupt (the host's kick IPI), and the guest is
+//! whatever code the TD runs. A module written in software cannot tell which CPU calls it,
+//! needs to be told to stop a vCPU, and may run declared guest programs instead of code; the
+//! host asks for those three things through [`SoftwareModuleHooks`] and nothing else. The
+//! hardware backend implements only [`Seamcall`](crate::seamcall::Seamcall).
+
+use alloc::sync::Arc;
+use core::any::Any;
+
+use crate::Hpa;
+use crate::seamcall::Seamcall;
+
+/// A guest program for a module whose guest engine runs declared programs rather than code.
+/// Opaque to the host: the API layer builds it from the engine's own description type and the
+/// module downcasts it back.
+/// Two programs are equal when they are of the same type and equal as that type (a repeated
+/// create request with the same body is recognised as such).
+#[derive(Clone)]
+pub struct GuestProgram {
+    program: Arc<dyn Any + Send + Sync>,
+    same: fn(&(dyn Any + Send + Sync), &(dyn Any + Send + Sync)) -> bool,
+}
+
+impl GuestProgram {
+    /// Wraps the engine's own program description.
+    pub fn new<T: Any + PartialEq + Send + Sync>(program: T) -> GuestProgram {
+        GuestProgram {
+            program: Arc::new(program),
+            same: |a, b| match (a.downcast_ref::<T>(), b.downcast_ref::<T>()) {
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            },
+        }
+    }
+
+    /// The program as the engine's type `T`, if it is one.
+    pub fn downcast<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.program.downcast_ref::<T>()
+    }
+}
+
+impl PartialEq for GuestProgram {
+    fn eq(&self, other: &GuestProgram) -> bool {
+        (self.same)(&*self.program, &*other.program)
+    }
+}
+
+impl core::fmt::Debug for GuestProgram {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("GuestProgram(..)")
+    }
+}
+
+/// The module's guest engine does not run this kind of [`GuestProgram`], or the vCPU does not
+/// exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the software module cannot run this guest program on that vCPU")]
+pub struct GuestProgramRefused;
+
+/// Hooks of a software TDX module (see the module docs).
+pub trait SoftwareModuleHooks: Send + Sync {
+    /// The SEAMCALL handle of logical processor `cpu`: calls through it are made "on" that
+    /// processor (TDH.SYS.LP.INIT, per-package key configuration, vCPU association). `None` if
+    /// the module has no such processor.
+    fn logical_processor(&self, cpu: u32) -> Option<Arc<dyn Seamcall>>;
+
+    /// Makes the vCPU whose TDVPR is at `tdvpr` leave TDH.VP.ENTER at its next check point,
+    /// as the kick IPI does on hardware. A vCPU that is not in the TD leaves at once on its
+    /// next entry.
+    fn kick(&self, tdvpr: Hpa);
+
+    /// Has the vCPU whose TDVPR is at `tdvpr` run `program`.
+    fn bind_guest_program(
+        &self,
+        tdvpr: Hpa,
+        program: &GuestProgram,
+    ) -> Result<(), GuestProgramRefused>;
+}

@@ -1,0 +1,570 @@
+//! TDH.VP.ENTER and the guest side: the vCPU's declared [`Workload`] runs inside VP.ENTER and
+//! leaves with real TD exits (tdx-reference §1.3, §2.6–2.7; Linux `arch/x86/kvm/vmx/tdx.c`).
+//!
+//! Exit ABI (RAX = exit reason; success status bits 63:32 are zero for a TD exit):
+//!
+//! | exit | RAX | registers |
+//! | --- | --- | --- |
+//! | external interrupt (kick or emulated timer) | 1 | – |
+//! | triple fault (shutdown) | 2 | – |
+//! | EPT violation | 48 | RCX exit qualification (bit 0 read, bit 1 write), RDX extended exit qualification (bits 3:0 type: 0 normal, 1 ACCEPT, 6 PENDING_EPT_VIOLATION; bits 34:32 the guest's accept level for type ACCEPT), R8 GPA |
+//! | TDCALL (TDVMCALL) | 77 | RCX GPR mask (0xFC00: R10–R15), R10 0 (standard TDVMCALL), R11 subfunction, R12–R15 arguments |
+//!
+//! TDVMCALL subfunctions: Instruction.HLT (12; R12 = 0), Instruction.IO (30; R12 size 1,
+//! R13 direction 1 = out, R14 port 0x3F8, R15 byte), MapGPA (0x10001; R12 GPA with the shared
+//! bit set for to-shared, R13 size), ReportFatalError (0x10003; R12 error code).
+//! The host answers a TDVMCALL in the *next* VP.ENTER's inputs: R10 = status (0 success,
+//! 1 RETRY with R11 = next GPA for MapGPA), R11 = value. Unsure points, documented as such:
+//! the accept-level encoding follows the 2025–2026 huge-page RFCs
+//! (`TDX_EXT_EXIT_QUAL_INFO_SHIFT` 32, level in bits 2:0); the exact exit-qualification bits
+//! beyond read/write are not modelled.
+//!
+//! TLB tracking: entry increments the refcount of the current epoch under the epoch lock
+//! (shared; `TDX_OPERAND_BUSY | TD_EPOCH` while TDH.MEM.TRACK holds it) and the exit
+//! decrements it, so a vCPU inside VP.ENTER keeps pages blocked in its epoch from being
+//! removed until it is kicked out. Zero-step mitigation: after `zero_step_threshold` EPT
+//! violations at one guest RIP, VP.ENTER must take the S-EPT tree lock exclusively (else
+//! `TDX_OPERAND_BUSY | SEPT_TREE`) to check whether the faulting GPA is now mapped.
+
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+
+use super::sept::{self, SeptTree};
+use super::td::{NO_LP, Td, Vcpu};
+use super::workload::{Access, Order, Step, Workload};
+use super::{EmulatedModule, LeafResult, LockMode};
+use tdx_abi::measure::rtmr_extend;
+use tdx_abi::seamcall::Regs;
+use tdx_abi::td_params::attributes;
+use tdx_abi::{Gpa, Hpa, Leaf, OperandId, PageLevel, SeptState, TdxStatus};
+
+pub use tdx_abi::exit;
+
+/// A TDVMCALL waiting for the host's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    None,
+    MapGpa,
+    Io,
+    Halt,
+    Fatal,
+}
+
+/// Per-vCPU guest progress (kept in the TDVPS).
+pub struct GuestState {
+    workload: Arc<Workload>,
+    step: usize,
+    unit: u64,
+    sub: u64,
+    fallback: bool,
+    pending: Pending,
+    shutdown: bool,
+    fatal_code: Option<u64>,
+    last_fault_rip: u64,
+    fault_count: u32,
+    last_fault_gpa: Option<Gpa>,
+}
+
+/// Register values of one exit.
+#[derive(Default)]
+struct Exit {
+    reason: u64,
+    rcx: u64,
+    rdx: u64,
+    r8: u64,
+    r10: u64,
+    r11: u64,
+    r12: u64,
+    r13: u64,
+    r14: u64,
+    r15: u64,
+}
+
+impl Exit {
+    fn plain(reason: u64) -> Exit {
+        Exit {
+            reason,
+            ..Exit::default()
+        }
+    }
+    fn tdvmcall(sub: u64, r12: u64, r13: u64, r14: u64, r15: u64) -> Exit {
+        Exit {
+            reason: exit::TDCALL,
+            rcx: exit::TDVMCALL_GPR_MASK,
+            r10: 0,
+            r11: sub,
+            r12,
+            r13,
+            r14,
+            r15,
+            ..Exit::default()
+        }
+    }
+    fn ept(gpa: Gpa, qual: u64, ext_type: u64, level: PageLevel) -> Exit {
+        let info = if ext_type == exit::EXT_QUAL_TYPE_ACCEPT {
+            level.raw() << exit::EXT_QUAL_INFO_SHIFT
+        } else {
+            0
+        };
+        Exit {
+            reason: exit::EPT_VIOLATION,
+            rcx: qual,
+            rdx: ext_type | info,
+            r8: gpa.0,
+            ..Exit::default()
+        }
+    }
+}
+
+/// Result of one guest ACCEPT attempt.
+enum AcceptOutcome {
+    Done,
+    SizeMismatch,
+    Busy,
+    Exit(Exit),
+}
+
+impl GuestState {
+    /// Fresh progress for `workload`.
+    pub fn new(workload: Arc<Workload>) -> GuestState {
+        GuestState {
+            workload,
+            step: 0,
+            unit: 0,
+            sub: 0,
+            fallback: false,
+            pending: Pending::None,
+            shutdown: false,
+            fatal_code: None,
+            last_fault_rip: u64::MAX,
+            fault_count: 0,
+            last_fault_gpa: None,
+        }
+    }
+
+    /// Whether every step ran.
+    pub fn is_done(&self) -> bool {
+        self.step >= self.workload.steps.len()
+    }
+
+    /// Synthetic guest RIP: identifies the current instruction (step, unit, sub-unit).
+    pub fn rip(&self) -> u64 {
+        ((self.step as u64) << 48) ^ (self.unit << 10) ^ self.sub
+    }
+
+    /// Consecutive EPT violations at the current RIP.
+    pub fn zero_step_count(&self) -> u32 {
+        self.fault_count
+    }
+
+    fn next_step(&mut self) {
+        self.step += 1;
+        self.unit = 0;
+        self.sub = 0;
+        self.fallback = false;
+    }
+
+    fn progressed(&mut self) {
+        self.fault_count = 0;
+        self.last_fault_gpa = None;
+    }
+
+    fn record_fault(&mut self, gpa: Gpa) {
+        let rip = self.rip();
+        if rip == self.last_fault_rip {
+            self.fault_count = self.fault_count.saturating_add(1);
+        } else {
+            self.last_fault_rip = rip;
+            self.fault_count = 1;
+        }
+        self.last_fault_gpa = Some(gpa);
+    }
+}
+
+/// Page index `i` of `n` in visiting order.
+fn page_index(order: Order, i: u64, n: u64) -> u64 {
+    match order {
+        Order::Sequential => i,
+        Order::Random { seed } => {
+            // A bijection on [0, n): an affine map modulo n with a multiplier coprime to n.
+            let mut a = (seed | 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) % n.max(1);
+            while gcd(a, n) != 1 {
+                a += 1;
+            }
+            let c = seed.rotate_left(17) % n.max(1);
+            ((a as u128 * i as u128 + c as u128) % n.max(1) as u128) as u64
+        }
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+impl EmulatedModule {
+    pub(super) fn leaf_vp_enter(&self, lp: u32, r: &mut Regs) -> LeafResult {
+        let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
+        let td = vcpu.td.clone();
+        self.check_td_state(&td, Leaf::VpEnter)?;
+        if !vcpu.initialized.load(Ordering::Acquire) {
+            return Err(TdxStatus::VCPU_STATE_INCORRECT);
+        }
+        let assoc = vcpu.assoc_lp.load(Ordering::Acquire);
+        if assoc != NO_LP && assoc != u64::from(lp) {
+            return Err(TdxStatus::VCPU_ASSOCIATED);
+        }
+        let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
+        // TDVPR is held exclusively: nobody else touches the guest state now.
+        let mut g = vcpu.guest.lock();
+        if g.fault_count >= self.cfg.limits.zero_step_threshold {
+            let _x = td
+                .tree_lock
+                .try_lock(LockMode::Exclusive)
+                .ok_or(TdxStatus::OPERAND_BUSY.with_operand(OperandId::SEPT_TREE))?;
+            if let Some(gpa) = g.last_fault_gpa {
+                let w = tree.walk_to_leaf(gpa);
+                if matches!(
+                    sept::state_of(w.word),
+                    SeptState::Mapped | SeptState::Pending
+                ) {
+                    g.progressed();
+                }
+            }
+        }
+        let epoch = {
+            let _e = td
+                .epoch_lock
+                .try_lock(LockMode::Shared)
+                .ok_or(TdxStatus::OPERAND_BUSY.with_operand(OperandId::TD_EPOCH))?;
+            let epoch = td.td_epoch.load(Ordering::Acquire);
+            td.refcount[(epoch & 1) as usize].fetch_add(1, Ordering::AcqRel);
+            epoch
+        };
+        vcpu.epoch.store(epoch, Ordering::Release);
+        vcpu.assoc_lp.store(u64::from(lp), Ordering::Release);
+        let out = self.run_guest(&td, tree, &vcpu, &mut g, r);
+        td.refcount[(epoch & 1) as usize].fetch_sub(1, Ordering::AcqRel);
+        *r = Regs {
+            rax: 0,
+            rcx: out.rcx,
+            rdx: out.rdx,
+            r8: out.r8,
+            r9: 0,
+            r10: out.r10,
+            r11: out.r11,
+            r12: out.r12,
+            r13: out.r13,
+            r14: out.r14,
+            r15: out.r15,
+        };
+        Ok(TdxStatus(out.reason))
+    }
+
+    /// Takes the host's answer to the pending TDVMCALL from the VP.ENTER inputs.
+    fn resume_tdvmcall(&self, td: &Td, g: &mut GuestState, r: &Regs) {
+        let pending = core::mem::replace(&mut g.pending, Pending::None);
+        let step = g.workload.steps.get(g.step).cloned();
+        match (pending, step) {
+            (Pending::MapGpa, Some(Step::Convert { gpa, len, .. })) => {
+                let shared_mask = td.cfg.get().map(|c| 1u64 << c.shared_bit).unwrap_or(0);
+                match r.r10 {
+                    exit::TDVMCALL_STATUS_SUCCESS => g.next_step(),
+                    exit::TDVMCALL_STATUS_RETRY => {
+                        let next = r.r11 & !shared_mask;
+                        let done = next.wrapping_sub(gpa.0);
+                        if next > gpa.0 + g.unit && done <= len {
+                            g.unit = done;
+                            if done == len {
+                                g.next_step();
+                            }
+                        } else {
+                            g.fatal_code = Some(r.r10);
+                        }
+                    }
+                    status => g.fatal_code = Some(status),
+                }
+            }
+            (Pending::Io, _) => g.unit += 1,
+            (Pending::Halt, _) | (Pending::Fatal, _) => g.next_step(),
+            _ => {}
+        }
+    }
+
+    fn run_guest(
+        &self,
+        td: &Td,
+        tree: &SeptTree,
+        vcpu: &Vcpu,
+        g: &mut GuestState,
+        r: &Regs,
+    ) -> Exit {
+        if g.shutdown {
+            return Exit::plain(exit::TRIPLE_FAULT);
+        }
+        self.resume_tdvmcall(td, g, r);
+        let (shared_bit, attrs) = td
+            .cfg
+            .get()
+            .map(|c| (c.shared_bit, c.params.attributes))
+            .unwrap_or((47, 0));
+        let budget = self.cfg.limits.max_guest_units_per_entry.max(1);
+        let mut units = 0u64;
+        loop {
+            if vcpu.kick.swap(false, Ordering::AcqRel) || units >= budget {
+                return Exit::plain(exit::EXTERNAL_INTERRUPT);
+            }
+            units += 1;
+            if let Some(code) = g.fatal_code.take() {
+                g.pending = Pending::Fatal;
+                return Exit::tdvmcall(exit::TDVMCALL_REPORT_FATAL_ERROR, code, 0, 0, 0);
+            }
+            let workload = g.workload.clone();
+            let Some(step) = workload.steps.get(g.step) else {
+                // Idle: halt forever.
+                return Exit::tdvmcall(exit::TDVMCALL_HLT, 0, 0, 0, 0);
+            };
+            match step {
+                Step::Touch {
+                    gpa,
+                    len,
+                    access,
+                    order,
+                } => {
+                    let base = gpa.align_down(PageLevel::L4K);
+                    let n = len.div_ceil(4096);
+                    if g.unit >= n {
+                        g.next_step();
+                        continue;
+                    }
+                    let page = Gpa(base.0.wrapping_add(page_index(*order, g.unit, n) * 4096));
+                    match self.guest_access(td, tree, page, *access, shared_bit, attrs) {
+                        Ok(true) => {
+                            g.unit += 1;
+                            g.progressed();
+                        }
+                        Ok(false) => {} // busy: retry
+                        Err(e) => {
+                            g.record_fault(page);
+                            return e;
+                        }
+                    }
+                }
+                Step::Accept { gpa, len, level } => {
+                    let lsize = level.size();
+                    if !matches!(level, PageLevel::L4K | PageLevel::L2M)
+                        || !gpa.is_aligned(*level)
+                        || gpa.0 >> shared_bit != 0
+                    {
+                        g.fatal_code = Some(TdxStatus::OPERAND_INVALID.0);
+                        g.next_step();
+                        continue;
+                    }
+                    if g.unit >= len.div_ceil(lsize) {
+                        g.next_step();
+                        continue;
+                    }
+                    let chunk = Gpa(gpa.0 + g.unit * lsize);
+                    let (target, tlevel) = if g.fallback {
+                        (Gpa(chunk.0 + g.sub * 4096), PageLevel::L4K)
+                    } else {
+                        (chunk, *level)
+                    };
+                    match self.guest_accept(td, tree, target, tlevel) {
+                        AcceptOutcome::Done => {
+                            g.progressed();
+                            if g.fallback {
+                                g.sub += 1;
+                                if g.sub == 512 {
+                                    g.fallback = false;
+                                    g.sub = 0;
+                                    g.unit += 1;
+                                }
+                            } else {
+                                g.unit += 1;
+                            }
+                        }
+                        AcceptOutcome::SizeMismatch => {
+                            g.fallback = true;
+                            g.sub = 0;
+                        }
+                        AcceptOutcome::Busy => {}
+                        AcceptOutcome::Exit(e) => {
+                            g.record_fault(target);
+                            return e;
+                        }
+                    }
+                }
+                Step::Convert {
+                    gpa,
+                    len,
+                    to_shared,
+                } => {
+                    if g.unit >= *len {
+                        g.next_step();
+                        continue;
+                    }
+                    let start = gpa.0 + g.unit;
+                    let start = if *to_shared {
+                        start | 1u64 << shared_bit
+                    } else {
+                        start
+                    };
+                    g.pending = Pending::MapGpa;
+                    return Exit::tdvmcall(exit::TDVMCALL_MAP_GPA, start, len - g.unit, 0, 0);
+                }
+                Step::Print { line } => {
+                    let bytes = line.as_bytes();
+                    let total = bytes.len() as u64 + 1;
+                    if g.unit >= total {
+                        g.next_step();
+                        continue;
+                    }
+                    let byte = bytes.get(g.unit as usize).copied().unwrap_or(b'\n');
+                    g.pending = Pending::Io;
+                    return Exit::tdvmcall(
+                        exit::TDVMCALL_IO,
+                        1,
+                        1,
+                        crate::workload::SERIAL_PORT,
+                        u64::from(byte),
+                    );
+                }
+                Step::ExtendRtmr { index, digest } => {
+                    if *index > 3 {
+                        g.fatal_code = Some(TdxStatus::OPERAND_INVALID.0);
+                        g.next_step();
+                        continue;
+                    }
+                    if let Some(_l) = td.rtmr_lock.try_lock(LockMode::Exclusive) {
+                        let mut mr = td.mr.lock();
+                        let i = usize::from(*index);
+                        if let Some(slot) = mr.rtmr.get_mut(i) {
+                            *slot = rtmr_extend(slot, digest);
+                        }
+                        drop(mr);
+                        g.next_step();
+                    }
+                }
+                Step::Halt => {
+                    g.pending = Pending::Halt;
+                    return Exit::tdvmcall(exit::TDVMCALL_HLT, 0, 0, 0, 0);
+                }
+                Step::ReportFatalError { code } => {
+                    g.pending = Pending::Fatal;
+                    return Exit::tdvmcall(exit::TDVMCALL_REPORT_FATAL_ERROR, *code, 0, 0, 0);
+                }
+                Step::Shutdown => {
+                    g.shutdown = true;
+                    return Exit::plain(exit::TRIPLE_FAULT);
+                }
+            }
+        }
+    }
+
+    /// One guest load/store. `Ok(true)` done, `Ok(false)` busy (retry), `Err(exit)`.
+    fn guest_access(
+        &self,
+        td: &Td,
+        tree: &SeptTree,
+        gpa: Gpa,
+        access: Access,
+        shared_bit: u32,
+        attrs: u64,
+    ) -> Result<bool, Exit> {
+        let qual = match access {
+            Access::Read => exit::QUAL_READ,
+            Access::Write => exit::QUAL_WRITE,
+        };
+        if gpa.0 >> shared_bit & 1 == 1 {
+            // Shared memory is mapped by the host's shared EPT, outside this model.
+            return Ok(true);
+        }
+        if gpa.0 >> shared_bit != 0 {
+            return Err(Exit::ept(
+                gpa,
+                qual,
+                exit::EXT_QUAL_TYPE_NORMAL,
+                PageLevel::L4K,
+            ));
+        }
+        let w = tree.walk_to_leaf(gpa);
+        match sept::state_of(w.word) {
+            SeptState::Mapped => {
+                let hpa = sept::hpa_of(w.word) + (gpa.0 & (w.level.size() - 1));
+                if self.pamt.in_range(hpa, 8) {
+                    match access {
+                        Access::Write => self.mem.write(Hpa(hpa), &gpa.0.to_le_bytes()),
+                        Access::Read => {
+                            let mut b = [0u8; 8];
+                            self.mem.read(Hpa(hpa), &mut b);
+                        }
+                    }
+                }
+                Ok(true)
+            }
+            SeptState::Pending if attrs & attributes::SEPT_VE_DISABLE != 0 => Err(Exit::ept(
+                gpa,
+                qual,
+                exit::EXT_QUAL_TYPE_PENDING_EPT_VIOLATION,
+                PageLevel::L4K,
+            )),
+            SeptState::Pending => {
+                // #VE: the guest accepts the page at 4 KiB, then retries the access.
+                match self.guest_accept(td, tree, gpa, PageLevel::L4K) {
+                    AcceptOutcome::Exit(e) => Err(e),
+                    _ => Ok(false),
+                }
+            }
+            _ => Err(Exit::ept(
+                gpa,
+                qual,
+                exit::EXT_QUAL_TYPE_NORMAL,
+                PageLevel::L4K,
+            )),
+        }
+    }
+
+    /// TDG.MEM.PAGE.ACCEPT semantics.
+    fn guest_accept(&self, td: &Td, tree: &SeptTree, gpa: Gpa, level: PageLevel) -> AcceptOutcome {
+        let accept_exit = || {
+            AcceptOutcome::Exit(Exit::ept(
+                gpa,
+                exit::QUAL_WRITE,
+                exit::EXT_QUAL_TYPE_ACCEPT,
+                level,
+            ))
+        };
+        let Some(_t) = td.tree_lock.try_lock(LockMode::Shared) else {
+            return AcceptOutcome::Busy;
+        };
+        match tree.walk(gpa, level) {
+            Err(w) => match sept::state_of(w.word) {
+                // Already accepted as part of a larger page.
+                SeptState::Mapped => AcceptOutcome::Done,
+                // Missing table, FREE, PENDING larger leaf (host must demote), blocked.
+                _ => accept_exit(),
+            },
+            Ok(w) => match sept::state_of(w.word) {
+                SeptState::Pending => match sept::lock_guest(w.entry()) {
+                    Ok(cur) if sept::state_of(cur) == SeptState::Pending => {
+                        let hpa = sept::hpa_of(cur);
+                        self.zero_phys(hpa, level.size());
+                        sept::store_unlock(w.entry(), sept::word(SeptState::Mapped, hpa));
+                        AcceptOutcome::Done
+                    }
+                    Ok(_) => {
+                        sept::unlock(w.entry());
+                        AcceptOutcome::Busy
+                    }
+                    Err(_) => AcceptOutcome::Busy,
+                },
+                SeptState::Mapped => AcceptOutcome::Done,
+                SeptState::NlMapped | SeptState::NlBlocked => AcceptOutcome::SizeMismatch,
+                _ => accept_exit(),
+            },
+        }
+    }
+}

@@ -1,0 +1,758 @@
+//! TD and vCPU control structures (TDR, TDCS, TDVPS) and their leaves: TDH.MNG.*, TDH.VP.*
+//! except VP.ENTER, and the teardown / PHYMEM leaves (module 1.5 `tdh_mng_*.c`,
+//! `tdh_vp_*.c`, `tdh_phymem_*.c`; tdx-reference §1.9, §2.5, §2.8).
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use super::guest::GuestState;
+use super::lock::Sharex;
+use super::pamt::{PageLock, PamtMeta};
+use super::platform::CPUID_CONFIG;
+use super::sept::{self, SeptTable, SeptTree};
+use super::{EmulatedModule, KotState, LeafResult, LockMode};
+use crate::metadata::{td as tf, vcpu as vf};
+use tdx_abi::pamt::{PageType, PamtPageSize};
+use tdx_abi::seamcall::Regs;
+use tdx_abi::td_params::{EPTP_MEMTYPE_WB, TD_PARAMS_SIZE, TdParams, attributes, config_flags};
+use tdx_abi::{Gpa, Hpa, Leaf, OperandId, PageLevel, SeptState, TdxStatus};
+
+/// TD lifecycle state (TDR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Lifecycle {
+    /// TDH.MNG.CREATE done.
+    HkidAssigned = 0,
+    /// TDH.MNG.KEY.CONFIG done on every package.
+    KeysConfigured = 1,
+    /// TDH.MNG.VPFLUSHDONE done.
+    Blocked = 2,
+    /// TDH.MNG.KEY.FREEID done: pages may be reclaimed.
+    Teardown = 3,
+}
+
+/// TD operation state (TDCS; migration states not modelled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OpState {
+    /// Before TDH.MNG.INIT.
+    Uninitialized = 0,
+    /// TDH.MNG.INIT done; building (PAGE.ADD, MR.EXTEND).
+    Initialized = 1,
+    /// TDH.MR.FINALIZE done; vCPUs may run.
+    Runnable = 2,
+}
+
+/// TD configuration from TD_PARAMS.
+pub(crate) struct TdCfg {
+    pub params: TdParams,
+    pub shared_bit: u32,
+}
+
+/// Measurement registers.
+pub(crate) struct Measure {
+    pub sha: Option<tdx_abi::measure::MrtdAccumulator>,
+    pub mrtd: [u8; 48],
+    pub rtmr: [[u8; 48]; 4],
+}
+
+/// A TD (TDR + TDCS).
+pub(crate) struct Td {
+    pub tdr: u64,
+    pub hkid: u16,
+    pub lifecycle: AtomicU8,
+    pub keys_pkgs: AtomicU64,
+    pub chldcnt: AtomicU64,
+    pub tdcs_count: AtomicU32,
+    pub op_state: AtomicU8,
+    pub cfg: spin::Once<TdCfg>,
+    pub num_vcpus: AtomicU32,
+    pub vcpus: spin::Mutex<Vec<u64>>,
+    pub tree: spin::Once<SeptTree>,
+    pub tree_lock: Sharex,
+    pub epoch_lock: Sharex,
+    pub td_epoch: AtomicU64,
+    pub refcount: [AtomicU64; 2],
+    pub mr: spin::Mutex<Measure>,
+    pub rtmr_lock: Sharex,
+    pub notify_enables: AtomicU64,
+}
+
+impl Td {
+    pub fn lifecycle(&self) -> Lifecycle {
+        match self.lifecycle.load(Ordering::Acquire) {
+            0 => Lifecycle::HkidAssigned,
+            1 => Lifecycle::KeysConfigured,
+            2 => Lifecycle::Blocked,
+            _ => Lifecycle::Teardown,
+        }
+    }
+    pub fn op_state(&self) -> OpState {
+        match self.op_state.load(Ordering::Acquire) {
+            0 => OpState::Uninitialized,
+            1 => OpState::Initialized,
+            _ => OpState::Runnable,
+        }
+    }
+    /// Whether removing mappings needs blocking and TLB tracking (`op_state_is_tlb_tracking_required`).
+    pub fn tracking_required(&self) -> bool {
+        self.op_state() == OpState::Runnable
+    }
+    /// `is_tlb_tracked`: a page blocked at `bepoch` is tracked if no vCPU can still hold a
+    /// translation from that epoch.
+    pub fn is_tracked(&self, bepoch: u64) -> bool {
+        let epoch = self.td_epoch.load(Ordering::Acquire);
+        if bepoch.saturating_add(1) < epoch {
+            return true;
+        }
+        bepoch.saturating_add(1) == epoch
+            && self.refcount[(bepoch & 1) as usize].load(Ordering::Acquire) == 0
+    }
+}
+
+/// A vCPU (TDVPR + TDCX pages).
+pub(crate) struct Vcpu {
+    pub tdvpr: u64,
+    pub td: Arc<Td>,
+    pub index: u32,
+    pub tdcx_count: AtomicU32,
+    pub initialized: AtomicBool,
+    pub assoc_lp: AtomicU64,
+    pub epoch: AtomicU64,
+    pub kick: AtomicBool,
+    pub init_rcx: AtomicU64,
+    pub x2apic: AtomicU64,
+    pub scratch: AtomicU64,
+    pub guest: spin::Mutex<GuestState>,
+}
+
+pub(crate) const NO_LP: u64 = u64::MAX;
+
+/// Calls `f(gpa, level, word)` for every leaf entry of the tree.
+pub(crate) fn for_each_leaf(tree: &SeptTree, mut f: impl FnMut(Gpa, PageLevel, u64)) {
+    fn visit(
+        tree: &SeptTree,
+        table: &SeptTable,
+        level: PageLevel,
+        base: u64,
+        f: &mut dyn FnMut(Gpa, PageLevel, u64),
+    ) {
+        for (i, e) in table.entries.iter().enumerate() {
+            let w = e.load(Ordering::Acquire);
+            let s = sept::state_of(w);
+            let gpa = base + ((i as u64) << level.shift());
+            if s.is_leaf() {
+                f(Gpa(gpa), level, w);
+            } else if matches!(s, SeptState::NlMapped | SeptState::NlBlocked)
+                && let (Some(child), Some(lower)) = (tree.table(sept::hpa_of(w)), level.lower())
+            {
+                visit(tree, &child, lower, gpa, f);
+            }
+        }
+    }
+    visit(tree, &tree.root, tree.top_level(), 0, &mut f);
+}
+
+/// Which op-states a leaf is allowed in (`seamcall_state_lookup`, migration states omitted).
+fn op_state_allowed(leaf: Leaf, s: OpState) -> bool {
+    use Leaf::*;
+    match leaf {
+        MngInit => s == OpState::Uninitialized,
+        MemPageAdd | MrExtend | MrFinalize => s == OpState::Initialized,
+        VpEnter => s == OpState::Runnable,
+        _ => s != OpState::Uninitialized,
+    }
+}
+
+impl EmulatedModule {
+    /// Exclusively locks the 4 KiB page whose HPA is in RCX; it must be free
+    /// (PAGE_METADATA_INCORRECT on RCX otherwise). Returns the HPA and the lock.
+    fn lock_free_page_rcx(&self, raw: u64) -> Result<(u64, PageLock<'_>), TdxStatus> {
+        let hpa = self.check_page_hpa(raw, OperandId::RCX)?;
+        let page = self
+            .pamt
+            .lock_pages(hpa, 1, LockMode::Exclusive)
+            .map_err(|e| e.with_operand(OperandId::RCX))?;
+        if !page.all_free() {
+            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX));
+        }
+        Ok((hpa, page))
+    }
+
+    /// Makes the locked free 4 KiB `page` a zeroed control page of type `page_type` owned by
+    /// `td`, counted in its child pages.
+    fn adopt_child_page(&self, page: &PageLock<'_>, td: &Td, page_type: PageType) {
+        self.zero_phys(page.hpa.0, 4096);
+        page.set_all(PamtMeta::owned(page_type, PamtPageSize::S4K, td.tdr));
+        td.chldcnt.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `check_state_map_tdcs_and_lock`: lifecycle KEYS_CONFIGURED, TDCS allocated, op-state
+    /// allowed for `leaf`.
+    pub(super) fn check_td_state(&self, td: &Td, leaf: Leaf) -> Result<(), TdxStatus> {
+        match td.lifecycle() {
+            Lifecycle::KeysConfigured => {}
+            Lifecycle::HkidAssigned => return Err(TdxStatus::TD_KEYS_NOT_CONFIGURED),
+            _ => return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT),
+        }
+        if td.tdcs_count.load(Ordering::Acquire) < self.cfg.limits.tdcs_pages {
+            return Err(TdxStatus::TDCS_NOT_ALLOCATED);
+        }
+        if !op_state_allowed(leaf, td.op_state()) {
+            return Err(TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE));
+        }
+        Ok(())
+    }
+
+    pub(super) fn leaf_mng_create(&self, r: &mut Regs) -> LeafResult {
+        let (tdr, page) = self.lock_free_page_rcx(r.rcx)?;
+        let hkid = u16::try_from(r.rdx)
+            .ok()
+            .filter(|&h| self.kot_entry(h).is_some())
+            .ok_or(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX))?;
+        let _kot = self
+            .kot_lock
+            .try_lock(LockMode::Exclusive)
+            .ok_or(TdxStatus::OPERAND_BUSY.with_operand(OperandId::KOT))?;
+        let kot = self
+            .kot_entry(hkid)
+            .ok_or(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX))?;
+        match kot.state.load(Ordering::Acquire) {
+            s if s == KotState::Free as u8 => {}
+            s if s == KotState::Global as u8 => {
+                return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX));
+            }
+            _ => return Err(TdxStatus::HKID_NOT_FREE.with_operand(OperandId::RDX)),
+        }
+        kot.state.store(KotState::Assigned as u8, Ordering::Release);
+        kot.wb_pending.store(0, Ordering::Release);
+        self.zero_phys(tdr, 4096);
+        page.set_all(PamtMeta {
+            page_type: PageType::Tdr,
+            size: PamtPageSize::S4K,
+            owner: Hpa(tdr),
+        });
+        let td = Td {
+            tdr,
+            hkid,
+            lifecycle: AtomicU8::new(Lifecycle::HkidAssigned as u8),
+            keys_pkgs: AtomicU64::new(0),
+            chldcnt: AtomicU64::new(0),
+            tdcs_count: AtomicU32::new(0),
+            op_state: AtomicU8::new(OpState::Uninitialized as u8),
+            cfg: spin::Once::new(),
+            num_vcpus: AtomicU32::new(0),
+            vcpus: spin::Mutex::new(Vec::new()),
+            tree: spin::Once::new(),
+            tree_lock: Sharex::new(),
+            epoch_lock: Sharex::new(),
+            td_epoch: AtomicU64::new(1),
+            refcount: [AtomicU64::new(0), AtomicU64::new(0)],
+            mr: spin::Mutex::new(Measure {
+                sha: None,
+                mrtd: [0; 48],
+                rtmr: [[0; 48]; 4],
+            }),
+            rtmr_lock: Sharex::new(),
+            notify_enables: AtomicU64::new(0),
+        };
+        self.tds.write().insert(tdr, Arc::new(td));
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    pub(super) fn leaf_mng_key_config(&self, lp: u32, r: &mut Regs) -> LeafResult {
+        let (td, _l) = self.lock_tdr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
+        if td.lifecycle() != Lifecycle::HkidAssigned {
+            return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT);
+        }
+        let bit = 1u64 << self.package_of(lp);
+        let prev = td.keys_pkgs.fetch_or(bit, Ordering::AcqRel);
+        if prev & bit != 0 {
+            return Ok(TdxStatus::KEY_CONFIGURED);
+        }
+        if prev | bit == self.all_packages_mask() {
+            td.lifecycle
+                .store(Lifecycle::KeysConfigured as u8, Ordering::Release);
+        }
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    pub(super) fn leaf_mng_addcx(&self, r: &mut Regs) -> LeafResult {
+        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Exclusive, OperandId::RDX)?;
+        match td.lifecycle() {
+            Lifecycle::KeysConfigured => {}
+            Lifecycle::HkidAssigned => return Err(TdxStatus::TD_KEYS_NOT_CONFIGURED),
+            _ => return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT),
+        }
+        if td.op_state() != OpState::Uninitialized {
+            return Err(TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE));
+        }
+        if td.tdcs_count.load(Ordering::Acquire) >= self.cfg.limits.tdcs_pages {
+            return Err(TdxStatus::TDCX_NUM_INCORRECT.with_operand(OperandId::RCX));
+        }
+        let (_, page) = self.lock_free_page_rcx(r.rcx)?;
+        self.adopt_child_page(&page, &td, PageType::Tdcx);
+        td.tdcs_count.fetch_add(1, Ordering::AcqRel);
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    fn validate_td_params(&self, p: &TdParams) -> Result<(), TdxStatus> {
+        let inv = |op| Err(TdxStatus::OPERAND_INVALID.with_operand(op));
+        if p.reserved_nonzero {
+            return inv(OperandId::RDX);
+        }
+        if p.attributes & !attributes::SUPPORTED != 0 {
+            return inv(OperandId::ATTRIBUTES);
+        }
+        let (xfam0, xfam1) = (0x0006_02FFu64, 0x3u64);
+        if p.xfam & !xfam0 != 0 || p.xfam & xfam1 != xfam1 {
+            return inv(OperandId::XFAM);
+        }
+        if p.max_vcpus == 0 || p.max_vcpus > self.cfg.limits.max_vcpus_per_td {
+            return inv(OperandId::MAX_VCPUS);
+        }
+        if p.num_l2_vms != 0 {
+            return inv(OperandId(71));
+        }
+        let levels = p.ept_levels();
+        if p.eptp_controls & 7 != EPTP_MEMTYPE_WB
+            || p.eptp_controls & !0x3F != 0
+            || !(levels == 4 || levels == 5)
+        {
+            return inv(OperandId::EPTP_CONTROLS);
+        }
+        if p.config_flags & !config_flags::ALL != 0
+            || (p.config_flags & config_flags::GPAW != 0 && levels != 5)
+        {
+            return inv(OperandId::EXEC_CONTROLS);
+        }
+        // 100 MHz .. 10 GHz in units of 25 MHz.
+        if !(4..=400).contains(&p.tsc_frequency) {
+            return inv(OperandId::TSC_FREQUENCY);
+        }
+        for (value, (_, mask)) in p.cpuid_values.iter().zip(CPUID_CONFIG.iter()) {
+            if value.iter().zip(mask.iter()).any(|(v, m)| v & !m != 0) {
+                return inv(OperandId::CPUID_CONFIG);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn leaf_mng_init(&self, r: &mut Regs) -> LeafResult {
+        let (td, _l) = self.lock_tdr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
+        self.check_td_state(&td, Leaf::MngInit)?;
+        if !r.rdx.is_multiple_of(TD_PARAMS_SIZE as u64) || r.rdx >> self.cfg.hkid_shift != 0 {
+            return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX));
+        }
+        let mut buf = [0u8; TD_PARAMS_SIZE];
+        self.read_phys(r.rdx, &mut buf, OperandId::RDX)?;
+        let params = TdParams::from_bytes(&buf, CPUID_CONFIG.len());
+        self.validate_td_params(&params)?;
+        let levels = params.ept_levels() as u8;
+        let shared_bit = params.shared_bit();
+        td.tree.call_once(|| SeptTree::new(levels));
+        td.cfg.call_once(|| TdCfg { params, shared_bit });
+        {
+            let mut mr = td.mr.lock();
+            mr.sha = Some(tdx_abi::measure::MrtdAccumulator::new());
+            mr.rtmr = [[0; 48]; 4];
+        }
+        td.td_epoch.store(1, Ordering::Release);
+        td.op_state
+            .store(OpState::Initialized as u8, Ordering::Release);
+        r.rcx = 0;
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    pub(super) fn leaf_vp_create(&self, r: &mut Regs) -> LeafResult {
+        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
+        self.check_td_state(&td, Leaf::VpCreate)?;
+        let (hpa, page) = self.lock_free_page_rcx(r.rcx)?;
+        let max = td
+            .cfg
+            .get()
+            .map(|c| u32::from(c.params.max_vcpus))
+            .unwrap_or(0);
+        let index = td
+            .num_vcpus
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| TdxStatus::MAX_VCPUS_EXCEEDED)?;
+        self.adopt_child_page(&page, &td, PageType::Tdvpr);
+        td.vcpus.lock().push(hpa);
+        let vcpu = Vcpu {
+            tdvpr: hpa,
+            td: td.clone(),
+            index,
+            tdcx_count: AtomicU32::new(0),
+            initialized: AtomicBool::new(false),
+            assoc_lp: AtomicU64::new(NO_LP),
+            epoch: AtomicU64::new(0),
+            kick: AtomicBool::new(false),
+            init_rcx: AtomicU64::new(0),
+            x2apic: AtomicU64::new(u64::from(index)),
+            scratch: AtomicU64::new(0),
+            guest: spin::Mutex::new(GuestState::new(Arc::new(Default::default()))),
+        };
+        self.vcpus.write().insert(hpa, Arc::new(vcpu));
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    pub(super) fn leaf_vp_addcx(&self, r: &mut Regs) -> LeafResult {
+        let (vcpu, _v, _t) = self.lock_tdvpr(r.rdx, LockMode::Exclusive, OperandId::RDX)?;
+        self.check_td_state(&vcpu.td, Leaf::VpAddCx)?;
+        if vcpu.initialized.load(Ordering::Acquire) {
+            return Err(TdxStatus::VCPU_STATE_INCORRECT);
+        }
+        if vcpu.tdcx_count.load(Ordering::Acquire) + 1 >= self.cfg.limits.tdvps_pages {
+            return Err(TdxStatus::TDCX_NUM_INCORRECT.with_operand(OperandId::RCX));
+        }
+        let (_, page) = self.lock_free_page_rcx(r.rcx)?;
+        self.adopt_child_page(&page, &vcpu.td, PageType::Tdcx);
+        vcpu.tdcx_count.fetch_add(1, Ordering::AcqRel);
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    pub(super) fn leaf_vp_init(&self, version: u8, r: &mut Regs) -> LeafResult {
+        let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
+        self.check_td_state(&vcpu.td, Leaf::VpInit)?;
+        if vcpu.tdcx_count.load(Ordering::Acquire) + 1 != self.cfg.limits.tdvps_pages {
+            return Err(TdxStatus::TDCX_NUM_INCORRECT.with_operand(OperandId::RCX));
+        }
+        if vcpu.initialized.load(Ordering::Acquire) {
+            return Err(TdxStatus::VCPU_STATE_INCORRECT);
+        }
+        if version >= 1 {
+            let x2apic = r.r8;
+            let dup = vcpu.td.vcpus.lock().iter().any(|&other| {
+                other != vcpu.tdvpr
+                    && self.vcpus.read().get(&other).is_some_and(|o| {
+                        o.initialized.load(Ordering::Acquire)
+                            && o.x2apic.load(Ordering::Acquire) == x2apic
+                    })
+            });
+            if dup || x2apic > u64::from(u32::MAX) {
+                return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::R8));
+            }
+            vcpu.x2apic.store(x2apic, Ordering::Release);
+        }
+        vcpu.init_rcx.store(r.rdx, Ordering::Release);
+        vcpu.initialized.store(true, Ordering::Release);
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    pub(super) fn leaf_vp_flush(&self, lp: u32, r: &mut Regs) -> LeafResult {
+        let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
+        match vcpu.assoc_lp.load(Ordering::Acquire) {
+            NO_LP => Err(TdxStatus::VCPU_NOT_ASSOCIATED),
+            a if a != u64::from(lp) => Err(TdxStatus::VCPU_ASSOCIATED),
+            _ => {
+                vcpu.assoc_lp.store(NO_LP, Ordering::Release);
+                Ok(TdxStatus::SUCCESS)
+            }
+        }
+    }
+
+    pub(super) fn leaf_mng_vpflushdone(&self, r: &mut Regs) -> LeafResult {
+        let (td, _l) = self.lock_tdr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
+        if !matches!(
+            td.lifecycle(),
+            Lifecycle::HkidAssigned | Lifecycle::KeysConfigured
+        ) {
+            return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT);
+        }
+        let vcpus = self.vcpus.read();
+        let associated = td.vcpus.lock().iter().any(|v| {
+            vcpus
+                .get(v)
+                .is_some_and(|v| v.assoc_lp.load(Ordering::Acquire) != NO_LP)
+        });
+        if associated {
+            return Err(TdxStatus::FLUSHVP_NOT_DONE);
+        }
+        let kot = self
+            .kot_entry(td.hkid)
+            .ok_or(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX))?;
+        kot.wb_pending
+            .store(td.keys_pkgs.load(Ordering::Acquire), Ordering::Release);
+        kot.state.store(KotState::Flushed as u8, Ordering::Release);
+        td.lifecycle
+            .store(Lifecycle::Blocked as u8, Ordering::Release);
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    /// TDH.PHYMEM.CACHE.WB on the caller's package. The emulated write-back finishes in one
+    /// call, so `TDX_INTERRUPTED_RESUMABLE` only happens through fault injection; a resume
+    /// (RCX = 1) is accepted like a start.
+    pub(super) fn leaf_phymem_cache_wb(&self, lp: u32, r: &mut Regs) -> LeafResult {
+        if r.rcx > 1 {
+            return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX));
+        }
+        let _kot = self
+            .kot_lock
+            .try_lock(LockMode::Exclusive)
+            .ok_or(TdxStatus::OPERAND_BUSY.with_operand(OperandId::KOT))?;
+        let bit = 1u64 << self.package_of(lp);
+        let mut any = false;
+        for e in &self.kot {
+            if e.state.load(Ordering::Acquire) == KotState::Flushed as u8
+                && e.wb_pending.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+            {
+                any = true;
+            }
+        }
+        Ok(if any {
+            TdxStatus::SUCCESS
+        } else {
+            TdxStatus::NO_HKID_READY_TO_WBCACHE
+        })
+    }
+
+    pub(super) fn leaf_mng_key_freeid(&self, r: &mut Regs) -> LeafResult {
+        let (td, _l) = self.lock_tdr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
+        if td.lifecycle() != Lifecycle::Blocked {
+            return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT);
+        }
+        let _kot = self
+            .kot_lock
+            .try_lock(LockMode::Exclusive)
+            .ok_or(TdxStatus::OPERAND_BUSY.with_operand(OperandId::KOT))?;
+        let kot = self
+            .kot_entry(td.hkid)
+            .ok_or(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX))?;
+        if kot.wb_pending.load(Ordering::Acquire) != 0 {
+            return Err(TdxStatus::WBCACHE_NOT_COMPLETE);
+        }
+        kot.state.store(KotState::Free as u8, Ordering::Release);
+        td.lifecycle
+            .store(Lifecycle::Teardown as u8, Ordering::Release);
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    pub(super) fn leaf_phymem_page_reclaim(&self, r: &mut Regs) -> LeafResult {
+        let hpa = self.check_page_hpa(r.rcx, OperandId::RCX)?;
+        let first = self
+            .pamt
+            .lock_pages(hpa, 1, LockMode::Exclusive)
+            .map_err(|e| e.with_operand(OperandId::RCX))?;
+        let meta = first.meta();
+        if matches!(meta.page_type, PageType::Nda | PageType::Rsvd) {
+            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX));
+        }
+        let pages = meta.size.pages_4k();
+        if !hpa.is_multiple_of(pages * 4096) {
+            return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX));
+        }
+        let rest = if pages > 1 {
+            Some(
+                self.pamt
+                    .lock_pages(hpa + 4096, pages - 1, LockMode::Exclusive)
+                    .map_err(|e| e.with_operand(OperandId::RCX))?,
+            )
+        } else {
+            None
+        };
+        let td = self
+            .tds
+            .read()
+            .get(&meta.owner.0)
+            .cloned()
+            .ok_or(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX))?;
+        // The owner's TDR lock (the TDR page itself is already held for a TDR reclaim).
+        let _tdr_lock = if meta.page_type == PageType::Tdr {
+            None
+        } else {
+            Some(
+                self.pamt
+                    .lock_pages(td.tdr, 1, LockMode::Shared)
+                    .map_err(|e| e.with_operand(OperandId::TDR))?,
+            )
+        };
+        if td.lifecycle() != Lifecycle::Teardown {
+            return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT);
+        }
+        if meta.page_type == PageType::Tdr && td.chldcnt.load(Ordering::Acquire) != 0 {
+            return Err(TdxStatus::TD_ASSOCIATED_PAGES_EXIST);
+        }
+        first.set_all(PamtMeta::FREE);
+        if let Some(rest) = &rest {
+            rest.set_all(PamtMeta::FREE);
+        }
+        match meta.page_type {
+            PageType::Tdr => {
+                self.tds.write().remove(&hpa);
+            }
+            PageType::Tdvpr => {
+                self.vcpus.write().remove(&hpa);
+                td.vcpus.lock().retain(|&v| v != hpa);
+                td.chldcnt.fetch_sub(1, Ordering::AcqRel);
+            }
+            PageType::Ept => {
+                if let Some(tree) = td.tree.get() {
+                    tree.remove_table(hpa);
+                }
+                td.chldcnt.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {
+                td.chldcnt.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        r.rcx = meta.page_type.raw();
+        r.rdx = meta.owner.0;
+        r.r8 = meta.size.raw();
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    pub(super) fn leaf_phymem_page_wbinvd(&self, r: &mut Regs) -> LeafResult {
+        let shift = self.cfg.hkid_shift;
+        let hpa = r.rcx & ((1u64 << shift) - 1);
+        let hkid = r.rcx >> shift;
+        if hpa & 0xFFF != 0 || hkid > u64::from(u16::MAX) {
+            return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX));
+        }
+        let page = self
+            .pamt
+            .lock_pages(hpa, 1, LockMode::Shared)
+            .map_err(|e| e.with_operand(OperandId::RCX))?;
+        if page.meta().page_type != PageType::Nda {
+            return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX));
+        }
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    /// TDH.PHYMEM.PAGE.RDMD: RCX = page type, RDX = owner, R8 = size, R9 = BEPOCH.
+    pub(super) fn leaf_phymem_page_rdmd(&self, r: &mut Regs) -> LeafResult {
+        let hpa = self.check_page_hpa(r.rcx, OperandId::RCX)?;
+        let page = self
+            .pamt
+            .lock_pages(hpa, 1, LockMode::Shared)
+            .map_err(|e| e.with_operand(OperandId::RCX))?;
+        let meta = page.meta();
+        r.rcx = meta.page_type.raw();
+        r.rdx = meta.owner.0;
+        r.r8 = meta.size.raw();
+        r.r9 = page
+            .head()
+            .map(|h| h.bepoch.load(Ordering::Acquire))
+            .unwrap_or(0);
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    fn td_field(&self, td: &Td, id: u64) -> Result<u64, TdxStatus> {
+        let tdcs_needed = || {
+            if td.tdcs_count.load(Ordering::Acquire) < self.cfg.limits.tdcs_pages {
+                Err(TdxStatus::TDCS_NOT_ALLOCATED)
+            } else {
+                Ok(())
+            }
+        };
+        let mr48 = |bytes: &[u8; 48], base: u64| -> Option<u64> {
+            let i = id.checked_sub(base).filter(|&i| i < 6)? as usize;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            Some(u64::from_le_bytes(b))
+        };
+        let params = || td.cfg.get().map(|c| &c.params);
+        Ok(match id {
+            tf::LIFECYCLE_STATE => td.lifecycle() as u64,
+            tf::HKID => u64::from(td.hkid),
+            tf::CHLDCNT => td.chldcnt.load(Ordering::Acquire),
+            _ => {
+                tdcs_needed()?;
+                match id {
+                    tf::OP_STATE => td.op_state() as u64,
+                    tf::ATTRIBUTES => params().map(|p| p.attributes).unwrap_or(0),
+                    tf::XFAM => params().map(|p| p.xfam).unwrap_or(0),
+                    tf::MAX_VCPUS => params().map(|p| u64::from(p.max_vcpus)).unwrap_or(0),
+                    tf::NUM_VCPUS => u64::from(td.num_vcpus.load(Ordering::Acquire)),
+                    tf::TD_EPOCH => td.td_epoch.load(Ordering::Acquire),
+                    tf::EPTP_CONTROLS => params().map(|p| p.eptp_controls).unwrap_or(0),
+                    tf::TSC_FREQUENCY => params().map(|p| u64::from(p.tsc_frequency)).unwrap_or(0),
+                    tf::HOST_SCRATCH => td.notify_enables.load(Ordering::Acquire),
+                    _ => {
+                        let mr = td.mr.lock();
+                        let p = params();
+                        let zero = [0u8; 48];
+                        let found = mr48(&mr.mrtd, tf::MRTD)
+                            .or_else(|| {
+                                (0..4u64).find_map(|k| {
+                                    mr48(&mr.rtmr[k as usize], tf::RTMR + k * tf::MR_ELEMENTS)
+                                })
+                            })
+                            .or_else(|| {
+                                mr48(p.map(|p| &p.mr_config_id).unwrap_or(&zero), tf::MRCONFIGID)
+                            })
+                            .or_else(|| mr48(p.map(|p| &p.mr_owner).unwrap_or(&zero), tf::MROWNER))
+                            .or_else(|| {
+                                mr48(
+                                    p.map(|p| &p.mr_owner_config).unwrap_or(&zero),
+                                    tf::MROWNERCONFIG,
+                                )
+                            });
+                        found.ok_or(
+                            TdxStatus::METADATA_FIELD_ID_INCORRECT.with_operand(OperandId::RDX),
+                        )?
+                    }
+                }
+            }
+        })
+    }
+
+    pub(super) fn leaf_mng_rd(&self, r: &mut Regs) -> LeafResult {
+        let (td, _l) = self.lock_tdr(r.rcx, LockMode::Shared, OperandId::RCX)?;
+        r.r8 = self.td_field(&td, r.rdx)?;
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    pub(super) fn leaf_mng_wr(&self, r: &mut Regs) -> LeafResult {
+        let (td, _l) = self.lock_tdr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
+        if td.lifecycle() != Lifecycle::KeysConfigured {
+            return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT);
+        }
+        let old = self.td_field(&td, r.rdx)?;
+        if r.rdx != tf::HOST_SCRATCH {
+            return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE.with_operand(OperandId::RDX));
+        }
+        let new = (old & !r.r9) | (r.r8 & r.r9);
+        td.notify_enables.store(new, Ordering::Release);
+        r.r8 = old;
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    fn vcpu_field(&self, v: &Vcpu, id: u64) -> Result<u64, TdxStatus> {
+        Ok(match id {
+            vf::VCPU_STATE => u64::from(v.initialized.load(Ordering::Acquire)),
+            vf::VCPU_INDEX => u64::from(v.index),
+            vf::VCPU_EPOCH => v.epoch.load(Ordering::Acquire),
+            vf::ASSOCIATED_LP => v.assoc_lp.load(Ordering::Acquire),
+            vf::INIT_RCX => v.init_rcx.load(Ordering::Acquire),
+            vf::X2APIC_ID => v.x2apic.load(Ordering::Acquire),
+            vf::GUEST_RIP => v.guest.lock().rip(),
+            vf::ZERO_STEP_COUNT => u64::from(v.guest.lock().zero_step_count()),
+            vf::HOST_SCRATCH => v.scratch.load(Ordering::Acquire),
+            _ => {
+                return Err(TdxStatus::METADATA_FIELD_ID_INCORRECT.with_operand(OperandId::RDX));
+            }
+        })
+    }
+
+    pub(super) fn leaf_vp_rd(&self, r: &mut Regs) -> LeafResult {
+        let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Shared, OperandId::RCX)?;
+        r.r8 = self.vcpu_field(&vcpu, r.rdx)?;
+        Ok(TdxStatus::SUCCESS)
+    }
+
+    pub(super) fn leaf_vp_wr(&self, r: &mut Regs) -> LeafResult {
+        let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
+        let old = self.vcpu_field(&vcpu, r.rdx)?;
+        if r.rdx != vf::HOST_SCRATCH {
+            return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE.with_operand(OperandId::RDX));
+        }
+        vcpu.scratch
+            .store((old & !r.r9) | (r.r8 & r.r9), Ordering::Release);
+        r.r8 = old;
+        Ok(TdxStatus::SUCCESS)
+    }
+}

@@ -1,0 +1,2083 @@
+//! Conformance tests of the software module: leaf-by-leaf state tables with exact statuses,
+//! operand IDs and RCX/RDX, TLB tracking, lock collisions, teardown order, MRTD, the guest
+//! exits, and property tests over random call sequences.
+
+extern crate std;
+
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::exit;
+use super::testing::{Platform, TdOptions, TestTd};
+use super::workload::{Access, Order, Step, Workload};
+use super::{Injection, LockMode, LockTarget};
+use tdx_abi::measure::{MeasuredPage, offline_mrtd};
+use tdx_abi::phys::PhysMemory;
+use tdx_abi::seamcall::{Regs, SeamError, Seamcall, TdxModule};
+use tdx_abi::{
+    Gpa, Hpa, Leaf, OperandId, PageLevel, SeptLevelState, SeptState, TdxStatus, gpa_level_operand,
+};
+
+const G: u64 = 0x20_0000;
+
+fn runnable(p: &Platform) -> TestTd {
+    p.runnable_td(&TdOptions::default()).unwrap()
+}
+
+fn state(p: &Platform, td: &TestTd, gpa: Gpa, level: PageLevel) -> SeptState {
+    let (_, ls) = p.module.mem_sept_rd(td.tdr, gpa, level).unwrap();
+    ls.state().unwrap()
+}
+
+fn err(r: Result<impl core::fmt::Debug, SeamError>) -> SeamError {
+    r.expect_err("expected an error")
+}
+
+/// Gives vCPU `v` a workload of `steps`.
+fn set_steps(p: &Platform, v: Hpa, steps: Vec<Step>) {
+    p.module.set_workload(v, Workload { steps });
+}
+
+fn enter(p: &Platform, tdvpr: Hpa, r10: u64, r11: u64) -> Regs {
+    let mut r = Regs::for_leaf(Leaf::VpEnter, 0);
+    r.rcx = tdvpr.0;
+    r.r10 = r10;
+    r.r11 = r11;
+    p.module.seamcall(&mut r);
+    r
+}
+
+#[test]
+fn platform_init_and_td_build_reach_runnable() {
+    let p = Platform::new();
+    assert_eq!(p.module.sys_state(), super::SysState::Ready);
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    p.add_page(&td, Gpa(0x1000), &[1; 4096], true).unwrap();
+    p.finalize(&td).unwrap();
+    assert_eq!(
+        state(&p, &td, Gpa(0x1000), PageLevel::L4K),
+        SeptState::Mapped
+    );
+    p.module.check_invariants().unwrap();
+    p.teardown(&td).unwrap();
+    p.module.check_invariants().unwrap();
+    assert_eq!(p.module.td_child_count(td.tdr), None);
+}
+
+#[test]
+fn aug_block_track_remove_cycle() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let gpa = Gpa(4 * G);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
+    assert_eq!(state(&p, &td, gpa, PageLevel::L4K), SeptState::Pending);
+    // Remove without blocking: not blocked.
+    let e = err(p.module.mem_page_remove(td.tdr, gpa, PageLevel::L4K));
+    assert_eq!(
+        e.status,
+        TdxStatus::GPA_RANGE_NOT_BLOCKED.with_operand(OperandId::RCX)
+    );
+    assert_eq!(SeptLevelState(e.rdx).state(), Some(SeptState::Pending));
+    p.module
+        .mem_range_block(td.tdr, gpa, PageLevel::L4K)
+        .unwrap();
+    let e = err(p.module.mem_page_remove(td.tdr, gpa, PageLevel::L4K));
+    assert_eq!(
+        e.status,
+        TdxStatus::TLB_TRACKING_NOT_DONE.with_operand(OperandId::RCX)
+    );
+    p.module.mem_track(td.tdr).unwrap();
+    p.module
+        .mem_page_remove(td.tdr, gpa, PageLevel::L4K)
+        .unwrap();
+    assert_eq!(state(&p, &td, gpa, PageLevel::L4K), SeptState::Free);
+    p.module.phymem_page_wbinvd(page, td.hkid).unwrap();
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn mrtd_matches_the_offline_function() {
+    let p = Platform::new();
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    let img: Vec<[u8; 4096]> = (0..4u8).map(|i| [i.wrapping_mul(37); 4096]).collect();
+    let gpas = [0xFFFF_C000u64, 0xFFFF_D000, 0x10_0000, 0x10_1000];
+    let extend = [true, true, false, true];
+    for i in 0..4 {
+        p.add_page(&td, Gpa(gpas[i]), &img[i], extend[i]).unwrap();
+    }
+    let mrtd = p.finalize(&td).unwrap();
+    let pages: Vec<MeasuredPage<'_>> = (0..4)
+        .map(|i| MeasuredPage {
+            gpa: Gpa(gpas[i]),
+            bytes: &img[i],
+            extend: extend[i],
+        })
+        .collect();
+    assert_eq!(mrtd, offline_mrtd(pages.iter().copied()));
+    // Order matters.
+    let mut swapped = pages.clone();
+    swapped.swap(0, 1);
+    assert_ne!(mrtd, offline_mrtd(swapped));
+}
+
+#[test]
+fn guest_touch_faults_then_runs_after_aug_and_accept() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    set_steps(
+        &p,
+        v,
+        vec![
+            Step::Accept {
+                gpa,
+                len: 2 * 4096,
+                level: PageLevel::L4K,
+            },
+            Step::Touch {
+                gpa,
+                len: 2 * 4096,
+                access: Access::Write,
+                order: Order::Sequential,
+            },
+            Step::Print { line: "ok".into() },
+            Step::Halt,
+        ],
+    );
+    let mut console = Vec::new();
+    let mut exits = 0;
+    loop {
+        exits += 1;
+        assert!(exits < 100);
+        let r = enter(&p, v, 0, 0);
+        match r.rax {
+            exit::EPT_VIOLATION => {
+                assert_eq!(r.rdx & exit::EXT_QUAL_TYPE_MASK, exit::EXT_QUAL_TYPE_ACCEPT);
+                assert_eq!(r.rdx >> 32, 0);
+                let page = p.alloc_page().unwrap();
+                p.aug(&td, Gpa(r.r8), PageLevel::L4K, page).unwrap();
+            }
+            exit::TDCALL if r.r11 == exit::TDVMCALL_IO => {
+                assert_eq!(r.r14, crate::workload::SERIAL_PORT);
+                console.push(r.r15 as u8);
+            }
+            exit::TDCALL if r.r11 == exit::TDVMCALL_HLT => break,
+            other => panic!("unexpected exit {other:#x}"),
+        }
+    }
+    assert_eq!(console, b"ok\n");
+    assert_eq!(state(&p, &td, gpa, PageLevel::L4K), SeptState::Mapped);
+    p.module.check_invariants().unwrap();
+}
+
+// ---------- helpers ----------
+
+fn raw(p: &Platform, mut r: Regs) -> Regs {
+    p.module.seamcall(&mut r);
+    r
+}
+
+fn regs(leaf: Leaf, rcx: u64, rdx: u64, r8: u64) -> Regs {
+    let mut r = Regs::for_leaf(leaf, 0);
+    r.rcx = rcx;
+    r.rdx = rdx;
+    r.r8 = r8;
+    r
+}
+
+/// Sets up the entry for `gpa` at `level` of an INITIALIZED TD in `state` (through real
+/// leaves where possible, `force_sept_state` for the rest).
+fn entry_in_state(p: &Platform, td: &TestTd, gpa: Gpa, level: PageLevel, state: SeptState) {
+    p.ensure_sept_path(td, gpa, level).unwrap();
+    match state {
+        SeptState::Free => return,
+        SeptState::NlMapped | SeptState::NlBlocked => {
+            let page = p.alloc_page().unwrap();
+            p.module.mem_sept_add(td.tdr, gpa, level, page).unwrap();
+        }
+        _ => {
+            let page = if level == PageLevel::L2M {
+                p.alloc_2m().unwrap()
+            } else {
+                p.alloc_page().unwrap()
+            };
+            p.module.mem_page_aug(td.tdr, gpa, level, page).unwrap();
+        }
+    }
+    assert!(p.module.force_sept_state(td.tdr, gpa, level, state));
+}
+
+const LEAF_STATES: [SeptState; 8] = [
+    SeptState::Free,
+    SeptState::Removed,
+    SeptState::Mapped,
+    SeptState::Blocked,
+    SeptState::Pending,
+    SeptState::PendingBlocked,
+    SeptState::BlockedW,
+    SeptState::PendingBlockedW,
+];
+
+fn check_table(
+    leaf: Leaf,
+    level: PageLevel,
+    states: &[SeptState],
+    allowed: &[SeptState],
+    call: impl Fn(&Platform, &TestTd, Gpa) -> Result<Regs, SeamError>,
+) {
+    for &s in states {
+        let p = Platform::new();
+        let td = p.create_td(&TdOptions::default()).unwrap();
+        let gpa = Gpa(16 * G);
+        entry_in_state(&p, &td, gpa, level, s);
+        let res = call(&p, &td, gpa);
+        let incorrect = TdxStatus::EPT_ENTRY_STATE_INCORRECT.with_operand(OperandId::RCX);
+        if allowed.contains(&s) {
+            if let Err(e) = &res {
+                assert_ne!(
+                    e.status,
+                    incorrect,
+                    "{} in {s:?} must be allowed",
+                    leaf.name()
+                );
+            }
+        } else {
+            let e = res.expect_err("state must be refused");
+            assert_eq!(e.status, incorrect, "{} in {s:?}", leaf.name());
+            let ls = SeptLevelState(e.rdx);
+            assert_eq!(ls.level(), level as u8, "{} in {s:?}", leaf.name());
+            assert_eq!(ls.state(), Some(s), "{} in {s:?}", leaf.name());
+        }
+    }
+}
+
+fn call(p: &Platform, r: Regs) -> Result<Regs, SeamError> {
+    p.module.call(r)
+}
+
+/// [`check_table`] for a leaf taking the GPA+level of `gpa` at `level` in RCX, the TDR in
+/// RDX and, with `new_page`, a freshly allocated page in R8.
+fn check_sept_leaf_table(
+    leaf: Leaf,
+    level: PageLevel,
+    states: &[SeptState],
+    allowed: &[SeptState],
+    new_page: bool,
+) {
+    check_table(leaf, level, states, allowed, |p, td, gpa| {
+        let r8 = if new_page {
+            p.alloc_page().unwrap().0
+        } else {
+            0
+        };
+        call(p, regs(leaf, gpa_level_operand(gpa, level), td.tdr.0, r8))
+    });
+}
+
+// ---------- legality tables (seamcall_sept_state_lookup) ----------
+
+#[test]
+fn legality_page_aug() {
+    check_sept_leaf_table(
+        Leaf::MemPageAug,
+        PageLevel::L4K,
+        &LEAF_STATES,
+        &[SeptState::Free, SeptState::Removed],
+        true,
+    );
+}
+
+#[test]
+fn legality_page_add() {
+    check_table(
+        Leaf::MemPageAdd,
+        PageLevel::L4K,
+        &LEAF_STATES,
+        &[SeptState::Free],
+        |p, td, gpa| {
+            let page = p.alloc_page().unwrap();
+            let src = p.alloc_page().unwrap();
+            let mut r = regs(Leaf::MemPageAdd, gpa.0, td.tdr.0, page.0);
+            r.r9 = src.0;
+            call(p, r)
+        },
+    );
+}
+
+#[test]
+fn legality_range_block_and_unblock() {
+    check_sept_leaf_table(
+        Leaf::MemRangeBlock,
+        PageLevel::L4K,
+        &LEAF_STATES,
+        &[
+            SeptState::Mapped,
+            SeptState::Pending,
+            SeptState::Blocked,
+            SeptState::PendingBlocked,
+            SeptState::BlockedW,
+            SeptState::PendingBlockedW,
+        ],
+        false,
+    );
+    check_sept_leaf_table(
+        Leaf::MemRangeUnblock,
+        PageLevel::L4K,
+        &LEAF_STATES,
+        &[SeptState::Blocked, SeptState::PendingBlocked],
+        false,
+    );
+    check_sept_leaf_table(
+        Leaf::MemRangeBlock,
+        PageLevel::L2M,
+        &[SeptState::NlMapped, SeptState::NlBlocked, SeptState::Free],
+        &[SeptState::NlMapped, SeptState::NlBlocked],
+        false,
+    );
+}
+
+#[test]
+fn legality_page_remove() {
+    check_sept_leaf_table(
+        Leaf::MemPageRemove,
+        PageLevel::L4K,
+        &LEAF_STATES,
+        &[
+            SeptState::Mapped,
+            SeptState::Blocked,
+            SeptState::Pending,
+            SeptState::PendingBlocked,
+            SeptState::BlockedW,
+            SeptState::PendingBlockedW,
+        ],
+        false,
+    );
+}
+
+#[test]
+fn legality_demote_promote_sept_add_remove() {
+    let all2m = [
+        SeptState::Free,
+        SeptState::Mapped,
+        SeptState::Blocked,
+        SeptState::Pending,
+        SeptState::PendingBlocked,
+        SeptState::NlMapped,
+        SeptState::NlBlocked,
+    ];
+    let l2m = PageLevel::L2M;
+    let non_leaf = [SeptState::NlMapped, SeptState::NlBlocked];
+    check_sept_leaf_table(
+        Leaf::MemPageDemote,
+        l2m,
+        &all2m,
+        &[
+            SeptState::Mapped,
+            SeptState::Blocked,
+            SeptState::Pending,
+            SeptState::PendingBlocked,
+        ],
+        true,
+    );
+    check_sept_leaf_table(Leaf::MemPagePromote, l2m, &all2m, &non_leaf, false);
+    check_sept_leaf_table(Leaf::MemSeptRemove, l2m, &all2m, &non_leaf, false);
+    check_sept_leaf_table(Leaf::MemSeptAdd, l2m, &all2m, &[SeptState::Free], true);
+}
+
+#[test]
+fn sept_rd_reads_any_state_and_walk_failure_reports_the_stop() {
+    let p = Platform::new();
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    for s in LEAF_STATES {
+        let gpa = Gpa(16 * G + (s as u64) * 4096);
+        entry_in_state(&p, &td, gpa, PageLevel::L4K, s);
+        assert_eq!(state(&p, &td, gpa, PageLevel::L4K), s);
+    }
+    // No table below the 1 GiB entry of 64 GiB: the walk stops at level 2 (FREE).
+    let e = err(p.module.mem_sept_rd(td.tdr, Gpa(64 << 30), PageLevel::L4K));
+    assert_eq!(
+        e.status,
+        TdxStatus::EPT_WALK_FAILED.with_operand(OperandId::RCX)
+    );
+    assert_eq!(SeptLevelState(e.rdx).level(), 2);
+    assert_eq!(SeptLevelState(e.rdx).state(), Some(SeptState::Free));
+    // AUG there fails the same way.
+    let page = p.alloc_page().unwrap();
+    let e = err(p
+        .module
+        .mem_page_aug(td.tdr, Gpa(64 << 30), PageLevel::L4K, page));
+    assert_eq!(
+        e.status,
+        TdxStatus::EPT_WALK_FAILED.with_operand(OperandId::RCX)
+    );
+}
+
+// ---------- operand checks ----------
+
+#[test]
+fn operand_checks_give_exact_operand_ids() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    p.ensure_sept_path(&td, Gpa(G), PageLevel::L4K).unwrap();
+    let page = p.alloc_page().unwrap();
+    let st = |r: Regs| TdxStatus(raw(&p, r).rax);
+    // Reserved RAX bits and unsupported versions.
+    let mut r = Regs::for_leaf(Leaf::MemTrack, 0);
+    r.rax |= 1 << 30;
+    assert_eq!(
+        st(r),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RAX)
+    );
+    let mut r = regs(Leaf::MemTrack, td.tdr.0, 0, 0);
+    r.rax |= 1 << 16;
+    assert_eq!(
+        st(r),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RAX)
+    );
+    assert_eq!(
+        st(Regs {
+            rax: 99,
+            ..Regs::default()
+        }),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RAX)
+    );
+    // AUG at 1 GiB is not allowed; misaligned GPA; reserved bits; shared GPA.
+    for rcx in [
+        gpa_level_operand(Gpa(0), PageLevel::L1G),
+        gpa_level_operand(Gpa(G + 0x1000), PageLevel::L2M),
+        G | 0x8,
+        (1 << 47) | G,
+    ] {
+        assert_eq!(
+            st(regs(Leaf::MemPageAug, rcx, td.tdr.0, page.0)),
+            TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX),
+            "{rcx:#x}"
+        );
+    }
+    // TDR operand: not a TDR page, misaligned, outside the module's range.
+    assert_eq!(
+        st(regs(Leaf::MemPageAug, G, page.0, page.0)),
+        TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RDX)
+    );
+    assert_eq!(
+        st(regs(Leaf::MemPageAug, G, td.tdr.0 + 8, page.0)),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX)
+    );
+    assert_eq!(
+        st(regs(Leaf::MemPageAug, G, 0x1000, page.0)),
+        TdxStatus::OPERAND_ADDR_RANGE_ERROR.with_operand(OperandId::RDX)
+    );
+    // Target page already owned (a TDCS page), and 2M AUG with a misaligned page. (The TDR
+    // itself as target collides with the TDR lock this very call holds: BUSY.)
+    assert_eq!(
+        st(regs(Leaf::MemPageAug, G, td.tdr.0, td.tdr.0)),
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::R8)
+    );
+    assert_eq!(
+        st(regs(Leaf::MemPageAug, G, td.tdr.0, td.tdcs[0].0)),
+        TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::R8)
+    );
+    assert_eq!(
+        st(regs(Leaf::MemPageAug, G | 1, td.tdr.0, page.0 + 0x1000)),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::R8)
+    );
+    // PAGE.ADD after finalize: op state.
+    let mut r = regs(Leaf::MemPageAdd, G, td.tdr.0, page.0);
+    r.r9 = page.0;
+    assert_eq!(
+        st(r),
+        TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE)
+    );
+}
+
+#[test]
+fn platform_sequence_and_config_checks() {
+    use super::{EmuConfig, EmuLimits, EmulatedModule};
+    use tdx_abi::phys::SparseMemory;
+    let mem = Arc::new(SparseMemory::new());
+    let base = 1u64 << 30;
+    let m = EmulatedModule::new(
+        EmuConfig {
+            phys_base: Hpa(base),
+            phys_size: 1 << 30,
+            num_lps: 2,
+            num_packages: 2,
+            hkid_start: 32,
+            num_hkids: 8,
+            hkid_shift: 46,
+            limits: EmuLimits::default(),
+        },
+        mem.clone() as Arc<dyn PhysMemory>,
+    )
+    .unwrap();
+    let st = |s: &dyn Seamcall, r: Regs| {
+        let mut r = r;
+        s.seamcall(&mut r);
+        TdxStatus(r.rax)
+    };
+    let lp1 = m.lp(1).unwrap();
+    assert_eq!(
+        st(&*m, regs(Leaf::MngCreate, base, 33, 0)),
+        TdxStatus::SYS_LP_INIT_NOT_DONE
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysLpInit, 0)),
+        TdxStatus::SYS_STATE_INCORRECT
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysInit, 0)),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysInit, 0)),
+        TdxStatus::SYS_INIT_NOT_PENDING
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysLpInit, 0)),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysLpInit, 0)),
+        TdxStatus::SYS_LP_INIT_DONE
+    );
+    // TDMR_INFO at base + 0x7F0000, array at base + 0x7F1000.
+    let info_pa = base + 0x7F_0000;
+    let arr = base + 0x7F_1000;
+    mem.write(Hpa(arr), &info_pa.to_le_bytes());
+    let write_info = |f: [u64; 10]| {
+        let mut info = [0u8; 512];
+        for (i, v) in f.iter().enumerate() {
+            info[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        mem.write(Hpa(info_pa), &info);
+    };
+    let good = [
+        base,
+        1 << 30,
+        base + 0x40_2000,
+        0x1000,
+        base + 0x40_0000,
+        0x2000,
+        base,
+        0x40_0000,
+        0,
+        0x80_0000,
+    ];
+    let cfg = regs(Leaf::SysConfig, arr, 1, 32);
+    assert_eq!(st(&*m, cfg), TdxStatus::SYS_LP_INIT_NOT_DONE);
+    assert_eq!(
+        st(&lp1, Regs::for_leaf(Leaf::SysLpInit, 0)),
+        TdxStatus::SUCCESS
+    );
+    let mut bad = good;
+    bad[0] = base + 0x20_0000;
+    write_info(bad);
+    assert_eq!(st(&*m, cfg), TdxStatus::INVALID_TDMR);
+    let mut bad = good;
+    bad[7] = 0x3F_F000; // 4K PAMT too small
+    write_info(bad);
+    assert_eq!(st(&*m, cfg), TdxStatus::INVALID_PAMT);
+    let mut bad = good;
+    bad[9] = 0x40_0000; // reserved area does not cover the 2M/1G PAMT arrays
+    write_info(bad);
+    assert_eq!(st(&*m, cfg), TdxStatus::PAMT_OVERLAP);
+    let mut bad = good;
+    bad[1] = 2 << 30; // second GiB outside the CMR
+    write_info(bad);
+    assert_eq!(st(&*m, cfg), TdxStatus::TDMR_OUTSIDE_CMRS);
+    let mut bad = good;
+    bad[2] = 0x1000; // PAMT outside the CMR
+    write_info(bad);
+    assert_eq!(st(&*m, cfg), TdxStatus::PAMT_OUTSIDE_CMRS);
+    write_info(good);
+    assert_eq!(
+        st(&*m, regs(Leaf::SysConfig, arr, 1, 99)),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::R8)
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::SysConfig, arr, 0, 32)),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX)
+    );
+    assert_eq!(st(&*m, cfg), TdxStatus::SUCCESS);
+    assert_eq!(st(&*m, cfg), TdxStatus::SYS_CONFIG_NOT_PENDING);
+    // Keys on both packages before TDMR.INIT.
+    assert_eq!(
+        st(&*m, regs(Leaf::SysTdmrInit, base, 0, 0)),
+        TdxStatus::SYS_STATE_INCORRECT
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysKeyConfig, 0)),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        st(&*m, Regs::for_leaf(Leaf::SysKeyConfig, 0)),
+        TdxStatus::SYS_KEY_CONFIG_NOT_PENDING
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::SysTdmrInit, base, 0, 0)),
+        TdxStatus::SYS_STATE_INCORRECT
+    );
+    assert_eq!(
+        st(&lp1, Regs::for_leaf(Leaf::SysKeyConfig, 0)),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::MngCreate, base + (8 << 20), 33, 0)),
+        TdxStatus::SYS_NOT_READY
+    );
+    let mut calls = 0;
+    loop {
+        let mut r = regs(Leaf::SysTdmrInit, base, 0, 0);
+        m.seamcall(&mut r);
+        assert_eq!(TdxStatus(r.rax), TdxStatus::SUCCESS);
+        calls += 1;
+        if r.rdx >= base + (1 << 30) {
+            break;
+        }
+    }
+    assert_eq!(calls, 4); // 256 MiB per call
+    assert_eq!(m.sys_state(), super::SysState::Ready);
+    assert_eq!(
+        st(&*m, regs(Leaf::SysTdmrInit, base, 0, 0)),
+        TdxStatus::TDMR_ALREADY_INITIALIZED
+    );
+    // PAMT pages are reserved: not usable as a TDR. The global KeyID is not a TD KeyID.
+    assert_eq!(
+        st(&*m, regs(Leaf::MngCreate, base, 33, 0)),
+        TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX)
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::MngCreate, base + (8 << 20), 32, 0)),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX)
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::MngCreate, base + (8 << 20), 33, 0)),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::MngCreate, base + (9 << 20), 33, 0)),
+        TdxStatus::HKID_NOT_FREE.with_operand(OperandId::RDX)
+    );
+    // KEY.CONFIG per package; ADDCX before that is refused.
+    let tdr = base + (8 << 20);
+    assert_eq!(
+        st(&*m, regs(Leaf::MngAddCx, tdr + 0x1000, tdr, 0)),
+        TdxStatus::TD_KEYS_NOT_CONFIGURED
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::MngKeyConfig, tdr, 0, 0)),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        st(&*m, regs(Leaf::MngKeyConfig, tdr, 0, 0)),
+        TdxStatus::KEY_CONFIGURED
+    );
+    assert_eq!(
+        st(&lp1, regs(Leaf::MngKeyConfig, tdr, 0, 0)),
+        TdxStatus::SUCCESS
+    );
+}
+
+#[test]
+fn td_params_are_validated_by_mng_init() {
+    use tdx_abi::td_params::TdParams;
+    let p = Platform::new();
+    type Mutation = fn(&mut TdParams);
+    let cases: [(Mutation, OperandId); 6] = [
+        (|t| t.attributes |= 1 << 5, OperandId::ATTRIBUTES),
+        (|t| t.xfam = 0, OperandId::XFAM),
+        (|t| t.max_vcpus = 0, OperandId::MAX_VCPUS),
+        (|t| t.eptp_controls = 3 << 3, OperandId::EPTP_CONTROLS),
+        (|t| t.tsc_frequency = 1, OperandId::TSC_FREQUENCY),
+        (
+            |t| t.cpuid_values = vec![[1, 0, 0, 0]],
+            OperandId::CPUID_CONFIG,
+        ),
+    ];
+    for (mutate, op) in cases {
+        let tdr = p.alloc_page().unwrap();
+        p.module.call(regs(Leaf::MngCreate, tdr.0, 40, 0)).unwrap();
+        p.module
+            .call(regs(Leaf::MngKeyConfig, tdr.0, 0, 0))
+            .unwrap();
+        let init = regs(Leaf::MngInit, tdr.0, 0, 0);
+        // TDCS not allocated yet.
+        let e = p.module.call(init).unwrap_err();
+        assert_eq!(e.status, TdxStatus::TDCS_NOT_ALLOCATED);
+        for _ in 0..4 {
+            let cx = p.alloc_page().unwrap();
+            p.module.call(regs(Leaf::MngAddCx, cx.0, tdr.0, 0)).unwrap();
+        }
+        let extra = p.alloc_page().unwrap();
+        let e = p
+            .module
+            .call(regs(Leaf::MngAddCx, extra.0, tdr.0, 0))
+            .unwrap_err();
+        assert_eq!(
+            e.status,
+            TdxStatus::TDCX_NUM_INCORRECT.with_operand(OperandId::RCX)
+        );
+        let mut params = TdParams::basic(0, 4);
+        mutate(&mut params);
+        let pa = p.alloc_page().unwrap();
+        p.mem.write(pa, &params.to_bytes());
+        let e = p
+            .module
+            .call(regs(Leaf::MngInit, tdr.0, pa.0, 0))
+            .unwrap_err();
+        assert_eq!(
+            e.status,
+            TdxStatus::OPERAND_INVALID.with_operand(op),
+            "{op:?}"
+        );
+        // The module stays in UNINITIALIZED: a valid TD_PARAMS then works.
+        p.mem.write(pa, &TdParams::basic(0, 4).to_bytes());
+        p.module.call(regs(Leaf::MngInit, tdr.0, pa.0, 0)).unwrap();
+        let e = p
+            .module
+            .call(regs(Leaf::MngInit, tdr.0, pa.0, 0))
+            .unwrap_err();
+        assert_eq!(
+            e.status,
+            TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE)
+        );
+        // Tear this TD down so the KeyID is free again.
+        p.module
+            .call(regs(Leaf::MngVpFlushDone, tdr.0, 0, 0))
+            .unwrap();
+        p.module
+            .call(Regs::for_leaf(Leaf::PhymemCacheWb, 0))
+            .unwrap();
+        p.module
+            .call(regs(Leaf::MngKeyFreeId, tdr.0, 0, 0))
+            .unwrap();
+    }
+}
+
+#[test]
+fn vcpu_creation_limits_and_states() {
+    let p = Platform::new();
+    let td = p
+        .create_td(&TdOptions {
+            vcpus: 2,
+            max_vcpus: 2,
+            ..TdOptions::default()
+        })
+        .unwrap();
+    let extra = p.alloc_page().unwrap();
+    let e = p
+        .module
+        .call(regs(Leaf::VpCreate, extra.0, td.tdr.0, 0))
+        .unwrap_err();
+    assert_eq!(e.status, TdxStatus::MAX_VCPUS_EXCEEDED);
+    // VP.INIT twice.
+    let mut r = Regs::for_leaf(Leaf::VpInit, 1);
+    r.rcx = td.vcpus[0].tdvpr.0;
+    r.r8 = 7;
+    assert_eq!(
+        p.module.call(r).unwrap_err().status,
+        TdxStatus::VCPU_STATE_INCORRECT
+    );
+    // VP.ENTER before finalize.
+    let r = enter(&p, td.vcpus[0].tdvpr, 0, 0);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE)
+    );
+    // VP.RD / VP.WR.
+    use crate::metadata::vcpu as vf;
+    let mut r = regs(Leaf::VpRd, td.vcpus[1].tdvpr.0, vf::VCPU_INDEX, 0);
+    assert_eq!(p.module.call(r).unwrap().r8, 1);
+    r = regs(Leaf::VpWr, td.vcpus[1].tdvpr.0, vf::HOST_SCRATCH, 0xAB);
+    r.r9 = 0xFF;
+    p.module.call(r).unwrap();
+    r = regs(Leaf::VpRd, td.vcpus[1].tdvpr.0, vf::HOST_SCRATCH, 0);
+    assert_eq!(p.module.call(r).unwrap().r8, 0xAB);
+    r = regs(Leaf::VpWr, td.vcpus[1].tdvpr.0, vf::VCPU_INDEX, 0);
+    assert_eq!(
+        p.module.call(r).unwrap_err().status,
+        TdxStatus::METADATA_FIELD_NOT_WRITABLE.with_operand(OperandId::RDX)
+    );
+}
+
+// ---------- TLB tracking with a vCPU inside VP.ENTER ----------
+
+/// Writes a marker into the MAPPED page at `marker` (so the host sees the guest running,
+/// after VP.ENTER took its epoch reference), then touches shared memory forever: only a kick
+/// ends the entry.
+fn busy_forever(marker: Gpa) -> Workload {
+    Workload {
+        steps: vec![
+            Step::Touch {
+                gpa: marker,
+                len: 4096,
+                access: Access::Write,
+                order: Order::Sequential,
+            },
+            Step::Touch {
+                gpa: Gpa(1 << 47),
+                len: 1 << 46,
+                access: Access::Read,
+                order: Order::Sequential,
+            },
+        ],
+    }
+}
+
+fn platform_without_timer() -> Platform {
+    let mut cfg = super::testing::PlatformConfig::default();
+    cfg.limits.max_guest_units_per_entry = u64::MAX;
+    Platform::with_config(cfg).unwrap()
+}
+
+/// Enters until the entry is not BUSY (a host retries BUSY).
+fn enter_retrying(p: &Platform, tdvpr: Hpa) -> Regs {
+    loop {
+        let r = enter(p, tdvpr, 0, 0);
+        if !TdxStatus(r.rax).is_busy() {
+            return r;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Waits until the guest wrote `marker`'s GPA into `page`.
+fn wait_inside(p: &Platform, page: Hpa, marker: Gpa) {
+    for _ in 0..10_000_000 {
+        let mut b = [0u8; 8];
+        p.mem.read(page, &mut b);
+        if u64::from_le_bytes(b) == marker.0 {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    panic!("vCPU never entered");
+}
+
+#[test]
+fn remove_waits_for_vcpus_of_the_blocking_epoch() {
+    let p = Arc::new(platform_without_timer());
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    let marker = Gpa(0x1000);
+    let marker_page = p.add_page(&td, marker, &[], false).unwrap();
+    p.finalize(&td).unwrap();
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(4 * G);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
+    p.module.set_workload(v, busy_forever(marker));
+    let p2 = p.clone();
+    let runner = std::thread::spawn(move || enter_retrying(&p2, v));
+    wait_inside(&p, marker_page, marker);
+    p.module
+        .mem_range_block(td.tdr, gpa, PageLevel::L4K)
+        .unwrap();
+    p.module.mem_track(td.tdr).unwrap();
+    // The vCPU entered in the blocking epoch and is still inside.
+    let e = err(p.module.mem_page_remove(td.tdr, gpa, PageLevel::L4K));
+    assert_eq!(
+        e.status,
+        TdxStatus::TLB_TRACKING_NOT_DONE.with_operand(OperandId::RCX)
+    );
+    // A second TRACK cannot advance past an epoch that still has a vCPU in it.
+    let e = err(p.module.mem_track(td.tdr));
+    assert_eq!(e.status, TdxStatus::PREVIOUS_TLB_EPOCH_BUSY);
+    assert!(p.module.kick(v));
+    let r = runner.join().unwrap();
+    assert_eq!(r.rax, exit::EXTERNAL_INTERRUPT);
+    p.module
+        .mem_page_remove(td.tdr, gpa, PageLevel::L4K)
+        .unwrap();
+    p.module.mem_track(td.tdr).unwrap();
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn vp_enter_is_busy_while_track_holds_the_epoch_lock() {
+    let p = Arc::new(Platform::new());
+    let td = runnable(&p);
+    let held = p
+        .module
+        .hold_lock(LockTarget::TdEpoch(td.tdr), LockMode::Exclusive)
+        .unwrap();
+    let p2 = p.clone();
+    let v = td.vcpus[0].tdvpr;
+    let status = std::thread::spawn(move || TdxStatus(enter(&p2, v, 0, 0).rax))
+        .join()
+        .unwrap();
+    assert_eq!(
+        status,
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::TD_EPOCH)
+    );
+    drop(held);
+    // TRACK against a shared holder (a vCPU entering) is busy too.
+    let held = p
+        .module
+        .hold_lock(LockTarget::TdEpoch(td.tdr), LockMode::Shared)
+        .unwrap();
+    assert_eq!(
+        err(p.module.mem_track(td.tdr)).status,
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::TD_EPOCH)
+    );
+    drop(held);
+    p.module.mem_track(td.tdr).unwrap();
+}
+
+// ---------- lock collisions ----------
+
+#[test]
+fn lock_collisions_report_the_lock_operand() {
+    let p = Arc::new(Platform::new());
+    let td = runnable(&p);
+    p.ensure_sept_path(&td, Gpa(G), PageLevel::L4K).unwrap();
+    let page = p.alloc_page().unwrap();
+    let cases: Vec<(LockTarget, LockMode, Leaf, OperandId)> = vec![
+        (
+            LockTarget::SeptTree(td.tdr),
+            LockMode::Exclusive,
+            Leaf::MemPageAug,
+            OperandId::SEPT_TREE,
+        ),
+        (
+            LockTarget::SeptTree(td.tdr),
+            LockMode::Shared,
+            Leaf::MemRangeBlock,
+            OperandId::SEPT_TREE,
+        ),
+        (
+            LockTarget::Page(td.tdr),
+            LockMode::Exclusive,
+            Leaf::MemPageAug,
+            OperandId::RDX,
+        ),
+        (
+            LockTarget::Page(td.tdr),
+            LockMode::Shared,
+            Leaf::MngKeyFreeId,
+            OperandId::RCX,
+        ),
+        (
+            LockTarget::Page(page),
+            LockMode::Shared,
+            Leaf::MemPageAug,
+            OperandId::R8,
+        ),
+        (
+            LockTarget::Kot,
+            LockMode::Exclusive,
+            Leaf::PhymemCacheWb,
+            OperandId::KOT,
+        ),
+        (
+            LockTarget::Page(td.vcpus[0].tdvpr),
+            LockMode::Shared,
+            Leaf::VpEnter,
+            OperandId::RCX,
+        ),
+    ];
+    for (target, mode, leaf, op) in cases {
+        let held = p.module.hold_lock(target, mode).unwrap();
+        let p2 = p.clone();
+        let (tdr, tdvpr) = (td.tdr, td.vcpus[0].tdvpr);
+        let status = std::thread::spawn(move || {
+            let r = match leaf {
+                Leaf::MemPageAug => regs(leaf, G, tdr.0, page.0),
+                Leaf::MemRangeBlock => regs(leaf, G, tdr.0, 0),
+                Leaf::VpEnter => regs(leaf, tdvpr.0, 0, 0),
+                Leaf::PhymemCacheWb => regs(leaf, 0, 0, 0),
+                _ => regs(leaf, tdr.0, 0, 0),
+            };
+            TdxStatus(raw(&p2, r).rax)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            status,
+            TdxStatus::OPERAND_BUSY.with_operand(op),
+            "{target:?} {}",
+            leaf.name()
+        );
+        drop(held);
+    }
+    p.module
+        .mem_page_aug(td.tdr, Gpa(G), PageLevel::L4K, page)
+        .unwrap();
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn racing_augs_on_one_gfn_map_it_exactly_once() {
+    let p = Arc::new(Platform::new());
+    let td = runnable(&p);
+    for round in 0..20u64 {
+        let gpa = Gpa(G + round * 4096);
+        p.ensure_sept_path(&td, gpa, PageLevel::L4K).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let p = p.clone();
+                let tdr = td.tdr;
+                std::thread::spawn(move || {
+                    let page = p.alloc_page().unwrap();
+                    let r = p.module.mem_page_aug(tdr, gpa, PageLevel::L4K, page);
+                    if r.is_err() {
+                        p.free_page(page);
+                    }
+                    r.map_err(|e| e.status)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        for r in results.iter().filter_map(|r| r.err()) {
+            assert!(
+                r == TdxStatus::OPERAND_BUSY.with_operand(OperandId::RCX)
+                    || r == TdxStatus::EPT_ENTRY_STATE_INCORRECT.with_operand(OperandId::RCX),
+                "{r}"
+            );
+        }
+    }
+    p.module.check_invariants().unwrap();
+}
+
+// ---------- teardown order ----------
+
+#[test]
+fn teardown_order_is_enforced() {
+    let p = Platform::with_config(super::testing::PlatformConfig {
+        num_packages: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let td = runnable(&p);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, Gpa(G), PageLevel::L4K, page).unwrap();
+    // Run the vCPU once on LP 1 so it is associated there.
+    let lp1 = p.lp(1).unwrap();
+    let mut r = regs(Leaf::VpEnter, td.vcpus[0].tdvpr.0, 0, 0);
+    lp1.seamcall(&mut r);
+    assert_eq!(r.rax, exit::TDCALL);
+    // Entering on another LP while associated.
+    assert_eq!(
+        TdxStatus(enter(&p, td.vcpus[0].tdvpr, 0, 0).rax),
+        TdxStatus::VCPU_ASSOCIATED
+    );
+    // Reclaim while the TD is alive.
+    assert_eq!(
+        err(p.module.phymem_page_reclaim(page)).status,
+        TdxStatus::LIFECYCLE_STATE_INCORRECT
+    );
+    let flushdone = regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0);
+    assert_eq!(
+        p.module.call(flushdone).unwrap_err().status,
+        TdxStatus::FLUSHVP_NOT_DONE
+    );
+    // VP.FLUSH on the wrong LP, then the right one.
+    let flush = regs(Leaf::VpFlush, td.vcpus[0].tdvpr.0, 0, 0);
+    assert_eq!(
+        p.module.call(flush).unwrap_err().status,
+        TdxStatus::VCPU_ASSOCIATED
+    );
+    lp1.call(flush).unwrap();
+    assert_eq!(
+        p.module.call(flush).unwrap_err().status,
+        TdxStatus::VCPU_NOT_ASSOCIATED
+    );
+    // FREEID before VPFLUSHDONE.
+    let freeid = regs(Leaf::MngKeyFreeId, td.tdr.0, 0, 0);
+    assert_eq!(
+        p.module.call(freeid).unwrap_err().status,
+        TdxStatus::LIFECYCLE_STATE_INCORRECT
+    );
+    p.module.call(flushdone).unwrap();
+    // AUG after VPFLUSHDONE: lifecycle.
+    let page2 = p.alloc_page().unwrap();
+    assert_eq!(
+        err(p
+            .module
+            .mem_page_aug(td.tdr, Gpa(G + 4096), PageLevel::L4K, page2))
+        .status,
+        TdxStatus::LIFECYCLE_STATE_INCORRECT
+    );
+    // FREEID before CACHE.WB on every package.
+    assert_eq!(
+        p.module.call(freeid).unwrap_err().status,
+        TdxStatus::WBCACHE_NOT_COMPLETE
+    );
+    p.module
+        .call(Regs::for_leaf(Leaf::PhymemCacheWb, 0))
+        .unwrap();
+    assert_eq!(
+        p.module.call(freeid).unwrap_err().status,
+        TdxStatus::WBCACHE_NOT_COMPLETE
+    );
+    let wb = lp1.call(Regs::for_leaf(Leaf::PhymemCacheWb, 0)).unwrap();
+    assert_eq!(TdxStatus(wb.rax), TdxStatus::SUCCESS);
+    let wb = lp1.call(Regs::for_leaf(Leaf::PhymemCacheWb, 0)).unwrap();
+    assert_eq!(TdxStatus(wb.rax), TdxStatus::NO_HKID_READY_TO_WBCACHE);
+    p.module.call(freeid).unwrap();
+    assert_eq!(p.module.kot_state(td.hkid.0), Some(super::KotState::Free));
+    // TDR before its children.
+    assert_eq!(
+        err(p.module.phymem_page_reclaim(td.tdr)).status,
+        TdxStatus::TD_ASSOCIATED_PAGES_EXIST
+    );
+    let rec = p.module.phymem_page_reclaim(page).unwrap();
+    assert_eq!(rec.page_type, tdx_abi::pamt::PageType::Reg.raw());
+    assert_eq!(rec.owner, td.tdr);
+    assert_eq!(rec.size, 0);
+    assert_eq!(
+        err(p.module.phymem_page_reclaim(page)).status,
+        TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX)
+    );
+    // WBINVD needs a free page.
+    assert_eq!(
+        err(p.module.phymem_page_wbinvd(td.tdvpr_or_tdr(), td.hkid)).status,
+        TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX)
+    );
+    p.module.phymem_page_wbinvd(page, td.hkid).unwrap();
+    // Platform::teardown finishes the rest (it reclaims whatever PAMT says the TD owns).
+    let owned: Vec<_> = p
+        .module
+        .pamt
+        .snapshot()
+        .into_iter()
+        .filter(|(h, m)| m.owner == td.tdr && *h != td.tdr)
+        .collect();
+    for (h, _) in owned {
+        p.module.phymem_page_reclaim(h).unwrap();
+    }
+    p.module.phymem_page_reclaim(td.tdr).unwrap();
+    p.module.check_invariants().unwrap();
+}
+
+trait TdvprOrTdr {
+    fn tdvpr_or_tdr(&self) -> Hpa;
+}
+impl TdvprOrTdr for TestTd {
+    fn tdvpr_or_tdr(&self) -> Hpa {
+        self.vcpus.first().map(|v| v.tdvpr).unwrap_or(self.tdr)
+    }
+}
+
+// ---------- demote / promote ----------
+
+#[test]
+fn demote_then_promote_a_2m_page() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let gpa = Gpa(8 * G);
+    let big = p.alloc_2m().unwrap();
+    p.aug(&td, gpa, PageLevel::L2M, big).unwrap();
+    let before = p.module.td_child_count(td.tdr).unwrap();
+    let sept = p.alloc_page().unwrap();
+    let e = err(p.module.mem_page_demote(td.tdr, gpa, PageLevel::L2M, sept));
+    assert_eq!(
+        e.status,
+        TdxStatus::GPA_RANGE_NOT_BLOCKED.with_operand(OperandId::RCX)
+    );
+    p.module
+        .mem_range_block(td.tdr, gpa, PageLevel::L2M)
+        .unwrap();
+    let e = err(p.module.mem_page_demote(td.tdr, gpa, PageLevel::L2M, sept));
+    assert_eq!(
+        e.status,
+        TdxStatus::TLB_TRACKING_NOT_DONE.with_operand(OperandId::RCX)
+    );
+    p.module.mem_track(td.tdr).unwrap();
+    p.module
+        .mem_page_demote(td.tdr, gpa, PageLevel::L2M, sept)
+        .unwrap();
+    assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::NlMapped);
+    assert_eq!(
+        state(&p, &td, Gpa(gpa.0 + 0x1F_F000), PageLevel::L4K),
+        SeptState::Pending
+    );
+    let (entry, _) = p
+        .module
+        .mem_sept_rd(td.tdr, Gpa(gpa.0 + 0x5000), PageLevel::L4K)
+        .unwrap();
+    assert_eq!(entry & 0x000F_FFFF_FFFF_F000, big.0 + 0x5000);
+    assert_eq!(p.module.td_child_count(td.tdr).unwrap(), before + 512);
+    p.module.check_invariants().unwrap();
+    // Promote back: needs the non-leaf blocked and tracked.
+    let e = err(p.module.mem_page_promote(td.tdr, gpa, PageLevel::L2M));
+    assert_eq!(
+        e.status,
+        TdxStatus::GPA_RANGE_NOT_BLOCKED.with_operand(OperandId::RCX)
+    );
+    p.module
+        .mem_range_block(td.tdr, gpa, PageLevel::L2M)
+        .unwrap();
+    assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::NlBlocked);
+    p.module.mem_track(td.tdr).unwrap();
+    let freed = p
+        .module
+        .mem_page_promote(td.tdr, gpa, PageLevel::L2M)
+        .unwrap();
+    assert_eq!(freed, sept);
+    assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::Pending);
+    assert_eq!(p.module.td_child_count(td.tdr).unwrap(), before);
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn promote_refuses_non_uniform_children() {
+    let p = Platform::new();
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    let gpa = Gpa(8 * G);
+    let big = p.alloc_2m().unwrap();
+    p.aug(&td, gpa, PageLevel::L2M, big).unwrap();
+    let sept = p.alloc_page().unwrap();
+    // Before finalize no blocking/tracking is required.
+    p.module
+        .mem_page_demote(td.tdr, gpa, PageLevel::L2M, sept)
+        .unwrap();
+    assert!(p.module.force_sept_state(
+        td.tdr,
+        Gpa(gpa.0 + 4096),
+        PageLevel::L4K,
+        SeptState::Mapped
+    ));
+    let e = err(p.module.mem_page_promote(td.tdr, gpa, PageLevel::L2M));
+    assert_eq!(
+        e.status,
+        TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS.with_operand(OperandId::RCX)
+    );
+    assert_eq!(SeptLevelState(e.rdx).state(), Some(SeptState::NlMapped));
+    // SEPT.REMOVE of a non-empty table.
+    let e = err(p.module.mem_sept_remove(td.tdr, gpa, PageLevel::L2M));
+    assert_eq!(
+        e.status,
+        TdxStatus::EPT_PAGE_NOT_FREE.with_operand(OperandId::RCX)
+    );
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_remove_returns_the_page_after_blocking_and_tracking() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let gpa = Gpa(8 * G);
+    p.ensure_sept_path(&td, gpa, PageLevel::L4K).unwrap();
+    let (entry, _) = p.module.mem_sept_rd(td.tdr, gpa, PageLevel::L2M).unwrap();
+    let table = Hpa(entry & 0x000F_FFFF_FFFF_F000);
+    let e = err(p.module.mem_sept_remove(td.tdr, gpa, PageLevel::L2M));
+    assert_eq!(
+        e.status,
+        TdxStatus::GPA_RANGE_NOT_BLOCKED.with_operand(OperandId::RCX)
+    );
+    p.module
+        .mem_range_block(td.tdr, gpa, PageLevel::L2M)
+        .unwrap();
+    p.module.mem_track(td.tdr).unwrap();
+    assert_eq!(
+        p.module
+            .mem_sept_remove(td.tdr, gpa, PageLevel::L2M)
+            .unwrap(),
+        table
+    );
+    assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::Free);
+    p.module.check_invariants().unwrap();
+}
+
+// ---------- guest semantics ----------
+
+/// Runs the vCPU, answering exits like a simple host (AUG 4K on EPT violations at the accept
+/// level; 2M when asked for 2M; MapGPA success), until HLT. Returns (console, exits).
+fn run_to_halt(p: &Platform, td: &TestTd, v: Hpa) -> (Vec<u8>, Vec<u64>) {
+    let mut console = Vec::new();
+    let mut exits = Vec::new();
+    let (mut r10, mut r11) = (0, 0);
+    for _ in 0..10_000 {
+        let r = enter(p, v, r10, r11);
+        (r10, r11) = (0, 0);
+        exits.push(r.rax);
+        match r.rax {
+            exit::EPT_VIOLATION => {
+                let level = if r.rdx & exit::EXT_QUAL_TYPE_MASK == exit::EXT_QUAL_TYPE_ACCEPT
+                    && (r.rdx >> 32) & 7 == 1
+                {
+                    PageLevel::L2M
+                } else {
+                    PageLevel::L4K
+                };
+                let gpa = Gpa(r.r8).align_down(level);
+                let page = if level == PageLevel::L2M {
+                    p.alloc_2m().unwrap()
+                } else {
+                    p.alloc_page().unwrap()
+                };
+                p.aug(td, gpa, level, page).unwrap();
+            }
+            exit::TDCALL => match r.r11 {
+                exit::TDVMCALL_IO => console.push(r.r15 as u8),
+                exit::TDVMCALL_HLT => return (console, exits),
+                exit::TDVMCALL_MAP_GPA => {}
+                other => panic!("unexpected TDVMCALL {other:#x}"),
+            },
+            exit::EXTERNAL_INTERRUPT => {}
+            other => panic!("unexpected exit {other:#x} status {}", TdxStatus(other)),
+        }
+    }
+    panic!("vCPU did not halt");
+}
+
+#[test]
+fn two_mega_accept_on_a_4k_table_falls_back_to_4k_accepts() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    // The host already split this 2M range into a 4K table with two pending pages.
+    p.ensure_sept_path(&td, gpa, PageLevel::L4K).unwrap();
+    for i in 0..2 {
+        let page = p.alloc_page().unwrap();
+        p.module
+            .mem_page_aug(td.tdr, Gpa(gpa.0 + i * 4096), PageLevel::L4K, page)
+            .unwrap();
+    }
+    set_steps(
+        &p,
+        v,
+        vec![
+            Step::Accept {
+                gpa,
+                len: PAGE_2M,
+                level: PageLevel::L2M,
+            },
+            Step::Halt,
+        ],
+    );
+    let (_, exits) = run_to_halt(&p, &td, v);
+    // 510 pages were missing: one EPT violation (ACCEPT type, level 4K) each.
+    assert_eq!(
+        exits.iter().filter(|&&e| e == exit::EPT_VIOLATION).count(),
+        510
+    );
+    for off in [0u64, 4096, 0x1F_F000] {
+        assert_eq!(
+            state(&p, &td, Gpa(gpa.0 + off), PageLevel::L4K),
+            SeptState::Mapped
+        );
+    }
+    p.module.check_invariants().unwrap();
+}
+
+const PAGE_2M: u64 = 2 << 20;
+
+#[test]
+fn two_mega_accept_maps_a_2m_page_and_4k_accept_inside_it_asks_for_demote() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    set_steps(
+        &p,
+        v,
+        vec![
+            Step::Accept {
+                gpa,
+                len: PAGE_2M,
+                level: PageLevel::L2M,
+            },
+            Step::Halt,
+        ],
+    );
+    let (_, exits) = run_to_halt(&p, &td, v);
+    assert_eq!(
+        exits.iter().filter(|&&e| e == exit::EPT_VIOLATION).count(),
+        1
+    );
+    assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::Mapped);
+
+    // A 4K accept inside a 2M PENDING leaf exits with accept level 4K.
+    let gpa2 = Gpa(10 * G);
+    let big = p.alloc_2m().unwrap();
+    p.aug(&td, gpa2, PageLevel::L2M, big).unwrap();
+    set_steps(
+        &p,
+        v,
+        vec![Step::Accept {
+            gpa: Gpa(gpa2.0 + 0x3000),
+            len: 4096,
+            level: PageLevel::L4K,
+        }],
+    );
+    let r = enter(&p, v, 0, 0);
+    assert_eq!(r.rax, exit::EPT_VIOLATION);
+    assert_eq!(r.rdx, exit::EXT_QUAL_TYPE_ACCEPT);
+    assert_eq!(r.r8, gpa2.0 + 0x3000);
+    // The host demotes (block, track, re-entry flushes, demote); the guest then accepts.
+    p.module
+        .mem_range_block(td.tdr, gpa2, PageLevel::L2M)
+        .unwrap();
+    p.module.mem_track(td.tdr).unwrap();
+    let sept = p.alloc_page().unwrap();
+    p.module
+        .mem_page_demote(td.tdr, gpa2, PageLevel::L2M, sept)
+        .unwrap();
+    let r = enter(&p, v, 0, 0);
+    assert_eq!((r.rax, r.r11), (exit::TDCALL, exit::TDVMCALL_HLT));
+    assert_eq!(
+        state(&p, &td, Gpa(gpa2.0 + 0x3000), PageLevel::L4K),
+        SeptState::Mapped
+    );
+    assert_eq!(
+        state(&p, &td, Gpa(gpa2.0 + 0x4000), PageLevel::L4K),
+        SeptState::Pending
+    );
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn accept_zeroes_the_page_and_touch_writes_through_the_mapping() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    let page = p.alloc_page().unwrap();
+    p.mem.write(page, &[0xEE; 4096]);
+    p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
+    set_steps(
+        &p,
+        v,
+        vec![
+            Step::Accept {
+                gpa,
+                len: 4096,
+                level: PageLevel::L4K,
+            },
+            Step::Accept {
+                gpa,
+                len: 4096,
+                level: PageLevel::L4K,
+            },
+            Step::Touch {
+                gpa,
+                len: 4096,
+                access: Access::Write,
+                order: Order::Sequential,
+            },
+            Step::Halt,
+        ],
+    );
+    run_to_halt(&p, &td, v);
+    let mut back = [0u8; 16];
+    p.mem.read(page, &mut back);
+    assert_eq!(&back[..8], &gpa.0.to_le_bytes());
+    assert_eq!(&back[8..], &[0; 8]);
+}
+
+#[test]
+fn pending_touch_with_sept_ve_disable_exits_as_pending_violation() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
+    set_steps(
+        &p,
+        v,
+        vec![Step::Touch {
+            gpa,
+            len: 4096,
+            access: Access::Read,
+            order: Order::Sequential,
+        }],
+    );
+    let r = enter(&p, v, 0, 0);
+    assert_eq!(r.rax, exit::EPT_VIOLATION);
+    assert_eq!(r.rdx, exit::EXT_QUAL_TYPE_PENDING_EPT_VIOLATION);
+    assert_eq!(r.rcx, exit::QUAL_READ);
+    // Without SEPT_VE_DISABLE the guest takes a #VE and accepts the page itself.
+    let td2 = p
+        .runnable_td(&TdOptions {
+            attributes: 0,
+            ..TdOptions::default()
+        })
+        .unwrap();
+    let v2 = td2.vcpus[0].tdvpr;
+    let page = p.alloc_page().unwrap();
+    p.aug(&td2, gpa, PageLevel::L4K, page).unwrap();
+    set_steps(
+        &p,
+        v2,
+        vec![Step::Touch {
+            gpa,
+            len: 4096,
+            access: Access::Read,
+            order: Order::Sequential,
+        }],
+    );
+    let r = enter(&p, v2, 0, 0);
+    assert_eq!((r.rax, r.r11), (exit::TDCALL, exit::TDVMCALL_HLT));
+    assert_eq!(state(&p, &td2, gpa, PageLevel::L4K), SeptState::Mapped);
+}
+
+#[test]
+fn random_touch_resumes_across_exits_and_visits_every_page_once() {
+    let p = Platform::new();
+    // No SEPT_VE_DISABLE: a PENDING page raises #VE and the guest accepts it itself.
+    let td = p
+        .runnable_td(&TdOptions {
+            attributes: 0,
+            ..TdOptions::default()
+        })
+        .unwrap();
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    let pages = 300u64;
+    set_steps(
+        &p,
+        v,
+        vec![
+            Step::Touch {
+                gpa,
+                len: pages * 4096,
+                access: Access::Write,
+                order: Order::Random { seed: 42 },
+            },
+            Step::Halt,
+        ],
+    );
+    let (_, exits) = run_to_halt(&p, &td, v);
+    // Exactly one EPT violation per page: progress survives every exit.
+    assert_eq!(
+        exits.iter().filter(|&&e| e == exit::EPT_VIOLATION).count() as u64,
+        pages
+    );
+    let mut first_faults = Vec::new();
+    for i in 0..pages {
+        let g = Gpa(gpa.0 + i * 4096);
+        assert_eq!(state(&p, &td, g, PageLevel::L4K), SeptState::Mapped);
+        let (entry, _) = p.module.mem_sept_rd(td.tdr, g, PageLevel::L4K).unwrap();
+        let mut b = [0u8; 8];
+        p.mem.read(Hpa(entry & 0x000F_FFFF_FFFF_F000), &mut b);
+        assert_eq!(u64::from_le_bytes(b), g.0);
+        first_faults.push(entry);
+    }
+    // Random order really is not sequential: the HPAs (allocated in fault order) are not
+    // ascending in GPA order.
+    assert!(first_faults.windows(2).any(|w| w[0] > w[1]));
+    p.module.check_invariants().unwrap();
+}
+
+#[test]
+fn map_gpa_retry_and_console_and_fatal_and_shutdown() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    set_steps(
+        &p,
+        v,
+        vec![
+            Step::Convert {
+                gpa,
+                len: 4 * PAGE_2M,
+                to_shared: true,
+            },
+            Step::Print { line: "hi".into() },
+            Step::ReportFatalError { code: 0x77 },
+            Step::Shutdown,
+        ],
+    );
+    let r = enter(&p, v, 0, 0);
+    assert_eq!((r.rax, r.r11), (exit::TDCALL, exit::TDVMCALL_MAP_GPA));
+    assert_eq!(r.r12, gpa.0 | 1 << 47);
+    assert_eq!(r.r13, 4 * PAGE_2M);
+    // Host converts 2 MiB and asks the guest to retry from there.
+    let r = enter(
+        &p,
+        v,
+        exit::TDVMCALL_STATUS_RETRY,
+        (gpa.0 + PAGE_2M) | 1 << 47,
+    );
+    assert_eq!(r.r11, exit::TDVMCALL_MAP_GPA);
+    assert_eq!(r.r12, (gpa.0 + PAGE_2M) | 1 << 47);
+    assert_eq!(r.r13, 3 * PAGE_2M);
+    let mut out = Vec::new();
+    let mut r = enter(&p, v, 0, 0);
+    while r.r11 == exit::TDVMCALL_IO {
+        assert_eq!((r.r12, r.r13, r.r14), (1, 1, crate::workload::SERIAL_PORT));
+        out.push(r.r15 as u8);
+        r = enter(&p, v, 0, 0);
+    }
+    assert_eq!(out, b"hi\n");
+    assert_eq!(
+        (r.rax, r.r11, r.r12),
+        (exit::TDCALL, exit::TDVMCALL_REPORT_FATAL_ERROR, 0x77)
+    );
+    assert_eq!(enter(&p, v, 0, 0).rax, exit::TRIPLE_FAULT);
+    assert_eq!(enter(&p, v, 0, 0).rax, exit::TRIPLE_FAULT);
+    // A failed MapGPA makes the guest report a fatal error.
+    set_steps(
+        &p,
+        v,
+        vec![Step::Convert {
+            gpa,
+            len: 4096,
+            to_shared: false,
+        }],
+    );
+    let r = enter(&p, v, 0, 0);
+    assert_eq!(r.r12, gpa.0);
+    let r = enter(&p, v, 0x8000_0000_0000_0000, 0);
+    assert_eq!(r.r11, exit::TDVMCALL_REPORT_FATAL_ERROR);
+}
+
+#[test]
+fn rtmr_extend_matches_the_offline_function() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let d1 = [7u8; 48];
+    let d2 = [9u8; 48];
+    set_steps(
+        &p,
+        v,
+        vec![
+            Step::ExtendRtmr {
+                index: 2,
+                digest: d1,
+            },
+            Step::ExtendRtmr {
+                index: 2,
+                digest: d2,
+            },
+        ],
+    );
+    enter(&p, v, 0, 0);
+    let want = tdx_abi::measure::rtmr_extend(&tdx_abi::measure::rtmr_extend(&[0; 48], &d1), &d2);
+    let mut got = [0u8; 48];
+    for i in 0..6u64 {
+        let x = p
+            .mng_rd(
+                td.tdr,
+                crate::metadata::td::RTMR + 2 * crate::metadata::td::MR_ELEMENTS + i,
+            )
+            .unwrap();
+        got[i as usize * 8..i as usize * 8 + 8].copy_from_slice(&x.to_le_bytes());
+    }
+    assert_eq!(got, want);
+}
+
+#[test]
+fn zero_step_mitigation_takes_the_tree_lock_after_six_faults() {
+    let p = Arc::new(Platform::new());
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = Gpa(8 * G);
+    set_steps(
+        &p,
+        v,
+        vec![Step::Touch {
+            gpa,
+            len: 4096,
+            access: Access::Write,
+            order: Order::Sequential,
+        }],
+    );
+    for _ in 0..6 {
+        assert_eq!(enter(&p, v, 0, 0).rax, exit::EPT_VIOLATION);
+    }
+    // A host thread is in the middle of an AUG (tree lock shared): VP.ENTER must back off.
+    let held = p
+        .module
+        .hold_lock(LockTarget::SeptTree(td.tdr), LockMode::Shared)
+        .unwrap();
+    assert_eq!(
+        TdxStatus(enter(&p, v, 0, 0).rax),
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::SEPT_TREE)
+    );
+    drop(held);
+    // Lock free: VP.ENTER takes it, sees the GPA still unmapped, the guest faults again.
+    assert_eq!(enter(&p, v, 0, 0).rax, exit::EPT_VIOLATION);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
+    // Mapped now (PENDING): the counter resets; the access then hits the pending page.
+    let r = enter(&p, v, 0, 0);
+    assert_eq!(r.rdx, exit::EXT_QUAL_TYPE_PENDING_EPT_VIOLATION);
+}
+
+#[test]
+fn kick_before_entry_exits_immediately() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    p.module.kick(v);
+    assert_eq!(enter(&p, v, 0, 0).rax, exit::EXTERNAL_INTERRUPT);
+    assert_eq!(enter(&p, v, 0, 0).r11, exit::TDVMCALL_HLT);
+}
+
+#[test]
+fn fault_injection_by_nth_call_and_probability() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    p.module.inject(
+        Leaf::MemTrack,
+        Injection::StatusOnNthCall {
+            n: 2,
+            status: TdxStatus::OPERAND_BUSY.with_operand(OperandId::TD_EPOCH),
+        },
+    );
+    p.module.mem_track(td.tdr).unwrap();
+    assert!(err(p.module.mem_track(td.tdr)).is_busy());
+    p.module.mem_track(td.tdr).unwrap();
+    p.module.inject(
+        Leaf::MemTrack,
+        Injection::BusyProbability {
+            p: 1.0,
+            seed: 1,
+            operand: OperandId::TD_EPOCH,
+        },
+    );
+    assert_eq!(
+        err(p.module.mem_track(td.tdr)).status,
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::TD_EPOCH)
+    );
+    p.module.clear_injection(Leaf::MemTrack);
+    p.module.mem_track(td.tdr).unwrap();
+}
+
+#[test]
+fn sys_rd_and_rdall_report_the_module_limits() {
+    use tdx_abi::metadata::sys as f;
+    let p = Platform::new();
+    assert_eq!(p.sys_rd(f::TDCS_BASE_SIZE).unwrap(), 4 * 4096);
+    assert_eq!(p.sys_rd(f::MAX_TDMRS).unwrap(), 64);
+    assert_eq!(p.sys_rd(f::CMR_BASE).unwrap(), 1 << 30);
+    let e = p.sys_rd(0x1234).unwrap_err();
+    assert_eq!(
+        e.status,
+        TdxStatus::METADATA_FIELD_ID_INCORRECT.with_operand(OperandId::RDX)
+    );
+    let all = p.sys_rdall().unwrap();
+    assert!(all.contains(&(f::PAMT_4K_ENTRY_SIZE, 16)));
+    assert!(all.contains(&(f::NUM_CPUID_CONFIG, 2)));
+}
+
+// ---------- property tests ----------
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One host operation on a small GPA window (8 × 2 MiB) of a runnable TD.
+    #[derive(Clone, Debug)]
+    enum Op {
+        SeptAdd(u8, bool),
+        Aug4k(u16),
+        Aug2m(u8),
+        Block(u16, bool),
+        Unblock(u16, bool),
+        Track,
+        Remove(u16, bool),
+        SeptRemove(u8),
+        Demote(u8),
+        Promote(u8),
+        Enter(u8),
+        Reclaim(u16),
+        Raw(u8, u64, u64, u64, u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..8, any::<bool>()).prop_map(|(a, b)| Op::SeptAdd(a, b)),
+            (0u16..4096).prop_map(Op::Aug4k),
+            (0u8..8).prop_map(Op::Aug2m),
+            (0u16..4096, any::<bool>()).prop_map(|(a, b)| Op::Block(a, b)),
+            (0u16..4096, any::<bool>()).prop_map(|(a, b)| Op::Unblock(a, b)),
+            Just(Op::Track),
+            (0u16..4096, any::<bool>()).prop_map(|(a, b)| Op::Remove(a, b)),
+            (0u8..8).prop_map(Op::SeptRemove),
+            (0u8..8).prop_map(Op::Demote),
+            (0u8..8).prop_map(Op::Promote),
+            (0u8..3).prop_map(Op::Enter),
+            (0u16..2048).prop_map(Op::Reclaim),
+            (
+                0u8..64,
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(l, a, b, c, d)| Op::Raw(l, a, b, c, d)),
+        ]
+    }
+
+    fn run(p: &Platform, td: &TestTd, op: &Op) {
+        let base = 8 * G;
+        let g4 = |i: u16| Gpa(base + u64::from(i) * 4096);
+        let g2 = |i: u8| Gpa(base + u64::from(i) * G);
+        let lvl = |big: bool| if big { PageLevel::L2M } else { PageLevel::L4K };
+        let at = |i: u16, big: bool| {
+            if big {
+                g4(i).align_down(PageLevel::L2M)
+            } else {
+                g4(i)
+            }
+        };
+        let m = &p.module;
+        match *op {
+            Op::SeptAdd(i, top) => {
+                if top {
+                    let _ = p.ensure_sept_path(td, g2(i), PageLevel::L2M);
+                } else if let Ok(page) = p.alloc_page()
+                    && m.mem_sept_add(td.tdr, g2(i), PageLevel::L2M, page).is_err()
+                {
+                    p.free_page(page);
+                }
+            }
+            Op::Aug4k(i) => {
+                if let Ok(page) = p.alloc_page()
+                    && m.mem_page_aug(td.tdr, g4(i), PageLevel::L4K, page).is_err()
+                {
+                    p.free_page(page);
+                }
+            }
+            Op::Aug2m(i) => {
+                if let Ok(page) = p.alloc_2m()
+                    && m.mem_page_aug(td.tdr, g2(i), PageLevel::L2M, page).is_err()
+                {
+                    p.free_2m(page);
+                }
+            }
+            Op::Block(i, big) => {
+                let _ = m.mem_range_block(td.tdr, at(i, big), lvl(big));
+            }
+            Op::Unblock(i, big) => {
+                let _ = m.mem_range_unblock(td.tdr, at(i, big), lvl(big));
+            }
+            Op::Track => {
+                let _ = m.mem_track(td.tdr);
+            }
+            Op::Remove(i, big) => {
+                let _ = m.mem_page_remove(td.tdr, at(i, big), lvl(big));
+            }
+            Op::SeptRemove(i) => {
+                let _ = m.mem_sept_remove(td.tdr, g2(i), PageLevel::L2M);
+            }
+            Op::Demote(i) => {
+                if let Ok(page) = p.alloc_page()
+                    && m.mem_page_demote(td.tdr, g2(i), PageLevel::L2M, page)
+                        .is_err()
+                {
+                    p.free_page(page);
+                }
+            }
+            Op::Promote(i) => {
+                let _ = m.mem_page_promote(td.tdr, g2(i), PageLevel::L2M);
+            }
+            Op::Enter(kind) => {
+                let v = td.vcpus[0].tdvpr;
+                let steps = match kind {
+                    0 => vec![Step::Accept {
+                        gpa: Gpa(base),
+                        len: 8 * G,
+                        level: PageLevel::L2M,
+                    }],
+                    1 => vec![Step::Touch {
+                        gpa: Gpa(base),
+                        len: 8 * G,
+                        access: Access::Write,
+                        order: Order::Random { seed: 3 },
+                    }],
+                    _ => vec![Step::Accept {
+                        gpa: Gpa(base),
+                        len: 64 * 4096,
+                        level: PageLevel::L4K,
+                    }],
+                };
+                p.module.set_workload(v, Workload { steps });
+                let _ = enter(p, v, 0, 0);
+            }
+            Op::Reclaim(i) => {
+                let _ = m.phymem_page_reclaim(Hpa((1 << 30) + u64::from(i) * 4096 * 64));
+            }
+            Op::Raw(leaf, a, b, c, d) => {
+                let mut r = Regs {
+                    rax: u64::from(leaf),
+                    rcx: a,
+                    rdx: b,
+                    r8: c,
+                    r9: d,
+                    ..Regs::default()
+                };
+                // Only leaves that cannot destroy the fixture's TD lifecycle.
+                if !matches!(
+                    Leaf::from_number(u16::from(leaf)),
+                    Some(Leaf::MngVpFlushDone | Leaf::MngKeyFreeId | Leaf::VpFlush)
+                ) {
+                    p.module.seamcall(&mut r);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Random host call sequences never panic and keep PAMT ownership, CHLDCNT and the
+        /// S-EPT consistent; afterwards the TD can always be torn down completely.
+        #[test]
+        fn random_sequences_keep_invariants(ops in proptest::collection::vec(op(), 1..60)) {
+            let p = Platform::new();
+            let td = runnable(&p);
+            for op in &ops {
+                run(&p, &td, op);
+                if let Err(e) = p.module.check_invariants() {
+                    panic!("after {op:?}: {e}");
+                }
+            }
+            p.teardown(&td).unwrap();
+            p.module.check_invariants().unwrap();
+            prop_assert!(p
+                .module
+                .pamt
+                .snapshot()
+                .iter()
+                .all(|(_, m)| m.owner != td.tdr));
+        }
+
+        /// Any register values on any leaf give a status, never a panic.
+        #[test]
+        fn arbitrary_registers_never_panic(
+            rax in any::<u64>(),
+            leaf in 0u64..50,
+            version in 0u64..3,
+            rcx in any::<u64>(),
+            rdx in any::<u64>(),
+            r8 in any::<u64>(),
+            r9 in any::<u64>(),
+            near in any::<bool>(),
+        ) {
+            let p = Platform::new();
+            let td = p.create_td(&TdOptions::default()).unwrap();
+            // Half the cases use plausible operands (the TD's own pages) to get deep.
+            let pick = |x: u64| if near { [td.tdr.0, td.tdcs[0].0, td.vcpus[0].tdvpr.0, (1 << 30) + (x % (1 << 30))][(x % 4) as usize] } else { x };
+            let mut r = Regs {
+                rax: if near { leaf | version << 16 } else { rax },
+                rcx: pick(rcx),
+                rdx: pick(rdx),
+                r8: pick(r8),
+                r9,
+                ..Regs::default()
+            };
+            p.module.seamcall(&mut r);
+            p.module.check_invariants().unwrap();
+        }
+    }
+}
+
+// ---------- concurrency stress ----------
+
+#[test]
+fn concurrent_map_unmap_from_many_threads_stays_consistent() {
+    let p = Arc::new(Platform::new());
+    let td = runnable(&p);
+    for t in 0..4u64 {
+        p.ensure_sept_path(&td, Gpa((t + 1) * G), PageLevel::L4K)
+            .unwrap();
+    }
+    let busy_tree = Arc::new(core::sync::atomic::AtomicU64::new(0));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let p = p.clone();
+            let td = td.clone();
+            let busy_tree = busy_tree.clone();
+            std::thread::spawn(move || {
+                let retry = |f: &dyn Fn() -> Result<(), SeamError>| loop {
+                    match f() {
+                        Ok(()) => return,
+                        Err(e) if e.is_busy() => {
+                            if e.operand() == OperandId::SEPT_TREE {
+                                busy_tree.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                            }
+                            std::thread::yield_now();
+                        }
+                        Err(e) if e.status.is(TdxStatus::PREVIOUS_TLB_EPOCH_BUSY) => {
+                            std::thread::yield_now()
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                };
+                for i in 0..40u64 {
+                    let gpa = Gpa((t + 1) * G + (i % 8) * 4096);
+                    let page = p.alloc_page().unwrap();
+                    retry(&|| p.module.mem_page_aug(td.tdr, gpa, PageLevel::L4K, page));
+                    retry(&|| p.module.mem_range_block(td.tdr, gpa, PageLevel::L4K));
+                    retry(&|| p.module.mem_track(td.tdr));
+                    // Another thread's TRACK may have advanced the epoch already; either way
+                    // the page is tracked once one TRACK after the BLOCK succeeded.
+                    retry(&|| p.module.mem_page_remove(td.tdr, gpa, PageLevel::L4K));
+                    p.free_page(page);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    p.module.check_invariants().unwrap();
+    for t in 0..4u64 {
+        for i in 0..8 {
+            let g = Gpa((t + 1) * G + i * 4096);
+            assert_eq!(state(&p, &td, g, PageLevel::L4K), SeptState::Free);
+        }
+    }
+    p.teardown(&td).unwrap();
+}
+
+#[test]
+fn typed_vp_enter_wrapper_decodes_exits() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    set_steps(
+        &p,
+        v,
+        vec![Step::Touch {
+            gpa: Gpa(3 * G),
+            len: 4096,
+            access: Access::Write,
+            order: Order::Sequential,
+        }],
+    );
+    // EPT violation: RCX qualification, RDX extended qualification (type in 3:0), R8 GPA.
+    let ex = p.module.vp_enter(v, 0, 0).unwrap();
+    assert_eq!(
+        (
+            ex.rax & 0xFFFF,
+            ex.rcx,
+            ex.rdx & exit::EXT_QUAL_TYPE_MASK,
+            ex.r8
+        ),
+        (
+            exit::EPT_VIOLATION,
+            exit::QUAL_WRITE,
+            exit::EXT_QUAL_TYPE_NORMAL,
+            3 * G
+        )
+    );
+    let ex = {
+        let page = p.alloc_page().unwrap();
+        p.aug(&td, Gpa(3 * G), PageLevel::L4K, page).unwrap();
+        p.module.vp_enter(v, 0, 0).unwrap()
+    };
+    assert_eq!(
+        (ex.rax & 0xFFFF, ex.rdx & exit::EXT_QUAL_TYPE_MASK),
+        (
+            exit::EPT_VIOLATION,
+            exit::EXT_QUAL_TYPE_PENDING_EPT_VIOLATION
+        )
+    );
+}

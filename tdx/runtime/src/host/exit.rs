@@ -1,0 +1,318 @@
+//! TD exits: the output registers of TDH.VP.ENTER decoded into a [`TdExit`], and what the
+//! host does for each one (KVM's `tdx_handle_exit` in `arch/x86/kvm/vmx/tdx.c` has the same
+//! split).
+//!
+//! | exit | handling |
+//! | --- | --- |
+//! | external interrupt (kick, timer) | nothing; re-enter on a later turn |
+//! | EPT violation | [`SeptManager::map_private`](crate::sept::SeptManager::map_private) with the mapping size from the guest's accept level (4 KiB for plain accesses, 2 MiB only if the TD allows huge pages), retried locally on `MapOutcome::Retry` as KVM does, so the vCPU does not re-enter just to fault again (zero-step) |
+//! | EPT violation on a PENDING page (`SEPT_VE_DISABLE`) | guest bug: TD failed |
+//! | TDVMCALL | decoded into a [`Request`] and answered with a [`Reply`]: port I/O and MMIO go to the TD's device buses ([`crate::devices`]); MapGPA converts at most 2 MiB per exit, answering RETRY with the next GPA; HLT idles the vCPU |
+//! | triple fault | guest shutdown → stopped |
+//! | anything else | TD bugged |
+//!
+//! Nothing here allocates or logs: outcomes are recorded in the TD and logged once by the main
+//! CPU.
+
+use core::sync::atomic::Ordering;
+
+use tdx_abi::exit::{
+    EPT_VIOLATION, EXT_QUAL_INFO_SHIFT, EXT_QUAL_TYPE_ACCEPT, EXT_QUAL_TYPE_MASK,
+    EXT_QUAL_TYPE_PENDING_EPT_VIOLATION, EXTERNAL_INTERRUPT, TDCALL, TRIPLE_FAULT,
+};
+use tdx_abi::seamcall::Regs;
+use tdx_abi::{Gfn, Gpa, PageLevel};
+
+use crate::sept::{FaultRequest, MapOutcome, SeptError};
+
+use super::td::{BugCause, FailCause, GuestOutcome, RUN_GRACEFUL, RUN_HALT, TdShared, VcpuShared};
+use super::tdvmcall::{Access, Reply, Request};
+
+/// Bytes converted per MapGPA exit before answering RETRY.
+pub const MAPGPA_CHUNK_BYTES: u64 = 2 << 20;
+/// Local fault retries before re-entering the vCPU.
+const LOCAL_FAULT_RETRIES: u32 = 64;
+
+/// A decoded TD exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TdExit {
+    /// External interrupt: a kick or the timer; just re-enter.
+    ExternalInterrupt,
+    /// Triple fault: the guest shut down.
+    TripleFault,
+    /// EPT violation on `gpa`.
+    EptViolation {
+        /// Faulting GPA (shared bit included).
+        gpa: Gpa,
+        /// Exit qualification (bit 0 read, bit 1 write).
+        qualification: u64,
+        /// Extended exit qualification type (bits 3:0).
+        ext_type: u64,
+        /// The guest's accept level when `ext_type` is [`EXT_QUAL_TYPE_ACCEPT`].
+        accept_level: Option<PageLevel>,
+    },
+    /// A TDVMCALL.
+    Tdvmcall(Request),
+    /// Another exit reason.
+    Other {
+        /// RAX bits 31:0.
+        reason: u64,
+    },
+}
+
+impl TdExit {
+    /// Decodes the output registers of a TDH.VP.ENTER that ended in a TD exit: RAX bits 31:0
+    /// the exit reason, RCX the exit qualification, RDX the extended qualification, R8 the
+    /// GPA, and for TDCALL the TDVMCALL registers.
+    pub fn decode(r: &Regs) -> TdExit {
+        match r.rax & 0xFFFF_FFFF {
+            EXTERNAL_INTERRUPT => TdExit::ExternalInterrupt,
+            TRIPLE_FAULT => TdExit::TripleFault,
+            EPT_VIOLATION => {
+                let ext_type = r.rdx & EXT_QUAL_TYPE_MASK;
+                TdExit::EptViolation {
+                    gpa: Gpa(r.r8),
+                    qualification: r.rcx,
+                    ext_type,
+                    accept_level: (ext_type == EXT_QUAL_TYPE_ACCEPT)
+                        .then(|| PageLevel::from_raw((r.rdx >> EXT_QUAL_INFO_SHIFT) & 7))
+                        .flatten(),
+                }
+            }
+            TDCALL => TdExit::Tdvmcall(Request::decode(r)),
+            reason => TdExit::Other { reason },
+        }
+    }
+}
+
+/// What the runner does with the vCPU after its exit was handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterExit {
+    /// Enter it again on a later turn (and hand it `Reply` if it made a TDVMCALL).
+    Continue(Reply),
+    /// The guest is idle during a graceful stop: flush and park it.
+    Park,
+}
+
+/// The vCPU that exited, as the handlers see it.
+pub(crate) struct ExitContext<'a> {
+    /// Its TD.
+    pub(crate) td: &'a TdShared,
+    /// The vCPU.
+    pub(crate) vcpu: &'a VcpuShared,
+    /// The runner handling it (the S-EPT fault path's per-CPU cache index).
+    pub(crate) runner: usize,
+    /// Platform time of the exit (ms).
+    pub(crate) now_ms: u64,
+}
+
+impl ExitContext<'_> {
+    /// Handles `exit`.
+    pub(crate) fn handle(&self, exit: TdExit) -> AfterExit {
+        let td = self.td;
+        td.counters.exits.fetch_add(1, Ordering::Relaxed);
+        match exit {
+            TdExit::ExternalInterrupt => {}
+            TdExit::TripleFault => td.set_outcome(GuestOutcome::Shutdown),
+            TdExit::EptViolation {
+                gpa,
+                ext_type,
+                accept_level,
+                ..
+            } => {
+                td.counters.ept_violations.fetch_add(1, Ordering::Relaxed);
+                self.fault(gpa, ext_type, accept_level);
+            }
+            TdExit::Tdvmcall(request) => return self.tdvmcall(request),
+            TdExit::Other { reason } => {
+                td.set_outcome(GuestOutcome::Bugged(BugCause::UnknownExit(reason)));
+            }
+        }
+        AfterExit::Continue(Reply::DONE)
+    }
+
+    fn tdvmcall(&self, request: Request) -> AfterExit {
+        let td = self.td;
+        let reply = match request {
+            Request::Hlt { .. } => {
+                if td.run.load(Ordering::SeqCst) == RUN_GRACEFUL {
+                    // The guest is idle: it honours the shutdown request.
+                    return AfterExit::Park;
+                }
+                self.vcpu
+                    .halted_until
+                    .store(self.now_ms + td.idle_wakeup_ms.max(1), Ordering::Release);
+                Reply::DONE
+            }
+            Request::Io { size, port, access } => match access {
+                Access::Write(value) => {
+                    td.io.write(port, size, value);
+                    Reply::DONE
+                }
+                Access::Read => Reply::success(td.io.read(port, size)),
+            },
+            Request::Mmio { size, gpa, access } => {
+                let gpa = Gpa(gpa.0 & !(1u64 << td.shared_bit));
+                match access {
+                    Access::Write(value) => {
+                        td.mmio.write(gpa, size, value);
+                        Reply::DONE
+                    }
+                    Access::Read => Reply::success(td.mmio.read(gpa, size)),
+                }
+            }
+            Request::MapGpa { gpa, size } => self.map_gpa(gpa, size),
+            Request::ReportFatalError { code } => {
+                td.set_outcome(GuestOutcome::FatalError { code });
+                Reply::DONE
+            }
+            Request::Malformed { .. } => Reply::INVALID_OPERAND,
+            Request::Unsupported { subfunction } => {
+                td.set_outcome(GuestOutcome::Bugged(BugCause::UnknownTdvmcall(subfunction)));
+                Reply::DONE
+            }
+        };
+        AfterExit::Continue(reply)
+    }
+
+    fn fault(&self, gpa: Gpa, ext_type: u64, accept_level: Option<PageLevel>) {
+        let td = self.td;
+        let shared_mask = 1u64 << td.shared_bit;
+        if gpa.0 & shared_mask != 0 {
+            td.set_outcome(GuestOutcome::Failed {
+                what: FailCause::SharedAccess,
+                value: gpa.0,
+            });
+            return;
+        }
+        if ext_type == EXT_QUAL_TYPE_PENDING_EPT_VIOLATION {
+            td.set_outcome(GuestOutcome::Failed {
+                what: FailCause::PendingAccess,
+                value: gpa.0,
+            });
+            return;
+        }
+        let level = match accept_level {
+            Some(l) if td.huge_pages => l.min(PageLevel::L2M),
+            _ => PageLevel::L4K,
+        };
+        let req = FaultRequest::new(gpa.gfn())
+            .max_level(level)
+            .cpu(self.runner);
+        for _ in 0..LOCAL_FAULT_RETRIES {
+            match td.sept.map_private(req) {
+                Ok(MapOutcome::Mapped { .. } | MapOutcome::AlreadyMapped { .. }) => return,
+                Ok(MapOutcome::Retry) => {
+                    if td.run.load(Ordering::SeqCst) == RUN_HALT {
+                        return;
+                    }
+                    core::hint::spin_loop();
+                }
+                Err(e) => {
+                    let outcome = match e {
+                        SeptError::Bugged(r) => GuestOutcome::Bugged(BugCause::Sept(r)),
+                        SeptError::TornDown => return,
+                        SeptError::OutOfPrivateMemory { .. } | SeptError::GfnOutOfRange { .. } => {
+                            GuestOutcome::Failed {
+                                what: FailCause::NoPrivateMemory,
+                                value: gpa.0,
+                            }
+                        }
+                        _ => GuestOutcome::Bugged(BugCause::SeptPagesExhausted),
+                    };
+                    td.set_outcome(outcome);
+                    return;
+                }
+            }
+        }
+        // Still contended: re-enter; the guest faults again.
+    }
+
+    fn map_gpa(&self, gpa: Gpa, size: u64) -> Reply {
+        let td = self.td;
+        let shared_mask = 1u64 << td.shared_bit;
+        let to_shared = gpa.0 & shared_mask != 0;
+        let start = gpa.0 & !shared_mask;
+        let end = start.checked_add(size);
+        if !start.is_multiple_of(4096)
+            || size == 0
+            || !size.is_multiple_of(4096)
+            || end.is_none_or(|e| e > shared_mask)
+        {
+            return Reply::INVALID_OPERAND;
+        }
+        let chunk = size.min(MAPGPA_CHUNK_BYTES);
+        let (first, last) = (start >> 12, (start + chunk) >> 12);
+        if to_shared {
+            // Attribute first, so a racing fault cannot map the GFNs again.
+            td.backing.set_shared(first, last, true);
+            match td.sept.unmap_private(Gfn(first)..Gfn(last)) {
+                Ok(_) => {}
+                Err(SeptError::Bugged(r)) => {
+                    td.set_outcome(GuestOutcome::Bugged(BugCause::Sept(r)));
+                    return Reply::DONE;
+                }
+                Err(SeptError::TornDown) => return Reply::DONE,
+                Err(_) => return Reply::INVALID_OPERAND,
+            }
+        } else {
+            td.backing.set_shared(first, last, false);
+        }
+        td.counters.conversions.fetch_add(1, Ordering::Relaxed);
+        if chunk < size {
+            Reply::retry((start + chunk) | (gpa.0 & shared_mask))
+        } else {
+            Reply::DONE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tdx_abi::exit::{QUAL_WRITE, TDVMCALL_IO};
+
+    #[test]
+    fn decodes_accept_level_and_tdvmcalls() {
+        let r = Regs {
+            rax: EPT_VIOLATION,
+            rcx: QUAL_WRITE,
+            rdx: EXT_QUAL_TYPE_ACCEPT | 1 << 32,
+            r8: 0x20_0000,
+            ..Regs::default()
+        };
+        assert_eq!(
+            TdExit::decode(&r),
+            TdExit::EptViolation {
+                gpa: Gpa(0x20_0000),
+                qualification: QUAL_WRITE,
+                ext_type: EXT_QUAL_TYPE_ACCEPT,
+                accept_level: Some(PageLevel::L2M),
+            }
+        );
+        let r = Regs {
+            rax: TDCALL,
+            r11: TDVMCALL_IO,
+            r12: 1,
+            r13: 1,
+            r14: 0x3F8,
+            r15: u64::from(b'x'),
+            ..Regs::default()
+        };
+        assert_eq!(
+            TdExit::decode(&r),
+            TdExit::Tdvmcall(Request::Io {
+                size: crate::devices::AccessSize::Byte,
+                port: 0x3F8,
+                access: Access::Write(u64::from(b'x'))
+            })
+        );
+        assert_eq!(
+            TdExit::decode(&Regs {
+                rax: 0x1234,
+                ..Regs::default()
+            }),
+            TdExit::Other { reason: 0x1234 }
+        );
+    }
+}

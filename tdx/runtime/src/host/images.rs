@@ -1,0 +1,256 @@
+//! Firmware image store: uploads streamed into pool pages (`MemoryUse::ImageStorage`) with a
+//! running SHA-384, validated as TDVF when finished.
+//!
+//! Validation reads the image where it is stored, through [`StoredPages`] (a
+//! [`crate::tdvf::ImageSource`] over the pool pages): the parser reads the GUIDed table at the
+//! end, the descriptor and its entries (section bounds are checked arithmetically), and the
+//! expected MRTD reads only the MR.EXTENDed pages, one 4 KiB page at a time. The file is never
+//! copied onto the heap. TDs are built page by page straight from the pool pages.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use sha2::{Digest, Sha384};
+
+use super::HostError;
+use super::types::{ImageInfo, ImageSection};
+use crate::pool::{MemoryPool, MemoryUse};
+use crate::tdvf::{
+    FIRMWARE_WINDOW_START, ImageSource, OutOfImage, SectionType, TdMemoryLayout, TdvfMetadata,
+    expected_mrtd_from,
+};
+use tdx_abi::phys::PhysMemory;
+use tdx_abi::{Hpa, PAGE_SIZE_4K};
+
+/// An upload in progress.
+pub(crate) struct Upload {
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) written: u64,
+    pub(crate) pages: Vec<Hpa>,
+    pub(crate) sha: Sha384,
+}
+
+/// A stored, validated image.
+pub(crate) struct StoredImage {
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) pages: Vec<Hpa>,
+    pub(crate) sha384: [u8; 48],
+    pub(crate) metadata: TdvfMetadata,
+    pub(crate) expected_mrtd: [u8; 48],
+}
+
+/// Names of images and TDs: 1–64 characters of `[A-Za-z0-9._-]`.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Upload {
+    /// Reserves pool pages for `size` bytes.
+    pub(crate) fn begin(pool: &MemoryPool, name: &str, size: u64) -> Result<Upload, HostError> {
+        let n = size.div_ceil(PAGE_SIZE_4K) as usize;
+        let mut pages = Vec::new();
+        if n > 0 {
+            pool.alloc_4k_batch(MemoryUse::ImageStorage, n, &mut pages)
+                .map_err(|_| HostError::OutOfMemory)?;
+        }
+        Ok(Upload {
+            name: String::from(name),
+            size,
+            written: 0,
+            pages,
+            sha: Sha384::new(),
+        })
+    }
+
+    /// Appends `data`.
+    pub(crate) fn write(&mut self, phys: &dyn PhysMemory, data: &[u8]) -> Result<(), HostError> {
+        let end = self
+            .written
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= self.size)
+            .ok_or(HostError::UploadSizeMismatch)?;
+        self.sha.update(data);
+        let mut done = 0usize;
+        let mut at = self.written;
+        while done < data.len() {
+            let page = (at / PAGE_SIZE_4K) as usize;
+            let off = at % PAGE_SIZE_4K;
+            let n = ((PAGE_SIZE_4K - off) as usize).min(data.len() - done);
+            let (Some(hpa), Some(bytes)) = (self.pages.get(page), data.get(done..done + n)) else {
+                return Err(HostError::UploadSizeMismatch);
+            };
+            phys.write(hpa.add(off), bytes);
+            done += n;
+            at += n as u64;
+        }
+        self.written = end;
+        Ok(())
+    }
+
+    /// Returns the pages to the pool.
+    pub(crate) fn free(self, pool: &MemoryPool, phys: &dyn PhysMemory) {
+        free_pages(&self.pages, pool, phys);
+    }
+
+    /// Validates the finished upload. On error the caller frees it.
+    pub(crate) fn finish(&self, phys: &dyn PhysMemory) -> Result<StoredParts, HostError> {
+        if self.written != self.size {
+            return Err(HostError::UploadSizeMismatch);
+        }
+        self.validate(&StoredPages::new(phys, &self.pages, self.size))
+    }
+
+    /// Validates the image `source` reads (the upload's pages; tests pass a counting source).
+    pub(crate) fn validate<S: ImageSource + ?Sized>(
+        &self,
+        source: &S,
+    ) -> Result<StoredParts, HostError> {
+        let metadata = TdvfMetadata::parse_source(source).map_err(HostError::InvalidImage)?;
+        let layout =
+            TdMemoryLayout::new(&metadata, minimal_memory_mib(&metadata)).map_err(|_| {
+                HostError::InvalidSpec {
+                    field: "image",
+                    reason: "the TDVF sections cannot be laid out in guest memory",
+                }
+            })?;
+        let expected = expected_mrtd_from(source, &layout).map_err(|e| match e {
+            crate::tdvf::ExpectedMrtdError::Image(t) => HostError::InvalidImage(t),
+            _ => HostError::InvalidSpec {
+                field: "image",
+                reason: "the TD HOB does not fit the image's TD_HOB section",
+            },
+        })?;
+        let mut sha384 = [0u8; 48];
+        sha384.copy_from_slice(&self.sha.clone().finalize());
+        Ok(StoredParts {
+            sha384,
+            metadata,
+            expected_mrtd: expected,
+        })
+    }
+}
+
+/// What validation produced.
+pub(crate) struct StoredParts {
+    pub(crate) sha384: [u8; 48],
+    pub(crate) metadata: TdvfMetadata,
+    pub(crate) expected_mrtd: [u8; 48],
+}
+
+/// Smallest RAM (MiB, at least 32) that holds every section placed below the firmware window.
+pub(crate) fn minimal_memory_mib(md: &TdvfMetadata) -> u64 {
+    let top = md
+        .sections()
+        .iter()
+        .filter(|s| s.memory_address.0 < FIRMWARE_WINDOW_START)
+        .map(|s| s.memory_end())
+        .max()
+        .unwrap_or(0);
+    top.div_ceil(1 << 20).max(32)
+}
+
+/// An image stored in pool pages (4 KiB of the file per page, in order), read through
+/// [`PhysMemory`].
+pub(crate) struct StoredPages<'a> {
+    phys: &'a dyn PhysMemory,
+    pages: &'a [Hpa],
+    size: u64,
+}
+
+impl<'a> StoredPages<'a> {
+    pub(crate) fn new(phys: &'a dyn PhysMemory, pages: &'a [Hpa], size: u64) -> Self {
+        StoredPages { phys, pages, size }
+    }
+}
+
+impl ImageSource for StoredPages<'_> {
+    fn len(&self) -> usize {
+        usize::try_from(self.size).unwrap_or(usize::MAX)
+    }
+
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), OutOfImage> {
+        let end = offset.checked_add(buf.len()).ok_or(OutOfImage)?;
+        if end as u64 > self.size {
+            return Err(OutOfImage);
+        }
+        let mut done = 0usize;
+        let mut at = offset as u64;
+        while done < buf.len() {
+            let page = (at / PAGE_SIZE_4K) as usize;
+            let off = at % PAGE_SIZE_4K;
+            let n = ((PAGE_SIZE_4K - off) as usize).min(buf.len() - done);
+            let (Some(hpa), Some(dst)) = (self.pages.get(page), buf.get_mut(done..done + n)) else {
+                return Err(OutOfImage);
+            };
+            self.phys.read(hpa.add(off), dst);
+            done += n;
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn free_pages(pages: &[Hpa], pool: &MemoryPool, phys: &dyn PhysMemory) {
+    for p in pages {
+        phys.zero(*p, PAGE_SIZE_4K);
+        if let Err(e) = pool.free_4k(*p, MemoryUse::ImageStorage) {
+            log::error!("host: image page {p} could not be freed: {e}");
+        }
+    }
+}
+
+impl StoredImage {
+    /// Reads `len` bytes at file offset `offset` into `buf` (zero past the end).
+    pub(crate) fn read(&self, phys: &dyn PhysMemory, offset: u64, buf: &mut [u8]) {
+        buf.fill(0);
+        let n = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let source = StoredPages::new(phys, &self.pages, self.size);
+        if let (Ok(at), Some(dst)) = (usize::try_from(offset), buf.get_mut(..n))
+            && source.read_at(at, dst).is_err()
+        {
+            dst.fill(0);
+        }
+    }
+
+    /// The pool page holding file bytes `[offset, offset + 4096)` if that is exactly one
+    /// whole stored page.
+    pub(crate) fn whole_page(&self, offset: u64, len: u64) -> Option<Hpa> {
+        (offset.is_multiple_of(PAGE_SIZE_4K) && len == PAGE_SIZE_4K)
+            .then(|| self.pages.get((offset / PAGE_SIZE_4K) as usize).copied())
+            .flatten()
+    }
+
+    /// The API view.
+    pub(crate) fn info(&self, in_use_by: u32) -> ImageInfo {
+        ImageInfo {
+            name: self.name.clone(),
+            size: self.size,
+            sha384: self.sha384,
+            sections: self
+                .metadata
+                .sections()
+                .iter()
+                .map(|s| ImageSection {
+                    kind: String::from(section_name(s.section_type)),
+                    gpa: s.memory_address.0,
+                    memory_size: s.memory_data_size,
+                    raw_size: u64::from(s.raw_data_size),
+                    extend: s.attributes.mr_extend(),
+                    aug: s.attributes.page_aug(),
+                })
+                .collect(),
+            expected_mrtd: self.expected_mrtd,
+            in_use_by,
+        }
+    }
+}
+
+fn section_name(t: SectionType) -> &'static str {
+    t.name()
+}

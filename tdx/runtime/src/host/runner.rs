@@ -1,0 +1,351 @@
+//! vCPU runner loops: the code a runner CPU (an application processor on the appliance, a
+//! thread in host tests) runs through [`Runner::poll`] while it has vCPUs bound.
+//!
+//! A runner with no vCPU bound (and no cross-CPU request pending) parks: [`Runner::poll`]
+//! returns [`RunnerPoll::Parked`] and clears the runner's `running` flag under the slot
+//! lock, so its CPU goes back to the platform's idle state instead of spinning (under QEMU
+//! TCG a spinning AP costs a whole host core; uefi-platform-notes, "Other CPUs"). The host
+//! binds vCPUs under the same lock and then starts every bound runner that is not running
+//! (`Host::ensure_runners`), so a bind either keeps the loop alive or sees it parked.
+//!
+//! Each vCPU is bound to one runner; a runner serves its vCPUs round-robin, one TDH.VP.ENTER
+//! per turn, and hands each exit to [`super::exit`]. The runner keeps only scheduling: which
+//! vCPU enters next, halted vCPUs waiting for their wake-up time, parking.
+//!
+//! The turn path never allocates and never logs (outcomes are recorded in the TD and logged
+//! once by the main CPU). Entry follows KVM's `vcpu->mode` protocol: publish IN_GUEST, then
+//! check the TD's block count and run state, so the S-EPT unmap path's
+//! [`VcpuGate`](super::memory::VcpuGate) either sees the vCPU in guest mode (and kicks it) or
+//! the vCPU sees the block.
+//!
+//! When its TD stops, the runner issues TDH.VP.FLUSH for the vCPU on its own CPU (the CPU the
+//! vCPU is associated with) and parks it; teardown starts only once every vCPU is parked.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+
+use tdx_abi::TdxStatus;
+use tdx_abi::seamcall::{Regs, Seamcall, TdxModule};
+
+use super::exit::{AfterExit, ExitContext, TdExit};
+use super::seam::RetryBusy;
+use super::td::{
+    BugCause, GuestOutcome, MODE_IN_GUEST, MODE_OUTSIDE, RUN_GRACEFUL, RUN_HALT, RUN_NOT_STARTED,
+    TdShared, VcpuShared,
+};
+use super::{Platform, RunnerPoll};
+
+const MAIL_EMPTY: u8 = 0;
+const MAIL_POSTED: u8 = 1;
+const MAIL_DONE: u8 = 2;
+
+/// A [`Seamcall`] handle that issues each call on a runner's CPU through its mailbox (the
+/// hardware module's per-CPU leaves once a runner loop occupies the CPU), so typed wrappers
+/// run there unchanged. A call the loop did not take within the timeout (or because it
+/// parked) is not issued: it reads as failed, and [`Mailbox::delivered`] turns false.
+pub(crate) struct Mailbox<'a> {
+    runner: &'a Runner,
+    timeout_ms: u64,
+    undelivered: AtomicBool,
+}
+
+impl<'a> Mailbox<'a> {
+    /// A mailbox to `runner` that waits up to `timeout_ms` for each call.
+    pub(crate) fn new(runner: &'a Runner, timeout_ms: u64) -> Self {
+        Mailbox {
+            runner,
+            timeout_ms,
+            undelivered: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether every call went through the runner's CPU.
+    pub(crate) fn delivered(&self) -> bool {
+        !self.undelivered.load(Ordering::Acquire)
+    }
+}
+
+impl Seamcall for Mailbox<'_> {
+    fn seamcall(&self, regs: &mut Regs) {
+        match self.runner.call_here(*regs, self.timeout_ms) {
+            Some(out) => *regs = out,
+            None => {
+                self.undelivered.store(true, Ordering::Release);
+                // Not issued: fail the typed wrapper; the caller sees `delivered() == false`.
+                regs.rax = TdxStatus::OPERAND_INVALID.0;
+            }
+        }
+    }
+    fn kind(&self) -> tdx_abi::seamcall::ModuleKind {
+        self.runner.seam.kind()
+    }
+    fn hkid_shift(&self) -> u32 {
+        self.runner.seam.hkid_shift()
+    }
+}
+
+/// A vCPU bound to a runner.
+#[derive(Clone)]
+pub(crate) struct Slot {
+    pub(crate) td: Arc<TdShared>,
+    pub(crate) vcpu: usize,
+}
+
+/// One runner loop, bound to one CPU.
+pub struct Runner {
+    index: AtomicUsize,
+    cpu: u32,
+    seam: Arc<dyn Seamcall>,
+    clock: Arc<dyn Platform>,
+    slots: spin::Mutex<Vec<Slot>>,
+    cursor: AtomicUsize,
+    exit: AtomicBool,
+    /// A loop is dispatched (set by the host before starting it, cleared by the loop when it
+    /// parks).
+    running: AtomicBool,
+    /// A failed restart was logged (once per runner).
+    start_error_logged: AtomicBool,
+    mail_state: AtomicU8,
+    mail: spin::Mutex<Regs>,
+}
+
+impl Runner {
+    pub(crate) fn new(
+        index: usize,
+        cpu: u32,
+        seam: Arc<dyn Seamcall>,
+        clock: Arc<dyn Platform>,
+    ) -> Runner {
+        Runner {
+            index: AtomicUsize::new(index),
+            cpu,
+            seam,
+            clock,
+            slots: spin::Mutex::new(Vec::new()),
+            cursor: AtomicUsize::new(0),
+            exit: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            start_error_logged: AtomicBool::new(false),
+            mail_state: AtomicU8::new(MAIL_EMPTY),
+            mail: spin::Mutex::new(Regs::default()),
+        }
+    }
+
+    pub(crate) fn set_index(&self, index: usize) {
+        self.index.store(index, Ordering::Relaxed);
+    }
+
+    /// The CPU this runner runs on.
+    pub fn cpu(&self) -> u32 {
+        self.cpu
+    }
+
+    /// Asks the loop to return [`RunnerPoll::Exit`] at its next turn.
+    pub fn request_exit(&self) {
+        self.exit.store(true, Ordering::Release);
+    }
+
+    /// Whether a loop is dispatched for this runner (false once it returned
+    /// [`RunnerPoll::Parked`]).
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Claims the right to dispatch a loop: true if the runner was parked (the caller must
+    /// then start it, or call [`Runner::start_failed`]).
+    pub(crate) fn claim_start(&self) -> bool {
+        self.running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Undoes [`Runner::claim_start`] after the platform could not start the loop.
+    pub(crate) fn start_failed(&self) {
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a failed restart was already logged; marks it logged (logged once per runner).
+    pub(crate) fn take_start_error_logged(&self) -> bool {
+        self.start_error_logged.swap(true, Ordering::Relaxed)
+    }
+
+    /// vCPUs bound to this runner.
+    pub fn bound_vcpus(&self) -> usize {
+        self.slots.lock().len()
+    }
+
+    pub(crate) fn bind(&self, slot: Slot) {
+        self.slots.lock().push(slot);
+    }
+
+    /// Removes every vCPU of the TD with TDR `tdr`.
+    pub(crate) fn unbind_td(&self, td: &Arc<TdShared>) {
+        self.slots.lock().retain(|s| !Arc::ptr_eq(&s.td, td));
+    }
+
+    /// Issues `regs` on this runner's CPU from another CPU (hardware per-CPU leaves once the
+    /// runner occupies the CPU) and waits up to `timeout_ms`.
+    pub(crate) fn call_here(&self, regs: Regs, timeout_ms: u64) -> Option<Regs> {
+        if self
+            .mail_state
+            .compare_exchange(MAIL_EMPTY, MAIL_EMPTY, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return None;
+        }
+        *self.mail.lock() = regs;
+        self.mail_state.store(MAIL_POSTED, Ordering::Release);
+        self.clock.kick_cpu(self.cpu);
+        let deadline = self.clock.now_ms().saturating_add(timeout_ms);
+        while self.mail_state.load(Ordering::Acquire) != MAIL_DONE {
+            let parked = !self.running.load(Ordering::SeqCst);
+            if parked || self.clock.now_ms() > deadline {
+                // Withdraw the request unless the loop served it meanwhile.
+                if self
+                    .mail_state
+                    .compare_exchange(MAIL_POSTED, MAIL_EMPTY, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return None;
+                }
+                continue;
+            }
+            core::hint::spin_loop();
+        }
+        let out = *self.mail.lock();
+        self.mail_state.store(MAIL_EMPTY, Ordering::Release);
+        Some(out)
+    }
+
+    fn serve_mail(&self) {
+        if self.mail_state.load(Ordering::Acquire) == MAIL_POSTED {
+            let mut regs = *self.mail.lock();
+            RetryBusy(&*self.seam).seamcall(&mut regs);
+            *self.mail.lock() = regs;
+            self.mail_state.store(MAIL_DONE, Ordering::Release);
+        }
+    }
+
+    /// One turn of the loop: serve a cross-CPU request, then run one vCPU entry. Returns
+    /// [`RunnerPoll::Parked`] (and the loop must return) when no vCPU is bound.
+    pub fn poll(&self) -> RunnerPoll {
+        if self.exit.load(Ordering::Acquire) {
+            self.running.store(false, Ordering::SeqCst);
+            return RunnerPoll::Exit;
+        }
+        self.serve_mail();
+        let n = {
+            let slots = self.slots.lock();
+            if slots.is_empty() && self.mail_state.load(Ordering::Acquire) == MAIL_EMPTY {
+                // Under the slot lock: a concurrent bind either lands before this check (and
+                // the loop keeps running) or sees `running` false afterwards (and restarts it).
+                self.running.store(false, Ordering::SeqCst);
+                return RunnerPoll::Parked;
+            }
+            slots.len()
+        };
+        let start = self.cursor.load(Ordering::Relaxed);
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some(slot) = self.slots.lock().get(i).cloned() else {
+                break;
+            };
+            if self.turn(&slot) {
+                self.cursor.store(i + 1, Ordering::Relaxed);
+                return RunnerPoll::Busy;
+            }
+        }
+        RunnerPoll::Idle
+    }
+
+    /// Runs one entry of the slot's vCPU if it may run; true if it did something.
+    fn turn(&self, slot: &Slot) -> bool {
+        let td = &*slot.td;
+        let Some(v) = td.vcpus.vcpus.get(slot.vcpu) else {
+            return false;
+        };
+        if v.parked.load(Ordering::Acquire) {
+            return false;
+        }
+        let run = td.run.load(Ordering::SeqCst);
+        if run == RUN_HALT {
+            return self.park(td, v);
+        }
+        if run == RUN_NOT_STARTED {
+            return false;
+        }
+        let now = self.clock.now_ms();
+        let until = v.halted_until.load(Ordering::Acquire);
+        if until != 0 {
+            if run == RUN_GRACEFUL {
+                return self.park(td, v);
+            }
+            if now < until {
+                return false;
+            }
+            v.halted_until.store(0, Ordering::Release);
+        }
+        // KVM order: publish the mode, then look at requests.
+        v.mode.store(MODE_IN_GUEST, Ordering::SeqCst);
+        if td.vcpus.block.load(Ordering::SeqCst) > 0 || td.run.load(Ordering::SeqCst) == RUN_HALT {
+            v.mode.store(MODE_OUTSIDE, Ordering::SeqCst);
+            return false;
+        }
+        v.entered.store(true, Ordering::Release);
+        let status = v.answer_status.load(Ordering::Relaxed);
+        let value = v.answer_value.load(Ordering::Relaxed);
+        let result = self.seam.vp_enter(v.tdvpr, status, value);
+        v.exits.fetch_add(1, Ordering::SeqCst);
+        v.mode.store(MODE_OUTSIDE, Ordering::SeqCst);
+        match result {
+            Err(e) if e.is_busy() => {
+                td.counters.busy_retries.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => td.set_outcome(GuestOutcome::Bugged(BugCause::Seamcall(e))),
+            Ok(regs) => {
+                let exit = ExitContext {
+                    td,
+                    vcpu: v,
+                    runner: self.index.load(Ordering::Relaxed),
+                    now_ms: now,
+                };
+                match exit.handle(TdExit::decode(&regs)) {
+                    AfterExit::Continue(reply) => {
+                        v.answer_status.store(reply.status, Ordering::Relaxed);
+                        v.answer_value.store(reply.value, Ordering::Relaxed);
+                    }
+                    AfterExit::Park => {
+                        self.park(td, v);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Flushes the vCPU on this CPU (if it ever entered) and parks it. False if the flush
+    /// must be retried.
+    fn park(&self, td: &TdShared, v: &VcpuShared) -> bool {
+        if v.entered.load(Ordering::Acquire) && !v.flushed.load(Ordering::Acquire) {
+            match self.seam.vp_flush(v.tdvpr) {
+                Ok(()) => {}
+                Err(e) if e.is_busy() => return true,
+                Err(e) if e.status.is(TdxStatus::VCPU_NOT_ASSOCIATED) => {}
+                Err(e) => td.set_outcome(GuestOutcome::Bugged(BugCause::Seamcall(e))),
+            }
+            v.flushed.store(true, Ordering::Release);
+        }
+        v.parked.store(true, Ordering::Release);
+        true
+    }
+}
+
+impl core::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Runner")
+            .field("index", &self.index.load(Ordering::Relaxed))
+            .field("cpu", &self.cpu)
+            .finish()
+    }
+}

@@ -1,0 +1,318 @@
+//! The part of a TD that runner CPUs share with the main CPU: vCPU run state, the S-EPT
+//! manager, the console ring, counters and the guest outcome. Only atomics and briefly held
+//! spin locks; nothing here allocates after creation.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+
+use crate::devices::{MmioBus, PortIoBus};
+use crate::sept::{BugReport, SeptManager};
+use tdx_abi::Hpa;
+use tdx_abi::seamcall::Seamcall;
+
+use super::memory::{TdBacking, TdVcpus};
+use super::types::TdId;
+
+/// vCPU mode: not in the TD (KVM `OUTSIDE_GUEST_MODE`).
+pub const MODE_OUTSIDE: u8 = 0;
+/// vCPU mode: between the entry decision and the exit of TDH.VP.ENTER (KVM `IN_GUEST_MODE`).
+pub const MODE_IN_GUEST: u8 = 1;
+
+/// TD run state: vCPUs may not enter (not started yet).
+pub const RUN_NOT_STARTED: u8 = 0;
+/// TD run state: vCPUs run.
+pub const RUN_GO: u8 = 1;
+/// TD run state: graceful stop asked; a vCPU that halts powers off.
+pub const RUN_GRACEFUL: u8 = 2;
+/// TD run state: stop entering; runners flush and park their vCPUs.
+pub const RUN_HALT: u8 = 3;
+
+/// One vCPU.
+pub struct VcpuShared {
+    /// Index in the TD.
+    pub index: u32,
+    /// TDVPR page.
+    pub tdvpr: Hpa,
+    /// Runner (index) the vCPU is bound to.
+    pub runner: usize,
+    /// CPU of that runner.
+    pub cpu: u32,
+    /// [`MODE_OUTSIDE`] or [`MODE_IN_GUEST`].
+    pub mode: AtomicU8,
+    /// Exits so far (the unmap path waits for it to move).
+    pub exits: AtomicU64,
+    /// Entered the TD at least once (associated with its runner's CPU).
+    pub entered: AtomicBool,
+    /// TDH.VP.FLUSH done on its CPU.
+    pub flushed: AtomicBool,
+    /// Powered off / stopped for good; the runner will not enter it again.
+    pub parked: AtomicBool,
+    /// Halted until this time (ms; 0 = not halted).
+    pub halted_until: AtomicU64,
+    /// Answer to the pending TDVMCALL for the next entry: status (R10) and value (R11).
+    pub answer_status: AtomicU64,
+    /// See `answer_status`.
+    pub answer_value: AtomicU64,
+}
+
+impl VcpuShared {
+    /// A fresh vCPU bound to `runner` on `cpu`.
+    pub fn new(index: u32, tdvpr: Hpa, runner: usize, cpu: u32) -> Self {
+        VcpuShared {
+            index,
+            tdvpr,
+            runner,
+            cpu,
+            mode: AtomicU8::new(MODE_OUTSIDE),
+            exits: AtomicU64::new(0),
+            entered: AtomicBool::new(false),
+            flushed: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            halted_until: AtomicU64::new(0),
+            answer_status: AtomicU64::new(0),
+            answer_value: AtomicU64::new(0),
+        }
+    }
+
+    /// Ends a halt (timer, kick, stop request).
+    pub fn wake(&self) {
+        self.halted_until.store(0, Ordering::Release);
+    }
+
+    /// Whether the vCPU will not run again and holds no association with a CPU.
+    pub fn is_quiescent(&self) -> bool {
+        self.parked.load(Ordering::Acquire)
+            && self.mode.load(Ordering::Acquire) == MODE_OUTSIDE
+            && (!self.entered.load(Ordering::Acquire) || self.flushed.load(Ordering::Acquire))
+    }
+}
+
+/// Why the guest side ended (set by a runner, applied to the lifecycle by the main CPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestOutcome {
+    /// Triple fault: the guest shut down.
+    Shutdown,
+    /// TDVMCALL ReportFatalError.
+    FatalError {
+        /// R12.
+        code: u64,
+    },
+    /// The guest did something the host cannot serve (expected failure class).
+    Failed {
+        /// What.
+        what: FailCause,
+        /// The GPA/GFN or value concerned.
+        value: u64,
+    },
+    /// Unexpected module status or exit (bug class).
+    Bugged(BugCause),
+}
+
+/// Expected guest failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailCause {
+    /// Access to a PENDING page with SEPT_VE_DISABLE (not accepted first).
+    PendingAccess,
+    /// Access to a private GFN without private memory (outside RAM or converted to shared).
+    NoPrivateMemory,
+    /// EPT violation on a shared GPA (no shared memory is modelled).
+    SharedAccess,
+}
+
+/// Unexpected conditions that bug a TD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BugCause {
+    /// The S-EPT manager bugged the TD.
+    Sept(BugReport),
+    /// A SEAMCALL the runner issued failed unexpectedly.
+    Seamcall(tdx_abi::seamcall::SeamError),
+    /// An exit reason the host does not handle.
+    UnknownExit(u64),
+    /// A TDVMCALL subfunction the host does not handle.
+    UnknownTdvmcall(u64),
+    /// The preallocated S-EPT pages ran out (the bound is wrong).
+    SeptPagesExhausted,
+}
+
+impl core::fmt::Display for GuestOutcome {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            GuestOutcome::Shutdown => write!(f, "guest shut down (triple fault)"),
+            GuestOutcome::FatalError { code } => {
+                write!(f, "guest reported a fatal error (code {code:#x})")
+            }
+            GuestOutcome::Failed { what, value } => match what {
+                FailCause::PendingAccess => write!(
+                    f,
+                    "guest accessed GPA {value:#x} before accepting it (SEPT_VE_DISABLE)"
+                ),
+                FailCause::NoPrivateMemory => write!(
+                    f,
+                    "guest accessed private GPA {value:#x} which has no private memory"
+                ),
+                FailCause::SharedAccess => {
+                    write!(f, "guest accessed shared GPA {value:#x} (no shared memory)")
+                }
+            },
+            GuestOutcome::Bugged(c) => match c {
+                BugCause::Sept(r) => write!(f, "S-EPT: {r}"),
+                BugCause::Seamcall(e) => write!(f, "{} returned {}", e.leaf.name(), e.status),
+                BugCause::UnknownExit(r) => write!(f, "unhandled TD exit reason {r}"),
+                BugCause::UnknownTdvmcall(s) => {
+                    write!(f, "unhandled TDVMCALL subfunction {s:#x}")
+                }
+                BugCause::SeptPagesExhausted => write!(f, "preallocated S-EPT pages exhausted"),
+            },
+        }
+    }
+}
+
+/// A byte ring keeping the newest `capacity` bytes of the TD's console.
+pub struct ConsoleRing {
+    inner: spin::Mutex<RingState>,
+}
+
+struct RingState {
+    buf: Box<[u8]>,
+    /// Bytes ever written.
+    total: u64,
+}
+
+impl ConsoleRing {
+    /// A ring of `capacity` bytes (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        ConsoleRing {
+            inner: spin::Mutex::new(RingState {
+                buf: alloc::vec![0u8; capacity.max(1)].into_boxed_slice(),
+                total: 0,
+            }),
+        }
+    }
+
+    /// Appends bytes (runner CPUs; no allocation).
+    pub fn push(&self, bytes: &[u8]) {
+        let mut s = self.inner.lock();
+        let cap = s.buf.len() as u64;
+        for &b in bytes {
+            let at = (s.total % cap) as usize;
+            if let Some(slot) = s.buf.get_mut(at) {
+                *slot = b;
+            }
+            s.total += 1;
+        }
+    }
+
+    /// Bytes ever written.
+    pub fn total(&self) -> u64 {
+        self.inner.lock().total
+    }
+
+    /// Up to `max` bytes from `offset` (or from the oldest byte kept if `offset` was
+    /// dropped): `(first offset, bytes)`.
+    pub fn read(&self, offset: u64, max: usize) -> (u64, alloc::vec::Vec<u8>) {
+        let s = self.inner.lock();
+        let cap = s.buf.len() as u64;
+        let oldest = s.total.saturating_sub(cap);
+        let start = offset.clamp(oldest, s.total);
+        let n = (s.total - start).min(max as u64);
+        let mut out = alloc::vec::Vec::with_capacity(n as usize);
+        for i in start..start + n {
+            out.push(s.buf.get((i % cap) as usize).copied().unwrap_or(0));
+        }
+        (start, out)
+    }
+}
+
+/// Per-TD counters runners bump.
+#[derive(Default)]
+pub struct TdCounterCells {
+    /// Exits handled.
+    pub exits: AtomicU64,
+    /// EPT violations.
+    pub ept_violations: AtomicU64,
+    /// MapGPA conversions handled.
+    pub conversions: AtomicU64,
+    /// VP.ENTER or control-path BUSY retries.
+    pub busy_retries: AtomicU64,
+}
+
+/// What runners share about one TD.
+pub struct TdShared {
+    /// The TD.
+    pub id: TdId,
+    /// TDR page.
+    pub tdr: Hpa,
+    /// [`RUN_NOT_STARTED`], [`RUN_GO`], [`RUN_GRACEFUL`] or [`RUN_HALT`].
+    pub run: AtomicU8,
+    /// The vCPUs.
+    pub vcpus: Arc<TdVcpus>,
+    /// The S-EPT manager.
+    pub sept: SeptManager<dyn Seamcall>,
+    /// Private memory (for MapGPA attribute changes).
+    pub backing: Arc<TdBacking>,
+    /// Console output (the UART on [`TdShared::io`] writes into it).
+    pub console: Arc<ConsoleRing>,
+    /// The TD's port-I/O devices.
+    pub io: PortIoBus,
+    /// The TD's MMIO devices (addresses without the shared bit).
+    pub mmio: MmioBus,
+    /// Counters.
+    pub counters: TdCounterCells,
+    /// First guest outcome.
+    pub outcome: spin::Mutex<Option<GuestOutcome>>,
+    /// Shared bit position.
+    pub shared_bit: u32,
+    /// 2 MiB mappings allowed.
+    pub huge_pages: bool,
+    /// Emulated timer period for halted vCPUs.
+    pub idle_wakeup_ms: u64,
+}
+
+impl TdShared {
+    /// Records the first outcome, stops every vCPU from entering again and kicks them out.
+    pub fn set_outcome(&self, outcome: GuestOutcome) {
+        {
+            let mut o = self.outcome.lock();
+            if o.is_none() {
+                *o = Some(outcome);
+            }
+        }
+        self.halt();
+    }
+
+    /// Stops entry for good and kicks every vCPU out.
+    pub fn halt(&self) {
+        self.run.store(RUN_HALT, Ordering::SeqCst);
+        self.vcpus.kick_all();
+    }
+
+    /// The recorded outcome.
+    pub fn outcome(&self) -> Option<GuestOutcome> {
+        *self.outcome.lock()
+    }
+
+    /// Every vCPU is parked, out of the TD and flushed.
+    pub fn quiescent(&self) -> bool {
+        self.vcpus.vcpus.iter().all(VcpuShared::is_quiescent)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_ring_keeps_the_newest_bytes() {
+        let r = ConsoleRing::new(8);
+        r.push(b"hello ");
+        assert_eq!(r.read(0, 100), (0, b"hello ".to_vec()));
+        r.push(b"world");
+        assert_eq!(r.total(), 11);
+        // Offsets 0..3 were dropped.
+        assert_eq!(r.read(0, 100), (3, b"lo world".to_vec()));
+        assert_eq!(r.read(6, 3), (6, b"wor".to_vec()));
+        assert_eq!(r.read(50, 3), (11, alloc::vec::Vec::new()));
+    }
+}

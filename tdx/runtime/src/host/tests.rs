@@ -1,0 +1,923 @@
+//! Host tests over the software TDX module with thread runners: many TDs at once through
+//! create, build, run, stop and destroy; BUSY and error injection; exhaustion; refusals.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use std::println;
+
+use sha2::{Digest, Sha384};
+
+use super::testing::{
+    EmulatedHost, ThreadTopology, emulated_host_parts, small_config, step_until,
+    synthetic_tdvf_image, upload_image,
+};
+use super::*;
+use crate::pool::PoolStats;
+use tdx_abi::Leaf;
+use tdx_abi::software::GuestProgram;
+use tdx_abi::td_params::attributes::SEPT_VE_DISABLE;
+use tdx_abi::{Gpa, PageLevel, TdxStatus};
+use tdx_emu::Injection;
+use tdx_emu::workload::{Access, Order, Step, Workload};
+
+const MIB: u64 = 1 << 20;
+
+fn host() -> EmulatedHost {
+    emulated_host_parts(small_config(), ThreadTopology::default())
+}
+
+fn spec(name: &str, image: &str, workload: Option<Workload>) -> TdSpec {
+    TdSpec {
+        name: String::from(name),
+        image: String::from(image),
+        vcpus: 2,
+        memory_mib: 64,
+        attributes: SEPT_VE_DISABLE,
+        huge_pages: true,
+        workload: workload.map(GuestProgram::new),
+    }
+}
+
+/// Touch, accept at 2 MiB and 4 KiB, convert part of a 2 MiB page to shared and back,
+/// accept it again, print.
+fn workload(n: usize) -> Workload {
+    let touch = |gpa: u64, len: u64| Step::Touch {
+        gpa: Gpa(gpa),
+        len,
+        access: Access::Write,
+        order: Order::Random { seed: n as u64 },
+    };
+    Workload {
+        steps: vec![
+            Step::Accept {
+                gpa: Gpa(16 * MIB),
+                len: 4 * MIB,
+                level: PageLevel::L2M,
+            },
+            Step::Accept {
+                gpa: Gpa(24 * MIB),
+                len: 64 << 10,
+                level: PageLevel::L4K,
+            },
+            touch(16 * MIB, 4 * MIB),
+            touch(24 * MIB, 64 << 10),
+            Step::Convert {
+                gpa: Gpa(17 * MIB),
+                len: 256 << 10,
+                to_shared: true,
+            },
+            Step::Convert {
+                gpa: Gpa(17 * MIB),
+                len: 256 << 10,
+                to_shared: false,
+            },
+            Step::Accept {
+                gpa: Gpa(17 * MIB),
+                len: 256 << 10,
+                level: PageLevel::L4K,
+            },
+            touch(17 * MIB, 256 << 10),
+            Step::Print {
+                line: alloc::format!("hello from td {n}"),
+            },
+        ],
+    }
+}
+
+fn state(h: &Host, id: TdId) -> Option<TdState> {
+    h.td(id).ok().map(|t| t.state)
+}
+
+fn wait_state(h: &mut Host, id: TdId, want: TdState) {
+    let ok = step_until(h, 20_000, |h| state(h, id) == Some(want));
+    assert!(ok, "TD {id:?} did not reach {want}: {:?}", h.td(id));
+}
+
+fn console_text(h: &Host, id: TdId) -> String {
+    let c = h.console(id, 0, 1 << 20).unwrap();
+    String::from_utf8_lossy(&c.data).into_owned()
+}
+
+fn destroy_all(h: &mut Host) {
+    let now = h.now_ms();
+    let ids: Vec<TdId> = h.tds().iter().map(|t| t.id).collect();
+    for id in &ids {
+        h.destroy_td(*id, now).unwrap();
+    }
+    assert!(
+        step_until(h, 20_000, |h| h.tds().is_empty()),
+        "{:?}",
+        h.tds()
+    );
+}
+
+fn assert_pool_whole(h: &Host, before: &PoolStats, e: &EmulatedHost) {
+    assert_eq!(h.pool().stats(), *before, "every page returned to the pool");
+    assert_eq!(h.metrics().leaked_pages, 0);
+    e.module.check_invariants().unwrap();
+}
+
+#[test]
+fn bring_up_reports_the_platform() {
+    let e = host();
+    let info = e.host.info();
+    assert_eq!(info.module_kind, "emulated");
+    assert!(info.module_version.starts_with("emulated 1.5"));
+    assert_eq!(info.hkids_total, 15);
+    assert_eq!(info.hkids_free, 15);
+    assert_eq!(info.cpus, 4);
+    assert_eq!(info.runners, 3);
+    assert_eq!(info.memory_total, 512 * MIB);
+    // PAMT for the 1 GiB TDMR and two scratch pages are in use.
+    let pamt = e.host.pool().stats().used_by(MemoryUse::Pamt) * 4096;
+    assert_eq!(pamt, bringup::pamt_bytes(1 << 30));
+    assert_eq!(info.memory_free, 512 * MIB - pamt - 2 * 4096);
+    assert_eq!(info.tds_by_state.len(), TdState::ALL.len());
+    assert_eq!(e.module.sys_state(), tdx_emu::SysState::Ready);
+    let m = e.host.metrics();
+    assert!(
+        m.seamcalls
+            .iter()
+            .any(|(l, c, n)| *l == "TDH.SYS.LP.INIT" && *c == "success" && *n == 4)
+    );
+    assert_eq!(e.host.events_since(0, 10).len(), 1);
+}
+
+#[test]
+fn image_upload_validates_and_accounts() {
+    let mut e = host();
+    let h = &mut e.host;
+    let before = h.pool().stats();
+    let img = synthetic_tdvf_image();
+    let info = upload_image(h, "fw", &img).unwrap();
+    assert_eq!(info.size, img.len() as u64);
+    assert_eq!(info.sha384.as_slice(), Sha384::digest(&img).as_slice());
+    let kinds: Vec<&str> = info.sections.iter().map(|s| s.kind.as_str()).collect();
+    assert_eq!(kinds, ["BFV", "CFV", "TempMem", "TD_HOB"]);
+    assert!(info.sections[0].extend && !info.sections[1].extend);
+    let md = crate::tdvf::TdvfMetadata::parse(&img).unwrap();
+    let layout = crate::tdvf::TdMemoryLayout::new(&md, 32).unwrap();
+    assert_eq!(
+        info.expected_mrtd,
+        crate::tdvf::expected_mrtd(&img, &layout).unwrap()
+    );
+    assert_eq!(
+        h.pool().stats().used_by(MemoryUse::ImageStorage),
+        img.len() as u64 / 4096
+    );
+    assert_eq!(h.images(), vec![info.clone()]);
+    assert!(matches!(
+        upload_image(h, "fw", &img),
+        Err(HostError::NameTaken)
+    ));
+    assert!(matches!(
+        h.begin_image_upload("big", 65 * MIB),
+        Err(HostError::ImageTooLarge)
+    ));
+    assert!(matches!(
+        h.begin_image_upload("bad/name", 10),
+        Err(HostError::InvalidSpec { field: "name", .. })
+    ));
+    // Too many bytes, too few bytes.
+    let id = h.begin_image_upload("short", 10).unwrap();
+    assert!(matches!(
+        h.write_image_chunk(id, &[0; 11]),
+        Err(HostError::UploadSizeMismatch)
+    ));
+    h.write_image_chunk(id, &[0; 5]).unwrap();
+    assert!(matches!(
+        h.finish_image_upload(id),
+        Err(HostError::UploadSizeMismatch)
+    ));
+    assert!(matches!(
+        h.write_image_chunk(id, &[0]),
+        Err(HostError::UploadNotFound)
+    ));
+    // Not a TDVF image.
+    let mut broken = img.clone();
+    let n = broken.len();
+    broken[n - 40] ^= 0xFF; // footer GUID
+    assert!(matches!(
+        upload_image(h, "broken", &broken),
+        Err(HostError::InvalidImage(_))
+    ));
+    let id = h.begin_image_upload("aborted", 5000).unwrap();
+    h.write_image_chunk(id, &[1; 100]).unwrap();
+    h.abort_image_upload(id);
+    h.delete_image("fw").unwrap();
+    assert!(matches!(h.image("fw"), Err(HostError::ImageNotFound)));
+    assert_eq!(h.pool().stats(), before);
+}
+
+#[test]
+fn many_tds_run_a_workload_and_return_every_page() {
+    let mut e = host();
+    let img = synthetic_tdvf_image();
+    let expected = upload_image(&mut e.host, "fw", &img).unwrap().expected_mrtd;
+    let before = e.host.pool().stats();
+    let hkids = e.host.free_hkids();
+    let h = &mut e.host;
+    let now = h.now_ms();
+    let ids: Vec<TdId> = (0..4)
+        .map(|i| {
+            h.create_td(spec(&alloc::format!("td{i}"), "fw", Some(workload(i))), now)
+                .unwrap()
+                .id
+        })
+        .collect();
+    assert_eq!(h.free_hkids(), hkids - 4);
+    assert!(matches!(h.delete_image("fw"), Err(HostError::ImageInUse)));
+    for id in &ids {
+        wait_state(h, *id, TdState::Runnable);
+        let m = h.measurement(*id).unwrap();
+        assert!(m.finalized);
+        assert_eq!(m.mrtd, expected, "module MRTD equals the offline MRTD");
+        assert_eq!(h.start_td(*id, h.now_ms()).unwrap(), Transition::Started);
+        assert_eq!(
+            h.start_td(*id, h.now_ms()).unwrap(),
+            Transition::AlreadyDone
+        );
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let want = alloc::format!("hello from td {i}\n");
+        let ok = step_until(h, 20_000, |h| console_text(h, *id) == want);
+        assert!(
+            ok,
+            "console of {id:?}: {:?} / {:?}",
+            console_text(h, *id),
+            h.td(*id)
+        );
+    }
+    for id in &ids {
+        let t = h.td(*id).unwrap();
+        assert_eq!(t.state, TdState::Running, "{t:?}");
+        assert!(t.mapped.pages_2m >= 1, "{t:?}");
+        assert!(
+            t.counters.conversions >= 2 && t.counters.demotions >= 1,
+            "{t:?}"
+        );
+        assert_eq!(t.counters.console_bytes, 16);
+        assert!(t.counters.faults > 0 && t.counters.exits > 0);
+        // Graceful stop: the finished workload halts, so the guest honours it.
+        let mode = StopMode {
+            force: false,
+            timeout_ms: 10_000,
+        };
+        assert_eq!(
+            h.stop_td(*id, mode, h.now_ms()).unwrap(),
+            Transition::Started
+        );
+    }
+    for id in &ids {
+        wait_state(h, *id, TdState::Stopped);
+        assert_eq!(
+            h.stop_td(
+                *id,
+                StopMode {
+                    force: true,
+                    timeout_ms: 0
+                },
+                h.now_ms()
+            )
+            .unwrap(),
+            Transition::AlreadyDone
+        );
+    }
+    destroy_all(h);
+    assert_eq!(h.free_hkids(), hkids);
+    let ev = h.events_since(0, 1000);
+    assert!(ev.iter().any(|e| matches!(
+        e.kind,
+        EventKind::TdState {
+            to: TdState::Destroyed,
+            ..
+        }
+    )));
+    assert_pool_whole(&e.host, &before, &e);
+}
+
+#[test]
+fn real_ovmf_image_builds_with_the_expected_mrtd() {
+    let path = "/usr/share/ovmf/OVMF.fd";
+    let img = std::fs::read(path).unwrap_or_else(|e| {
+        panic!("cannot read {path}: {e}; apt-get install -y --no-install-recommends ovmf")
+    });
+    let mut e = host();
+    let info = upload_image(&mut e.host, "ovmf", &img).unwrap();
+    let before = e.host.pool().stats();
+    let h = &mut e.host;
+    let mut s = spec("ovmf-td", "ovmf", None);
+    s.memory_mib = images::minimal_memory_mib(&crate::tdvf::TdvfMetadata::parse(&img).unwrap());
+    s.vcpus = 1;
+    let id = h.create_td(s, h.now_ms()).unwrap().id;
+    wait_state(h, id, TdState::Runnable);
+    let m = h.measurement(id).unwrap();
+    let hex: String = m.mrtd.iter().map(|b| alloc::format!("{b:02x}")).collect();
+    println!("OVMF MRTD {hex}");
+    assert_eq!(m.mrtd, info.expected_mrtd);
+    let sha: String = Sha384::digest(&img)
+        .iter()
+        .map(|b| alloc::format!("{b:02x}"))
+        .collect();
+    if sha.starts_with("fa0dd56f4e3156e0") {
+        assert!(
+            hex.starts_with("4c7206f0f483c524"),
+            "Debian 12 OVMF known answer"
+        );
+    }
+    // An idle guest (no workload) runs and stops gracefully.
+    h.start_td(id, h.now_ms()).unwrap();
+    step_until(h, 30, |_| false);
+    let mode = StopMode {
+        force: false,
+        timeout_ms: 10_000,
+    };
+    h.stop_td(id, mode, h.now_ms()).unwrap();
+    wait_state(h, id, TdState::Stopped);
+    destroy_all(h);
+    assert_pool_whole(&e.host, &before, &e);
+}
+
+#[test]
+fn busy_injection_everywhere_is_absorbed() {
+    let mut e = host();
+    upload_image(&mut e.host, "fw", &synthetic_tdvf_image()).unwrap();
+    let before = e.host.pool().stats();
+    for (i, leaf) in [
+        Leaf::MemPageAug,
+        Leaf::MemSeptAdd,
+        Leaf::MemPageAdd,
+        Leaf::MrExtend,
+        Leaf::VpEnter,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        e.module.inject(
+            leaf,
+            Injection::BusyProbability {
+                p: 0.05,
+                seed: 7 + i as u64,
+                operand: tdx_abi::OperandId::SEPT_ENTRY,
+            },
+        );
+    }
+    let h = &mut e.host;
+    let ids: Vec<TdId> = (0..3)
+        .map(|i| {
+            h.create_td(
+                spec(&alloc::format!("b{i}"), "fw", Some(workload(i))),
+                h.now_ms(),
+            )
+            .unwrap()
+            .id
+        })
+        .collect();
+    for id in &ids {
+        wait_state(h, *id, TdState::Runnable);
+        h.start_td(*id, h.now_ms()).unwrap();
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let want = alloc::format!("hello from td {i}\n");
+        assert!(
+            step_until(h, 30_000, |h| console_text(h, *id) == want),
+            "{:?}",
+            h.td(*id)
+        );
+    }
+    let busy: u64 = ids
+        .iter()
+        .map(|id| h.td(*id).unwrap().counters.busy_retries)
+        .sum();
+    assert!(busy > 0, "BUSY was injected and retried");
+    assert!(
+        h.metrics()
+            .seamcalls
+            .iter()
+            .any(|(_, c, n)| *c == "busy" && *n > 0)
+    );
+    destroy_all(&mut e.host);
+    for l in [
+        Leaf::MemPageAug,
+        Leaf::MemSeptAdd,
+        Leaf::MemPageAdd,
+        Leaf::MrExtend,
+        Leaf::VpEnter,
+    ] {
+        e.module.clear_injection(l);
+    }
+    assert_pool_whole(&e.host, &before, &e);
+}
+
+#[test]
+fn an_injected_aug_error_bugs_only_that_td() {
+    let mut e = host();
+    upload_image(&mut e.host, "fw", &synthetic_tdvf_image()).unwrap();
+    let before = e.host.pool().stats();
+    let h = &mut e.host;
+    let a = h
+        .create_td(spec("a", "fw", Some(workload(0))), h.now_ms())
+        .unwrap()
+        .id;
+    let b = h
+        .create_td(spec("b", "fw", Some(workload(1))), h.now_ms())
+        .unwrap()
+        .id;
+    wait_state(h, a, TdState::Runnable);
+    wait_state(h, b, TdState::Runnable);
+    // The 2nd AUG after installation fails: only TD a runs at that point.
+    e.module.inject(
+        Leaf::MemPageAug,
+        Injection::StatusOnNthCall {
+            n: 2,
+            status: TdxStatus::EPT_WALK_FAILED,
+        },
+    );
+    let h = &mut e.host;
+    h.start_td(a, h.now_ms()).unwrap();
+    wait_state(h, a, TdState::Bugged);
+    let t = h.td(a).unwrap();
+    let reason = t.reason.unwrap();
+    assert!(reason.contains("TDH.MEM.PAGE.AUG"), "{reason}");
+    assert!(matches!(
+        h.start_td(a, h.now_ms()),
+        Err(HostError::TdBugged(_))
+    ));
+    assert!(
+        h.events_since(0, 100)
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::TdBugged { id, .. } if id == a))
+    );
+    h.start_td(b, h.now_ms()).unwrap();
+    assert!(step_until(h, 20_000, |h| console_text(h, b) == "hello from td 1\n"));
+    assert_eq!(state(h, b), Some(TdState::Running));
+    destroy_all(h);
+    e.module.clear_injection(Leaf::MemPageAug);
+    // The failed AUG never reached the module: RDMD shows the page free, so it comes back.
+    assert_pool_whole(&e.host, &before, &e);
+}
+
+#[test]
+fn guest_outcomes_map_to_states() {
+    let mut e = host();
+    upload_image(&mut e.host, "fw", &synthetic_tdvf_image()).unwrap();
+    let before = e.host.pool().stats();
+    let h = &mut e.host;
+    let w = |steps: Vec<Step>| Some(Workload { steps });
+    let fatal = h
+        .create_td(
+            spec(
+                "fatal",
+                "fw",
+                w(vec![Step::ReportFatalError { code: 0x42 }]),
+            ),
+            0,
+        )
+        .unwrap()
+        .id;
+    let down = h
+        .create_td(spec("down", "fw", w(vec![Step::Shutdown])), 0)
+        .unwrap()
+        .id;
+    let pending = h
+        .create_td(
+            spec(
+                "pending",
+                "fw",
+                w(vec![Step::Touch {
+                    gpa: Gpa(40 * MIB),
+                    len: 4096,
+                    access: Access::Read,
+                    order: Order::Sequential,
+                }]),
+            ),
+            0,
+        )
+        .unwrap()
+        .id;
+    for id in [fatal, down, pending] {
+        wait_state(h, id, TdState::Runnable);
+        h.start_td(id, h.now_ms()).unwrap();
+    }
+    wait_state(h, fatal, TdState::Failed);
+    assert!(h.td(fatal).unwrap().reason.unwrap().contains("0x42"));
+    wait_state(h, down, TdState::Stopped);
+    wait_state(h, pending, TdState::Failed);
+    assert!(
+        h.td(pending)
+            .unwrap()
+            .reason
+            .unwrap()
+            .contains("before accepting")
+    );
+    destroy_all(h);
+    assert_pool_whole(&e.host, &before, &e);
+}
+
+#[test]
+fn lifecycle_refusals_and_forced_stops() {
+    let mut e = host();
+    upload_image(&mut e.host, "fw", &synthetic_tdvf_image()).unwrap();
+    let before = e.host.pool().stats();
+    let h = &mut e.host;
+    let id = h.create_td(spec("t", "fw", None), 0).unwrap().id;
+    assert_eq!(state(h, id), Some(TdState::Building));
+    assert!(matches!(
+        h.start_td(id, 0),
+        Err(HostError::InvalidTransition {
+            from: TdState::Building,
+            ..
+        })
+    ));
+    assert!(matches!(
+        h.stop_td(
+            id,
+            StopMode {
+                force: true,
+                timeout_ms: 0
+            },
+            0
+        ),
+        Err(HostError::InvalidTransition {
+            from: TdState::Building,
+            ..
+        })
+    ));
+    assert!(matches!(
+        h.create_td(spec("t", "fw", None), 0),
+        Err(HostError::NameTaken)
+    ));
+    assert!(matches!(
+        h.create_td(spec("u", "nope", None), 0),
+        Err(HostError::ImageNotFound)
+    ));
+    let mut bad = spec("u", "fw", None);
+    bad.vcpus = 0;
+    assert!(matches!(
+        h.create_td(bad, 0),
+        Err(HostError::InvalidSpec { field: "vcpus", .. })
+    ));
+    let mut bad = spec("u", "fw", None);
+    bad.attributes = 1 << 5;
+    assert!(matches!(
+        h.create_td(bad, 0),
+        Err(HostError::InvalidSpec {
+            field: "attributes",
+            ..
+        })
+    ));
+    let mut bad = spec("u", "fw", None);
+    bad.memory_mib = 8;
+    assert!(matches!(
+        h.create_td(bad, 0),
+        Err(HostError::InvalidSpec {
+            field: "memory_mib",
+            ..
+        })
+    ));
+    wait_state(h, id, TdState::Runnable);
+    h.start_td(id, h.now_ms()).unwrap();
+    // A busy guest (many prints) ignores the graceful request until the timeout forces it.
+    let busy = h
+        .create_td(
+            spec(
+                "busy",
+                "fw",
+                Some(Workload {
+                    steps: (0..100_000)
+                        .map(|_| Step::Print {
+                            line: String::from("x"),
+                        })
+                        .collect(),
+                }),
+            ),
+            0,
+        )
+        .unwrap()
+        .id;
+    wait_state(h, busy, TdState::Runnable);
+    h.start_td(busy, h.now_ms()).unwrap();
+    assert!(step_until(h, 10_000, |h| h
+        .td(busy)
+        .unwrap()
+        .counters
+        .console_bytes
+        > 10));
+    h.stop_td(
+        busy,
+        StopMode {
+            force: false,
+            timeout_ms: 50,
+        },
+        h.now_ms(),
+    )
+    .unwrap();
+    assert_eq!(state(h, busy), Some(TdState::Stopping));
+    wait_state(h, busy, TdState::Stopped);
+    // Forced stop of an idle TD, then destroy while running is forced too.
+    h.stop_td(
+        id,
+        StopMode {
+            force: true,
+            timeout_ms: 0,
+        },
+        h.now_ms(),
+    )
+    .unwrap();
+    wait_state(h, id, TdState::Stopped);
+    let running = h.create_td(spec("r", "fw", None), 0).unwrap().id;
+    wait_state(h, running, TdState::Runnable);
+    h.start_td(running, h.now_ms()).unwrap();
+    assert_eq!(
+        h.destroy_td(running, h.now_ms()).unwrap(),
+        Transition::Started
+    );
+    assert_eq!(
+        h.destroy_td(running, h.now_ms()).unwrap(),
+        Transition::AlreadyDone
+    );
+    assert!(step_until(h, 20_000, |h| h.td(running).is_err()));
+    assert!(matches!(h.td(running), Err(HostError::TdNotFound(_))));
+    // Destroy while building.
+    let building = h.create_td(spec("b", "fw", None), 0).unwrap().id;
+    h.destroy_td(building, h.now_ms()).unwrap();
+    assert!(step_until(h, 20_000, |h| h.td(building).is_err()));
+    destroy_all(h);
+    assert_pool_whole(&e.host, &before, &e);
+}
+
+#[test]
+fn exhaustion_is_a_clear_error_that_leaks_nothing() {
+    let mut cfg = small_config();
+    cfg.memory.num_hkids = 6;
+    let mut e = emulated_host_parts(cfg, ThreadTopology::default());
+    upload_image(&mut e.host, "fw", &synthetic_tdvf_image()).unwrap();
+    let h = &mut e.host;
+    let before = h.pool().stats();
+    // Pool: a TD bigger than the pool.
+    let mut huge = spec("huge", "fw", None);
+    huge.memory_mib = 1024;
+    assert!(matches!(h.create_td(huge, 0), Err(HostError::OutOfMemory)));
+    assert_eq!(h.pool().stats(), before);
+    assert_eq!(h.free_hkids(), 5);
+    // KeyIDs: 5 small TDs, then none left.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut s = spec(&alloc::format!("k{i}"), "fw", None);
+        s.memory_mib = 32;
+        s.vcpus = 1;
+        ids.push(h.create_td(s, 0).unwrap().id);
+    }
+    let mid = h.pool().stats();
+    let mut s = spec("k5", "fw", None);
+    s.memory_mib = 32;
+    let err = h.create_td(s, 0).unwrap_err();
+    assert!(matches!(err, HostError::OutOfHkids), "{err}");
+    assert!(alloc::format!("{err}").contains("HKID"));
+    assert_eq!(h.pool().stats(), mid);
+    assert_eq!(h.info().tds_by_state.iter().map(|(_, n)| n).sum::<u32>(), 5);
+    destroy_all(h);
+    assert_eq!(h.free_hkids(), 5);
+    assert_pool_whole(&e.host, &before, &e);
+}
+
+#[test]
+fn slow_teardown_also_returns_everything() {
+    let mut cfg = small_config();
+    cfg.slow_teardown = true;
+    let mut e = emulated_host_parts(
+        cfg,
+        ThreadTopology {
+            cpus: 3,
+            packages: 2,
+        },
+    );
+    upload_image(&mut e.host, "fw", &synthetic_tdvf_image()).unwrap();
+    let before = e.host.pool().stats();
+    let h = &mut e.host;
+    let id = h
+        .create_td(spec("s", "fw", Some(workload(0))), 0)
+        .unwrap()
+        .id;
+    wait_state(h, id, TdState::Runnable);
+    h.start_td(id, h.now_ms()).unwrap();
+    assert!(step_until(h, 20_000, |h| console_text(h, id) == "hello from td 0\n"));
+    destroy_all(h);
+    let m = h.metrics();
+    assert!(
+        m.seamcalls
+            .iter()
+            .any(|(l, _, n)| *l == "TDH.MEM.PAGE.REMOVE" && *n > 0)
+    );
+    assert!(
+        m.seamcalls
+            .iter()
+            .any(|(l, _, n)| *l == "TDH.PHYMEM.CACHE.WB" && *n == 2)
+    );
+    assert_pool_whole(&e.host, &before, &e);
+}
+
+fn seamcall_total(h: &Host, leaf: Option<&str>) -> u64 {
+    h.metrics()
+        .seamcalls
+        .iter()
+        .filter(|(l, _, _)| leaf.is_none_or(|want| *l == want))
+        .map(|(_, _, n)| n)
+        .sum()
+}
+
+#[test]
+fn teardown_reclaims_in_bounded_slices_across_steps() {
+    const BUDGET: u64 = 512;
+    const MAPPED_MIB: u64 = 32;
+    let mut cfg = small_config();
+    cfg.teardown_pages_per_step = BUDGET as u32;
+    let mut e = emulated_host_parts(
+        cfg,
+        ThreadTopology {
+            cpus: 2,
+            packages: 1,
+        },
+    );
+    upload_image(&mut e.host, "fw", &synthetic_tdvf_image()).unwrap();
+    let before = e.host.pool().stats();
+    let h = &mut e.host;
+    let mut s = spec("big", "fw", None);
+    s.memory_mib = MAPPED_MIB + 64;
+    s.huge_pages = false;
+    s.workload = Some(GuestProgram::new(Workload {
+        steps: vec![
+            Step::Accept {
+                gpa: Gpa(64 * MIB),
+                len: MAPPED_MIB * MIB,
+                level: PageLevel::L4K,
+            },
+            Step::Print {
+                line: String::from("x"),
+            },
+        ],
+    }));
+    let id = h.create_td(s, 0).unwrap().id;
+    wait_state(h, id, TdState::Runnable);
+    h.start_td(id, h.now_ms()).unwrap();
+    assert!(step_until(h, 20_000, |h| console_text(h, id) == "x\n"));
+    let mapped = h.td(id).unwrap().mapped;
+    assert!(mapped.pages_4k >= MAPPED_MIB * 256, "{mapped:?}");
+    let reclaims_before = seamcall_total(h, Some("TDH.PHYMEM.PAGE.RECLAIM"));
+    h.destroy_td(id, h.now_ms()).unwrap();
+    let mut working_steps = 0u64;
+    let mut max_calls = 0u64;
+    let deadline = h.now_ms() + 20_000;
+    while h.td(id).is_ok() {
+        assert!(h.now_ms() < deadline, "teardown did not finish");
+        let now = state(h, id);
+        assert!(
+            matches!(
+                now,
+                Some(TdState::Running | TdState::Stopping | TdState::Stopped | TdState::Destroying)
+            ),
+            "{now:?}"
+        );
+        let calls = seamcall_total(h, None);
+        let more = h.step(h.now_ms());
+        let calls = seamcall_total(h, None) - calls;
+        // A slice: at most BUDGET units of RECLAIM work, plus one S-EPT page per level and
+        // the key release (VPFLUSHDONE, CACHE.WB, KEY.FREEID) or the TDR (RECLAIM, WBINVD).
+        assert!(calls <= BUDGET + 8, "one step issued {calls} SEAMCALLs");
+        max_calls = max_calls.max(calls);
+        if calls > 0 {
+            working_steps += 1;
+        }
+        if h.td(id).is_ok() {
+            assert!(
+                more,
+                "step says no work remains while the TD is still there"
+            );
+        }
+    }
+    let reclaims = seamcall_total(h, Some("TDH.PHYMEM.PAGE.RECLAIM")) - reclaims_before;
+    assert!(reclaims >= MAPPED_MIB * 256, "{reclaims} RECLAIMs");
+    assert!(
+        working_steps >= MAPPED_MIB * 256 / BUDGET,
+        "{working_steps} steps for {reclaims} RECLAIMs"
+    );
+    println!(
+        "teardown of {MAPPED_MIB} MiB at 4K: {working_steps} steps, {reclaims} RECLAIMs, \
+         at most {max_calls} SEAMCALLs per step"
+    );
+    assert_pool_whole(&e.host, &before, &e);
+}
+
+#[test]
+fn upload_validation_reads_the_stored_pages_not_a_copy() {
+    use crate::tdvf::ImageSource;
+    let path = "/usr/share/ovmf/OVMF.fd";
+    let img = std::fs::read(path).unwrap_or_else(|e| {
+        panic!("cannot read {path}: {e}; apt-get install -y --no-install-recommends ovmf")
+    });
+    let mut e = host();
+    let h = &mut e.host;
+    let id = h.begin_image_upload("ovmf", img.len() as u64).unwrap();
+    for chunk in img.chunks(64 << 10) {
+        h.write_image_chunk(id, chunk).unwrap();
+    }
+    let upload = h.uploads.get(&id.0).unwrap();
+    let pages = images::StoredPages::new(&*h.phys, &upload.pages, upload.size);
+    assert_eq!(pages.len(), img.len());
+    let src = super::testing::CountingSource::new(pages);
+    let parts = upload.validate(&src).unwrap();
+    let md = crate::tdvf::TdvfMetadata::parse(&img).unwrap();
+    assert_eq!(parts.metadata, md);
+    // What validation needs: the metadata (twice: parse, then the layout check of the MRTD
+    // replay) and the raw data of MR.EXTENDed pages, read one page at a time.
+    let measured: u64 = md
+        .sections()
+        .iter()
+        .filter(|s| s.attributes.mr_extend())
+        .map(|s| u64::from(s.raw_data_size))
+        .sum();
+    let unmeasured: u64 = md
+        .sections()
+        .iter()
+        .filter(|s| !s.attributes.mr_extend())
+        .map(|s| u64::from(s.raw_data_size))
+        .sum();
+    assert!(unmeasured > 0, "OVMF.fd has an unmeasured CFV");
+    assert!(
+        src.bytes() <= measured + 4096,
+        "validation read {} bytes of a {}-byte image ({measured} measured)",
+        src.bytes(),
+        img.len()
+    );
+    assert!(src.bytes() < img.len() as u64, "never the whole file");
+    assert!(src.largest_read() <= 64 << 10, "no whole-file read");
+    println!(
+        "OVMF.fd ({} B): validation read {} B in {} reads (largest {} B); measured raw data {measured} B, unmeasured {unmeasured} B",
+        img.len(),
+        src.bytes(),
+        src.reads(),
+        src.largest_read()
+    );
+    // The real upload path validates the same way and agrees.
+    let info = h.finish_image_upload(id).unwrap();
+    assert_eq!(info.expected_mrtd, parts.expected_mrtd);
+}
+
+fn runners_running(h: &Host) -> usize {
+    h.runners().iter().filter(|r| r.is_running()).count()
+}
+
+#[test]
+fn runners_park_without_tds_and_restart_for_the_next_one() {
+    let mut e = host();
+    upload_image(&mut e.host, "fw", &synthetic_tdvf_image()).unwrap();
+    let before = e.host.pool().stats();
+    let runners = e.host.runners().len();
+    assert!(runners >= 2, "the default topology has several runner CPUs");
+    assert_eq!(
+        runners_running(&e.host),
+        0,
+        "no loop runs before the first TD"
+    );
+    assert_eq!(e.platform.live_runner_threads(), 0);
+
+    for round in 0..2 {
+        let h = &mut e.host;
+        let id = h
+            .create_td(spec("td", "fw", Some(workload(round))), h.now_ms())
+            .unwrap()
+            .id;
+        // Both vCPUs are bound (round-robin over the runners): their loops run.
+        let bound = h.runners().iter().filter(|r| r.bound_vcpus() > 0).count();
+        assert_eq!(bound, 2);
+        assert!(
+            step_until(h, 20_000, |h| runners_running(h) >= bound),
+            "round {round}: bound runners were (re)started"
+        );
+        wait_state(h, id, TdState::Runnable);
+        h.start_td(id, h.now_ms()).unwrap();
+        let want = alloc::format!("hello from td {round}\n");
+        assert!(
+            step_until(h, 20_000, |h| console_text(h, id) == want),
+            "round {round}: the workload ran: {:?} / {:?}",
+            console_text(h, id),
+            h.td(id)
+        );
+        assert!(runners_running(h) >= bound);
+
+        destroy_all(h);
+        assert!(h.runners().iter().all(|r| r.bound_vcpus() == 0));
+        // Every loop parks and its thread returns (the CPU is idle, not spinning).
+        let parked = step_until(h, 5_000, |h| {
+            runners_running(h) == 0 && e.platform.live_runner_threads() == 0
+        });
+        assert!(
+            parked,
+            "round {round}: runners still running: {} (threads {})",
+            runners_running(h),
+            e.platform.live_runner_threads()
+        );
+    }
+    assert_pool_whole(&e.host, &before, &e);
+}
