@@ -2,7 +2,8 @@
 //! reserved at boot (`linked_list_allocator`).
 //!
 //! Why: vCPU runner loops run on application processors, which must never call firmware
-//! (uefi-platform-notes, MP Services), yet the S-EPT manager allocates mirror tables and the
+//! (UEFI PI specification vol. 2, MP Services Protocol: boot services are not MP-safe, so an AP
+//! procedure must not call them), yet the S-EPT manager allocates mirror tables and the
 //! software TDX module allocates its own structures on the CPU that faults. After [`init`]
 //! every new allocation comes from the reserved heap, whose lock is a spin lock any CPU can
 //! take. Blocks allocated from the UEFI pool before [`init`] are recognised by address and

@@ -1,7 +1,7 @@
 //! Application processors through the PI MP Services protocol, as the TD runtime's
 //! [`Platform`]: one vCPU runner loop per application processor, started with a non-blocking
 //! `StartupThisAP` (with an event, no timeout) so it runs while the main CPU serves the API
-//! (uefi-platform-notes, "Other CPUs"). A loop returns when its runner parks (no vCPU bound),
+//! (UEFI PI specification vol. 2, `EFI_MP_SERVICES_PROTOCOL.StartupThisAP`). A loop returns when its runner parks (no vCPU bound),
 //! so an AP without work sits in MP Services' idle state instead of spinning; the host starts
 //! it again later, and [`MpPlatform::start_runner`] only dispatches to an AP once the event of
 //! its previous dispatch is signalled (a second StartupThisAP on a busy AP resets it).

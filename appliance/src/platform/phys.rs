@@ -1,6 +1,6 @@
 //! Physical memory for the TD runtime: the TD memory reserved at boot, accessed by physical
-//! address. Firmware identity-maps everything AllocatePages returns (uefi-platform-notes,
-//! "Memory and privilege"), so an HPA in the range is also a valid pointer.
+//! address. Firmware identity-maps everything AllocatePages returns (UEFI 2.10 §7.2,
+//! `AllocatePages`; the x64 binding of §2.3.4 runs with paging on and memory identity-mapped), so an HPA in the range is also a valid pointer.
 
 use tdx_abi::Hpa;
 use tdx_abi::phys::PhysMemory;

@@ -1,6 +1,6 @@
 //! The NIC: UEFI Simple Network Protocol (SNP) behind the [`net::Nic`] seam.
 //!
-//! Facts this relies on (see `uefi-platform-notes.md`): several handles carry SNP (PXE adds
+//! Facts this relies on (measured against Debian's OVMF 2022.11 under QEMU; edk2 `MdeModulePkg/Universal/Network/SnpDxe`): several handles carry SNP (PXE adds
 //! IPv4/IPv6 children), the right one has no IPv4/IPv6 node in its device path; it must be
 //! opened exclusively, or the firmware's managed-network layer keeps polling it and steals
 //! frames; after that exclusive open SNP is stopped, so we Start and Initialize it; the

@@ -1,4 +1,5 @@
-//! TDX detection (tdx-reference §2; Intel TDX module spec "Platform enumeration"): the CPU
+//! TDX detection (Intel TDX Module 1.5 base architecture specification, "Platform enumeration";
+//! Linux `arch/x86/virt/vmx/tdx/tdx.c` `tdx_init`): the CPU
 //! vendor and MTRR support through CPUID, then IA32_MTRRCAP.SEAMRR, IA32_SEAMRR_PHYS_MASK,
 //! IA32_TME_ACTIVATE and IA32_MKTME_KEYID_PARTITIONING through `tdx_hw::detect`.
 
@@ -30,7 +31,7 @@ pub fn detect() -> Result<TdxPlatform, NoTdx> {
     if !intel || !mtrr {
         return Err(NoTdx::NotIntel);
     }
-    // SAFETY: the appliance runs at CPL 0 (uefi-platform-notes) on an Intel CPU with MTRRs,
+    // SAFETY: the appliance runs at CPL 0 (UEFI applications run in ring 0 on x64) on an Intel CPU with MTRRs,
     // so IA32_MTRRCAP exists; `detect` reads the SEAM/TME MSRs only when MTRRCAP says SEAMRR
     // is supported.
     unsafe { tdx_hw::detect() }.map_err(NoTdx::Msr)

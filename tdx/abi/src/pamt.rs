@@ -1,5 +1,5 @@
 //! PAMT (Physical Address Metadata Table) page types and sizes (TDX module 1.5
-//! `pamt_manager.h`; tdx-reference §2.8).
+//! `pamt_manager.h`).
 //!
 //! Every 4 KiB page of TDX-convertible memory has a PAMT entry: a sharex lock, the page type,
 //! the owner TD (TDR HPA >> 12), the page size the page is mapped at and the BEPOCH (TLB epoch

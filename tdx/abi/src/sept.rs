@@ -1,5 +1,5 @@
 //! S-EPT entry states as reported by the module (`sept_state_lookup`, public values in
-//! RDX bits 15:8 of an S-EPT error or of TDH.MEM.SEPT.RD; tdx-reference §2.5).
+//! RDX bits 15:8 of an S-EPT error or of TDH.MEM.SEPT.RD).
 
 /// Public S-EPT entry state.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

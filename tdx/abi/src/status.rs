@@ -1,5 +1,5 @@
 //! SEAMCALL completion status (TDX module 1.5 `api_error_code_t`, values from
-//! `include/auto_gen/tdx_error_codes_defs.h`; see `shared/docs/tdx-reference.md` §2.2–2.4).
+//! `include/auto_gen/tdx_error_codes_defs.h`).
 //!
 //! Layout: bits 31:0 operand ID (or details L2), 39:32 details L1, 47:40 class,
 //! 60 host-recoverability hint, 61 fatal, 62 non-recoverable, 63 error. Statuses are compared

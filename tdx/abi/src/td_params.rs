@@ -1,5 +1,5 @@
-//! TD_PARAMS, the 1024-byte input of TDH.MNG.INIT (TDX module 1.5 `tdx_api_defs.h`;
-//! tdx-reference §2.9), and the TD attribute bits.
+//! TD_PARAMS, the 1024-byte input of TDH.MNG.INIT (TDX module 1.5 `td_params_t` in
+//! `include/tdx_api_defs.h`), and the TD attribute bits.
 //!
 //! Layout (little-endian): ATTRIBUTES @0x000 (8), XFAM @0x008 (8), MAX_VCPUS @0x010 (2),
 //! NUM_L2_VMS @0x012 (1), MSR_CONFIG_CTLS @0x013 (1), reserved @0x014 (4), EPTP_CONTROLS @0x018

@@ -1,5 +1,5 @@
 //! TDH.VP.ENTER and the guest side: the vCPU's declared [`Workload`] runs inside VP.ENTER and
-//! leaves with real TD exits (tdx-reference §1.3, §2.6–2.7; Linux `arch/x86/kvm/vmx/tdx.c`).
+//! leaves with real TD exits (module 1.5 `tdh_vp_enter.c`, `td_exit.c`; Linux `arch/x86/kvm/vmx/tdx.c`).
 //!
 //! Exit ABI (RAX = exit reason; success status bits 63:32 are zero for a TD exit):
 //!

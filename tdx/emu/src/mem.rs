@@ -1,5 +1,6 @@
-//! Memory leaves: the S-EPT state machine (module 1.5 `tdh_mem_*.c`, `sept_state_lookup`;
-//! tdx-reference §2.5–2.7) and the MRTD leaves (§3.1).
+//! Memory leaves: the S-EPT state machine (module 1.5 `tdh_mem_*.c`, `sept_state_lookup`)
+//! and the MRTD leaves (`tdh_mem_page_add.c`, `tdh_mr_extend.c`,
+//! `tdh_mr_finalize.c`).
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;

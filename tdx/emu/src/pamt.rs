@@ -1,5 +1,5 @@
 //! The emulated PAMT: one entry per 4 KiB page of the physical range the module was given
-//! (TDX module 1.5 `pamt_manager.h`; tdx-reference §2.8).
+//! (TDX module 1.5 `pamt_manager.h`).
 //!
 //! The real PAMT is a three-level structure (1G, 2M, 4K arrays) living in host memory the
 //! VMM hands over in TDH.SYS.CONFIG. The software module validates those arrays exactly as the

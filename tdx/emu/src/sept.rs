@@ -1,4 +1,4 @@
-//! The emulated Secure-EPT tree (TDX module 1.5 `sept_manager.h`; tdx-reference §2.5).
+//! The emulated Secure-EPT tree (TDX module 1.5 `sept_manager.h`).
 //!
 //! Each S-EPT page is a table of 512 atomic entries kept beside the page's HPA. An entry word
 //! stores the *public* state (RDX[15:8] values) in bits 7:0, the per-entry host lock TDEL in

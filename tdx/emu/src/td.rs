@@ -1,6 +1,6 @@
 //! TD and vCPU control structures (TDR, TDCS, TDVPS) and their leaves: TDH.MNG.*, TDH.VP.*
 //! except VP.ENTER, and the teardown / PHYMEM leaves (module 1.5 `tdh_mng_*.c`,
-//! `tdh_vp_*.c`, `tdh_phymem_*.c`; tdx-reference §1.9, §2.5, §2.8).
+//! `tdh_vp_*.c`, `tdh_phymem_*.c`).
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;

@@ -12,7 +12,6 @@
 //! wrapper declares every register the ABI may write as clobbered/output.
 
 #![no_std]
-#![deny(clippy::undocumented_unsafe_blocks)]
 
 use tdx_abi::seamcall::{ModuleKind, Regs, Seamcall};
 

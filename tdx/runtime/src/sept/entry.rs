@@ -13,7 +13,7 @@
 //! The all-zero value is "empty" so freshly zeroed tables need no initialisation, and
 //! "frozen" is a single value, so a compare-and-swap from any observed value to `FROZEN` both
 //! claims the slot and proves nobody changed it meanwhile (the mirror equivalent of KVM's
-//! `FROZEN_SPTE`, tdx-reference §1.2). The child table of a non-leaf entry is not in the entry:
+//! `FROZEN_SPTE`, Linux `arch/x86/kvm/mmu/spte.h` and `tdp_mmu.c`). The child table of a non-leaf entry is not in the entry:
 //! it is found through the parent table's set-once child slot at the same index, so the entry
 //! has room for the S-EPT page HPA that teardown needs.
 

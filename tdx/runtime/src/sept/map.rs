@@ -1,5 +1,6 @@
 //! The fault path: `map_private`. Lock-free: per entry, compare-and-swap empty → frozen, one
-//! SEAMCALL, then publish the new entry or restore the old one (tdx-reference §1.2, §1.3).
+//! SEAMCALL, then publish the new entry or restore the old one (KVM's `tdp_mmu_set_spte_atomic` with
+//! `FROZEN_SPTE`, and its `TDX_OPERAND_BUSY` retries in `tdx_sept_set_private_spte`).
 
 use tdx_abi::seamcall::{Seamcall, TdxModule};
 use tdx_abi::{Gfn, Hpa, PageLevel};
@@ -54,7 +55,8 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
             (None, false) => return Err(SeptError::SourceRequired),
             (source, _) => source,
         };
-        // PAGE.ADD is 4 KiB only; PAGE.AUG at most 2 MiB (module 1.5, tdx-reference §1.8).
+        // PAGE.ADD is 4 KiB only; PAGE.AUG at most 2 MiB (module 1.5 `tdh_mem_page_add.c`,
+        // `tdh_mem_page_aug.c`).
         let max_level = if source.is_some() {
             PageLevel::L4K
         } else {

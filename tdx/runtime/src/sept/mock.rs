@@ -1,5 +1,6 @@
 //! Test doubles with state: a model of the module's S-EPT (enough of the state rules of
-//! tdx-reference §2.5–2.7 to catch a manager that issues a leaf in the wrong state, maps a page
+//! the TDX module's S-EPT leaves (`intel/tdx-module`, `src/common/memory_handlers/sept_manager.h`,
+//! `include/auto_gen/sept_state_lookup.c`) to catch a manager that issues a leaf in the wrong state, maps a page
 //! twice or removes without tracking), a private-memory backing that checks ownership, and
 //! vCPU control that tells the model when vCPUs are kept out (no BUSY then). Loom-aware.
 

@@ -1,7 +1,8 @@
 //! The S-EPT manager: keeps a TD's secure EPT in step with a lock-free host mirror and is the
 //! only code that issues the S-EPT SEAMCALLs at run time.
 //!
-//! # Design (tdx-reference §1.2–1.8, §2.5–2.7, §6)
+//! # Design (after KVM's TDX MMU, Linux `arch/x86/kvm/vmx/tdx.c` and `arch/x86/kvm/mmu/tdp_mmu.c`;
+//! module rules from `intel/tdx-module` `sept_manager.h`, `tdx_locks.h`, `tdh_mem_track.c`)
 //!
 //! * **Mirror**: per TD, a radix tree shaped like the S-EPT (4 levels, 5 with a 52-bit GPAW),
 //!   tables created lazily, one 64-bit atomic entry per GFN slot encoding empty / frozen /

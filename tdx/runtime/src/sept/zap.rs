@@ -1,7 +1,7 @@
 //! The unmap path and everything else that removes or reshapes mappings: `unmap_private`,
 //! demotion, promotion and the teardown reclaim. All of it runs under the per-TD zap lock
 //! (never taken by faults) and freezes the entries it changes, so faults on other GFNs go on
-//! (tdx-reference §1.3, §1.4, §1.8, §1.9).
+//! (KVM `tdx_sept_remove_private_spte`, `tdx_track`, `tdx_mmu_release_hkid`).
 
 use core::ops::Range;
 
