@@ -458,7 +458,7 @@ fn test(ws: &Workspace) -> Result<()> {
         &[
             "test",
             "--package",
-            "tdx",
+            "tdx-runtime",
             "--release",
             "--lib",
             "sept::loom_tests",
@@ -467,7 +467,7 @@ fn test(ws: &Workspace) -> Result<()> {
     loom.env("RUSTFLAGS", "--cfg loom")
         .env("CARGO_TARGET_DIR", ws.root.join("target").join("loom"));
     run_test_step(
-        "model checking (RUSTFLAGS=\"--cfg loom\" cargo test -p tdx --release --lib sept::loom_tests)",
+        "model checking (RUSTFLAGS=\"--cfg loom\" cargo test -p tdx-runtime --release --lib sept::loom_tests)",
         &mut loom,
         &mut tally,
     )?;

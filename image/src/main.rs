@@ -1,6 +1,6 @@
 //! `cargo xtask`: builds the appliance image, runs it in QEMU, runs every test.
 //! See [`appliance_image::cli::USAGE`]; additionally `cargo xtask bench <name>` runs
-//! `cargo bench -p tdx --bench <name>` (`td`, `sept`) and streams its output, and
+//! `cargo bench -p tdx-runtime --bench <name>` (`td`, `sept`) and streams its output, and
 //! `cargo xtask bench api` boots the image and measures the management API
 //! ([`appliance_image::bench_api`]).
 
@@ -31,11 +31,11 @@ fn bench_api() -> ExitCode {
     }
 }
 
-/// `cargo bench -p tdx --bench <name>`, inheriting stdout/stderr.
+/// `cargo bench -p tdx-runtime --bench <name>`, inheriting stdout/stderr.
 fn bench(name: &str) -> ExitCode {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| String::from("cargo"));
     match Command::new(cargo)
-        .args(["bench", "-p", "tdx", "--bench", name])
+        .args(["bench", "-p", "tdx-runtime", "--bench", name])
         .status()
     {
         Ok(s) if s.success() => ExitCode::SUCCESS,
