@@ -57,6 +57,7 @@ mod map;
 mod stats;
 mod sync;
 mod table;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod zap;
 
