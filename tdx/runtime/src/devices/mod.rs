@@ -9,6 +9,9 @@
 //! An access no device claims behaves as on a PC with nothing decoding the address: reads
 //! return all ones, writes are dropped.
 
+pub mod acpi_pm;
+pub mod cmos;
+pub mod pci;
 pub mod serial;
 
 use alloc::sync::Arc;
@@ -63,6 +66,12 @@ impl AccessSize {
     pub const fn truncate(self, value: u64) -> u64 {
         value & self.all_ones()
     }
+}
+
+/// Time as devices see it: monotonic nanoseconds.
+pub trait DeviceClock: Send + Sync {
+    /// Nanoseconds since an arbitrary fixed origin.
+    fn now_ns(&self) -> u64;
 }
 
 /// A device behind a port-I/O range. `offset` is relative to the range's first port.

@@ -8,9 +8,12 @@
 //! modem control, 5 the line status, 6 the modem status, 7 the scratch register.
 //!
 //! The transmitter is always empty (a byte written is in the ring at once), so the line
-//! status always reports THRE and TEMT and the firmware's polled output never waits. There
-//! is no receive path yet: no byte is ever ready and no interrupt is ever pending.
+//! status always reports THRE and TEMT and the firmware's polled output never waits. Input
+//! typed through the API ([`Serial16550::type_input`]) waits in a bounded receive queue; the
+//! line status shows data ready while it is not empty. No interrupt is raised (the guest
+//! polls, as firmware does).
 
+use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 
 use super::{AccessSize, PortIoDevice};
@@ -21,6 +24,11 @@ pub const COM1_BASE: u16 = 0x3F8;
 /// Ports a 16550 decodes.
 pub const UART_PORTS: u16 = 8;
 
+/// Bytes the receive queue holds; input beyond it is refused.
+pub const RX_QUEUE_BYTES: usize = 4096;
+
+/// Line status: data ready.
+const LSR_DR: u8 = 1;
 /// Line status: transmit holding register empty.
 const LSR_THRE: u8 = 1 << 5;
 /// Line status: transmitter empty.
@@ -51,6 +59,7 @@ struct Registers {
 pub struct Serial16550 {
     console: Arc<ConsoleRing>,
     regs: spin::Mutex<Registers>,
+    rx: spin::Mutex<VecDeque<u8>>,
 }
 
 impl Serial16550 {
@@ -59,7 +68,18 @@ impl Serial16550 {
         Serial16550 {
             console,
             regs: spin::Mutex::new(Registers::default()),
+            rx: spin::Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Queues `bytes` as received input; returns how many fit (the queue holds at most
+    /// [`RX_QUEUE_BYTES`]).
+    pub fn type_input(&self, bytes: &[u8]) -> usize {
+        let mut rx = self.rx.lock();
+        let room = RX_QUEUE_BYTES.saturating_sub(rx.len());
+        let n = bytes.len().min(room);
+        rx.extend(bytes.iter().take(n));
+        n
     }
 }
 
@@ -71,8 +91,7 @@ impl PortIoDevice for Serial16550 {
         let value = match offset {
             0 if dlab => div_lo,
             1 if dlab => div_hi,
-            // No input: the receive buffer reads empty.
-            0 => 0,
+            0 => self.rx.lock().pop_front().unwrap_or(0),
             1 => r.ier,
             2 => {
                 if r.fcr & FCR_ENABLE != 0 {
@@ -83,7 +102,10 @@ impl PortIoDevice for Serial16550 {
             }
             3 => r.lcr,
             4 => r.mcr,
-            5 => LSR_THRE | LSR_TEMT,
+            5 => {
+                let ready = if self.rx.lock().is_empty() { 0 } else { LSR_DR };
+                LSR_THRE | LSR_TEMT | ready
+            }
             6 => MSR_CONNECTED,
             7 => r.scr,
             _ => 0xFF,
@@ -145,6 +167,21 @@ mod tests {
         // Nothing to receive: data-ready clear, receive buffer empty.
         assert_eq!(bus.read(COM1_BASE + 5, AccessSize::Byte) & 1, 0);
         assert_eq!(bus.read(COM1_BASE, AccessSize::Byte), 0);
+    }
+
+    #[test]
+    fn typed_input_is_received_in_order_and_bounded() {
+        let console = Arc::new(ConsoleRing::new(64));
+        let uart = Serial16550::new(console);
+        assert_eq!(uart.type_input(b"ls\r"), 3);
+        let mut got = alloc::vec::Vec::new();
+        while uart.read(5, AccessSize::Byte) & u64::from(LSR_DR) != 0 {
+            got.push(uart.read(0, AccessSize::Byte) as u8);
+        }
+        assert_eq!(got, b"ls\r");
+        let big = alloc::vec![b'x'; RX_QUEUE_BYTES + 10];
+        assert_eq!(uart.type_input(&big), RX_QUEUE_BYTES);
+        assert_eq!(uart.type_input(b"y"), 0);
     }
 
     #[test]

@@ -1,0 +1,193 @@
+//! The ACPI fixed-hardware I/O block of the PIIX4 power-management function: PM1 status and
+//! enable (offsets 0, 2), PM1 control (offset 4) and the 24-bit ACPI PM timer (offset 8), at
+//! the base the firmware writes to the function's PMBA register, decoded while PMREGMISC
+//! bit 0 is set.
+//!
+//! Sources: ACPI 6.5 §4.8.3 (PM1 registers, SLP_TYP in bits 12:10, SLP_EN bit 13) and
+//! §4.8.3.3 (the PM timer runs at 3.579545 MHz); Intel 82371AB (PIIX4) datasheet §7.2 (a
+//! 24-bit timer). The guest powers off by writing SLP_EN with the S5 sleep type of the
+//! tables it was given: 0 here, as QEMU's `pc` machine uses and OVMF's reset library writes.
+
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+
+use super::pci::{PIIX4_PMBA, PIIX4_PMREGMISC, SharedConfig};
+use super::{AccessSize, DeviceClock, PortIoDevice};
+
+/// Where OVMF places the block on a 440FX machine (`PcdAcpiPmBaseAddress`).
+pub const PIIX4_PM_BASE: u16 = 0xB000;
+/// Bytes of the block.
+pub const PM_BLOCK_PORTS: u16 = 64;
+/// PM timer frequency (Hz).
+pub const PM_TIMER_HZ: u64 = 3_579_545;
+/// PM1 control: sleep enable.
+const SLP_EN: u16 = 1 << 13;
+/// PM1 control: sleep type field.
+const SLP_TYP_MASK: u16 = 7 << 10;
+/// The sleep type of S5 (soft off).
+const SLP_TYP_S5: u16 = 0;
+
+/// Requests a guest makes of its platform's power logic.
+#[derive(Default)]
+pub struct PowerRequests {
+    off: AtomicBool,
+}
+
+impl PowerRequests {
+    /// The guest asked to be switched off (S5).
+    pub fn off_requested(&self) -> bool {
+        self.off.load(Ordering::Acquire)
+    }
+}
+
+/// The PM1 registers and the PM timer.
+pub struct AcpiPmBlock {
+    base: u16,
+    function: SharedConfig,
+    clock: Arc<dyn DeviceClock>,
+    power: Arc<PowerRequests>,
+    pm1_enable: AtomicU16,
+    pm1_control: AtomicU16,
+}
+
+impl AcpiPmBlock {
+    /// The block at `base`, decoded while `function` (the PIIX4 PM function) places it there.
+    pub fn new(
+        base: u16,
+        function: SharedConfig,
+        clock: Arc<dyn DeviceClock>,
+        power: Arc<PowerRequests>,
+    ) -> Self {
+        AcpiPmBlock {
+            base,
+            function,
+            clock,
+            power,
+            pm1_enable: AtomicU16::new(0),
+            pm1_control: AtomicU16::new(0),
+        }
+    }
+
+    /// Whether the function decodes the block at this base.
+    fn decoded(&self) -> bool {
+        let f = self.function.lock();
+        let pmba = f.read(PIIX4_PMBA, AccessSize::Dword) & 0xFFC0;
+        let enabled = f.read(PIIX4_PMREGMISC, AccessSize::Byte) & 1 != 0;
+        enabled && pmba == u64::from(self.base)
+    }
+
+    /// Timer ticks since the clock's origin, 24 bits.
+    fn timer(&self) -> u64 {
+        let ns = u128::from(self.clock.now_ns());
+        let ticks = ns * u128::from(PM_TIMER_HZ) / 1_000_000_000;
+        (ticks & 0x00FF_FFFF) as u64
+    }
+}
+
+impl PortIoDevice for AcpiPmBlock {
+    fn read(&self, offset: u16, size: AccessSize) -> u64 {
+        if !self.decoded() {
+            return size.all_ones();
+        }
+        match offset {
+            0 => 0,
+            2 => u64::from(self.pm1_enable.load(Ordering::Relaxed)),
+            4 => u64::from(self.pm1_control.load(Ordering::Relaxed)),
+            8 => self.timer(),
+            _ => 0,
+        }
+    }
+
+    fn write(&self, offset: u16, _size: AccessSize, value: u64) {
+        if !self.decoded() {
+            return;
+        }
+        let value = (value & 0xFFFF) as u16;
+        match offset {
+            2 => self.pm1_enable.store(value, Ordering::Relaxed),
+            4 => {
+                self.pm1_control.store(value & !SLP_EN, Ordering::Relaxed);
+                if value & SLP_EN != 0 && value & SLP_TYP_MASK == SLP_TYP_S5 << 10 {
+                    self.power.off.store(true, Ordering::Release);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::devices::pci::piix4_pm;
+    use core::sync::atomic::AtomicU64;
+
+    struct FixedClock(AtomicU64);
+    impl DeviceClock for FixedClock {
+        fn now_ns(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    fn block() -> (
+        AcpiPmBlock,
+        SharedConfig,
+        Arc<FixedClock>,
+        Arc<PowerRequests>,
+    ) {
+        let function = piix4_pm();
+        let clock = Arc::new(FixedClock(AtomicU64::new(0)));
+        let power = Arc::new(PowerRequests::default());
+        let pm = AcpiPmBlock::new(
+            PIIX4_PM_BASE,
+            function.clone(),
+            clock.clone(),
+            power.clone(),
+        );
+        (pm, function, clock, power)
+    }
+
+    fn place(function: &SharedConfig, base: u16, enable: bool) {
+        let mut f = function.lock();
+        f.write(PIIX4_PMBA, AccessSize::Dword, u64::from(base));
+        f.write(PIIX4_PMREGMISC, AccessSize::Byte, u64::from(enable));
+    }
+
+    #[test]
+    fn decoded_only_where_the_firmware_placed_it() {
+        let (pm, function, _, _) = block();
+        assert_eq!(pm.read(8, AccessSize::Dword), 0xFFFF_FFFF);
+        place(&function, PIIX4_PM_BASE, false);
+        assert_eq!(pm.read(8, AccessSize::Dword), 0xFFFF_FFFF);
+        place(&function, 0x600, true);
+        assert_eq!(pm.read(8, AccessSize::Dword), 0xFFFF_FFFF);
+        place(&function, PIIX4_PM_BASE, true);
+        assert_eq!(pm.read(8, AccessSize::Dword), 0);
+    }
+
+    #[test]
+    fn timer_counts_at_3_58_mhz_in_24_bits() {
+        let (pm, function, clock, _) = block();
+        place(&function, PIIX4_PM_BASE, true);
+        clock.0.store(1_000_000_000, Ordering::Relaxed);
+        assert_eq!(pm.read(8, AccessSize::Dword), PM_TIMER_HZ);
+        clock.0.store(10_000_000_000, Ordering::Relaxed);
+        assert_eq!(
+            pm.read(8, AccessSize::Dword),
+            (10 * PM_TIMER_HZ) & 0xFF_FFFF
+        );
+    }
+
+    #[test]
+    fn slp_en_with_s5_powers_off() {
+        let (pm, function, _, power) = block();
+        place(&function, PIIX4_PM_BASE, true);
+        pm.write(4, AccessSize::Word, u64::from(5u16 << 10 | SLP_EN));
+        assert!(!power.off_requested(), "S1-type sleep is not power-off");
+        pm.write(4, AccessSize::Word, 1);
+        assert!(!power.off_requested());
+        pm.write(4, AccessSize::Word, u64::from(SLP_EN));
+        assert!(power.off_requested());
+    }
+}
