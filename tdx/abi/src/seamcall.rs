@@ -10,8 +10,12 @@ use crate::{
     Gpa, Hkid, Hpa, Leaf, OperandId, PageLevel, SeptLevelState, TdxStatus, gpa_level_operand,
 };
 
-/// General-purpose registers exchanged with the module.
+/// General-purpose registers exchanged with the module. Most leaves use RAX, RCX, RDX and
+/// R8–R15; TDH.VP.ENTER also returns the guest's RBX, RSI and RDI after a TDVMCALL that
+/// exposes them (and takes them back on the next entry). `repr(C)`: the hardware backend
+/// loads and stores the fields by offset.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+#[repr(C)]
 #[allow(missing_docs)] // register names
 pub struct Regs {
     pub rax: u64,
@@ -25,6 +29,9 @@ pub struct Regs {
     pub r13: u64,
     pub r14: u64,
     pub r15: u64,
+    pub rbx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
 }
 
 impl Regs {
@@ -42,8 +49,25 @@ impl Regs {
             r13: 0,
             r14: 0,
             r15: 0,
+            rbx: 0,
+            rsi: 0,
+            rdi: 0,
         }
     }
+}
+
+/// The host's answer to a TDVMCALL, handed to the next TDH.VP.ENTER: R10 the GHCI status,
+/// R11 the returned value, R12–R15 for sub-functions that return more (Instruction.CPUID,
+/// GetTdVmCallInfo).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+#[allow(missing_docs)] // register names
+pub struct TdvmcallAnswer {
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
 }
 
 /// Which implementation is behind a [`Seamcall`].
@@ -411,18 +435,18 @@ pub trait TdxModule: Seamcall {
         write_field(self, Leaf::VpWr, tdvpr, field, value, mask)
     }
 
-    /// TDH.VP.ENTER. `tdvmcall_status`/`tdvmcall_value` answer the previous TDVMCALL exit
-    /// (R10/R11; ignored otherwise). Returns the exit's output registers (see [`crate::exit`]).
-    fn vp_enter(
-        &self,
-        tdvpr: Hpa,
-        tdvmcall_status: u64,
-        tdvmcall_value: u64,
-    ) -> Result<Regs, SeamError> {
+    /// TDH.VP.ENTER. `answer` is the host's answer to the vCPU's previous TDVMCALL exit
+    /// (the module copies the registers the guest selected; ignored after other exits).
+    /// Returns the exit's output registers (see [`crate::exit`]).
+    fn vp_enter(&self, tdvpr: Hpa, answer: &TdvmcallAnswer) -> Result<Regs, SeamError> {
         let mut r = Regs::for_leaf(Leaf::VpEnter, 0);
         r.rcx = tdvpr.0;
-        r.r10 = tdvmcall_status;
-        r.r11 = tdvmcall_value;
+        r.r10 = answer.r10;
+        r.r11 = answer.r11;
+        r.r12 = answer.r12;
+        r.r13 = answer.r13;
+        r.r14 = answer.r14;
+        r.r15 = answer.r15;
         self.call(r)
     }
 

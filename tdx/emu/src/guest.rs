@@ -48,6 +48,7 @@ enum Pending {
     Io,
     Halt,
     Fatal,
+    Any,
 }
 
 /// Per-vCPU guest progress (kept in the TDVPS).
@@ -259,6 +260,8 @@ impl EmulatedModule {
             r13: out.r13,
             r14: out.r14,
             r15: out.r15,
+            // Not exposed by any exit a workload makes: zero, as the module leaves them.
+            ..Regs::default()
         };
         Ok(TdxStatus(out.reason))
     }
@@ -288,6 +291,19 @@ impl EmulatedModule {
                 }
             }
             (Pending::Io, _) => g.unit += 1,
+            (
+                Pending::Any,
+                Some(Step::Tdvmcall {
+                    expect_status,
+                    expect_value,
+                    ..
+                }),
+            ) => {
+                if r.r10 != expect_status || expect_value.is_some_and(|v| v != r.r11) {
+                    g.fatal_code = Some(crate::workload::ANSWER_MISMATCH);
+                }
+                g.next_step();
+            }
             (Pending::Halt, _) | (Pending::Fatal, _) => g.next_step(),
             _ => {}
         }
@@ -459,6 +475,13 @@ impl EmulatedModule {
                 Step::Shutdown => {
                     g.shutdown = true;
                     return Exit::plain(exit::TRIPLE_FAULT);
+                }
+                Step::Tdvmcall {
+                    subfunction, args, ..
+                } => {
+                    g.pending = Pending::Any;
+                    let [r12, r13, r14, r15] = *args;
+                    return Exit::tdvmcall(*subfunction, r12, r13, r14, r15);
                 }
             }
         }

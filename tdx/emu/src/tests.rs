@@ -2053,7 +2053,7 @@ fn typed_vp_enter_wrapper_decodes_exits() {
         }],
     );
     // EPT violation: RCX qualification, RDX extended qualification (type in 3:0), R8 GPA.
-    let ex = p.module.vp_enter(v, 0, 0).unwrap();
+    let ex = p.module.vp_enter(v, &Default::default()).unwrap();
     assert_eq!(
         (
             ex.rax & 0xFFFF,
@@ -2071,7 +2071,7 @@ fn typed_vp_enter_wrapper_decodes_exits() {
     let ex = {
         let page = p.alloc_page().unwrap();
         p.aug(&td, Gpa(3 * G), PageLevel::L4K, page).unwrap();
-        p.module.vp_enter(v, 0, 0).unwrap()
+        p.module.vp_enter(v, &Default::default()).unwrap()
     };
     assert_eq!(
         (ex.rax & 0xFFFF, ex.rdx & exit::EXT_QUAL_TYPE_MASK),

@@ -109,4 +109,22 @@ pub enum Step {
     },
     /// Triple fault: the vCPU shuts down; every later entry exits with a triple fault again.
     Shutdown,
+    /// Any TDVMCALL: `subfunction` in R11, `args` in R12–R15. The step completes when the
+    /// host's answer (R10 status, R11 value) is `expect_status` and, if given,
+    /// `expect_value`; any other answer makes the guest report fatal error
+    /// [`ANSWER_MISMATCH`] (so a test sees a host that answered wrongly as a failed TD).
+    Tdvmcall {
+        /// R11.
+        subfunction: u64,
+        /// R12–R15.
+        args: [u64; 4],
+        /// The status the host must answer.
+        expect_status: u64,
+        /// The value (R11) the host must answer, if it matters.
+        expect_value: Option<u64>,
+    },
 }
+
+/// The fatal-error code a [`Step::Tdvmcall`] reports when the host's answer is not the
+/// expected one.
+pub const ANSWER_MISMATCH: u64 = 0x0BAD_A45E;

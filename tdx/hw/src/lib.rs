@@ -6,14 +6,24 @@
 //! [`detect`] (which reads MSRs and therefore is `unsafe`) before it constructs a
 //! [`HardwareModule`].
 //!
-//! Register convention (TDX module 1.5 ABI, Linux `arch/x86/virt/vmx/tdx/seamcall.S`): RAX =
-//! leaf | version << 16, operands in RCX, RDX, R8–R15; outputs in the same registers, status
-//! in RAX. The module preserves RBX, RSI, RDI, RBP, RSP and the callee-saved registers; this
-//! wrapper declares every register the ABI may write as clobbered/output.
+//! Register convention (TDX module 1.5 ABI; Linux `arch/x86/virt/vmx/tdx/seamcall.S` and
+//! `tdxcall.S`): RAX = leaf | version << 16, operands in RCX, RDX, R8–R15; outputs in the same
+//! registers, status in RAX. TDH.VP.ENTER also takes and returns RBX, RSI and RDI and zeroes
+//! RBP on an asynchronous exit, so the call goes through a [`Regs`] in memory, as Linux's
+//! "saved" variant (`__seamcall_saved_ret`) does: every general-purpose register is loaded
+//! from it and stored back, RBX and RBP are preserved around the instruction. A set carry
+//! flag (VMfailInvalid: no module loaded) becomes [`SEAMCALL_VMFAILINVALID`], never success.
 
 #![no_std]
 
 use tdx_abi::seamcall::{ModuleKind, Regs, Seamcall};
+
+/// RFLAGS carry flag.
+const RFLAGS_CF: u64 = 1;
+
+/// The status a SEAMCALL that failed with VMfailInvalid reads as (Linux's
+/// `TDX_SEAMCALL_VMFAILINVALID`: a software error, class 0xFF, low bits 0xFFFF0000).
+pub const SEAMCALL_VMFAILINVALID: u64 = 0x8000_FF00_FFFF_0000;
 
 /// IA32_MTRRCAP: bit 15 reports SEAMRR support.
 pub const MSR_IA32_MTRRCAP: u32 = 0xFE;
@@ -144,25 +154,91 @@ impl HardwareModule {
 
 impl Seamcall for HardwareModule {
     fn seamcall(&self, regs: &mut Regs) {
+        let args: *mut Regs = regs;
+        let flags: u64;
         // SAFETY: constructing a HardwareModule requires a loaded TDX module (see `new`), so
-        // `seamcall` does not fault; the asm names every register the ABI reads or writes,
-        // and the module preserves the stack and all other registers.
+        // `seamcall` does not fault. `args` points to a live, exclusively borrowed `Regs`
+        // (`repr(C)`, offsets from `offset_of!`). Every general-purpose register the module
+        // may write is an output or clobber of this block, or saved and restored by it: RBX
+        // and RBP (which the compiler reserves, and which TDH.VP.ENTER overwrites with guest
+        // values or zeroes) are pushed first and popped last; RDI carries `args` in and is
+        // reloaded from the stack after the call; the flags are saved to read CF
+        // (VMfailInvalid). The stack is balanced before the block ends.
         unsafe {
             core::arch::asm!(
+                "push rbp",
+                "push rbx",
+                "push rdi",
+                "mov rax, [rdi + {rax}]",
+                "mov rcx, [rdi + {rcx}]",
+                "mov rdx, [rdi + {rdx}]",
+                "mov r8, [rdi + {r8}]",
+                "mov r9, [rdi + {r9}]",
+                "mov r10, [rdi + {r10}]",
+                "mov r11, [rdi + {r11}]",
+                "mov r12, [rdi + {r12}]",
+                "mov r13, [rdi + {r13}]",
+                "mov r14, [rdi + {r14}]",
+                "mov r15, [rdi + {r15}]",
+                "mov rbx, [rdi + {rbx}]",
+                "mov rsi, [rdi + {rsi}]",
+                "mov rdi, [rdi + {rdi}]",
+                // seamcall
                 ".byte 0x66, 0x0f, 0x01, 0xcf",
-                inout("rax") regs.rax,
-                inout("rcx") regs.rcx,
-                inout("rdx") regs.rdx,
-                inout("r8") regs.r8,
-                inout("r9") regs.r9,
-                inout("r10") regs.r10,
-                inout("r11") regs.r11,
-                inout("r12") regs.r12,
-                inout("r13") regs.r13,
-                inout("r14") regs.r14,
-                inout("r15") regs.r15,
-                options(nostack),
+                "pushfq",
+                "push rdi",
+                "mov rdi, [rsp + 16]",
+                "mov [rdi + {rax}], rax",
+                "mov [rdi + {rcx}], rcx",
+                "mov [rdi + {rdx}], rdx",
+                "mov [rdi + {r8}], r8",
+                "mov [rdi + {r9}], r9",
+                "mov [rdi + {r10}], r10",
+                "mov [rdi + {r11}], r11",
+                "mov [rdi + {r12}], r12",
+                "mov [rdi + {r13}], r13",
+                "mov [rdi + {r14}], r14",
+                "mov [rdi + {r15}], r15",
+                "mov [rdi + {rbx}], rbx",
+                "mov [rdi + {rsi}], rsi",
+                "pop rax",
+                "mov [rdi + {rdi}], rax",
+                "pop rax",
+                "add rsp, 8",
+                "pop rbx",
+                "pop rbp",
+                rax = const core::mem::offset_of!(Regs, rax),
+                rcx = const core::mem::offset_of!(Regs, rcx),
+                rdx = const core::mem::offset_of!(Regs, rdx),
+                r8 = const core::mem::offset_of!(Regs, r8),
+                r9 = const core::mem::offset_of!(Regs, r9),
+                r10 = const core::mem::offset_of!(Regs, r10),
+                r11 = const core::mem::offset_of!(Regs, r11),
+                r12 = const core::mem::offset_of!(Regs, r12),
+                r13 = const core::mem::offset_of!(Regs, r13),
+                r14 = const core::mem::offset_of!(Regs, r14),
+                r15 = const core::mem::offset_of!(Regs, r15),
+                rbx = const core::mem::offset_of!(Regs, rbx),
+                rsi = const core::mem::offset_of!(Regs, rsi),
+                rdi = const core::mem::offset_of!(Regs, rdi),
+                inout("rdi") args => _,
+                out("rax") flags,
+                out("rcx") _,
+                out("rdx") _,
+                out("rsi") _,
+                out("r8") _,
+                out("r9") _,
+                out("r10") _,
+                out("r11") _,
+                out("r12") _,
+                out("r13") _,
+                out("r14") _,
+                out("r15") _,
             );
+        }
+        if flags & RFLAGS_CF != 0 {
+            // VMfailInvalid: no SEAM module answered; RAX still holds the leaf.
+            regs.rax = SEAMCALL_VMFAILINVALID;
         }
     }
     fn kind(&self) -> ModuleKind {

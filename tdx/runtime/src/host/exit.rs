@@ -25,6 +25,7 @@ use tdx_abi::{Gfn, Gpa, PageLevel};
 
 use crate::sept::{FaultRequest, MapOutcome, SeptError};
 
+use super::msr::MsrRefused;
 use super::td::{BugCause, FailCause, GuestOutcome, RUN_GRACEFUL, RUN_HALT, TdShared, VcpuShared};
 use super::tdvmcall::{Access, Reply, Request};
 
@@ -162,15 +163,37 @@ impl ExitContext<'_> {
                 }
             }
             Request::MapGpa { gpa, size } => self.map_gpa(gpa, size),
-            Request::ReportFatalError { code } => {
-                td.set_outcome(GuestOutcome::FatalError { code });
+            Request::ReportFatalError { code, message } => {
+                td.set_outcome(GuestOutcome::FatalError { code, message });
                 Reply::DONE
             }
-            Request::Malformed { .. } => Reply::INVALID_OPERAND,
-            Request::Unsupported { subfunction } => {
-                td.set_outcome(GuestOutcome::Bugged(BugCause::UnknownTdvmcall(subfunction)));
-                Reply::DONE
-            }
+            // No hypervisor leaves and nothing beyond what the module answers itself: a TD
+            // that asks the host sees zeros, as for a leaf the CPU does not implement.
+            Request::Cpuid { .. } => Reply::success4([0; 4]),
+            Request::Rdmsr { msr } => match self.vcpu.msrs.lock().read(msr) {
+                Ok(value) => Reply::success(value),
+                Err(MsrRefused) => Reply::INVALID_OPERAND,
+            },
+            Request::Wrmsr { msr, value } => match self.vcpu.msrs.lock().write(msr, value) {
+                Ok(()) => Reply::DONE,
+                Err(MsrRefused) => Reply::INVALID_OPERAND,
+            },
+            // Only the base GHCI set: R11–R14 zero.
+            Request::GetTdVmCallInfo { leaf: 0 } => Reply::success4([0; 4]),
+            Request::GetTdVmCallInfo { .. } => Reply::INVALID_OPERAND,
+            Request::SetupEventNotifyInterrupt { vector } => match u8::try_from(vector) {
+                Ok(v) if v >= 32 => {
+                    td.notify_vector.store(v, Ordering::Relaxed);
+                    Reply::DONE
+                }
+                _ => Reply::INVALID_OPERAND,
+            },
+            // No quoting enclave on this host, and no shared memory to write the buffer's
+            // status into yet: refuse the request.
+            Request::GetQuote { .. } => Reply::INVALID_OPERAND,
+            // A sub-function this host does not implement is the guest's problem, not a
+            // broken TD (KVM answers the same way).
+            Request::Malformed { .. } | Request::Unsupported { .. } => Reply::INVALID_OPERAND,
         };
         AfterExit::Continue(reply)
     }

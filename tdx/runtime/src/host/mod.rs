@@ -242,6 +242,7 @@ mod build;
 pub mod exit;
 mod images;
 pub mod memory;
+pub mod msr;
 pub mod runner;
 mod seam;
 pub mod td;
@@ -1079,6 +1080,7 @@ impl Host {
             shared_bit: 47,
             huge_pages: spec.huge_pages,
             idle_wakeup_ms: self.config.idle_wakeup_ms,
+            notify_vector: core::sync::atomic::AtomicU8::new(0),
         });
         Td {
             shared,

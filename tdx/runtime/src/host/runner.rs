@@ -293,9 +293,8 @@ impl Runner {
             return false;
         }
         v.entered.store(true, Ordering::Release);
-        let status = v.answer_status.load(Ordering::Relaxed);
-        let value = v.answer_value.load(Ordering::Relaxed);
-        let result = self.seam.vp_enter(v.tdvpr, status, value);
+        let answer = *v.answer.lock();
+        let result = self.seam.vp_enter(v.tdvpr, &answer);
         v.exits.fetch_add(1, Ordering::SeqCst);
         v.mode.store(MODE_OUTSIDE, Ordering::SeqCst);
         match result {
@@ -311,10 +310,7 @@ impl Runner {
                     now_ms: now,
                 };
                 match exit.handle(TdExit::decode(&regs)) {
-                    AfterExit::Continue(reply) => {
-                        v.answer_status.store(reply.status, Ordering::Relaxed);
-                        v.answer_value.store(reply.value, Ordering::Relaxed);
-                    }
+                    AfterExit::Continue(reply) => *v.answer.lock() = reply.answer(),
                     AfterExit::Park => {
                         self.park(td, v);
                     }

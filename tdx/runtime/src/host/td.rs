@@ -9,9 +9,11 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use crate::devices::{MmioBus, PortIoBus};
 use crate::sept::{BugReport, SeptManager};
 use tdx_abi::Hpa;
-use tdx_abi::seamcall::Seamcall;
+use tdx_abi::seamcall::{Seamcall, TdvmcallAnswer};
 
 use super::memory::{TdBacking, TdVcpus};
+use super::msr::MsrFile;
+use super::tdvmcall::FatalMessage;
 use super::types::TdId;
 
 /// vCPU mode: not in the TD (KVM `OUTSIDE_GUEST_MODE`).
@@ -50,10 +52,10 @@ pub struct VcpuShared {
     pub parked: AtomicBool,
     /// Halted until this time (ms; 0 = not halted).
     pub halted_until: AtomicU64,
-    /// Answer to the pending TDVMCALL for the next entry: status (R10) and value (R11).
-    pub answer_status: AtomicU64,
-    /// See `answer_status`.
-    pub answer_value: AtomicU64,
+    /// Answer to the pending TDVMCALL for the next entry (only the vCPU's runner touches it).
+    pub answer: spin::Mutex<TdvmcallAnswer>,
+    /// The MSRs the host emulates for it (only its runner touches them).
+    pub msrs: spin::Mutex<MsrFile>,
 }
 
 impl VcpuShared {
@@ -70,8 +72,8 @@ impl VcpuShared {
             flushed: AtomicBool::new(false),
             parked: AtomicBool::new(false),
             halted_until: AtomicU64::new(0),
-            answer_status: AtomicU64::new(0),
-            answer_value: AtomicU64::new(0),
+            answer: spin::Mutex::new(TdvmcallAnswer::default()),
+            msrs: spin::Mutex::new(MsrFile::new(index)),
         }
     }
 
@@ -95,8 +97,10 @@ pub enum GuestOutcome {
     Shutdown,
     /// TDVMCALL ReportFatalError.
     FatalError {
-        /// R12.
+        /// R12 (without the message-valid bit).
         code: u64,
+        /// The guest's message, if it gave one.
+        message: Option<FatalMessage>,
     },
     /// The guest did something the host cannot serve (expected failure class).
     Failed {
@@ -129,8 +133,6 @@ pub enum BugCause {
     Seamcall(tdx_abi::seamcall::SeamError),
     /// An exit reason the host does not handle.
     UnknownExit(u64),
-    /// A TDVMCALL subfunction the host does not handle.
-    UnknownTdvmcall(u64),
     /// The preallocated S-EPT pages ran out (the bound is wrong).
     SeptPagesExhausted,
 }
@@ -139,8 +141,15 @@ impl core::fmt::Display for GuestOutcome {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             GuestOutcome::Shutdown => write!(f, "guest shut down (triple fault)"),
-            GuestOutcome::FatalError { code } => {
-                write!(f, "guest reported a fatal error (code {code:#x})")
+            GuestOutcome::FatalError { code, message } => {
+                write!(f, "guest reported a fatal error (code {code:#x})")?;
+                if let Some(m) = message {
+                    f.write_str(": ")?;
+                    for c in m.text() {
+                        core::fmt::Write::write_char(f, c)?;
+                    }
+                }
+                Ok(())
             }
             GuestOutcome::Failed { what, value } => match what {
                 FailCause::PendingAccess => write!(
@@ -159,9 +168,6 @@ impl core::fmt::Display for GuestOutcome {
                 BugCause::Sept(r) => write!(f, "S-EPT: {r}"),
                 BugCause::Seamcall(e) => write!(f, "{} returned {}", e.leaf.name(), e.status),
                 BugCause::UnknownExit(r) => write!(f, "unhandled TD exit reason {r}"),
-                BugCause::UnknownTdvmcall(s) => {
-                    write!(f, "unhandled TDVMCALL subfunction {s:#x}")
-                }
                 BugCause::SeptPagesExhausted => write!(f, "preallocated S-EPT pages exhausted"),
             },
         }
@@ -267,6 +273,8 @@ pub struct TdShared {
     pub huge_pages: bool,
     /// Emulated timer period for halted vCPUs.
     pub idle_wakeup_ms: u64,
+    /// The vector SetupEventNotifyInterrupt asked for (0: none).
+    pub notify_vector: AtomicU8,
 }
 
 impl TdShared {

@@ -9,10 +9,12 @@
 
 use tdx_abi::Gpa;
 use tdx_abi::exit::{
-    TDVMCALL_HLT, TDVMCALL_IO, TDVMCALL_MAP_GPA, TDVMCALL_MMIO, TDVMCALL_REPORT_FATAL_ERROR,
-    TDVMCALL_STATUS_INVALID_OPERAND, TDVMCALL_STATUS_RETRY, TDVMCALL_STATUS_SUCCESS,
+    TDVMCALL_CPUID, TDVMCALL_GET_QUOTE, TDVMCALL_GET_TD_VM_CALL_INFO, TDVMCALL_HLT, TDVMCALL_IO,
+    TDVMCALL_MAP_GPA, TDVMCALL_MMIO, TDVMCALL_RDMSR, TDVMCALL_REPORT_FATAL_ERROR,
+    TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT, TDVMCALL_STATUS_INVALID_OPERAND, TDVMCALL_STATUS_RETRY,
+    TDVMCALL_STATUS_SUCCESS, TDVMCALL_WRMSR,
 };
-use tdx_abi::seamcall::Regs;
+use tdx_abi::seamcall::{Regs, TdvmcallAnswer};
 
 use crate::devices::AccessSize;
 
@@ -60,10 +62,52 @@ pub enum Request {
         /// Bytes.
         size: u64,
     },
-    /// ReportFatalError: R12 error code.
+    /// ReportFatalError: R12 error code; with R12 bit 63 set, a 64-byte message in R14,
+    /// R15, RBX, RDI, RSI, R8, R9, RDX (in that order).
     ReportFatalError {
         /// The guest's code.
         code: u64,
+        /// The message, if the guest gave one.
+        message: Option<FatalMessage>,
+    },
+    /// Instruction.CPUID: R12 leaf (EAX), R13 sub-leaf (ECX); the reply carries EAX, EBX,
+    /// ECX, EDX in R12–R15.
+    Cpuid {
+        /// EAX.
+        leaf: u32,
+        /// ECX.
+        subleaf: u32,
+    },
+    /// Instruction.RDMSR: R12 the MSR; the reply carries the value in R11.
+    Rdmsr {
+        /// ECX of the RDMSR.
+        msr: u32,
+    },
+    /// Instruction.WRMSR: R12 the MSR, R13 the value.
+    Wrmsr {
+        /// ECX of the WRMSR.
+        msr: u32,
+        /// EDX:EAX.
+        value: u64,
+    },
+    /// GetTdVmCallInfo: R12 0 asks for the GHCI leaves supported beyond the base set (none:
+    /// R11–R14 zero).
+    GetTdVmCallInfo {
+        /// R12.
+        leaf: u64,
+    },
+    /// SetupEventNotifyInterrupt: R12 the vector (32–255) the host posts when a quote is
+    /// ready.
+    SetupEventNotifyInterrupt {
+        /// R12.
+        vector: u64,
+    },
+    /// GetQuote: R12 the shared GPA of the buffer, R13 its size.
+    GetQuote {
+        /// The buffer (shared bit included).
+        gpa: Gpa,
+        /// Bytes.
+        size: u64,
     },
     /// A known sub-function with operands outside its definition.
     Malformed {
@@ -119,19 +163,85 @@ impl Request {
                 gpa: Gpa(r.r12),
                 size: r.r13,
             },
-            TDVMCALL_REPORT_FATAL_ERROR => Request::ReportFatalError { code: r.r12 },
+            TDVMCALL_REPORT_FATAL_ERROR => Request::ReportFatalError {
+                code: r.r12 & !FATAL_MESSAGE_VALID,
+                message: (r.r12 & FATAL_MESSAGE_VALID != 0).then(|| FatalMessage::from_regs(r)),
+            },
+            TDVMCALL_CPUID => match (u32::try_from(r.r12), u32::try_from(r.r13)) {
+                (Ok(leaf), Ok(subleaf)) => Request::Cpuid { leaf, subleaf },
+                _ => malformed,
+            },
+            TDVMCALL_RDMSR => match u32::try_from(r.r12) {
+                Ok(msr) => Request::Rdmsr { msr },
+                Err(_) => malformed,
+            },
+            TDVMCALL_WRMSR => match u32::try_from(r.r12) {
+                Ok(msr) => Request::Wrmsr { msr, value: r.r13 },
+                Err(_) => malformed,
+            },
+            TDVMCALL_GET_TD_VM_CALL_INFO => Request::GetTdVmCallInfo { leaf: r.r12 },
+            TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT => {
+                Request::SetupEventNotifyInterrupt { vector: r.r12 }
+            }
+            TDVMCALL_GET_QUOTE => Request::GetQuote {
+                gpa: Gpa(r.r12),
+                size: r.r13,
+            },
             _ => Request::Unsupported { subfunction },
         }
     }
 }
 
-/// The answer to a TDVMCALL: R10 (status) and R11 (value) of the next entry.
+/// ReportFatalError R12 bit 63: a message is in the registers.
+const FATAL_MESSAGE_VALID: u64 = 1 << 63;
+
+/// The 64-byte message of a ReportFatalError, NUL-padded text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct FatalMessage(pub [u8; 64]);
+
+impl FatalMessage {
+    /// The message bytes from R14, R15, RBX, RDI, RSI, R8, R9, RDX (GHCI order).
+    fn from_regs(r: &Regs) -> FatalMessage {
+        let mut bytes = [0u8; 64];
+        let words = [r.r14, r.r15, r.rbx, r.rdi, r.rsi, r.r8, r.r9, r.rdx];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        FatalMessage(bytes)
+    }
+
+    /// The printable text up to the first NUL (other bytes shown as `?`).
+    pub fn text(&self) -> impl Iterator<Item = char> + '_ {
+        self.0.iter().take_while(|&&b| b != 0).map(|&b| {
+            if (0x20..0x7F).contains(&b) {
+                char::from(b)
+            } else {
+                '?'
+            }
+        })
+    }
+}
+
+impl core::fmt::Debug for FatalMessage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("FatalMessage(\"")?;
+        for c in self.text() {
+            core::fmt::Write::write_char(f, c)?;
+        }
+        f.write_str("\")")
+    }
+}
+
+/// The answer to a TDVMCALL, handed to the next entry: R10 (status), R11 (value) and, for
+/// the sub-functions that return more, R12–R15.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reply {
     /// GHCI status.
     pub status: u64,
     /// Returned value (an `IN`'s data, MapGPA's next GPA, …).
     pub value: u64,
+    /// R12–R15 (Instruction.CPUID: EAX, EBX, ECX, EDX).
+    pub more: [u64; 4],
 }
 
 impl Reply {
@@ -141,6 +251,7 @@ impl Reply {
     pub const INVALID_OPERAND: Reply = Reply {
         status: TDVMCALL_STATUS_INVALID_OPERAND,
         value: 0,
+        more: [0; 4],
     };
 
     /// Success, returning `value`.
@@ -148,6 +259,16 @@ impl Reply {
         Reply {
             status: TDVMCALL_STATUS_SUCCESS,
             value,
+            more: [0; 4],
+        }
+    }
+
+    /// Success, returning four values in R12–R15.
+    pub const fn success4(values: [u64; 4]) -> Reply {
+        Reply {
+            status: TDVMCALL_STATUS_SUCCESS,
+            value: 0,
+            more: values,
         }
     }
 
@@ -156,14 +277,32 @@ impl Reply {
         Reply {
             status: TDVMCALL_STATUS_RETRY,
             value: next,
+            more: [0; 4],
+        }
+    }
+
+    /// The registers the next TDH.VP.ENTER takes.
+    pub const fn answer(self) -> TdvmcallAnswer {
+        TdvmcallAnswer {
+            r10: self.status,
+            r11: self.value,
+            r12: self.more[0],
+            r13: self.more[1],
+            r14: self.more[2],
+            r15: self.more[3],
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod host_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use tdx_abi::exit::{TDCALL, TDVMCALL_GET_QUOTE};
+    use alloc::string::String;
+    use tdx_abi::exit::TDCALL;
 
     fn tdvmcall(r11: u64, r12: u64, r13: u64, r14: u64, r15: u64) -> Regs {
         Regs {
@@ -235,12 +374,51 @@ mod tests {
         );
         assert_eq!(
             Request::decode(&tdvmcall(TDVMCALL_REPORT_FATAL_ERROR, 7, 0, 0, 0)),
-            Request::ReportFatalError { code: 7 }
+            Request::ReportFatalError {
+                code: 7,
+                message: None
+            }
+        );
+        let mut fatal = tdvmcall(
+            TDVMCALL_REPORT_FATAL_ERROR,
+            1 << 63 | 9,
+            0,
+            u64::from_le_bytes(*b"disk on "),
+            u64::from_le_bytes(*b"fire\0\0\0\0"),
+        );
+        fatal.rbx = u64::from_le_bytes(*b"ignored!");
+        let Request::ReportFatalError {
+            code: 9,
+            message: Some(message),
+        } = Request::decode(&fatal)
+        else {
+            panic!("not a fatal error with a message");
+        };
+        assert_eq!(message.text().collect::<String>(), "disk on fire");
+        assert_eq!(
+            Request::decode(&tdvmcall(TDVMCALL_CPUID, 0x4000_0000, 0, 0, 0)),
+            Request::Cpuid {
+                leaf: 0x4000_0000,
+                subleaf: 0
+            }
         );
         assert_eq!(
-            Request::decode(&tdvmcall(TDVMCALL_GET_QUOTE, 0, 0, 0, 0)),
+            Request::decode(&tdvmcall(TDVMCALL_WRMSR, 0x277, 0x0606, 0, 0)),
+            Request::Wrmsr {
+                msr: 0x277,
+                value: 0x0606
+            }
+        );
+        assert_eq!(
+            Request::decode(&tdvmcall(TDVMCALL_RDMSR, 1 << 32, 0, 0, 0)),
+            Request::Malformed {
+                subfunction: TDVMCALL_RDMSR
+            }
+        );
+        assert_eq!(
+            Request::decode(&tdvmcall(0x20000, 0, 0, 0, 0)),
             Request::Unsupported {
-                subfunction: TDVMCALL_GET_QUOTE
+                subfunction: 0x20000
             }
         );
         let mut vendor = tdvmcall(TDVMCALL_HLT, 0, 0, 0, 0);
