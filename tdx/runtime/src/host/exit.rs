@@ -20,14 +20,17 @@ use tdx_abi::exit::{
     EPT_VIOLATION, EXT_QUAL_INFO_SHIFT, EXT_QUAL_TYPE_ACCEPT, EXT_QUAL_TYPE_MASK,
     EXT_QUAL_TYPE_PENDING_EPT_VIOLATION, EXTERNAL_INTERRUPT, TDCALL, TRIPLE_FAULT,
 };
-use tdx_abi::seamcall::Regs;
-use tdx_abi::{Gfn, Gpa, PageLevel};
+use tdx_abi::seamcall::{Regs, SeamError};
+use tdx_abi::{Gfn, Gpa, Leaf, PageLevel, TdxStatus};
 
 use crate::sept::{FaultRequest, MapOutcome, SeptError};
 
 use super::msr::MsrRefused;
 use super::td::{BugCause, FailCause, GuestOutcome, RUN_GRACEFUL, RUN_HALT, TdShared, VcpuShared};
 use super::tdvmcall::{Access, Reply, Request};
+
+/// The basic exit reason: bits 15:0 of the exit reason.
+const EXIT_REASON_BASIC_MASK: u64 = 0xFFFF;
 
 /// Bytes converted per MapGPA exit before answering RETRY.
 pub const MAPGPA_CHUNK_BYTES: u64 = 2 << 20;
@@ -54,19 +57,32 @@ pub enum TdExit {
     },
     /// A TDVMCALL.
     Tdvmcall(Request),
+    /// The module ended the entry with a non-recoverable status (bit 62): the vCPU or the
+    /// whole TD can no longer run. Bit 63 is clear for some of these, so the typed wrapper
+    /// returns them as a completed call; they are sorted out here, before the exit reason.
+    NonRecoverable {
+        /// RAX bits 63:32 (the status; the low half is the exit reason).
+        status: TdxStatus,
+    },
     /// Another exit reason.
     Other {
-        /// RAX bits 31:0.
+        /// The basic exit reason (RAX bits 15:0).
         reason: u64,
     },
 }
 
 impl TdExit {
-    /// Decodes the output registers of a TDH.VP.ENTER that ended in a TD exit: RAX bits 31:0
-    /// the exit reason, RCX the exit qualification, RDX the extended qualification, R8 the
-    /// GPA, and for TDCALL the TDVMCALL registers.
+    /// Decodes the output registers of a TDH.VP.ENTER that ended in a TD exit (Linux
+    /// `tdx_vcpu_run`/`tdx_handle_exit`): RAX bits 63:32 the completion status, bits 31:0 the
+    /// exit reason whose bits 15:0 are the basic reason (bit 26 marks a bus lock, bit 31 a
+    /// failed entry); RCX the exit qualification, RDX the extended qualification, R8 the GPA,
+    /// and for TDCALL the TDVMCALL registers.
     pub fn decode(r: &Regs) -> TdExit {
-        match r.rax & 0xFFFF_FFFF {
+        let status = TdxStatus(r.rax & 0xFFFF_FFFF_0000_0000);
+        if status.is_non_recoverable() {
+            return TdExit::NonRecoverable { status };
+        }
+        match r.rax & EXIT_REASON_BASIC_MASK {
             EXTERNAL_INTERRUPT => TdExit::ExternalInterrupt,
             TRIPLE_FAULT => TdExit::TripleFault,
             EPT_VIOLATION => {
@@ -125,6 +141,14 @@ impl ExitContext<'_> {
                 self.fault(gpa, ext_type, accept_level);
             }
             TdExit::Tdvmcall(request) => return self.tdvmcall(request),
+            TdExit::NonRecoverable { status } => {
+                td.set_outcome(GuestOutcome::Bugged(BugCause::Seamcall(SeamError {
+                    leaf: Leaf::VpEnter,
+                    status,
+                    rcx: 0,
+                    rdx: 0,
+                })));
+            }
             TdExit::Other { reason } => {
                 td.set_outcome(GuestOutcome::Bugged(BugCause::UnknownExit(reason)));
             }
@@ -337,5 +361,24 @@ mod tests {
             }),
             TdExit::Other { reason: 0x1234 }
         );
+        // A TDVMCALL exit with the bus-lock bit (26) is still a TDVMCALL.
+        let mut bus_lock = r;
+        bus_lock.rax = TDCALL | 1 << 26;
+        assert!(matches!(TdExit::decode(&bus_lock), TdExit::Tdvmcall(_)));
+        // Non-recoverable statuses come first, whatever the reason bits say; bit 63 is clear
+        // in TDX_NON_RECOVERABLE_VCPU.
+        for status in [
+            TdxStatus::NON_RECOVERABLE_VCPU,
+            TdxStatus::NON_RECOVERABLE_TD,
+            TdxStatus::NON_RECOVERABLE_TD_NON_ACCESSIBLE,
+        ] {
+            assert_eq!(
+                TdExit::decode(&Regs {
+                    rax: status.0 | EPT_VIOLATION,
+                    ..Regs::default()
+                }),
+                TdExit::NonRecoverable { status }
+            );
+        }
     }
 }
