@@ -29,7 +29,11 @@ const IDLE_PAUSES: u32 = 20_000;
 pub struct MpPlatform {
     /// MP Services processor number of each of our CPU indices (0 = the main CPU).
     processors: Vec<usize>,
-    /// Packages the software module is told about (`cpu % packages`).
+    /// Package of each of our CPU indices, numbered densely from 0 in order of appearance.
+    /// MP Services derives a processor's location from its APIC ID and the CPUID topology
+    /// leaves (edk2 `MpInitLib`), so CPUs that share a package here share a physical one.
+    package_of: Vec<u32>,
+    /// Number of packages.
     packages: u32,
     /// Runner loops dispatched and not yet seen completed.
     dispatches: spin::Mutex<Vec<Dispatch>>,
@@ -62,23 +66,35 @@ impl MpPlatform {
             let me = mp.who_am_i().unwrap_or(0);
             let count = mp.get_number_of_processors().map_or(1, |c| c.total);
             let mut processors = alloc::vec![me];
-            let mut packages = Vec::new();
+            let mut packages: Vec<u32> = Vec::new();
+            let mut package_of = alloc::vec![0u32];
+            let mut dense = |package: u32| match packages.iter().position(|&p| p == package) {
+                Some(i) => i as u32,
+                None => {
+                    packages.push(package);
+                    (packages.len() - 1) as u32
+                }
+            };
+            if let Ok(info) = mp.get_processor_info(me) {
+                package_of[0] = dense(info.location.package);
+            }
             for n in 0..count {
                 let Ok(info) = mp.get_processor_info(n) else {
                     continue;
                 };
-                if !packages.contains(&info.location.package) {
-                    packages.push(info.location.package);
-                }
                 if n != me && info.is_enabled() && info.is_healthy() {
                     processors.push(n);
+                    package_of.push(dense(info.location.package));
                 }
             }
-            (processors, packages.len().max(1) as u32)
+            let count = packages.len().max(1) as u32;
+            (processors, package_of, count)
         });
-        let (processors, packages) = found.unwrap_or((alloc::vec![0], 1));
+        let (processors, package_of, packages) =
+            found.unwrap_or((alloc::vec![0], alloc::vec![0], 1));
         MpPlatform {
             processors,
+            package_of,
             packages,
             dispatches: spin::Mutex::new(Vec::new()),
         }
@@ -126,7 +142,7 @@ impl Platform for MpPlatform {
     }
 
     fn package_of(&self, cpu: u32) -> u32 {
-        cpu % self.packages.max(1)
+        self.package_of.get(cpu as usize).copied().unwrap_or(0)
     }
 
     fn run_on_cpu(&self, cpu: u32, f: &(dyn Fn() + Sync)) -> Result<(), PlatformError> {
