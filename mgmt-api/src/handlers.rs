@@ -103,6 +103,7 @@ pub fn host_error(err: HostError) -> ApiError {
             ErrorCode::ModuleError,
             format!("unexpected TDX module status: {err}"),
         ),
+        HostError::ModuleUnsupported(_) => ApiError::new(ErrorCode::ModuleError, err.to_string()),
     }
 }
 

@@ -16,6 +16,16 @@
 pub mod sys {
     /// TDX_FEATURES0 bitmap.
     pub const TDX_FEATURES0: u64 = 0x0A00_0003_0000_0008;
+    /// TDX_FEATURES0 bits (Linux `arch/x86/include/asm/tdx.h`; the module's
+    /// `tdx_features_enum0_t`).
+    pub mod features0 {
+        /// TD_PARAMS.CONFIG_FLAGS.NO_RBP_MOD is supported: TDH.VP.ENTER leaves RBP alone on a
+        /// TDVMCALL (KVM refuses a module without it).
+        pub const NO_RBP_MOD: u64 = 1 << 18;
+        /// TDH.VP.INIT version 1 takes the vCPU's x2APIC ID (topology enumeration).
+        pub const TOPOLOGY_ENUM: u64 = 1 << 20;
+    }
+
     /// Module minor version.
     pub const MINOR_VERSION: u64 = 0x0800_0001_0000_0003;
     /// Module major version.

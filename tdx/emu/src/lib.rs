@@ -121,6 +121,9 @@ pub struct EmuLimits {
     pub zero_step_threshold: u32,
     /// TDMR base/size alignment (1 GiB on the real module).
     pub tdmr_alignment: u64,
+    /// What TDH.SYS.RD reports as TDX_FEATURES0 (the features the module models: NO_RBP_MOD
+    /// and TOPOLOGY_ENUM).
+    pub tdx_features0: u64,
 }
 
 impl Default for EmuLimits {
@@ -135,6 +138,8 @@ impl Default for EmuLimits {
             max_guest_units_per_entry: 1 << 16,
             zero_step_threshold: 6,
             tdmr_alignment: 1 << 30,
+            tdx_features0: tdx_abi::metadata::sys::features0::NO_RBP_MOD
+                | tdx_abi::metadata::sys::features0::TOPOLOGY_ENUM,
         }
     }
 }

@@ -63,7 +63,7 @@ impl EmulatedModule {
         let l = &self.cfg.limits;
         let cpuid_n = CPUID_CONFIG.len() as u64;
         Some(match id {
-            f::TDX_FEATURES0 => 0,
+            f::TDX_FEATURES0 => l.tdx_features0,
             f::MAJOR_VERSION => VERSION.0,
             f::MINOR_VERSION => VERSION.1,
             f::UPDATE_VERSION => VERSION.2,

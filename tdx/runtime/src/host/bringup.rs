@@ -196,6 +196,34 @@ pub(crate) fn read_limits(m: &dyn Seamcall) -> Result<ModuleLimits, SeamError> {
     })
 }
 
+/// TDX_FEATURES0 bits the runtime relies on, with what to call them in an error.
+const REQUIRED_FEATURES0: [(u64, &str); 2] = [
+    (
+        f::features0::NO_RBP_MOD,
+        "NO_RBP_MOD (TDX_FEATURES0 bit 18: TDH.VP.ENTER must leave RBP alone)",
+    ),
+    (
+        f::features0::TOPOLOGY_ENUM,
+        "TOPOLOGY_ENUM (TDX_FEATURES0 bit 20: TDH.VP.INIT version 1)",
+    ),
+];
+
+/// Refuses a module without a feature the runtime uses: TD_PARAMS sets NO_RBP_MOD, as KVM
+/// does (KVM's `__tdx_bringup` refuses such modules too), and vCPUs are initialized with
+/// TDH.VP.INIT version 1.
+pub(crate) fn check_features(features0: u64) -> Result<(), HostError> {
+    match REQUIRED_FEATURES0
+        .iter()
+        .find(|(bit, _)| features0 & bit == 0)
+    {
+        Some((_, name)) => {
+            log::error!("host: TDX_FEATURES0 is {features0:#x}; the module lacks {name}");
+            Err(HostError::ModuleUnsupported(name))
+        }
+        None => Ok(()),
+    }
+}
+
 /// One TDMR with its PAMT and reserved areas (absolute addresses).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TdmrPlan {
@@ -288,6 +316,7 @@ pub(crate) fn bring_up(
         cpus.on_cpu(cpu, &|m| m.sys_lp_init())?;
     }
     let limits = read_limits(&main).map_err(HostError::Module)?;
+    check_features(main.sys_rd(f::TDX_FEATURES0).map_err(HostError::Module)?)?;
     let (pool_base, pool_size) = (pool.base().0, pool.size());
     let pool_in_cmrs = limits
         .cmrs
@@ -375,6 +404,23 @@ pub(crate) fn bring_up(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modules_without_required_features_are_refused_by_name() {
+        let all = f::features0::NO_RBP_MOD | f::features0::TOPOLOGY_ENUM;
+        assert!(check_features(all).is_ok());
+        assert!(check_features(all | 1).is_ok());
+        let Err(HostError::ModuleUnsupported(name)) = check_features(f::features0::TOPOLOGY_ENUM)
+        else {
+            panic!("accepted a module without NO_RBP_MOD");
+        };
+        assert!(name.starts_with("NO_RBP_MOD"));
+        let Err(HostError::ModuleUnsupported(name)) = check_features(f::features0::NO_RBP_MOD)
+        else {
+            panic!("accepted a module without TOPOLOGY_ENUM");
+        };
+        assert!(name.starts_with("TOPOLOGY_ENUM"));
+    }
 
     #[test]
     fn tdmr_reserves_everything_but_the_pool() {

@@ -235,6 +235,9 @@ pub enum HostError {
     /// Unexpected module status; the host keeps running.
     #[error("TDX module: {0}")]
     Module(SeamError),
+    /// The TDX module lacks a feature the runtime needs (read from TDX_FEATURES0).
+    #[error("the TDX module lacks {0}, which this appliance needs; update the TDX module")]
+    ModuleUnsupported(&'static str),
 }
 
 mod bringup;
