@@ -164,5 +164,15 @@ fn emulated(
         phys.clone(),
     )
     .map_err(|e| format!("software TDX module: {e}"))?;
+    match crate::platform::svm::SvmGuestCpu::new() {
+        Some(cpu) => {
+            info!("software TDX module: vCPUs run their own code on SVM with nested paging");
+            module.attach_guest_cpu(Arc::new(cpu));
+        }
+        None => warn!(
+            "software TDX module: no SVM with nested paging on this CPU; vCPUs run declared \
+             workloads only"
+        ),
+    }
     Ok(HostModule::Software(module.hooks()))
 }

@@ -129,8 +129,12 @@ impl Qemu {
         let mut command = Command::new(&firmware.qemu);
         command
             .args(["-nodefaults", "-machine", "q35", "-accel", "tcg"])
-            // RDRAND for the appliance's generated API token (TCG emulates it; not RDSEED).
-            .args(["-cpu", "qemu64,+rdrand"])
+            // RDRAND for the generated API token, and AMD SVM with nested paging, on which
+            // the software TDX module runs TD code (`max` would offer both, but Debian's
+            // 4 MiB OVMF prints nothing under it with QEMU 7.2). 48 physical address bits so
+            // that a TD's shared bit (GPA bit 47) reaches the nested page tables instead of
+            // faulting in the guest's own tables.
+            .args(["-cpu", "qemu64,+rdrand,+svm,+npt,phys-bits=48"])
             .args(["-m", &config.memory_mib.to_string()])
             .args(["-smp", &config.cpus.to_string()])
             .args(["-display", "none", "-monitor", "none", "-no-reboot"])

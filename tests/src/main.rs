@@ -15,6 +15,7 @@
 
 mod openapi;
 mod operator_story;
+mod svm_guest;
 
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
@@ -134,10 +135,23 @@ const NETBOOT_CHECKS: &[Check] = &[Check {
 }];
 
 /// The `defaults` instance: no configuration file.
-const DEFAULTS_CHECKS: &[Check] = &[Check {
-    name: "without a configuration file a token is generated, printed once, and accepted",
-    run: generated_token_is_printed_once_and_accepted,
-}];
+const DEFAULTS_CHECKS: &[Check] = &[
+    Check {
+        name: "without a configuration file a token is generated, printed once, and accepted",
+        run: generated_token_is_printed_once_and_accepted,
+    },
+    Check {
+        name: "a TD runs its own code on the SVM engine: the test guest prints through TDVMCALLs and stops itself",
+        run: svm_guest_check,
+    },
+];
+
+fn svm_guest_check(target: &Target) -> CheckResult {
+    let openapi = openapi::OpenApi::load()?;
+    let summary = operator_story::svm_guest(target.port, &target.token, IO_TIMEOUT, &openapi)?;
+    println!("e2e: [defaults] SVM guest: {summary}");
+    Ok(())
+}
 
 fn host_without_token_is_401(target: &Target) -> CheckResult {
     let response = target.get_authorized("/v1/host", None)?;

@@ -308,3 +308,80 @@ pub fn run(
         started.elapsed().as_secs_f64()
     ))
 }
+
+/// A TD that runs its own code: the test guest of [`crate::svm_guest`] on the software
+/// module's SVM engine. Upload, create without a workload, start, read its line from the
+/// console, see it stop by itself (triple fault), delete, pool whole.
+pub fn svm_guest(
+    port: u16,
+    token: &str,
+    io_timeout: Duration,
+    openapi: &OpenApi,
+) -> Result<String, String> {
+    let started = Instant::now();
+    let mut op = Operator {
+        connection: Connection::open(port, io_timeout).map_err(|e| e.to_string())?,
+        port,
+        io_timeout,
+        token,
+        openapi,
+        requests: 0,
+    };
+    let host = op.get_json("/v1/host")?;
+    let pool_free = host["tdx"]["memory_free_bytes"].clone();
+    let hkids_free = host["tdx"]["hkids_free"].clone();
+    let since = op.get_json("/v1/events")?["last_event_id"]
+        .as_u64()
+        .ok_or("no last_event_id")?;
+    let image = crate::svm_guest::image();
+    let response = op.request(
+        "PUT",
+        "/v1/images/svm-hello",
+        Some("application/octet-stream"),
+        &[],
+        &image,
+    )?;
+    expect(&response, 201, "upload the test guest")?;
+    let spec = json!({"name": "svm-hello", "image": "svm-hello", "vcpus": 1, "memory_mib": 32});
+    let response = op.post_json("/v1/tds", &spec, &[])?;
+    expect(&response, 201, "create the TD")?;
+    let id = json_body(&response)?["id"].clone();
+    let since = op.follow_events(since, "runnable", |e| is_state_event(e, &id, "runnable"))?;
+    let response = op.request("POST", &format!("/v1/tds/{id}/start"), None, &[], b"")?;
+    expect(&response, 202, "start")?;
+    op.follow_events(since, "stopped", |e| is_state_event(e, &id, "stopped"))
+        .map_err(|e| {
+            let td = op
+                .get_json(&format!("/v1/tds/{id}"))
+                .map_or_else(|e| e, |td| td.to_string());
+            format!("{e}; the TD: {td}")
+        })?;
+    let response = op.get(&format!("/v1/tds/{id}/console?offset=0"))?;
+    expect(&response, 200, "console")?;
+    let console = response.body_text();
+    if console != format!("{}\n", crate::svm_guest::GREETING) {
+        return Err(format!("console: {console:?}"));
+    }
+    let response = op.request("DELETE", &format!("/v1/tds/{id}"), None, &[], b"")?;
+    if !matches!(response.status, 202 | 204) {
+        return Err(format!(
+            "delete: {} {}",
+            response.status,
+            response.body_text()
+        ));
+    }
+    op.wait_for("the TD to be gone", |op| {
+        Ok(op.get(&format!("/v1/tds/{id}"))?.status == 404)
+    })?;
+    let response = op.request("DELETE", "/v1/images/svm-hello", None, &[], b"")?;
+    expect(&response, 204, "delete the image")?;
+    let host = op.get_json("/v1/host")?;
+    if host["tdx"]["memory_free_bytes"] != pool_free || host["tdx"]["hkids_free"] != hkids_free {
+        return Err(format!("pool not whole again: {}", host["tdx"]));
+    }
+    Ok(format!(
+        "the guest printed its line and stopped itself; {} requests in {:.1} s",
+        op.requests,
+        started.elapsed().as_secs_f64()
+    ))
+}

@@ -13,5 +13,6 @@ pub mod phys;
 pub mod rng;
 pub mod serial;
 pub mod snp;
+pub mod svm;
 pub mod tdx_detect;
 pub mod timer;

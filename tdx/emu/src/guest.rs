@@ -54,6 +54,9 @@ enum Pending {
 /// Per-vCPU guest progress (kept in the TDVPS).
 pub struct GuestState {
     workload: Arc<Workload>,
+    /// A workload was declared for this vCPU (else it runs its own code when the module has
+    /// a guest CPU, or idles).
+    declared: bool,
     step: usize,
     unit: u64,
     sub: u64,
@@ -68,7 +71,7 @@ pub struct GuestState {
 
 /// Register values of one exit.
 #[derive(Default)]
-struct Exit {
+pub(crate) struct Exit {
     reason: u64,
     rcx: u64,
     rdx: u64,
@@ -118,7 +121,7 @@ impl Exit {
 }
 
 /// Result of one guest ACCEPT attempt.
-enum AcceptOutcome {
+pub(crate) enum AcceptOutcome {
     Done,
     SizeMismatch,
     Busy,
@@ -130,6 +133,7 @@ impl GuestState {
     pub fn new(workload: Arc<Workload>) -> GuestState {
         GuestState {
             workload,
+            declared: true,
             step: 0,
             unit: 0,
             sub: 0,
@@ -141,6 +145,19 @@ impl GuestState {
             fault_count: 0,
             last_fault_gpa: None,
         }
+    }
+
+    /// No declared workload: an idle vCPU, or one the SVM engine runs.
+    pub fn undeclared() -> GuestState {
+        GuestState {
+            declared: false,
+            ..GuestState::new(Arc::new(Workload::default()))
+        }
+    }
+
+    /// Whether a workload was declared for this vCPU.
+    pub fn is_declared(&self) -> bool {
+        self.declared
     }
 
     /// Whether every step ran.
@@ -246,6 +263,14 @@ impl EmulatedModule {
         };
         vcpu.epoch.store(epoch, Ordering::Release);
         vcpu.assoc_lp.store(u64::from(lp), Ordering::Release);
+        if !g.is_declared()
+            && let Some(cpu) = self.guest_cpu.get()
+        {
+            drop(g);
+            let status = self.svm_enter(&td, tree, &vcpu, &**cpu, r);
+            td.refcount[(epoch & 1) as usize].fetch_sub(1, Ordering::AcqRel);
+            return status;
+        }
         let out = self.run_guest(&td, tree, &vcpu, &mut g, r);
         td.refcount[(epoch & 1) as usize].fetch_sub(1, Ordering::AcqRel);
         *r = Regs {
@@ -551,7 +576,13 @@ impl EmulatedModule {
     }
 
     /// TDG.MEM.PAGE.ACCEPT semantics.
-    fn guest_accept(&self, td: &Td, tree: &SeptTree, gpa: Gpa, level: PageLevel) -> AcceptOutcome {
+    pub(crate) fn guest_accept(
+        &self,
+        td: &Td,
+        tree: &SeptTree,
+        gpa: Gpa,
+        level: PageLevel,
+    ) -> AcceptOutcome {
         let accept_exit = || {
             AcceptOutcome::Exit(Exit::ept(
                 gpa,

@@ -65,6 +65,7 @@ pub mod lock;
 pub mod metadata;
 pub mod pamt;
 pub mod sept;
+pub mod svm;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod workload;
@@ -237,6 +238,8 @@ pub struct EmulatedModule {
     vcpus: spin::RwLock<BTreeMap<u64, Arc<Vcpu>>>,
     injector: inject::Injector,
     calls: AtomicU64,
+    /// Runs guest code for vCPUs without a declared workload (see [`svm`]).
+    guest_cpu: spin::Once<Arc<dyn svm::GuestCpu>>,
 }
 
 /// A logical processor of an [`EmulatedModule`]: SEAMCALLs issued through it run "on" that
@@ -408,6 +411,7 @@ impl EmulatedModule {
             vcpus: spin::RwLock::new(BTreeMap::new()),
             injector: inject::Injector::default(),
             calls: AtomicU64::new(0),
+            guest_cpu: spin::Once::new(),
             cfg,
             mem,
         }))

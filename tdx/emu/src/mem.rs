@@ -288,7 +288,7 @@ impl EmulatedModule {
         })?;
         self.zero_phys(page.hpa.0, 4096);
         loc.tree
-            .insert_table(page.hpa.0, Arc::new(SeptTable::new()));
+            .insert_table(page.hpa.0, Arc::new(SeptTable::at(page.hpa.0)));
         page.set_all(PamtMeta::owned(PageType::Ept, PamtPageSize::S4K, td.tdr));
         td.chldcnt.fetch_add(1, Ordering::AcqRel);
         loc.entry
@@ -335,6 +335,9 @@ impl EmulatedModule {
                 .store(td.td_epoch.load(Ordering::Acquire), Ordering::Release);
         }
         loc.entry.commit(sept::word(new, hpa));
+        // A blocked entry is not present in hardware: drop the nested-page-table twin the
+        // SVM engine may have made of it (refilled from the S-EPT on the next fault).
+        self.npt_forget(&loc.walk.table, loc.walk.index);
         Ok(TdxStatus::SUCCESS)
     }
 
@@ -444,7 +447,7 @@ impl EmulatedModule {
             return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX));
         };
         let child_state = sept::unblocked(state);
-        let table = SeptTable::new();
+        let table = SeptTable::at(new_page.hpa.0);
         for (i, entry) in table.entries.iter().enumerate() {
             entry.store(
                 sept::word(child_state, big + (i as u64) * child_level.size()),

@@ -76,6 +76,10 @@ pub fn arch_entry(w: u64, level: PageLevel) -> u64 {
 pub struct SeptTable {
     /// The entries.
     pub entries: [AtomicU64; 512],
+    /// The physical page that holds this table's hardware twin for the SVM guest engine (its
+    /// nested page table at the same level; 0 if none): the S-EPT page itself, and a TDCS
+    /// page for the root. Entries there are a cache of these entries (see `crate::svm`).
+    pub npt_page: AtomicU64,
 }
 
 impl SeptTable {
@@ -83,7 +87,15 @@ impl SeptTable {
     pub fn new() -> SeptTable {
         SeptTable {
             entries: core::array::from_fn(|_| AtomicU64::new(FREE_WORD)),
+            npt_page: AtomicU64::new(0),
         }
+    }
+
+    /// A table of FREE entries whose hardware twin is the page at `hpa`.
+    pub fn at(hpa: u64) -> SeptTable {
+        let t = SeptTable::new();
+        t.npt_page.store(hpa, Ordering::Relaxed);
+        t
     }
     /// Whether all 512 entries are FREE (ignoring lock bits).
     pub fn all_free(&self) -> bool {

@@ -65,6 +65,9 @@ pub(crate) struct Td {
     pub keys_pkgs: AtomicU64,
     pub chldcnt: AtomicU64,
     pub tdcs_count: AtomicU32,
+    /// The TDCS pages, in TDH.MNG.ADDCX order (the SVM engine keeps the nested page table
+    /// root in the first one).
+    pub tdcs_pages: spin::Mutex<Vec<u64>>,
     pub op_state: AtomicU8,
     pub cfg: spin::Once<TdCfg>,
     pub num_vcpus: AtomicU32,
@@ -117,6 +120,11 @@ pub(crate) struct Vcpu {
     pub td: Arc<Td>,
     pub index: u32,
     pub tdcx_count: AtomicU32,
+    /// The TDCX pages, in TDH.VP.ADDCX order (the SVM engine keeps the vCPU's VMCB in the
+    /// first one and its VMSAVE area in the VMCB).
+    pub tdcx_pages: spin::Mutex<Vec<u64>>,
+    /// The SVM guest engine's state of this vCPU, once it first ran.
+    pub svm: spin::Mutex<Option<crate::svm::SvmVcpu>>,
     pub initialized: AtomicBool,
     pub assoc_lp: AtomicU64,
     pub epoch: AtomicU64,
@@ -240,6 +248,7 @@ impl EmulatedModule {
             keys_pkgs: AtomicU64::new(0),
             chldcnt: AtomicU64::new(0),
             tdcs_count: AtomicU32::new(0),
+            tdcs_pages: spin::Mutex::new(Vec::new()),
             op_state: AtomicU8::new(OpState::Uninitialized as u8),
             cfg: spin::Once::new(),
             num_vcpus: AtomicU32::new(0),
@@ -293,6 +302,7 @@ impl EmulatedModule {
         }
         let (_, page) = self.lock_free_page_rcx(r.rcx)?;
         self.adopt_child_page(&page, &td, PageType::Tdcx);
+        td.tdcs_pages.lock().push(page.hpa.0);
         td.tdcs_count.fetch_add(1, Ordering::AcqRel);
         Ok(TdxStatus::SUCCESS)
     }
@@ -387,6 +397,8 @@ impl EmulatedModule {
             td: td.clone(),
             index,
             tdcx_count: AtomicU32::new(0),
+            tdcx_pages: spin::Mutex::new(Vec::new()),
+            svm: spin::Mutex::new(None),
             initialized: AtomicBool::new(false),
             assoc_lp: AtomicU64::new(NO_LP),
             epoch: AtomicU64::new(0),
@@ -394,7 +406,7 @@ impl EmulatedModule {
             init_rcx: AtomicU64::new(0),
             x2apic: AtomicU64::new(u64::from(index)),
             scratch: AtomicU64::new(0),
-            guest: spin::Mutex::new(GuestState::new(Arc::new(Default::default()))),
+            guest: spin::Mutex::new(GuestState::undeclared()),
         };
         self.vcpus.write().insert(hpa, Arc::new(vcpu));
         Ok(TdxStatus::SUCCESS)
@@ -411,6 +423,7 @@ impl EmulatedModule {
         }
         let (_, page) = self.lock_free_page_rcx(r.rcx)?;
         self.adopt_child_page(&page, &vcpu.td, PageType::Tdcx);
+        vcpu.tdcx_pages.lock().push(page.hpa.0);
         vcpu.tdcx_count.fetch_add(1, Ordering::AcqRel);
         Ok(TdxStatus::SUCCESS)
     }
