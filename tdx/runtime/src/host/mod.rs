@@ -402,9 +402,9 @@ impl Host {
             counters: main_counters.clone(),
         };
         // (`ok_or_else`: the conversion logs the platform error.)
-        let main = cpus.main().ok_or_else(|| {
-            HostError::from(CpuCallError::Platform(PlatformError::NoSuchCpu(0)))
-        })?;
+        let main = cpus
+            .main()
+            .ok_or_else(|| HostError::from(CpuCallError::Platform(PlatformError::NoSuchCpu(0))))?;
         let up = bringup::bring_up(&cpus, &pool, &*phys, mem.hkid_start)?;
         let td_hkids = u32::from(mem.num_hkids) - 1;
         let free_hkids: Vec<u16> = (1..=td_hkids as u16)
