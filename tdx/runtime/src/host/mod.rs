@@ -242,7 +242,10 @@ pub enum HostError {
 
 mod bringup;
 mod build;
+mod create;
+mod events;
 pub mod exit;
+mod hkids;
 mod images;
 pub mod memory;
 pub mod msr;
@@ -257,7 +260,7 @@ pub mod testing;
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::BTreeMap;
 
 use crate::pool::{MemoryPool, MemoryUse};
 use crate::sept::{Gpaw, SeptBackends, SeptConfig, SeptManager, TdSeptInfo};
@@ -268,6 +271,9 @@ use tdx_abi::td_params::{EPTP_MEMTYPE_WB, TdParams, config_flags};
 use tdx_abi::{Hkid, PAGE_SIZE_4K};
 
 use bringup::{CpuCallError, CpuCaller, CpuOp, ModuleLimits};
+use create::{ControlPages, ControlSizes, TdReservation};
+use events::EventLog;
+use hkids::HkidAllocator;
 use images::{StoredImage, Upload};
 use memory::{Kicker, SeptPageCache, TdBacking, TdVcpus, VcpuGate};
 use seam::{Counted, RetryBusy, SeamcallCounters};
@@ -323,13 +329,6 @@ struct TdParts {
     seam_counters: Arc<SeamcallCounters>,
 }
 
-/// Control pages of a TD being created (freed together on failure).
-struct ControlPages {
-    tdr: Hpa,
-    tdcs: Vec<Hpa>,
-    vcpus: Vec<(Hpa, Vec<Hpa>)>,
-}
-
 /// The runtime façade. See the module docs.
 pub struct Host {
     module: HostModule,
@@ -341,8 +340,7 @@ pub struct Host {
     pool: Arc<MemoryPool>,
     limits: ModuleLimits,
     global_hkid: Hkid,
-    free_hkids: Vec<u16>,
-    hkids_total: u32,
+    hkids: Arc<HkidAllocator>,
     runners: Vec<Arc<runner::Runner>>,
     /// Runner loops are first started with the first TD; afterwards a runner parks when no
     /// vCPU is bound to it and [`Host::ensure_runners`] starts it again.
@@ -355,8 +353,7 @@ pub struct Host {
     next_upload: u64,
     tds: BTreeMap<TdId, Td>,
     next_td: u64,
-    events: VecDeque<Event>,
-    next_event: u64,
+    events: EventLog,
     main_counters: Arc<SeamcallCounters>,
     retired_seamcalls: Vec<(&'static str, &'static str, u64)>,
     retired_faults: u64,
@@ -406,11 +403,7 @@ impl Host {
             .main()
             .ok_or_else(|| HostError::from(CpuCallError::Platform(PlatformError::NoSuchCpu(0))))?;
         let up = bringup::bring_up(&cpus, &pool, &*phys, mem.hkid_start)?;
-        let td_hkids = u32::from(mem.num_hkids) - 1;
-        let free_hkids: Vec<u16> = (1..=td_hkids as u16)
-            .rev()
-            .map(|i| mem.hkid_start + i)
-            .collect();
+        let hkids = Arc::new(HkidAllocator::new(mem.hkid_start, mem.num_hkids));
         let scratch_source = pool
             .alloc_4k(MemoryUse::Control)
             .map_err(|_| HostError::OutOfMemory)?;
@@ -447,8 +440,7 @@ impl Host {
             pool,
             limits: up.limits,
             global_hkid: up.global_hkid,
-            free_hkids,
-            hkids_total: td_hkids,
+            hkids,
             runners,
             runners_started: false,
             next_runner: 0,
@@ -459,8 +451,7 @@ impl Host {
             next_upload: 1,
             tds: BTreeMap::new(),
             next_td: 1,
-            events: VecDeque::new(),
-            next_event: 1,
+            events: EventLog::new(config.event_log_len),
             main_counters,
             retired_seamcalls: Vec::new(),
             retired_faults: 0,
@@ -502,8 +493,8 @@ impl Host {
             module_kind: self.module_kind().as_str(),
             module_version: self.limits.version.clone(),
             max_vcpus_per_td: self.limits.max_vcpus_per_td,
-            hkids_total: self.hkids_total,
-            hkids_free: self.free_hkids.len() as u32,
+            hkids_total: self.hkids.total(),
+            hkids_free: self.hkids.free(),
             cpus: self.platform.cpus(),
             runners: self.runners.len() as u32,
             memory_total: stats.total_pages * PAGE_SIZE_4K,
@@ -563,12 +554,7 @@ impl Host {
     // ------------------------------------------------------------------ events
 
     fn push_event(&mut self, at_ms: u64, kind: EventKind) {
-        let id = self.next_event;
-        self.next_event += 1;
-        self.events.push_back(Event { id, at_ms, kind });
-        while self.events.len() > self.config.event_log_len.max(1) {
-            self.events.pop_front();
-        }
+        self.events.push(at_ms, kind);
     }
 
     fn host_event(&mut self, at_ms: u64, message: String) {
@@ -578,17 +564,12 @@ impl Host {
 
     /// Events with id > `since`, at most `max`.
     pub fn events_since(&self, since: u64, max: usize) -> Vec<Event> {
-        self.events
-            .iter()
-            .filter(|e| e.id > since)
-            .take(max)
-            .cloned()
-            .collect()
+        self.events.since(since, max)
     }
 
     /// Id of the newest event (0 if none).
     pub fn last_event_id(&self) -> u64 {
-        self.next_event - 1
+        self.events.last_id()
     }
 
     /// Applies `event` to TD `id` and records the change. Refusals are returned unchanged.
@@ -798,40 +779,6 @@ impl Host {
         p
     }
 
-    fn alloc_control(&self, vcpus: u32) -> Result<ControlPages, HostError> {
-        let per_vcpu = self.limits.tdvps_pages.max(1);
-        let n = 1 + self.limits.tdcs_pages + u64::from(vcpus) * per_vcpu;
-        let mut pages = Vec::new();
-        self.pool
-            .alloc_4k_batch(MemoryUse::Control, n as usize, &mut pages)
-            .map_err(|_| HostError::OutOfMemory)?;
-        let mut it = pages.into_iter();
-        let tdr = it.next().ok_or(HostError::OutOfMemory)?;
-        let tdcs = it.by_ref().take(self.limits.tdcs_pages as usize).collect();
-        let mut v = Vec::new();
-        for _ in 0..vcpus {
-            let tdvpr = it.next().ok_or(HostError::OutOfMemory)?;
-            let tdcx = it.by_ref().take(per_vcpu as usize - 1).collect();
-            v.push((tdvpr, tdcx));
-        }
-        Ok(ControlPages {
-            tdr,
-            tdcs,
-            vcpus: v,
-        })
-    }
-
-    fn free_control(&self, c: &ControlPages) {
-        let all = core::iter::once(c.tdr).chain(c.tdcs.iter().copied()).chain(
-            c.vcpus
-                .iter()
-                .flat_map(|(p, cx)| core::iter::once(*p).chain(cx.iter().copied())),
-        );
-        for p in all {
-            let _ = self.pool.free_4k(p, MemoryUse::Control);
-        }
-    }
-
     /// Runs `op` on logical CPU `cpu`: through its runner's mailbox once a hardware runner
     /// occupies it, else as [`CpuCaller::on_cpu`] does.
     fn call_on_cpu<T: Send>(&self, cpu: u32, op: CpuOp<'_, T>) -> Result<T, CpuCallError> {
@@ -933,45 +880,34 @@ impl Host {
                 gpa_ranges.push((s.memory_address.0, s.memory_end()));
             }
         }
-        let hkid = self.free_hkids.pop().ok_or(HostError::OutOfHkids)?;
-        let reserve = || -> Result<(TdBacking, SeptPageCache, ControlPages), HostError> {
-            let backing = TdBacking::allocate(&self.pool, &gpa_ranges, spec.huge_pages)
-                .map_err(|_| HostError::OutOfMemory)?;
-            let sept_pages = memory::sept_pages_bound(&gpa_ranges, 3);
-            let cache = match SeptPageCache::allocate(&self.pool, sept_pages) {
-                Ok(c) => c,
-                Err(_) => {
-                    backing.free(&self.pool);
-                    return Err(HostError::OutOfMemory);
-                }
-            };
-            match self.alloc_control(spec.vcpus) {
-                Ok(c) => Ok((backing, cache, c)),
-                Err(e) => {
-                    backing.free(&self.pool);
-                    cache.free(&self.pool);
-                    Err(e)
-                }
-            }
+        let reservation = TdReservation::new(
+            &self.pool,
+            &self.hkids,
+            &gpa_ranges,
+            spec.huge_pages,
+            spec.vcpus,
+            ControlSizes {
+                tdcs_pages: self.limits.tdcs_pages,
+                tdvps_pages: self.limits.tdvps_pages,
+            },
+        )?;
+        // TDH.MNG.CREATE: until it succeeds the module knows nothing of the TD, and dropping
+        // the reservation gives everything back.
+        let (Some(tdr), Some(hkid)) = (reservation.tdr(), reservation.hkid()) else {
+            return Err(HostError::OutOfMemory);
         };
-        let (backing, cache, control) = match reserve() {
-            Ok(r) => r,
-            Err(e) => {
-                self.free_hkids.push(hkid);
-                return Err(e);
-            }
-        };
-        let backing = Arc::new(backing);
-        let cache = Arc::new(cache);
-        // TDH.MNG.CREATE: until it succeeds the module knows nothing of the TD.
-        if let Err(e) = RetryBusy(&*self.main).mng_create(control.tdr, Hkid(hkid)) {
-            backing.free(&self.pool);
-            cache.free(&self.pool);
-            self.free_control(&control);
-            self.free_hkids.push(hkid);
+        if let Err(e) = RetryBusy(&*self.main).mng_create(tdr, Hkid(hkid)) {
             log::error!("host: TDH.MNG.CREATE failed: {e}");
             return Err(HostError::Module(e));
         }
+        let Some(reserved) = reservation.consume() else {
+            return Err(HostError::OutOfMemory);
+        };
+        let (control, backing, cache) = (
+            reserved.control,
+            Arc::new(reserved.backing),
+            Arc::new(reserved.cache),
+        );
         let id = TdId(self.next_td);
         self.next_td += 1;
         let parts = TdParts {
@@ -1481,7 +1417,7 @@ impl Host {
 
     /// TDX KeyIDs free for new TDs.
     pub fn free_hkids(&self) -> u32 {
-        self.free_hkids.len() as u32
+        self.hkids.free()
     }
 }
 

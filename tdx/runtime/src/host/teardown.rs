@@ -278,7 +278,7 @@ impl Host {
             self.free_unused_control(td);
             return false;
         }
-        self.free_hkids.push(td.hkid);
+        self.hkids.give_back(td.hkid);
         td.hkid_live = false;
         true
     }
