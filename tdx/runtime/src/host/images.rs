@@ -7,13 +7,14 @@
 //! expected MRTD reads only the MR.EXTENDed pages, one 4 KiB page at a time. The file is never
 //! copied onto the heap. TDs are built page by page straight from the pool pages.
 
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use sha2::{Digest, Sha384};
 
-use super::HostError;
 use super::types::{ImageInfo, ImageSection};
+use super::{HostError, UploadId};
 use crate::pool::{MemoryPool, MemoryUse};
 use crate::tdvf::{
     FIRMWARE_WINDOW_START, ImageSource, OutOfImage, SectionType, TdMemoryLayout, TdvfMetadata,
@@ -253,4 +254,135 @@ impl StoredImage {
 
 fn section_name(t: SectionType) -> &'static str {
     t.name()
+}
+
+/// The uploaded images and the uploads in progress, all in pool pages.
+pub(crate) struct ImageStore {
+    images: BTreeMap<String, StoredImage>,
+    uploads: BTreeMap<u64, Upload>,
+    next_upload: u64,
+    max_bytes: u64,
+}
+
+impl ImageStore {
+    /// An empty store taking images of at most `max_bytes`.
+    pub(crate) fn new(max_bytes: u64) -> Self {
+        ImageStore {
+            images: BTreeMap::new(),
+            uploads: BTreeMap::new(),
+            next_upload: 1,
+            max_bytes,
+        }
+    }
+
+    /// The upload in progress `id` (tests).
+    #[cfg(test)]
+    pub(crate) fn upload(&self, id: UploadId) -> Option<&Upload> {
+        self.uploads.get(&id.0)
+    }
+
+    /// The image `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&StoredImage> {
+        self.images.get(name)
+    }
+
+    /// Every image, by name.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &StoredImage> {
+        self.images.values()
+    }
+
+    /// Starts a streamed upload of `size` bytes under `name`.
+    pub(crate) fn begin(
+        &mut self,
+        pool: &MemoryPool,
+        name: &str,
+        size: u64,
+    ) -> Result<UploadId, HostError> {
+        if !valid_name(name) {
+            return Err(HostError::InvalidSpec {
+                field: "name",
+                reason: "1-64 characters of A-Z a-z 0-9 . _ -",
+            });
+        }
+        if size > self.max_bytes {
+            return Err(HostError::ImageTooLarge);
+        }
+        if size == 0 {
+            return Err(HostError::UploadSizeMismatch);
+        }
+        if self.images.contains_key(name) || self.uploads.values().any(|u| u.name == name) {
+            return Err(HostError::NameTaken);
+        }
+        let upload = Upload::begin(pool, name, size)?;
+        let id = self.next_upload;
+        self.next_upload += 1;
+        self.uploads.insert(id, upload);
+        Ok(UploadId(id))
+    }
+
+    /// Appends `data` to an upload.
+    pub(crate) fn write(
+        &mut self,
+        phys: &dyn PhysMemory,
+        id: UploadId,
+        data: &[u8],
+    ) -> Result<(), HostError> {
+        let upload = self
+            .uploads
+            .get_mut(&id.0)
+            .ok_or(HostError::UploadNotFound)?;
+        upload.write(phys, data)
+    }
+
+    /// Finishes an upload: validates the TDVF image, computes SHA-384 and the expected MRTD,
+    /// and stores it. On any error the upload is freed.
+    pub(crate) fn finish(
+        &mut self,
+        pool: &MemoryPool,
+        phys: &dyn PhysMemory,
+        id: UploadId,
+    ) -> Result<ImageInfo, HostError> {
+        let upload = self
+            .uploads
+            .remove(&id.0)
+            .ok_or(HostError::UploadNotFound)?;
+        match upload.finish(phys) {
+            Ok(parts) => {
+                let image = StoredImage {
+                    name: upload.name,
+                    size: upload.size,
+                    pages: upload.pages,
+                    sha384: parts.sha384,
+                    metadata: parts.metadata,
+                    expected_mrtd: parts.expected_mrtd,
+                };
+                let info = image.info(0);
+                self.images.insert(info.name.clone(), image);
+                Ok(info)
+            }
+            Err(e) => {
+                upload.free(pool, phys);
+                Err(e)
+            }
+        }
+    }
+
+    /// Abandons an upload and frees its memory.
+    pub(crate) fn abort(&mut self, pool: &MemoryPool, phys: &dyn PhysMemory, id: UploadId) {
+        if let Some(u) = self.uploads.remove(&id.0) {
+            u.free(pool, phys);
+        }
+    }
+
+    /// Deletes image `name` and frees its pages (the caller checked no TD uses it).
+    pub(crate) fn delete(
+        &mut self,
+        pool: &MemoryPool,
+        phys: &dyn PhysMemory,
+        name: &str,
+    ) -> Result<(), HostError> {
+        let img = self.images.remove(name).ok_or(HostError::ImageNotFound)?;
+        free_pages(&img.pages, pool, phys);
+        Ok(())
+    }
 }

@@ -274,7 +274,7 @@ use bringup::{CpuCallError, CpuCaller, CpuOp, ModuleLimits};
 use create::{ControlPages, ControlSizes, TdReservation};
 use events::EventLog;
 use hkids::HkidAllocator;
-use images::{StoredImage, Upload};
+use images::ImageStore;
 use memory::{Kicker, SeptPageCache, TdBacking, TdVcpus, VcpuGate};
 use seam::{Counted, RetryBusy, SeamcallCounters};
 use td::{
@@ -348,9 +348,7 @@ pub struct Host {
     next_runner: usize,
     scratch_source: Hpa,
     td_params_page: Hpa,
-    images: BTreeMap<String, StoredImage>,
-    uploads: BTreeMap<u64, Upload>,
-    next_upload: u64,
+    images: ImageStore,
     tds: BTreeMap<TdId, Td>,
     next_td: u64,
     events: EventLog,
@@ -446,9 +444,7 @@ impl Host {
             next_runner: 0,
             scratch_source,
             td_params_page,
-            images: BTreeMap::new(),
-            uploads: BTreeMap::new(),
-            next_upload: 1,
+            images: ImageStore::new(config.max_image_bytes),
             tds: BTreeMap::new(),
             next_td: 1,
             events: EventLog::new(config.event_log_len),
@@ -630,81 +626,35 @@ impl Host {
 
     /// Starts a streamed image upload of `size` bytes under `name`.
     pub fn begin_image_upload(&mut self, name: &str, size: u64) -> Result<UploadId, HostError> {
-        if !images::valid_name(name) {
-            return Err(HostError::InvalidSpec {
-                field: "name",
-                reason: "1-64 characters of A-Z a-z 0-9 . _ -",
-            });
-        }
-        if size > self.config.max_image_bytes {
-            return Err(HostError::ImageTooLarge);
-        }
-        if size == 0 {
-            return Err(HostError::UploadSizeMismatch);
-        }
-        if self.images.contains_key(name) || self.uploads.values().any(|u| u.name == name) {
-            return Err(HostError::NameTaken);
-        }
-        let upload = Upload::begin(&self.pool, name, size)?;
-        let id = self.next_upload;
-        self.next_upload += 1;
-        self.uploads.insert(id, upload);
-        Ok(UploadId(id))
+        self.images.begin(&self.pool, name, size)
     }
 
     /// Appends `data` to an upload.
     pub fn write_image_chunk(&mut self, id: UploadId, data: &[u8]) -> Result<(), HostError> {
-        let upload = self
-            .uploads
-            .get_mut(&id.0)
-            .ok_or(HostError::UploadNotFound)?;
-        upload.write(&*self.phys, data)
+        self.images.write(&*self.phys, id, data)
     }
 
     /// Finishes an upload: validates the TDVF image, computes SHA-384 and the expected MRTD.
     /// On any error the upload is freed.
     pub fn finish_image_upload(&mut self, id: UploadId) -> Result<ImageInfo, HostError> {
-        let upload = self
-            .uploads
-            .remove(&id.0)
-            .ok_or(HostError::UploadNotFound)?;
-        match upload.finish(&*self.phys) {
-            Ok(parts) => {
-                let image = StoredImage {
-                    name: upload.name,
-                    size: upload.size,
-                    pages: upload.pages,
-                    sha384: parts.sha384,
-                    metadata: parts.metadata,
-                    expected_mrtd: parts.expected_mrtd,
-                };
-                let info = image.info(0);
-                let now = self.platform.now_ms();
-                self.host_event(
-                    now,
-                    alloc::format!("image {} uploaded ({} bytes)", info.name, info.size),
-                );
-                self.images.insert(info.name.clone(), image);
-                Ok(info)
-            }
-            Err(e) => {
-                upload.free(&self.pool, &*self.phys);
-                Err(e)
-            }
-        }
+        let info = self.images.finish(&self.pool, &*self.phys, id)?;
+        let now = self.platform.now_ms();
+        self.host_event(
+            now,
+            alloc::format!("image {} uploaded ({} bytes)", info.name, info.size),
+        );
+        Ok(info)
     }
 
     /// Abandons an upload and frees its memory.
     pub fn abort_image_upload(&mut self, id: UploadId) {
-        if let Some(u) = self.uploads.remove(&id.0) {
-            u.free(&self.pool, &*self.phys);
-        }
+        self.images.abort(&self.pool, &*self.phys, id);
     }
 
     /// Uploaded images.
     pub fn images(&self) -> Vec<ImageInfo> {
         self.images
-            .values()
+            .all()
             .map(|i| i.info(self.in_use_by(&i.name)))
             .collect()
     }
@@ -719,17 +669,15 @@ impl Host {
 
     /// Deletes an image that no TD uses.
     pub fn delete_image(&mut self, name: &str) -> Result<(), HostError> {
-        if !self.images.contains_key(name) {
+        if self.images.get(name).is_none() {
             return Err(HostError::ImageNotFound);
         }
         if self.in_use_by(name) > 0 {
             return Err(HostError::ImageInUse);
         }
-        if let Some(img) = self.images.remove(name) {
-            images::free_pages(&img.pages, &self.pool, &*self.phys);
-            let now = self.platform.now_ms();
-            self.host_event(now, alloc::format!("image {name} deleted"));
-        }
+        self.images.delete(&self.pool, &*self.phys, name)?;
+        let now = self.platform.now_ms();
+        self.host_event(now, alloc::format!("image {name} deleted"));
         Ok(())
     }
 

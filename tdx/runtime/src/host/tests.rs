@@ -822,7 +822,7 @@ fn upload_validation_reads_the_stored_pages_not_a_copy() {
     for chunk in img.chunks(64 << 10) {
         h.write_image_chunk(id, chunk).unwrap();
     }
-    let upload = h.uploads.get(&id.0).unwrap();
+    let upload = h.images.upload(id).unwrap();
     let pages = images::StoredPages::new(&*h.phys, &upload.pages, upload.size);
     assert_eq!(pages.len(), img.len());
     let src = super::testing::CountingSource::new(pages);
