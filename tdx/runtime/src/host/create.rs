@@ -5,14 +5,9 @@
 //! The reservation ends when TDH.MNG.CREATE succeeds: from then on the module owns the TDR,
 //! and only the teardown path (reclaim through the module) may give pages back.
 
-use alloc::sync::Arc;
-use alloc::vec::Vec;
-
-use tdx_abi::Hpa;
-
-use super::HostError;
 use super::hkids::HkidAllocator;
 use super::memory::{self, SeptPageCache, TdBacking};
+use super::*;
 use crate::pool::{MemoryPool, MemoryUse};
 
 /// Control pages of a TD being created.
@@ -159,6 +154,348 @@ fn alloc_control(
         tdcs,
         vcpus: v,
     })
+}
+
+impl Host {
+    pub(super) fn validate_spec(&self, spec: &TdSpec) -> Result<(), HostError> {
+        let invalid = |field, reason| Err(HostError::InvalidSpec { field, reason });
+        if !images::valid_name(&spec.name) {
+            return invalid("name", "1-64 characters of A-Z a-z 0-9 . _ -");
+        }
+        if self.tds.values().any(|t| t.name == spec.name) {
+            return Err(HostError::NameTaken);
+        }
+        if spec.vcpus == 0
+            || spec.vcpus > self.limits.max_vcpus_per_td
+            || spec.vcpus > u32::from(u16::MAX)
+        {
+            return invalid("vcpus", "must be between 1 and the module's maximum");
+        }
+        if spec.memory_mib < MIN_TD_MEMORY_MIB {
+            return invalid("memory_mib", "must be at least 32");
+        }
+        if spec.attributes & !self.limits.attributes_fixed0 != 0 {
+            return invalid("attributes", "has bits the TDX module does not support");
+        }
+        if spec.attributes & self.limits.attributes_fixed1 != self.limits.attributes_fixed1 {
+            return invalid("attributes", "lacks bits the TDX module requires");
+        }
+        if spec.workload.is_some() && self.module_kind() == ModuleKind::Hardware {
+            return Err(HostError::WorkloadNeedsEmulation);
+        }
+        if self.runners.is_empty() {
+            return invalid("vcpus", "the host has no runner CPUs");
+        }
+        Ok(())
+    }
+
+    /// TD_PARAMS from the spec and the module's limits (tdx-reference §2.9): the requested
+    /// attributes, the XFAM bits the module requires, 4-level EPT (GPAW 48) with write-back
+    /// memory type, `NO_RBP_MOD` as KVM sets it, and every configurable CPUID bit left 0.
+    pub(super) fn td_params(&self, spec: &TdSpec) -> TdParams {
+        let mut p = TdParams::basic(spec.attributes, spec.vcpus as u16);
+        p.xfam = self.limits.xfam_fixed1 & self.limits.xfam_fixed0;
+        p.eptp_controls = EPTP_MEMTYPE_WB | (3 << 3);
+        p.config_flags = config_flags::NO_RBP_MOD;
+        p.cpuid_values = alloc::vec![[0u32; 4]; self.limits.cpuid_config.len()];
+        p
+    }
+
+    /// Creates a TD and starts its build. On any error nothing is left allocated.
+    pub fn create_td(&mut self, spec: TdSpec, now_ms: u64) -> Result<TdInfo, HostError> {
+        self.start_runners();
+        self.validate_spec(&spec)?;
+        let image = self
+            .images
+            .get(&spec.image)
+            .ok_or(HostError::ImageNotFound)?;
+        let layout = TdMemoryLayout::new(&image.metadata, spec.memory_mib).map_err(|_| {
+            HostError::InvalidSpec {
+                field: "memory_mib",
+                reason: "the firmware's sections do not fit this memory size",
+            }
+        })?;
+        let plan = BuildPlan::new(&layout).map_err(|_| HostError::InvalidSpec {
+            field: "memory_mib",
+            reason: "the TD HOB for this memory size does not fit the firmware's TD_HOB section",
+        })?;
+        // Private GPAs: RAM and the firmware sections outside it.
+        let mut gpa_ranges: Vec<(u64, u64)> = layout
+            .ram_ranges()
+            .iter()
+            .map(|r| (r.start.0, r.end.0))
+            .collect();
+        for (s, p) in layout.sections().iter().zip(layout.placements()) {
+            if *p == SectionPlacement::FirmwareWindow {
+                gpa_ranges.push((s.memory_address.0, s.memory_end()));
+            }
+        }
+        let reservation = TdReservation::new(
+            &self.pool,
+            &self.hkids,
+            &gpa_ranges,
+            spec.huge_pages,
+            spec.vcpus,
+            ControlSizes {
+                tdcs_pages: self.limits.tdcs_pages,
+                tdvps_pages: self.limits.tdvps_pages,
+            },
+        )?;
+        // TDH.MNG.CREATE: until it succeeds the module knows nothing of the TD, and dropping
+        // the reservation gives everything back.
+        let (Some(tdr), Some(hkid)) = (reservation.tdr(), reservation.hkid()) else {
+            return Err(HostError::OutOfMemory);
+        };
+        if let Err(e) = RetryBusy(&*self.main).mng_create(tdr, Hkid(hkid)) {
+            log::error!("host: TDH.MNG.CREATE failed: {e}");
+            return Err(HostError::Module(e));
+        }
+        let Some(reserved) = reservation.consume() else {
+            return Err(HostError::OutOfMemory);
+        };
+        let (control, backing, cache) = (
+            reserved.control,
+            Arc::new(reserved.backing),
+            Arc::new(reserved.cache),
+        );
+        let id = TdId(self.next_td);
+        self.next_td += 1;
+        let parts = TdParts {
+            id,
+            hkid,
+            control,
+            backing,
+            cache,
+            seam_counters: Arc::new(SeamcallCounters::new()),
+        };
+        // Everything below runs on a TD the module knows: failures tear it down.
+        let result = self.init_td(&spec, &parts, plan, now_ms);
+        match result {
+            Ok(()) => {
+                let _ = self.apply(id, TdEvent::BeginBuild, now_ms);
+                self.td(id)
+            }
+            Err(e) => {
+                log::error!("host: creating TD {} ({}) failed: {e}", id.0, spec.name);
+                if let Some(mut td) = self.tds.remove(&id) {
+                    for r in &self.runners {
+                        r.unbind_td(&td.shared);
+                    }
+                    let _ = self.teardown(&mut td);
+                    self.leaked_pages += td.leaked_pages;
+                } else {
+                    // init_td failed before the TD object existed: tear down the bare TD.
+                    let mut bare = self.bare_td(&spec, &parts);
+                    let _ = self.teardown(&mut bare);
+                    self.leaked_pages += bare.leaked_pages;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The TD object for a TD that failed before its vCPUs existed (for teardown).
+    pub(super) fn bare_td(&self, spec: &TdSpec, parts: &TdParts) -> Td {
+        let vcpus = Arc::new(TdVcpus {
+            vcpus: Vec::new(),
+            block: core::sync::atomic::AtomicU32::new(0),
+            kicker: self.kicker(),
+        });
+        let sept = self.sept_manager(parts, &vcpus);
+        self.td_object(spec, parts, vcpus, sept, 0)
+    }
+
+    pub(super) fn kicker(&self) -> Kicker {
+        match &self.module {
+            HostModule::Software(m) => Kicker::Software(m.clone(), self.platform.clone()),
+            HostModule::Hardware(_) => Kicker::Hardware(self.platform.clone()),
+        }
+    }
+
+    pub(super) fn sept_manager(
+        &self,
+        parts: &TdParts,
+        vcpus: &Arc<TdVcpus>,
+    ) -> SeptManager<dyn Seamcall> {
+        let counters = &parts.seam_counters;
+        // The fault and unmap paths run on any CPU; the module sees them as CPU 0's calls
+        // (hardware: the CPU that makes them).
+        let module: Arc<dyn Seamcall> = Arc::new(Counted {
+            counters: counters.clone(),
+            inner: self
+                .module
+                .seamcall_on(0)
+                .unwrap_or_else(|| self.main.clone()),
+        });
+        SeptManager::new(
+            module,
+            TdSeptInfo {
+                tdr: parts.control.tdr,
+                hkid: Hkid(parts.hkid),
+                gpaw: Gpaw::Bits48,
+            },
+            SeptBackends {
+                memory: parts.backing.clone(),
+                pool: parts.cache.clone(),
+                vcpus: Arc::new(VcpuGate(vcpus.clone())),
+                phys: self.phys.clone(),
+            },
+            SeptConfig {
+                stat_slots: self.runners.len() + 1,
+                ..SeptConfig::default()
+            },
+        )
+    }
+
+    pub(super) fn td_object(
+        &self,
+        spec: &TdSpec,
+        parts: &TdParts,
+        vcpus: Arc<TdVcpus>,
+        sept: SeptManager<dyn Seamcall>,
+        created_vcpus: usize,
+    ) -> Td {
+        let (id, hkid, control) = (parts.id, parts.hkid, &parts.control);
+        let (backing, cache) = (parts.backing.clone(), parts.cache.clone());
+        let seam_counters = parts.seam_counters.clone();
+        let console = Arc::new(ConsoleRing::new(self.config.console_ring_bytes));
+        let shared = Arc::new(TdShared {
+            id,
+            tdr: control.tdr,
+            run: core::sync::atomic::AtomicU8::new(RUN_NOT_STARTED),
+            vcpus,
+            sept,
+            backing: backing.clone(),
+            io: td_port_devices(&console),
+            mmio: MmioBus::new(),
+            console,
+            counters: TdCounterCells::default(),
+            outcome: spin::Mutex::new(None),
+            shared_bit: 47,
+            huge_pages: spec.huge_pages,
+            idle_wakeup_ms: self.config.idle_wakeup_ms,
+            notify_vector: core::sync::atomic::AtomicU8::new(0),
+        });
+        Td {
+            shared,
+            lifecycle: TdLifecycle::new(),
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            attributes: spec.attributes,
+            created_ms: self.platform.now_ms(),
+            hkid,
+            hkid_live: true,
+            tdr: control.tdr,
+            tdcs: control.tdcs.clone(),
+            vcpu_pages: control.vcpus.iter().take(created_vcpus).cloned().collect(),
+            unused_control: control
+                .vcpus
+                .iter()
+                .skip(created_vcpus)
+                .flat_map(|(p, cx)| core::iter::once(*p).chain(cx.iter().copied()))
+                .collect(),
+            backing,
+            sept_cache: cache,
+            seam_counters,
+            build: None,
+            teardown: None,
+            stop_deadline: None,
+            destroy_requested: false,
+            destroy_started_ms: 0,
+            reason: None,
+            mrtd: None,
+            leaked_pages: 0,
+        }
+    }
+
+    /// KEY.CONFIG per package, ADDCX, MNG.INIT, VP.CREATE/ADDCX/INIT per vCPU, the S-EPT
+    /// manager, runner binding and the build job. On error the caller tears the TD down.
+    pub(super) fn init_td(
+        &mut self,
+        spec: &TdSpec,
+        parts: &TdParts,
+        plan: BuildPlan,
+        now_ms: u64,
+    ) -> Result<(), HostError> {
+        let (id, control) = (parts.id, &parts.control);
+        let tdr = control.tdr;
+        let main_handle = self.main.clone();
+        let main = RetryBusy(&*main_handle);
+        for cpu in self.cpus.one_cpu_per_package() {
+            self.call_on_cpu(cpu, &|m| m.mng_key_config(tdr).map(drop))?;
+        }
+        for page in &control.tdcs {
+            main.mng_addcx(tdr, *page).map_err(HostError::Module)?;
+        }
+        let params = self.td_params(spec);
+        self.phys.write(self.td_params_page, &params.to_bytes());
+        main.mng_init(tdr, self.td_params_page)
+            .map_err(HostError::Module)?;
+        // vCPUs, each bound to a runner round-robin.
+        let mut vcpus = Vec::new();
+        let mut created = 0usize;
+        let mut fail: Option<HostError> = None;
+        for (i, (tdvpr, tdcx)) in control.vcpus.iter().enumerate() {
+            if let Err(e) = main.vp_create(tdr, *tdvpr) {
+                fail = Some(HostError::Module(e));
+                break;
+            }
+            created += 1;
+            let rest = || -> Result<(), SeamError> {
+                for page in tdcx {
+                    main.vp_addcx(*tdvpr, *page)?;
+                }
+                // x2APIC ID = vCPU index (TDH.VP.INIT version 1); `i` < the TD's vCPU count.
+                main.vp_init(*tdvpr, 0, u32::try_from(i).unwrap_or(u32::MAX))
+            };
+            if let Err(e) = rest() {
+                fail = Some(HostError::Module(e));
+                break;
+            }
+            let runner = self.next_runner % self.runners.len().max(1);
+            self.next_runner += 1;
+            let cpu = self.runners.get(runner).map(|r| r.cpu()).unwrap_or(0);
+            vcpus.push(VcpuShared::new(i as u32, *tdvpr, runner, cpu));
+        }
+        let vcpus = Arc::new(TdVcpus {
+            vcpus,
+            block: core::sync::atomic::AtomicU32::new(0),
+            kicker: self.kicker(),
+        });
+        let sept = self.sept_manager(parts, &vcpus);
+        let mut td = self.td_object(spec, parts, vcpus, sept, created);
+        td.created_ms = now_ms;
+        if let Some(e) = fail {
+            self.tds.insert(id, td);
+            return Err(e);
+        }
+        if let (Some(program), Some(m)) = (&spec.workload, self.module.software())
+            && let Some((tdvpr, _)) = control.vcpus.first()
+            && m.bind_guest_program(*tdvpr, program).is_err()
+        {
+            // The module was asked at create time (`WorkloadNeedsEmulation`); a refusal here
+            // is a program of another engine's kind.
+            self.tds.insert(id, td);
+            return Err(HostError::InvalidSpec {
+                field: "workload",
+                reason: "the TDX module's guest engine does not run this workload",
+            });
+        }
+        for v in td.shared.vcpus.vcpus.iter() {
+            if let Some(r) = self.runners.get(v.runner) {
+                r.bind(runner::Slot {
+                    td: td.shared.clone(),
+                    vcpu: v.index as usize,
+                });
+            }
+        }
+        self.ensure_runners();
+        td.build = Some(build::BuildJob::new(plan));
+        self.tds.insert(id, td);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
