@@ -3,7 +3,7 @@
 //!
 //! It reaches a module only through [`tdx_abi::seamcall::TdxModule`] (typed SEAMCALL
 //! wrappers over the raw trait) and, for what only the software module offers, the
-//! [`host::SoftwareModule`] hooks; it does not depend on either backend crate.
+//! `tdx_abi::software::SoftwareModuleHooks`; it does not depend on either backend crate.
 //!
 //! * [`tdvf`]: TDVF firmware parsing, TD memory layout, build plan, expected MRTD.
 //! * [`hob`]: the TD HOB handed to TDVF.

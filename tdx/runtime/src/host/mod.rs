@@ -143,7 +143,7 @@ pub enum PlatformError {
     RunnerBusy(u32),
 }
 
-/// What a runner loop should do after one [`Runner::poll`].
+/// What a runner loop should do after one [`runner::Runner::poll`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunnerPoll {
     /// Work was done; poll again at once.

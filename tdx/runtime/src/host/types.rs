@@ -29,7 +29,7 @@ pub struct TdSpec {
     pub huge_pages: bool,
     /// Software module only: the declared guest program vCPU 0 runs (for a module whose
     /// guest engine runs declared workloads). `None`: the vCPUs idle (HLT) until stopped.
-    /// Refused with [`HostError::WorkloadNeedsEmulation`] on hardware.
+    /// Refused with [`super::HostError::WorkloadNeedsEmulation`] on hardware.
     pub workload: Option<GuestProgram>,
 }
 

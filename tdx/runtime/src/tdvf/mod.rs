@@ -4,7 +4,7 @@
 //! Flow: [`TdvfMetadata::parse`] the image → [`TdMemoryLayout::new`] for the TD's RAM size →
 //! [`BuildPlan::new`] (also builds the TD HOB) → the runtime walks [`BuildPlan::operations`],
 //! filling each page with [`BuildPlan::fill_page`]. [`expected_mrtd`] replays the same plan
-//! through [`crate::measure`] so the MRTD a TD will report can be known before it is built.
+//! through `tdx_abi::measure` so the MRTD a TD will report can be known before it is built.
 
 mod layout;
 mod parse;
