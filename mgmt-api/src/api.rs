@@ -27,93 +27,17 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
 
-use serde::Serialize;
-use tdx_runtime::host::{Host, TdId, TdSpec, UploadId};
+use tdx_runtime::host::Host;
 
 use crate::auth::{self, BearerToken};
 use crate::error::{ApiError, ErrorCode};
 use crate::handlers;
 use crate::metrics::{HttpCounters, NO_METHOD, PROTOCOL_ROUTE, UNMATCHED_ROUTE};
-use crate::request::{Method, Request, RequestId};
+use crate::request::{Method, Request};
 use crate::response::{Response, StatusCode};
 use crate::router::{PathParams, Router};
 use crate::server::{Admission, Handler, Reply};
-use crate::uri::Query;
-
-/// Everything a route function gets about its request.
-pub struct RouteCall<'a, 'r> {
-    /// The request.
-    pub req: &'a Request<'r>,
-    /// The route it matched.
-    pub route: &'static RouteSpec,
-    /// The pattern's path parameters, decoded.
-    pub params: PathParams,
-    /// The buffered body.
-    pub body: &'a [u8],
-    /// The time the request completed.
-    pub now_ms: u64,
-}
-
-impl RouteCall<'_, '_> {
-    /// The decoded query string (400 on bad escapes).
-    pub fn query(&self) -> Result<Query, ApiError> {
-        Query::parse(self.req.query())
-    }
-
-    /// Path parameter `name` (routes only ask for parameters their pattern has).
-    pub fn param(&self, name: &str) -> &str {
-        self.params.get(name).unwrap_or("")
-    }
-}
-
-/// A route's function: a response now, a deferred one, or an error response.
-pub type RouteFn = fn(&mut Api, &RouteCall<'_, '_>) -> Result<Reply, ApiError>;
-
-/// What answers a route.
-#[derive(Debug, Clone, Copy)]
-pub enum Endpoint {
-    /// A function called with the buffered body.
-    Call(RouteFn),
-    /// `PUT /v1/images/{name}`: the body is streamed into the host chunk by chunk.
-    ImageUpload,
-}
-
-/// The request body a route takes (checked in [`Handler::admit`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyKind {
-    /// No body: a non-empty one is a 400.
-    None,
-    /// A JSON body (`Content-Type: application/json`), required.
-    Json,
-    /// An optional JSON body: empty, or `application/json`.
-    OptionalJson,
-    /// Raw bytes (`application/octet-stream`), streamed.
-    OctetStream,
-}
-
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Anyone (health only).
-    Public,
-    /// Clients presenting the configured bearer token (see [`crate::auth`]).
-    Bearer,
-}
-
-/// One row of the route table.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteSpec {
-    /// The method (GET also serves HEAD).
-    pub method: Method,
-    /// The path pattern, `{name}` for parameters (also the `route` label of HTTP metrics).
-    pub pattern: &'static str,
-    /// Who may call it.
-    pub access: Access,
-    /// The body it takes.
-    pub body: BodyKind,
-    /// What answers it.
-    pub endpoint: Endpoint,
-}
+use crate::state::*;
 
 const fn route(
     method: Method,
@@ -198,113 +122,6 @@ pub const ROUTES: &[RouteSpec] = &[
     route(Get, "/v1/openapi.json", Bearer, NoBody, handlers::openapi),
 ];
 
-/// What the appliance reports about its setup in `GET /v1/host`, set by the platform.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostInfo {
-    /// The TCP port the API listens on.
-    pub api_port: u16,
-    /// How the address is obtained: `"dhcp"` or `"static"`.
-    pub network: &'static str,
-    /// The interface address as `a.b.c.d/prefix`, if it has one.
-    pub ipv4: Option<String>,
-    /// Where the configuration came from (file on the boot medium, TFTP, defaults).
-    pub config_source: String,
-    /// Whether the token was `"configured"` or `"generated"` at boot.
-    pub token_source: &'static str,
-}
-
-/// Tunables of the API itself (the runtime has its own `HostConfig`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiConfig {
-    /// Largest image upload accepted (413 beyond). Default 64 MiB.
-    pub max_image_bytes: u64,
-    /// Longest `wait_ms` of the events long poll; larger values are capped. Default 30 s.
-    pub max_event_wait_ms: u64,
-    /// Most events in one `GET /v1/events` answer. Default 1000.
-    pub max_events_per_reply: usize,
-    /// Most console bytes in one `GET /v1/tds/{id}/console` answer. Default 64 KiB.
-    pub max_console_bytes: usize,
-    /// `Idempotency-Key`s remembered (oldest forgotten first). Default 256.
-    pub idempotency_keys: usize,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self {
-            max_image_bytes: 64 * 1024 * 1024,
-            max_event_wait_ms: 30_000,
-            max_events_per_reply: 1000,
-            max_console_bytes: 64 * 1024,
-            idempotency_keys: 256,
-        }
-    }
-}
-
-/// Longest `Idempotency-Key` accepted, in bytes.
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
-
-/// A remembered `POST /v1/tds` keyed by its `Idempotency-Key`.
-#[derive(Debug, Clone)]
-pub(crate) struct IdempotentCreate {
-    pub key: String,
-    pub spec: TdSpec,
-    pub td: TdId,
-}
-
-/// Bounded memory of idempotent creates (first in, first forgotten).
-#[derive(Debug, Default)]
-pub(crate) struct IdempotencyStore {
-    entries: VecDeque<IdempotentCreate>,
-    capacity: usize,
-}
-
-impl IdempotencyStore {
-    pub fn find(&self, key: &str) -> Option<&IdempotentCreate> {
-        self.entries.iter().find(|e| e.key == key)
-    }
-
-    pub fn remember(&mut self, entry: IdempotentCreate) {
-        if self.capacity == 0 {
-            return;
-        }
-        while self.entries.len() >= self.capacity {
-            self.entries.pop_front();
-        }
-        self.entries.push_back(entry);
-    }
-}
-
-/// A request whose answer is not produced by one route call.
-#[derive(Debug)]
-pub(crate) enum InFlight {
-    /// An image upload streaming into the host.
-    Upload {
-        route: &'static RouteSpec,
-        id: UploadId,
-    },
-    /// An events long poll.
-    EventsPoll {
-        route: &'static RouteSpec,
-        since: u64,
-        limit: usize,
-        deadline_ms: u64,
-    },
-}
-
-/// The management API: router, the TDX host it drives, and per-request state.
-pub struct Api {
-    router: Router<&'static RouteSpec>,
-    pub(crate) start_ms: u64,
-    token: Option<BearerToken>,
-    pub(crate) setup: HostInfo,
-    pub(crate) host: Option<Host>,
-    pub(crate) host_failure: Option<String>,
-    pub(crate) config: ApiConfig,
-    pub(crate) in_flight: BTreeMap<RequestId, InFlight>,
-    pub(crate) idempotency: IdempotencyStore,
-    pub(crate) http: HttpCounters,
-}
-
 impl Api {
     /// The API as started at `start_ms` (the origin of `uptime_ms`), with no token (until
     /// [`Api::with_token`] only public routes answer: it fails closed) and no TDX host
@@ -335,6 +152,9 @@ impl Api {
             },
             config,
             in_flight: BTreeMap::new(),
+            admitted: BTreeMap::new(),
+            #[cfg(test)]
+            route_lookups: 0,
             http: HttpCounters::default(),
         }
     }
@@ -514,10 +334,26 @@ fn check_body(req: &Request<'_>, kind: BodyKind) -> Result<(), ApiError> {
     }
 }
 
+impl Api {
+    /// The route `req` matches: the one route-table lookup of a request.
+    fn lookup(
+        &mut self,
+        req: &Request<'_>,
+    ) -> Result<(&'static RouteSpec, PathParams), crate::router::RouteError> {
+        #[cfg(test)]
+        {
+            self.route_lookups += 1;
+        }
+        self.router
+            .find(req.method(), req.path())
+            .map(|found| (*found.value, found.params))
+    }
+}
+
 impl Handler for Api {
     fn admit(&mut self, req: &Request<'_>, _now_ms: u64) -> Admission {
-        let (spec, params) = match self.router.find(req.method(), req.path()) {
-            Ok(found) => (*found.value, found.params),
+        let (spec, params) = match self.lookup(req) {
+            Ok(found) => found,
             Err(err) => {
                 let resp = err.to_response();
                 return Admission::Reject(self.finish(req.method(), UNMATCHED_ROUTE, resp));
@@ -538,6 +374,15 @@ impl Handler for Api {
             },
         };
         match admission {
+            Ok(Admission::Buffer) => {
+                // A request the server ends without answering or abandoning (none should)
+                // cannot grow the map: the oldest entries go first beyond the bound.
+                while self.admitted.len() >= MAX_ADMITTED {
+                    self.admitted.pop_first();
+                }
+                self.admitted.insert(req.id(), (spec, params));
+                Admission::Buffer
+            }
             Ok(admission) => admission,
             Err(resp) => Admission::Reject(self.finish(req.method(), spec.pattern, resp)),
         }
@@ -553,8 +398,14 @@ impl Handler for Api {
     }
 
     fn respond(&mut self, req: &Request<'_>, body: &[u8], now_ms: u64) -> Reply {
-        let (spec, params) = match self.router.find(req.method(), req.path()) {
-            Ok(found) => (*found.value, found.params),
+        // Admitted requests carry their route; a request answered without admission (a
+        // caller driving the handler directly) is looked up here instead.
+        let found = match self.admitted.remove(&req.id()) {
+            Some(found) => Ok(found),
+            None => self.lookup(req),
+        };
+        let (spec, params) = match found {
+            Ok(found) => found,
             Err(err) => {
                 let resp = err.to_response();
                 return Reply::Ready(self.finish(req.method(), UNMATCHED_ROUTE, resp));
@@ -651,6 +502,7 @@ impl Handler for Api {
     }
 
     fn abandon(&mut self, req: &Request<'_>, _now_ms: u64) {
+        self.admitted.remove(&req.id());
         if let Some(InFlight::Upload { id, .. }) = self.in_flight.remove(&req.id())
             && let Some(host) = self.host.as_mut()
         {
@@ -663,20 +515,6 @@ impl Handler for Api {
         self.http.count(method, PROTOCOL_ROUTE, status.as_u16());
     }
 }
-
-/// Body of `GET /v1/health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Health {
-    /// Always `"ok"` when the API answers.
-    pub status: &'static str,
-    /// This crate's version.
-    pub version: &'static str,
-    /// Milliseconds since [`Api::new`]'s `start_ms`.
-    pub uptime_ms: u64,
-    /// `"hardware"` or `"emulated"`, `null` while there is no TDX host.
-    pub module_kind: Option<&'static str>,
-}
-
 #[cfg(test)]
 mod openapi_check;
 #[cfg(test)]

@@ -26,7 +26,6 @@ use alloc::vec::Vec;
 use serde::Serialize;
 use tdx_runtime::host::{HostError, TdId, Transition};
 
-use crate::api::{Api, Health, IdempotentCreate, InFlight, MAX_IDEMPOTENCY_KEY_LEN, RouteCall};
 use crate::dto::{
     self, CreateTdRequest, EventDto, EventsDto, ImageDto, MeasurementDto, StartRequest,
     StopRequest, TdDto, TdxHostDto,
@@ -35,6 +34,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{self, Exposition, MetricType};
 use crate::response::{CONTENT_TYPE_JSON, Response, StatusCode};
 use crate::server::Reply;
+use crate::state::{Api, Health, IdempotentCreate, InFlight, MAX_IDEMPOTENCY_KEY_LEN, RouteCall};
 
 /// The OpenAPI 3.1 document served at `GET /v1/openapi.json` (kept in the repository as
 /// `mgmt-api/openapi.json`).
@@ -398,7 +398,7 @@ pub(crate) fn events_reply(api: &mut Api, since: u64, limit: usize) -> Result<Re
 }
 
 /// `GET /v1/events?since=N&wait_ms=M&limit=L`: events with `id > since`; when there are
-/// none and `wait_ms > 0`, waits (long poll, capped at [`crate::api::ApiConfig::max_event_wait_ms`])
+/// none and `wait_ms > 0`, waits (long poll, capped at [`crate::state::ApiConfig::max_event_wait_ms`])
 /// until one exists.
 pub fn events(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
     let query = call.query()?;

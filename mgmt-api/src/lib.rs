@@ -69,13 +69,14 @@ pub mod request;
 pub mod response;
 pub mod router;
 pub mod server;
+pub mod state;
 pub mod uri;
 
-pub use api::{Access, Api, ApiConfig, HostInfo};
 pub use auth::{BearerToken, TokenError};
 pub use error::{ApiError, ErrorCode};
 pub use request::{Method, Request, RequestId, Version};
 pub use response::{Response, StatusCode};
 pub use router::{PathParams, RouteError, Router};
 pub use server::{Admission, ConnState, Connection, Handler, Limits, Reply, Server};
+pub use state::{Access, Api, ApiConfig, HostInfo};
 pub use uri::Query;

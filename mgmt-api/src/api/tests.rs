@@ -200,6 +200,30 @@ fn every_route_pattern_parses_and_is_unique() {
 }
 
 #[test]
+fn each_request_looks_its_route_up_once() {
+    let mut client = Client::new(api_with_host());
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let requests = [
+        String::from("GET /v1/health HTTP/1.1\r\nHost: h\r\n\r\n"),
+        format!("GET /v1/host HTTP/1.1\r\nHost: h\r\n{auth}\r\n"),
+        format!("GET /v1/tds/7 HTTP/1.1\r\nHost: h\r\n{auth}\r\n"),
+        format!(
+            "POST /v1/tds HTTP/1.1\r\nHost: h\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: 2\r\n\r\n{{}}"
+        ),
+        String::from("GET /nowhere HTTP/1.1\r\nHost: h\r\n\r\n"),
+        String::from("GET /v1/host HTTP/1.1\r\nHost: h\r\n\r\n"),
+    ];
+    // Pipelined on one connection: answered in order, one lookup each (admission, then the
+    // answer from the remembered route).
+    let all: String = requests.concat();
+    let r = client.raw(all.as_bytes());
+    let statuses: Vec<u16> = r.iter().map(|p| p.status).collect();
+    assert_eq!(statuses, [200, 200, 404, 400, 404, 401]);
+    assert_eq!(client.api().route_lookups, requests.len() as u64);
+}
+
+#[test]
 fn health_needs_no_token_and_reports_module_kind() {
     let mut client = Client::new(authed_api());
     client.now = 2_500;

@@ -5,8 +5,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::*;
-use crate::api::Api;
 use crate::response::StatusCode;
+use crate::state::Api;
 
 /// A parsed response from the output stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
