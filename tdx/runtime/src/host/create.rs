@@ -267,6 +267,11 @@ impl Host {
             backing,
             cache,
             seam_counters: Arc::new(SeamcallCounters::new()),
+            ram_split: layout.ram_ranges().iter().fold((0, 0), |(low, high), r| {
+                let below = r.end.0.min(1 << 32).saturating_sub(r.start.0.min(1 << 32));
+                let len = r.end.0 - r.start.0;
+                (low + below, high + (len - below))
+            }),
         };
         // Everything below runs on a TD the module knows: failures tear it down.
         let result = self.init_td(&spec, &parts, plan, now_ms);
@@ -359,6 +364,7 @@ impl Host {
         let (backing, cache) = (parts.backing.clone(), parts.cache.clone());
         let seam_counters = parts.seam_counters.clone();
         let console = Arc::new(ConsoleRing::new(self.config.console_ring_bytes));
+        let power = Arc::new(PowerRequests::default());
         let shared = Arc::new(TdShared {
             id,
             tdr: control.tdr,
@@ -366,7 +372,8 @@ impl Host {
             vcpus,
             sept,
             backing: backing.clone(),
-            io: td_port_devices(&console),
+            io: td_port_devices(&console, &self.platform, &power, parts.ram_split),
+            power,
             mmio: MmioBus::new(),
             console,
             counters: TdCounterCells::default(),

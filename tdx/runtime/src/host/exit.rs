@@ -172,6 +172,9 @@ impl ExitContext<'_> {
             Request::Io { size, port, access } => match access {
                 Access::Write(value) => {
                     td.io.write(port, size, value);
+                    if td.power.off_requested() {
+                        td.set_outcome(GuestOutcome::PoweredOff);
+                    }
                     Reply::DONE
                 }
                 Access::Read => Reply::success(td.io.read(port, size)),

@@ -184,7 +184,7 @@ impl Host {
                     }
                     let reason = alloc::format!("{outcome}");
                     match outcome {
-                        td::GuestOutcome::Shutdown => {
+                        td::GuestOutcome::Shutdown | td::GuestOutcome::PoweredOff => {
                             let _ = self.apply(id, TdEvent::GuestShutdown, now);
                         }
                         td::GuestOutcome::Bugged(_) => self.bug_td(id, reason, now),

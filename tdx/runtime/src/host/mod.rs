@@ -23,8 +23,11 @@ use tdx_abi::phys::PhysMemory;
 use tdx_abi::seamcall::{ModuleKind, SeamError, Seamcall};
 use tdx_abi::software::SoftwareModuleHooks;
 
+use crate::devices::acpi_pm::{AcpiPmBlock, PIIX4_PM_BASE, PM_BLOCK_PORTS, PowerRequests};
+use crate::devices::cmos::{CMOS_BASE, CMOS_PORTS, Cmos};
+use crate::devices::pci;
 use crate::devices::serial::{COM1_BASE, Serial16550, UART_PORTS};
-use crate::devices::{MmioBus, PortIoBus};
+use crate::devices::{DeviceClock, MmioBus, PortIoBus, PortIoDevice};
 use crate::td::lifecycle::TdState;
 use crate::tdvf::TdvfError;
 
@@ -335,6 +338,8 @@ struct TdParts {
     backing: Arc<TdBacking>,
     cache: Arc<SeptPageCache>,
     seam_counters: Arc<SeamcallCounters>,
+    /// Guest RAM below and above 4 GiB (bytes), as the TD's CMOS reports it.
+    ram_split: (u64, u64),
 }
 
 /// The runtime façade. See the module docs.
@@ -665,11 +670,65 @@ impl Host {
     }
 }
 
-/// The port-I/O devices of a new TD: its console UART on COM1.
-fn td_port_devices(console: &Arc<ConsoleRing>) -> PortIoBus {
+/// Platform time as the devices see it.
+struct PlatformClock(Arc<dyn Platform>);
+
+impl DeviceClock for PlatformClock {
+    fn now_ns(&self) -> u64 {
+        self.0.now_ms().saturating_mul(1_000_000)
+    }
+}
+
+/// The port-I/O devices of a new TD, a PC with a 440FX chipset as TDVF's platform code knows
+/// it: the console UART on COM1, PCI configuration mechanism #1 with the host bridge, the
+/// ISA bridge and the PIIX4 power-management function, the PIIX4 ACPI block (PM timer, PM1
+/// control with S5 power-off) and CMOS/RTC with the RAM sizes. Ports no device decodes read
+/// as all ones and drop writes.
+fn td_port_devices(
+    console: &Arc<ConsoleRing>,
+    platform: &Arc<dyn Platform>,
+    power: &Arc<PowerRequests>,
+    (low_ram, high_ram): (u64, u64),
+) -> PortIoBus {
+    let clock: Arc<dyn DeviceClock> = Arc::new(PlatformClock(platform.clone()));
+    let pm_function = pci::piix4_pm();
+    let devices: [(u16, u16, Arc<dyn PortIoDevice>); 4] = [
+        (
+            COM1_BASE,
+            UART_PORTS,
+            Arc::new(Serial16550::new(console.clone())),
+        ),
+        (
+            pci::PCI_CONFIG_BASE,
+            pci::PCI_CONFIG_PORTS,
+            Arc::new(pci::PciConfigPorts::new(alloc::vec![
+                (0, 0, pci::i440fx_host_bridge()),
+                (1, 0, pci::piix3_isa_bridge()),
+                (1, 3, pm_function.clone()),
+            ])),
+        ),
+        (
+            PIIX4_PM_BASE,
+            PM_BLOCK_PORTS,
+            Arc::new(AcpiPmBlock::new(
+                PIIX4_PM_BASE,
+                pm_function,
+                clock.clone(),
+                power.clone(),
+            )),
+        ),
+        (
+            CMOS_BASE,
+            CMOS_PORTS,
+            Arc::new(Cmos::new(clock, low_ram, high_ram)),
+        ),
+    ];
     let mut io = PortIoBus::new();
-    let uart = Arc::new(Serial16550::new(console.clone()));
-    // The first device on an empty bus: no range can conflict.
-    let _ = io.insert(COM1_BASE, UART_PORTS, uart);
+    for (base, len, device) in devices {
+        // Fixed, disjoint ranges: a conflict would be a bug in this table.
+        if let Err(e) = io.insert(base, len, device) {
+            log::error!("host: TD device not placed: {e}");
+        }
+    }
     io
 }

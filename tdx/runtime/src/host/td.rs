@@ -6,6 +6,7 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
+use crate::devices::acpi_pm::PowerRequests;
 use crate::devices::{MmioBus, PortIoBus};
 use crate::sept::{BugReport, SeptManager};
 use tdx_abi::Hpa;
@@ -95,6 +96,8 @@ impl VcpuShared {
 pub enum GuestOutcome {
     /// Triple fault: the guest shut down.
     Shutdown,
+    /// The guest switched itself off (ACPI S5 through PM1 control).
+    PoweredOff,
     /// TDVMCALL ReportFatalError.
     FatalError {
         /// R12 (without the message-valid bit).
@@ -141,6 +144,7 @@ impl core::fmt::Display for GuestOutcome {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             GuestOutcome::Shutdown => write!(f, "guest shut down (triple fault)"),
+            GuestOutcome::PoweredOff => write!(f, "guest powered off (ACPI S5)"),
             GuestOutcome::FatalError { code, message } => {
                 write!(f, "guest reported a fatal error (code {code:#x})")?;
                 if let Some(m) = message {
@@ -261,6 +265,8 @@ pub struct TdShared {
     pub console: Arc<ConsoleRing>,
     /// The TD's port-I/O devices.
     pub io: PortIoBus,
+    /// What the guest asked of its power logic (the PM1 S5 request).
+    pub power: Arc<PowerRequests>,
     /// The TD's MMIO devices (addresses without the shared bit).
     pub mmio: MmioBus,
     /// Counters.

@@ -140,3 +140,48 @@ fn a_wrong_answer_fails_the_td() {
     assert_eq!(td.state, TdState::Failed);
     assert!(td.reason.unwrap().contains("0xbada45e"));
 }
+
+#[test]
+fn the_platform_devices_answer_and_s5_powers_the_td_off() {
+    let mut e = emulated_host_parts(small_config(), ThreadTopology::default());
+    let h = &mut e.host;
+    upload_image(h, "fw", &synthetic_tdvf_image()).unwrap();
+    let out =
+        |size: u64, port: u64, value: u64| call(TDVMCALL_IO, [size, 1, port, value], OK, None);
+    let inp =
+        |size: u64, port: u64, want: u64| call(TDVMCALL_IO, [size, 0, port, 0], OK, Some(want));
+    let id = run(
+        h,
+        "devices",
+        vec![
+            // The 440FX host bridge at 00:00.0.
+            out(4, 0xCF8, 0x8000_0000),
+            inp(4, 0xCFC, 0x1237_8086),
+            // Nothing at 00:02.0.
+            out(4, 0xCF8, 0x8000_1000),
+            inp(2, 0xCFC, 0xFFFF),
+            // The ACPI block is decoded only once PMBA and PMREGMISC place it.
+            inp(2, 0xB004, 0xFFFF),
+            out(4, 0xCF8, 0x8000_0B40),
+            out(4, 0xCFC, 0xB001),
+            out(4, 0xCF8, 0x8000_0B80),
+            out(1, 0xCFC, 1),
+            inp(2, 0xB004, 0),
+            // CMOS status D: valid RAM and time.
+            out(1, 0x70, 0x0D),
+            inp(1, 0x71, 0x80),
+            Step::Print {
+                line: String::from("powering off"),
+            },
+            // PM1 control: SLP_TYP 0 (S5) with SLP_EN.
+            out(2, 0xB004, 1 << 13),
+            Step::Print {
+                line: String::from("still on"),
+            },
+        ],
+    );
+    let td = h.td(id).unwrap();
+    assert_eq!(td.state, TdState::Stopped, "{:?}", td.reason);
+    let console = h.console(id, 0, 1 << 10).unwrap();
+    assert_eq!(console.data, b"powering off\n");
+}
