@@ -10,7 +10,7 @@
 //! `as --64 -o hello.o hello.S && ld -m elf_x86_64 -Ttext=0xffff4000 --oformat binary -o
 //! hello.bin hello.o`; its bytes are below so that the tests need no assembler.
 
-use tdx_runtime::tdvf::{OVMF_TABLE_FOOTER_GUID, TDVF_SIGNATURE, TDX_METADATA_OFFSET_GUID};
+use tdx_runtime::tdvf::{SectionRecord, write_tdvf_metadata};
 
 /// What the guest prints.
 pub const GREETING: &str = "hello from a TD on SVM";
@@ -67,34 +67,11 @@ pub fn image() -> Vec<u8> {
     put(LEN - 16, &[0xE9]);
     put(LEN - 15, &rel.to_le_bytes());
     // TDX metadata: the image as the BFV (measured), TempMem and the TD HOB in RAM.
-    // (data offset, raw size, GPA, memory size, type, attributes)
-    let sections: [(u32, u32, u64, u64, u32, u32); 3] = [
+    let sections: [SectionRecord; 3] = [
         (0, LEN as u32, BASE, LEN as u64, 0, 1),
         (0, 0, 0x80_0000, 0x6000, 3, 0),
         (0, 0, 0x80_9000, 0x2000, 2, 0),
     ];
-    let n = sections.len() as u32;
-    put(DESCRIPTOR_AT, &TDVF_SIGNATURE.to_le_bytes());
-    put(DESCRIPTOR_AT + 4, &(16 + 32 * n).to_le_bytes());
-    put(DESCRIPTOR_AT + 8, &1u32.to_le_bytes());
-    put(DESCRIPTOR_AT + 12, &n.to_le_bytes());
-    for (i, (off, raw, gpa, size, kind, attrs)) in sections.iter().enumerate() {
-        let at = DESCRIPTOR_AT + 16 + 32 * i;
-        put(at, &off.to_le_bytes());
-        put(at + 4, &raw.to_le_bytes());
-        put(at + 8, &gpa.to_le_bytes());
-        put(at + 16, &size.to_le_bytes());
-        put(at + 24, &kind.to_le_bytes());
-        put(at + 28, &attrs.to_le_bytes());
-    }
-    // OVMF's GUIDed table, ending 32 bytes before the end of the image.
-    let mut table = Vec::new();
-    table.extend_from_slice(&((LEN - DESCRIPTOR_AT) as u32).to_le_bytes());
-    table.extend_from_slice(&(4u16 + 18).to_le_bytes());
-    table.extend_from_slice(&TDX_METADATA_OFFSET_GUID);
-    table.extend_from_slice(&((table.len() + 18) as u16).to_le_bytes());
-    table.extend_from_slice(&OVMF_TABLE_FOOTER_GUID);
-    let end = LEN - 32;
-    put(end - table.len(), &table);
+    write_tdvf_metadata(&mut img, DESCRIPTOR_AT, &sections);
     img
 }

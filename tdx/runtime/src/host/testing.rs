@@ -245,11 +245,9 @@ pub fn emulated_host(config: HostConfig) -> Host {
 /// A small valid TDVF image (64 KiB) shaped like OVMF: a measured BFV and an unmeasured CFV
 /// in the firmware window below 4 GiB, TempMem and the TD_HOB in RAM at 8 MiB.
 pub fn synthetic_tdvf_image() -> Vec<u8> {
-    use crate::tdvf::{OVMF_TABLE_FOOTER_GUID, TDVF_SIGNATURE, TDX_METADATA_OFFSET_GUID};
     const LEN: usize = 0x10000;
     const DESCRIPTOR_AT: usize = 0xE000;
-    // (data offset, raw size, GPA, memory size, type, attributes)
-    const SECTIONS: [(u32, u32, u64, u64, u32, u32); 4] = [
+    const SECTIONS: [crate::tdvf::SectionRecord; 4] = [
         (0x4000, 0x8000, 0xFFFF_0000, 0x10000, 0, 1),
         (0x0000, 0x1800, 0xFFFE_0000, 0x2000, 1, 0),
         (0, 0, 0x80_0000, 0x6000, 3, 0),
@@ -258,36 +256,10 @@ pub fn synthetic_tdvf_image() -> Vec<u8> {
     let mut img: Vec<u8> = (0..LEN)
         .map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8)
         .collect();
-    let mut put = |at: usize, bytes: &[u8]| {
-        if let Some(dst) = img.get_mut(at..at + bytes.len()) {
-            dst.copy_from_slice(bytes);
-        }
-    };
-    let n = SECTIONS.len() as u32;
-    put(DESCRIPTOR_AT, &TDVF_SIGNATURE.to_le_bytes());
-    put(DESCRIPTOR_AT + 4, &(16 + 32 * n).to_le_bytes());
-    put(DESCRIPTOR_AT + 8, &1u32.to_le_bytes());
-    put(DESCRIPTOR_AT + 12, &n.to_le_bytes());
-    for (i, (off, raw, gpa, size, kind, attrs)) in SECTIONS.iter().enumerate() {
-        let at = DESCRIPTOR_AT + 16 + 32 * i;
-        put(at, &off.to_le_bytes());
-        put(at + 4, &raw.to_le_bytes());
-        put(at + 8, &gpa.to_le_bytes());
-        put(at + 16, &size.to_le_bytes());
-        put(at + 24, &kind.to_le_bytes());
-        put(at + 28, &attrs.to_le_bytes());
+    crate::tdvf::write_tdvf_metadata(&mut img, DESCRIPTOR_AT, &SECTIONS);
+    if let Some(last) = img.get_mut(LEN - 32..) {
+        last.fill(0xFF);
     }
-    // OVMF GUIDed table: [offset u32][len u16][GUID] [table len u16][footer GUID], then 32
-    // bytes before the end of the image.
-    let mut table = Vec::new();
-    table.extend_from_slice(&((LEN - DESCRIPTOR_AT) as u32).to_le_bytes());
-    table.extend_from_slice(&(4u16 + 18).to_le_bytes());
-    table.extend_from_slice(&TDX_METADATA_OFFSET_GUID);
-    table.extend_from_slice(&((table.len() + 18) as u16).to_le_bytes());
-    table.extend_from_slice(&OVMF_TABLE_FOOTER_GUID);
-    let end = LEN - 32;
-    put(end - table.len(), &table);
-    put(end, &[0xFF; 32]);
     img
 }
 

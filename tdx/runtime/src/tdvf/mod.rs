@@ -89,3 +89,45 @@ pub fn expected_mrtd_from<S: ImageSource + ?Sized>(
     }
     Ok(acc.finalize())
 }
+
+/// A section for [`write_tdvf_metadata`]: `(data offset, raw size, GPA, memory size, type,
+/// attributes)` as the TDVF section descriptor stores them.
+pub type SectionRecord = (u32, u32, u64, u64, u32, u32);
+
+/// Writes TDVF metadata into `image` (for images made by tools and tests): the descriptor
+/// with `sections` at `descriptor_at`, and OVMF's GUIDed table pointing at it, ending 32
+/// bytes before the end of the image where [`TdvfMetadata::parse`] looks for it. Bytes that
+/// would fall outside the image are not written.
+pub fn write_tdvf_metadata(image: &mut [u8], descriptor_at: usize, sections: &[SectionRecord]) {
+    let len = image.len();
+    let mut put = |at: usize, bytes: &[u8]| {
+        if let Some(dst) = image.get_mut(at..at + bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+    };
+    let n = u32::try_from(sections.len()).unwrap_or(u32::MAX);
+    put(descriptor_at, &TDVF_SIGNATURE.to_le_bytes());
+    put(descriptor_at + 4, &(16 + 32 * n).to_le_bytes());
+    put(descriptor_at + 8, &TDVF_VERSION.to_le_bytes());
+    put(descriptor_at + 12, &n.to_le_bytes());
+    for (i, (off, raw, gpa, size, kind, attrs)) in sections.iter().enumerate() {
+        let at = descriptor_at + 16 + 32 * i;
+        put(at, &off.to_le_bytes());
+        put(at + 4, &raw.to_le_bytes());
+        put(at + 8, &gpa.to_le_bytes());
+        put(at + 16, &size.to_le_bytes());
+        put(at + 24, &kind.to_le_bytes());
+        put(at + 28, &attrs.to_le_bytes());
+    }
+    // [offset from the end u32][entry length u16][GUID] [table length u16][footer GUID]
+    let mut table = alloc::vec::Vec::new();
+    let from_end = u32::try_from(len.saturating_sub(descriptor_at)).unwrap_or(0);
+    table.extend_from_slice(&from_end.to_le_bytes());
+    table.extend_from_slice(&(4u16 + 18).to_le_bytes());
+    table.extend_from_slice(&TDX_METADATA_OFFSET_GUID);
+    let table_len = u16::try_from(table.len() + 18).unwrap_or(u16::MAX);
+    table.extend_from_slice(&table_len.to_le_bytes());
+    table.extend_from_slice(&OVMF_TABLE_FOOTER_GUID);
+    let end = len.saturating_sub(32);
+    put(end.saturating_sub(table.len()), &table);
+}
