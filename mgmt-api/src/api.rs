@@ -117,6 +117,13 @@ pub const ROUTES: &[RouteSpec] = &[
         NoBody,
         handlers::console,
     ),
+    route(
+        Post,
+        "/v1/tds/{id}/console",
+        Bearer,
+        Json,
+        handlers::type_console,
+    ),
     route(Get, "/v1/events", Bearer, NoBody, handlers::events),
     route(Get, "/v1/metrics", Bearer, NoBody, handlers::metrics),
     route(Get, "/v1/openapi.json", Bearer, NoBody, handlers::openapi),

@@ -267,6 +267,38 @@ impl StopRequest {
     }
 }
 
+/// Most bytes one `POST /v1/tds/{id}/console` may type.
+pub const MAX_CONSOLE_INPUT_BYTES: usize = 4096;
+
+/// Body of `POST /v1/tds/{id}/console`: text to type into the TD's console (its UART).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleInput {
+    /// The bytes to type, as UTF-8 text (`\r` is the Enter key of a serial terminal).
+    pub input: String,
+}
+
+impl ConsoleInput {
+    /// The bytes; empty or over [`MAX_CONSOLE_INPUT_BYTES`] is a 400 on `input`.
+    pub fn bytes(&self) -> Result<&[u8], ApiError> {
+        let bytes = self.input.as_bytes();
+        if bytes.is_empty() || bytes.len() > MAX_CONSOLE_INPUT_BYTES {
+            return Err(ApiError::bad_request(format!(
+                "input must be 1 to {MAX_CONSOLE_INPUT_BYTES} bytes"
+            ))
+            .with_field("input"));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Typed console input accepted (`POST /v1/tds/{id}/console`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ConsoleInputAccepted {
+    /// Bytes queued in the UART; fewer than sent when its receive queue is full.
+    pub accepted_bytes: usize,
+}
+
 /// Body of `POST /v1/tds/{id}/start` (optional; only `{}` is accepted when present).
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -378,6 +378,21 @@ pub fn console(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
     )
 }
 
+/// `POST /v1/tds/{id}/console`: types `input` into a running TD's console; 200 with how many
+/// bytes the UART's receive queue took, 409 when the TD is not running.
+pub fn type_console(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
+    let id = td_id(call)?;
+    let request = dto::parse_strict_json::<dto::ConsoleInput>(call.body, &[])?;
+    let accepted_bytes = api
+        .require_host()?
+        .type_console(id, request.bytes()?)
+        .map_err(host_error)?;
+    ready(Response::json(
+        StatusCode::OK,
+        &dto::ConsoleInputAccepted { accepted_bytes },
+    ))
+}
+
 /// The events body for `since` (used at once and when a long poll completes).
 pub(crate) fn events_reply(api: &mut Api, since: u64, limit: usize) -> Result<Response, ApiError> {
     let host = api.require_host()?;

@@ -603,6 +603,10 @@ fn operator_story_over_the_software_module() {
     assert_eq!(m["finalized"], true);
     assert_eq!(m["rtmr"].as_array().unwrap().len(), 4);
 
+    // Console input needs a running TD.
+    let r = client.post_json(&format!("/v1/tds/{id}/console"), &json!({"input": "ls\r"}));
+    assert_eq!((r.status, r.code().as_str()), (409, "invalid_transition"));
+
     // Start: 202, then follow events until running; start again: 200.
     let since = json(&client.get("/v1/events"))["last_event_id"]
         .as_u64()
@@ -627,6 +631,14 @@ fn operator_story_over_the_software_module() {
         b"{}",
     );
     assert_eq!(r.status, 200);
+    // Console input: queued in the UART; empty or unknown fields are refused by field.
+    let r = client.post_json(&format!("/v1/tds/{id}/console"), &json!({"input": "ls\r"}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(json(&r)["accepted_bytes"], 3);
+    let r = client.post_json(&format!("/v1/tds/{id}/console"), &json!({"input": ""}));
+    assert_eq!((r.status, json(&r)["field"].as_str()), (400, Some("input")));
+    let r = client.post_json(&format!("/v1/tds/{id}/console"), &json!({"text": "x"}));
+    assert_eq!(r.status, 400);
 
     // Console: the workload's line, with offsets in headers.
     let mut console = String::new();

@@ -365,6 +365,7 @@ impl Host {
         let seam_counters = parts.seam_counters.clone();
         let console = Arc::new(ConsoleRing::new(self.config.console_ring_bytes));
         let power = Arc::new(PowerRequests::default());
+        let uart = Arc::new(Serial16550::new(console.clone()));
         let shared = Arc::new(TdShared {
             id,
             tdr: control.tdr,
@@ -372,7 +373,8 @@ impl Host {
             vcpus,
             sept,
             backing: backing.clone(),
-            io: td_port_devices(&console, &self.platform, &power, parts.ram_split),
+            io: td_port_devices(&uart, &self.platform, &power, parts.ram_split),
+            uart,
             power,
             mmio: MmioBus::new(),
             console,

@@ -685,7 +685,7 @@ impl DeviceClock for PlatformClock {
 /// control with S5 power-off) and CMOS/RTC with the RAM sizes. Ports no device decodes read
 /// as all ones and drop writes.
 fn td_port_devices(
-    console: &Arc<ConsoleRing>,
+    uart: &Arc<Serial16550>,
     platform: &Arc<dyn Platform>,
     power: &Arc<PowerRequests>,
     (low_ram, high_ram): (u64, u64),
@@ -693,11 +693,7 @@ fn td_port_devices(
     let clock: Arc<dyn DeviceClock> = Arc::new(PlatformClock(platform.clone()));
     let pm_function = pci::piix4_pm();
     let devices: [(u16, u16, Arc<dyn PortIoDevice>); 4] = [
-        (
-            COM1_BASE,
-            UART_PORTS,
-            Arc::new(Serial16550::new(console.clone())),
-        ),
+        (COM1_BASE, UART_PORTS, uart.clone()),
         (
             pci::PCI_CONFIG_BASE,
             pci::PCI_CONFIG_PORTS,

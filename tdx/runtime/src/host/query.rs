@@ -3,6 +3,21 @@
 use super::*;
 
 impl Host {
+    /// Types `bytes` into TD `id`'s console (its UART's receive queue); returns how many fit
+    /// (the queue holds at most [`crate::devices::serial::RX_QUEUE_BYTES`]). Only a running
+    /// TD takes input.
+    pub fn type_console(&self, id: TdId, bytes: &[u8]) -> Result<usize, HostError> {
+        let td = self.tds.get(&id).ok_or(HostError::TdNotFound(id))?;
+        let state = td.lifecycle.state();
+        if state != TdState::Running {
+            return Err(HostError::InvalidTransition {
+                from: state,
+                action: "type into the console of",
+            });
+        }
+        Ok(td.shared.uart.type_input(bytes))
+    }
+
     /// Host-wide information.
     pub fn info(&self) -> HostInfo {
         let stats = self.pool.stats();

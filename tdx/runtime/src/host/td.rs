@@ -7,6 +7,7 @@ use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use crate::devices::acpi_pm::PowerRequests;
+use crate::devices::serial::Serial16550;
 use crate::devices::{MmioBus, PortIoBus};
 use crate::sept::{BugReport, SeptManager};
 use tdx_abi::Hpa;
@@ -265,6 +266,8 @@ pub struct TdShared {
     pub console: Arc<ConsoleRing>,
     /// The TD's port-I/O devices.
     pub io: PortIoBus,
+    /// The console UART (also on [`TdShared::io`]): typed input goes into its receive queue.
+    pub uart: Arc<Serial16550>,
     /// What the guest asked of its power logic (the PM1 S5 request).
     pub power: Arc<PowerRequests>,
     /// The TD's MMIO devices (addresses without the shared bit).

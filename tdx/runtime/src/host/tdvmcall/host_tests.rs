@@ -185,3 +185,50 @@ fn the_platform_devices_answer_and_s5_powers_the_td_off() {
     let console = h.console(id, 0, 1 << 10).unwrap();
     assert_eq!(console.data, b"powering off\n");
 }
+
+#[test]
+fn typed_console_input_reaches_the_guest_uart() {
+    let mut e = emulated_host_parts(small_config(), ThreadTopology::default());
+    let h = &mut e.host;
+    upload_image(h, "fw", &synthetic_tdvf_image()).unwrap();
+    let mut steps = vec![Step::Print {
+        line: String::from("ready"),
+    }];
+    // Idle long enough for the input to arrive (each HLT wakes after `idle_wakeup_ms`).
+    steps.extend((0..200).map(|_| Step::Halt));
+    steps.extend([
+        // Line status: data ready, transmitter empty; then the byte itself.
+        call(TDVMCALL_IO, [1, 0, 0x3FD, 0], OK, Some(0x61)),
+        call(TDVMCALL_IO, [1, 0, 0x3F8, 0], OK, Some(u64::from(b'x'))),
+        call(TDVMCALL_IO, [1, 0, 0x3FD, 0], OK, Some(0x60)),
+        Step::Shutdown,
+    ]);
+    let spec = TdSpec {
+        name: String::from("typed"),
+        image: String::from("fw"),
+        vcpus: 1,
+        memory_mib: 64,
+        attributes: SEPT_VE_DISABLE,
+        huge_pages: false,
+        workload: Some(GuestProgram::new(Workload { steps })),
+    };
+    let id = h.create_td(spec, 0).unwrap().id;
+    assert!(step_until(h, 20_000, |h| h
+        .td(id)
+        .is_ok_and(|t| t.state == TdState::Runnable)));
+    assert!(
+        h.type_console(id, b"x").is_err(),
+        "a TD that is not running takes no input"
+    );
+    h.start_td(id, h.now_ms()).unwrap();
+    assert!(step_until(h, 20_000, |h| h
+        .console(id, 0, 64)
+        .is_ok_and(|c| c.data == b"ready\n")));
+    assert_eq!(h.type_console(id, b"x").unwrap(), 1);
+    assert!(step_until(h, 20_000, |h| h.td(id).is_ok_and(|t| matches!(
+        t.state,
+        TdState::Stopped | TdState::Failed
+    ))));
+    let td = h.td(id).unwrap();
+    assert_eq!(td.state, TdState::Stopped, "{:?}", td.reason);
+}
