@@ -131,6 +131,21 @@ impl Operator<'_> {
         }
     }
 
+    /// Deletes TD `id` and waits until it is gone (202 while teardown runs, or 204).
+    fn delete_td(&mut self, id: &Value) -> Result<(), String> {
+        let response = self.request("DELETE", &format!("/v1/tds/{id}"), None, &[], b"")?;
+        if !matches!(response.status, 202 | 204) {
+            return Err(format!(
+                "delete: {} {}",
+                response.status,
+                response.body_text()
+            ));
+        }
+        self.wait_for("the TD to be gone", |op| {
+            Ok(op.get(&format!("/v1/tds/{id}"))?.status == 404)
+        })
+    }
+
     fn wait_for(
         &mut self,
         what: &str,
@@ -280,17 +295,7 @@ pub fn run(
         ));
     }
     op.follow_events(since, "stopped", |e| is_state_event(e, &id, "stopped"))?;
-    let response = op.request("DELETE", &format!("/v1/tds/{id}"), None, &[], b"")?;
-    if !matches!(response.status, 202 | 204) {
-        return Err(format!(
-            "delete: {} {}",
-            response.status,
-            response.body_text()
-        ));
-    }
-    op.wait_for("the TD to be gone", |op| {
-        Ok(op.get(&format!("/v1/tds/{id}"))?.status == 404)
-    })?;
+    op.delete_td(&id)?;
     let response = op.request("DELETE", "/v1/images/ovmf-e2e", None, &[], b"")?;
     expect(&response, 204, "delete the image")?;
     let host = op.get_json("/v1/host")?;
@@ -362,17 +367,7 @@ pub fn svm_guest(
     if console != format!("{}\n", crate::svm_guest::GREETING) {
         return Err(format!("console: {console:?}"));
     }
-    let response = op.request("DELETE", &format!("/v1/tds/{id}"), None, &[], b"")?;
-    if !matches!(response.status, 202 | 204) {
-        return Err(format!(
-            "delete: {} {}",
-            response.status,
-            response.body_text()
-        ));
-    }
-    op.wait_for("the TD to be gone", |op| {
-        Ok(op.get(&format!("/v1/tds/{id}"))?.status == 404)
-    })?;
+    op.delete_td(&id)?;
     let response = op.request("DELETE", "/v1/images/svm-hello", None, &[], b"")?;
     expect(&response, 204, "delete the image")?;
     let host = op.get_json("/v1/host")?;

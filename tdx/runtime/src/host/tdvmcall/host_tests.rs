@@ -31,8 +31,9 @@ fn call(subfunction: u64, args: [u64; 4], status: u64, value: Option<u64>) -> St
     }
 }
 
-fn run(h: &mut Host, name: &str, steps: Vec<Step>) -> TdId {
-    let spec = TdSpec {
+/// A one-vCPU TD of image `fw` running `steps`.
+fn spec(name: &str, steps: Vec<Step>) -> TdSpec {
+    TdSpec {
         name: String::from(name),
         image: String::from("fw"),
         vcpus: 1,
@@ -40,8 +41,11 @@ fn run(h: &mut Host, name: &str, steps: Vec<Step>) -> TdId {
         attributes: SEPT_VE_DISABLE,
         huge_pages: false,
         workload: Some(GuestProgram::new(Workload { steps })),
-    };
-    let id = h.create_td(spec, 0).unwrap().id;
+    }
+}
+
+fn run(h: &mut Host, name: &str, steps: Vec<Step>) -> TdId {
+    let id = h.create_td(spec(name, steps), 0).unwrap().id;
     assert!(step_until(h, 20_000, |h| h
         .td(id)
         .is_ok_and(|t| t.state == TdState::Runnable)));
@@ -203,16 +207,7 @@ fn typed_console_input_reaches_the_guest_uart() {
         call(TDVMCALL_IO, [1, 0, 0x3FD, 0], OK, Some(0x60)),
         Step::Shutdown,
     ]);
-    let spec = TdSpec {
-        name: String::from("typed"),
-        image: String::from("fw"),
-        vcpus: 1,
-        memory_mib: 64,
-        attributes: SEPT_VE_DISABLE,
-        huge_pages: false,
-        workload: Some(GuestProgram::new(Workload { steps })),
-    };
-    let id = h.create_td(spec, 0).unwrap().id;
+    let id = h.create_td(spec("typed", steps), 0).unwrap().id;
     assert!(step_until(h, 20_000, |h| h
         .td(id)
         .is_ok_and(|t| t.state == TdState::Runnable)));
