@@ -1,8 +1,8 @@
-//! TDX module bring-up (tdx-reference §2.1, §2.8; Linux `arch/x86/virt/vmx/tdx/tdx.c`
-//! `init_tdx_module()`): TDH.SYS.INIT, TDH.SYS.LP.INIT on every logical CPU, the module's
-//! limits through TDH.SYS.RD, one TDMR covering the TD memory pool built from the CMRs with
-//! its PAMT allocated from the pool to the sizing rules, TDH.SYS.CONFIG, TDH.SYS.KEY.CONFIG
-//! once per package, TDH.SYS.TDMR.INIT until done.
+//! TDX module bring-up (Intel TDX Module 1.5 ABI specification; Linux
+//! `arch/x86/virt/vmx/tdx/tdx.c` `init_tdx_module()`): TDH.SYS.INIT, TDH.SYS.LP.INIT on
+//! every logical CPU, the module's limits through TDH.SYS.RD, one TDMR covering the TD memory
+//! pool built from the CMRs with its PAMT allocated from the pool to the sizing rules,
+//! TDH.SYS.CONFIG, TDH.SYS.KEY.CONFIG once per package, TDH.SYS.TDMR.INIT until done.
 //!
 //! TDMR shape: one TDMR from the pool base rounded down to 1 GiB to the pool end rounded up;
 //! everything in it that is not pool memory (head and tail padding, which may include

@@ -1,4 +1,5 @@
-//! The TD build job (tdx-reference §1.7, §3.1): page by page in plan order, TDH.MEM.PAGE.ADD
+//! The TD build job (the build sequence of the Intel TDX Module 1.5 ABI specification, as
+//! Linux `arch/x86/kvm/vmx/tdx.c` runs it): page by page in plan order, TDH.MEM.PAGE.ADD
 //! through [`SeptManager::map_private`](crate::sept::SeptManager::map_private) with the source
 //! page in the request, then the page's 16 TDH.MR.EXTENDs if its section is measured; the TD
 //! HOB goes into its page's source; finally TDH.MR.FINALIZE. [`Host::step`] runs

@@ -12,7 +12,9 @@ use crate::pool::{MemoryPool, MemoryUse};
 
 /// Control pages of a TD being created.
 pub(crate) struct ControlPages {
+    /// The TD root page (TDH.MNG.CREATE).
     pub(crate) tdr: Hpa,
+    /// The TDCS pages (TDH.MNG.ADDCX).
     pub(crate) tdcs: Vec<Hpa>,
     /// Per vCPU: TDVPR and TDCX pages.
     pub(crate) vcpus: Vec<(Hpa, Vec<Hpa>)>,
@@ -41,19 +43,34 @@ pub(crate) struct ControlSizes {
 }
 
 /// Everything a new TD holds before TDH.MNG.CREATE; released on drop.
+///
+/// Each part is taken in [`TdReservation::new`] in turn and held as `Some` from then on, so a
+/// shortage half-way drops a partial reservation that gives back exactly what it took. There
+/// is no other release path: no caller frees a part by hand.
 pub(crate) struct TdReservation {
+    /// Where the memory goes back.
     pool: Arc<MemoryPool>,
+    /// Where the KeyID goes back.
     hkids: Arc<HkidAllocator>,
+    /// The TD's KeyID.
     hkid: Option<u16>,
+    /// Private memory.
     backing: Option<TdBacking>,
+    /// Pages for the S-EPT.
     cache: Option<SeptPageCache>,
+    /// TDR, TDCS and the vCPUs' TDVPR and TDCX pages.
     control: Option<ControlPages>,
 }
 
-/// What a consumed reservation hands over.
+/// What a consumed reservation hands over to the TD.
 pub(crate) struct Reserved {
+    /// The TD's KeyID.
+    pub(crate) hkid: u16,
+    /// Private memory.
     pub(crate) backing: TdBacking,
+    /// Pages for the S-EPT.
     pub(crate) cache: SeptPageCache,
+    /// TDR, TDCS and the vCPUs' TDVPR and TDCX pages.
     pub(crate) control: ControlPages,
 }
 
@@ -88,21 +105,27 @@ impl TdReservation {
         Ok(r)
     }
 
-    /// The TDR page (for TDH.MNG.CREATE).
-    pub(crate) fn tdr(&self) -> Option<Hpa> {
-        self.control.as_ref().map(|c| c.tdr)
+    /// TDH.MNG.CREATE with the reserved TDR and KeyID; on success the reservation ends and
+    /// its parts go to the TD (from then on the module owns the TDR, and only the teardown
+    /// path may give anything back). On failure the reservation is dropped: everything goes
+    /// back to the pool and the allocator.
+    pub(crate) fn mng_create(self, module: &dyn Seamcall) -> Result<Reserved, HostError> {
+        let (Some(control), Some(hkid)) = (&self.control, self.hkid) else {
+            // `new` fills every part; nothing was handed to the module.
+            return Err(HostError::OutOfMemory);
+        };
+        if let Err(e) = RetryBusy(module).mng_create(control.tdr, Hkid(hkid)) {
+            log::error!("host: TDH.MNG.CREATE failed: {e}");
+            return Err(HostError::Module(e));
+        }
+        self.consume().ok_or(HostError::OutOfMemory)
     }
 
-    /// The KeyID.
-    pub(crate) fn hkid(&self) -> Option<u16> {
-        self.hkid
-    }
-
-    /// Ends the reservation: the module now knows the TD.
-    pub(crate) fn consume(mut self) -> Option<Reserved> {
-        // The KeyID stays the TD's (the teardown path gives it back after KEY.FREEID).
-        self.hkid.take()?;
+    /// Ends the reservation without releasing anything: the parts are the caller's.
+    fn consume(mut self) -> Option<Reserved> {
         Some(Reserved {
+            // The KeyID stays the TD's (the teardown path gives it back after KEY.FREEID).
+            hkid: self.hkid.take()?,
             backing: self.backing.take()?,
             cache: self.cache.take()?,
             control: self.control.take()?,
@@ -157,6 +180,10 @@ fn alloc_control(
 }
 
 impl Host {
+    /// Checks a create request against the host and the module's limits before anything is
+    /// allocated: a valid, unused name; 1 to the module's maximum vCPUs; at least
+    /// [`MIN_TD_MEMORY_MIB`]; attributes within the module's fixed-0 and fixed-1 masks; a
+    /// declared workload only on the software module; at least one runner CPU.
     pub(super) fn validate_spec(&self, spec: &TdSpec) -> Result<(), HostError> {
         let invalid = |field, reason| Err(HostError::InvalidSpec { field, reason });
         if !images::valid_name(&spec.name) {
@@ -189,9 +216,10 @@ impl Host {
         Ok(())
     }
 
-    /// TD_PARAMS from the spec and the module's limits (tdx-reference §2.9): the requested
-    /// attributes, the XFAM bits the module requires, 4-level EPT (GPAW 48) with write-back
-    /// memory type, `NO_RBP_MOD` as KVM sets it, and every configurable CPUID bit left 0.
+    /// TD_PARAMS (Intel TDX Module ABI specification, TDH.MNG.INIT) from the spec and the
+    /// module's limits: the requested attributes, the XFAM bits the module requires, 4-level
+    /// EPT (GPAW 48) with write-back memory type, `NO_RBP_MOD` as KVM sets it (Linux
+    /// `arch/x86/kvm/vmx/tdx.c`, `setup_tdparams()`), and every configurable CPUID bit left 0.
     pub(super) fn td_params(&self, spec: &TdSpec) -> TdParams {
         let mut p = TdParams::basic(spec.attributes, spec.vcpus as u16);
         p.xfam = self.limits.xfam_fixed1 & self.limits.xfam_fixed0;
@@ -241,19 +269,11 @@ impl Host {
                 tdvps_pages: self.limits.tdvps_pages,
             },
         )?;
-        // TDH.MNG.CREATE: until it succeeds the module knows nothing of the TD, and dropping
-        // the reservation gives everything back.
-        let (Some(tdr), Some(hkid)) = (reservation.tdr(), reservation.hkid()) else {
-            return Err(HostError::OutOfMemory);
-        };
-        if let Err(e) = RetryBusy(&*self.main).mng_create(tdr, Hkid(hkid)) {
-            log::error!("host: TDH.MNG.CREATE failed: {e}");
-            return Err(HostError::Module(e));
-        }
-        let Some(reserved) = reservation.consume() else {
-            return Err(HostError::OutOfMemory);
-        };
-        let (control, backing, cache) = (
+        // TDH.MNG.CREATE: until it succeeds the module knows nothing of the TD, and an error
+        // drops the reservation, which gives everything back.
+        let reserved = reservation.mng_create(&*self.main)?;
+        let (hkid, control, backing, cache) = (
+            reserved.hkid,
             reserved.control,
             Arc::new(reserved.backing),
             Arc::new(reserved.cache),
@@ -287,12 +307,12 @@ impl Host {
                         r.unbind_td(&td.shared);
                     }
                     let _ = self.teardown(&mut td);
-                    self.leaked_pages += td.leaked_pages;
+                    self.retired.leaked_pages += td.leaked_pages;
                 } else {
                     // init_td failed before the TD object existed: tear down the bare TD.
                     let mut bare = self.bare_td(&spec, &parts);
                     let _ = self.teardown(&mut bare);
-                    self.leaked_pages += bare.leaked_pages;
+                    self.retired.leaked_pages += bare.leaked_pages;
                 }
                 Err(e)
             }
@@ -310,6 +330,8 @@ impl Host {
         self.td_object(spec, parts, vcpus, sept, 0)
     }
 
+    /// How a TD's vCPUs are interrupted: through the software module's hooks, or an IPI to
+    /// the runner CPU on hardware.
     pub(super) fn kicker(&self) -> Kicker {
         match &self.module {
             HostModule::Software(m) => Kicker::Software(m.clone(), self.platform.clone()),
@@ -317,6 +339,8 @@ impl Host {
         }
     }
 
+    /// The S-EPT manager of a new TD: its TDR and KeyID, its private memory and S-EPT page
+    /// cache, its vCPUs (for the TLB-tracking protocol), with SEAMCALLs counted per TD.
     pub(super) fn sept_manager(
         &self,
         parts: &TdParts,
@@ -352,6 +376,10 @@ impl Host {
         )
     }
 
+    /// The main CPU's record of a new TD (state `Created`): its shared part for the
+    /// runners (console, devices, S-EPT, vCPUs) and its pages. The control pages of vCPUs
+    /// past the first `created_vcpus` (never created in the module) are kept apart, so the
+    /// teardown gives them back without reclaiming them.
     pub(super) fn td_object(
         &self,
         spec: &TdSpec,
@@ -559,16 +587,70 @@ mod tests {
         hkids.give_back(b.unwrap());
     }
 
+    /// A module that answers every SEAMCALL with one status and records the leaf and RCX
+    /// (the TDR for TDH.MNG.CREATE).
+    struct Answer {
+        status: tdx_abi::TdxStatus,
+        calls: spin::Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl Seamcall for Answer {
+        fn seamcall(&self, regs: &mut tdx_abi::seamcall::Regs) {
+            self.calls.lock().push((regs.rax, regs.rcx));
+            regs.rax = self.status.0;
+        }
+        fn kind(&self) -> ModuleKind {
+            ModuleKind::Emulated
+        }
+        fn hkid_shift(&self) -> u32 {
+            46
+        }
+    }
+
+    fn answer(status: tdx_abi::TdxStatus) -> Answer {
+        Answer {
+            status,
+            calls: spin::Mutex::new(Vec::new()),
+        }
+    }
+
     #[test]
-    fn a_consumed_reservation_keeps_what_it_holds() {
+    fn a_failed_mng_create_gives_everything_back() {
+        let pool = Arc::new(MemoryPool::new(Hpa(1 << 30), 64 << 20).unwrap());
+        let hkids = Arc::new(HkidAllocator::new(16, 3));
+        let before = pool.stats();
+        let r = TdReservation::new(&pool, &hkids, &[(0, 8 << 20)], true, 2, sizes()).unwrap();
+        let module = answer(tdx_abi::TdxStatus::OPERAND_INVALID);
+        let got = r.mng_create(&module);
+        assert!(
+            matches!(got, Err(HostError::Module(e)) if e.leaf == tdx_abi::Leaf::MngCreate),
+            "{:?}",
+            got.err()
+        );
+        assert_eq!(module.calls.lock().len(), 1);
+        assert_eq!(pool.stats(), before);
+        assert_eq!(hkids.free(), 2);
+    }
+
+    #[test]
+    fn a_created_td_keeps_what_it_reserved() {
         let pool = Arc::new(MemoryPool::new(Hpa(1 << 30), 64 << 20).unwrap());
         let hkids = Arc::new(HkidAllocator::new(16, 3));
         let before = pool.stats();
         let r = TdReservation::new(&pool, &hkids, &[(0, 4 << 20)], false, 1, sizes()).unwrap();
-        let tdr = r.tdr().unwrap();
-        let reserved = r.consume().unwrap();
-        assert_eq!(reserved.control.tdr, tdr);
+        let module = answer(tdx_abi::TdxStatus::SUCCESS);
+        let reserved = r.mng_create(&module).unwrap();
+        // TDH.MNG.CREATE got the reserved TDR.
+        let calls = module.calls.lock().clone();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(
+            calls[0].0 & 0xFFFF,
+            u64::from(tdx_abi::Leaf::MngCreate.number())
+        );
+        assert_eq!(calls[0].1, reserved.control.tdr.0);
+        assert_eq!(reserved.hkid, 17);
         assert_eq!(reserved.control.vcpus[0].1.len(), 5);
+        // Nothing goes back: the parts are the TD's now.
         assert_ne!(pool.stats(), before);
         assert_eq!(hkids.free(), 1);
     }

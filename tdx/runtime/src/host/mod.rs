@@ -6,11 +6,22 @@
 //! a graceful stop, a teardown) is a job advanced by [`Host::step`], which the appliance main
 //! loop calls between network polls.
 //!
-//! Where things live: bring-up (`bringup`), the image store (`images`), the KeyID allocator
-//! (`hkids`), the event log (`events`), TD creation and its reservation (`create`), the
-//! lifecycle and the stepped jobs (`lifecycle`, `build`, `teardown`), read-only views
-//! (`query`); on runner CPUs, the runner loop ([`runner`]), exits ([`exit`]), TDVMCALLs
-//! ([`tdvmcall`]) and host-emulated MSRs ([`msr`]); SEAMCALL adapters (`seam`).
+//! Where things live:
+//!
+//! * this file: the public types ([`HostModule`], [`HostConfig`], [`PlatformMemory`],
+//!   [`Platform`], [`HostError`]), the [`Host`] struct, [`Host::new`], the image methods (which
+//!   delegate to the image store and record events), runner start-up and [`Drop`];
+//! * API types ([`types`]); module bring-up (`bringup`); SEAMCALL adapters and counters
+//!   (`seam`);
+//! * the image store (`images`), the KeyID allocator (`hkids`), the event log (`events`);
+//! * TD creation and its `TdReservation`, which gives the KeyID and every page back on drop
+//!   until TDH.MNG.CREATE succeeds (`create`);
+//! * the lifecycle: state changes, start/stop/destroy and [`Host::step`] (`lifecycle`), the
+//!   stepped jobs it advances (`build`, `teardown`);
+//! * read-only views: host info, metrics, TDs, measurements, console (`query`);
+//! * what the runners share with the main CPU: TD memory ([`memory`]) and per-TD state
+//!   ([`td`]); on runner CPUs, the runner loop ([`runner`]), exits ([`exit`]), TDVMCALLs
+//!   ([`tdvmcall`]) and host-emulated MSRs ([`msr`]).
 
 pub mod types;
 
@@ -300,46 +311,99 @@ const QUIESCE_TIMEOUT_MS: u64 = 5_000;
 
 /// A TD as the main CPU keeps it.
 struct Td {
+    /// What the runners see of the TD.
     shared: Arc<TdShared>,
+    /// The state machine.
     lifecycle: TdLifecycle,
+    /// The TD's name.
     name: String,
+    /// The firmware image it was built from.
     image: String,
+    /// vCPUs requested.
     vcpus: u32,
+    /// Memory requested (MiB).
     memory_mib: u64,
+    /// TD attributes.
     attributes: u64,
+    /// When it was created (platform ms).
     created_ms: u64,
+    /// Its KeyID.
     hkid: u16,
+    /// The KeyID is still the TD's (until TDH.MNG.KEY.FREEID).
     hkid_live: bool,
+    /// The TD root page.
     tdr: Hpa,
+    /// The TDCS pages.
     tdcs: Vec<Hpa>,
     /// Per vCPU: TDVPR and TDCX pages.
     vcpu_pages: Vec<(Hpa, Vec<Hpa>)>,
     /// Control pages of vCPUs that were never created in the module.
     unused_control: Vec<Hpa>,
+    /// Private memory.
     backing: Arc<TdBacking>,
+    /// Pages for the S-EPT.
     sept_cache: Arc<SeptPageCache>,
+    /// SEAMCALLs made for this TD.
     seam_counters: Arc<SeamcallCounters>,
+    /// The build in progress (state `Building`).
     build: Option<build::BuildJob>,
     /// The teardown in progress (state `Destroying`).
     teardown: Option<teardown::TeardownJob>,
+    /// When a graceful stop turns into a forced one.
     stop_deadline: Option<u64>,
+    /// Destroy was asked; the TD goes to `Destroying` as soon as its state allows.
     destroy_requested: bool,
+    /// When destroy was asked (bounds the wait for the runners to park its vCPUs).
     destroy_started_ms: u64,
+    /// Why it failed or is bugged.
     reason: Option<String>,
+    /// The MRTD once the build finalized it.
     mrtd: Option<[u8; 48]>,
+    /// Pages the module did not give back.
     leaked_pages: u64,
 }
 
-/// What a TD being created holds (freed or torn down together on failure).
+/// What a TD holds once TDH.MNG.CREATE succeeded (from a consumed `TdReservation`); on a
+/// later failure the teardown path gives it back.
 struct TdParts {
+    /// The TD's id.
     id: TdId,
+    /// Its KeyID.
     hkid: u16,
+    /// TDR, TDCS and the vCPUs' pages.
     control: ControlPages,
+    /// Private memory.
     backing: Arc<TdBacking>,
+    /// Pages for the S-EPT.
     cache: Arc<SeptPageCache>,
+    /// SEAMCALLs made for this TD.
     seam_counters: Arc<SeamcallCounters>,
     /// Guest RAM below and above 4 GiB (bytes), as the TD's CMOS reports it.
     ram_split: (u64, u64),
+}
+
+/// What TDs that are gone leave in the host's metrics: their SEAMCALL counts, S-EPT faults
+/// and BUSY retries, and the pages the module did not give back.
+#[derive(Default)]
+struct Retired {
+    /// SEAMCALLs by leaf and outcome.
+    seamcalls: Vec<(&'static str, &'static str, u64)>,
+    /// S-EPT faults handled.
+    faults: u64,
+    /// BUSY answers retried.
+    busy: u64,
+    /// Pages leaked (also those of TDs whose creation failed).
+    leaked_pages: u64,
+}
+
+impl Retired {
+    /// Adds the SEAMCALL counts and S-EPT totals of a TD that is going away.
+    fn add_counters(&mut self, td: &Td) {
+        let stats = td.shared.sept.stats();
+        td.seam_counters.add_to(&mut self.seamcalls);
+        self.faults += stats.faults;
+        self.busy += stats.retries_busy + stats.zap_busy_retries;
+    }
 }
 
 /// The runtime façade. See the module docs.
@@ -366,10 +430,7 @@ pub struct Host {
     next_td: u64,
     events: EventLog,
     main_counters: Arc<SeamcallCounters>,
-    retired_seamcalls: Vec<(&'static str, &'static str, u64)>,
-    retired_faults: u64,
-    retired_busy: u64,
-    leaked_pages: u64,
+    retired: Retired,
 }
 
 impl Drop for Host {
@@ -462,10 +523,7 @@ impl Host {
             next_td: 1,
             events: EventLog::new(config.event_log_len),
             main_counters,
-            retired_seamcalls: Vec::new(),
-            retired_faults: 0,
-            retired_busy: 0,
-            leaked_pages: 0,
+            retired: Retired::default(),
             config,
         };
         let now = host.platform.now_ms();
@@ -504,12 +562,19 @@ impl Host {
         &self.runners
     }
 
+    /// TDX KeyIDs free for new TDs.
+    pub fn free_hkids(&self) -> u32 {
+        self.hkids.free()
+    }
+
     // ------------------------------------------------------------------ events
 
+    /// Records an event.
     fn push_event(&mut self, at_ms: u64, kind: EventKind) {
         self.events.push(at_ms, kind);
     }
 
+    /// Logs `message` and records it as a host event.
     fn host_event(&mut self, at_ms: u64, message: String) {
         log::info!("host: {message}");
         self.push_event(at_ms, EventKind::Host { message });
@@ -527,6 +592,7 @@ impl Host {
 
     // ------------------------------------------------------------------ images
 
+    /// How many TDs were built from `image`.
     fn in_use_by(&self, image: &str) -> u32 {
         self.tds.values().filter(|t| t.image == image).count() as u32
     }
@@ -588,7 +654,7 @@ impl Host {
         Ok(())
     }
 
-    // ------------------------------------------------------------------ TDs
+    // ------------------------------------------------------------------ runners
 
     /// Runs `op` on logical CPU `cpu`: through its runner's mailbox once a hardware runner
     /// occupies it, else as [`CpuCaller::on_cpu`] does.
@@ -660,13 +726,6 @@ impl Host {
                 }
             }
         }
-    }
-
-    // ------------------------------------------------------------------ jobs
-
-    /// TDX KeyIDs free for new TDs.
-    pub fn free_hkids(&self) -> u32 {
-        self.hkids.free()
     }
 }
 

@@ -48,10 +48,10 @@ impl Host {
 
     /// Counters.
     pub fn metrics(&self) -> HostMetrics {
-        let mut seamcalls = self.retired_seamcalls.clone();
+        let mut seamcalls = self.retired.seamcalls.clone();
         self.main_counters.add_to(&mut seamcalls);
-        let mut faults = self.retired_faults;
-        let mut busy = self.retired_busy;
+        let mut faults = self.retired.faults;
+        let mut busy = self.retired.busy;
         for td in self.tds.values() {
             td.seam_counters.add_to(&mut seamcalls);
             let c = self.td_counters(td);
@@ -69,11 +69,12 @@ impl Host {
                 .collect(),
             pool_total: stats.total_pages * PAGE_SIZE_4K,
             pool_free: stats.free_pages * PAGE_SIZE_4K,
-            leaked_pages: self.leaked_pages
+            leaked_pages: self.retired.leaked_pages
                 + self.tds.values().map(|t| t.leaked_pages).sum::<u64>(),
         }
     }
 
+    /// One TD's counters: exits, faults, BUSY retries, conversions, leaks, console bytes.
     pub(super) fn td_counters(&self, td: &Td) -> TdCounters {
         let s = td.shared.sept.stats();
         let c = &td.shared.counters;
@@ -90,6 +91,7 @@ impl Host {
         }
     }
 
+    /// The API view of one TD.
     pub(super) fn td_info(&self, id: TdId, td: &Td) -> TdInfo {
         let s = td.shared.sept.stats();
         let pages_2m = (s.mapped_2m + s.promotions).saturating_sub(s.unmapped_2m + s.demotions);

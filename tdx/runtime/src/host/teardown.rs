@@ -1,4 +1,5 @@
-//! TD teardown in the order the hardware requires (tdx-reference §1.9), fast path: once every
+//! TD teardown in the order the TDX module requires (Intel TDX Module 1.5 ABI specification;
+//! Linux `arch/x86/kvm/vmx/tdx.c`, `tdx_mmu_release_hkid()`), fast path: once every
 //! vCPU is parked (runners issued TDH.VP.FLUSH on their CPUs), TDH.MNG.VPFLUSHDONE,
 //! TDH.PHYMEM.CACHE.WB on one CPU per package, TDH.MNG.KEY.FREEID (the KeyID is free again),
 //! then TDH.PHYMEM.PAGE.RECLAIM of the S-EPT and private pages (the S-EPT manager's
@@ -40,6 +41,9 @@ use super::{EventKind, Host, QUIESCE_TIMEOUT_MS, Td, TdId};
 const CACHE_WB_RESUMES: u32 = 10_000;
 
 impl Host {
+    /// One slice of TD `id`'s teardown: waits (bounded) for the runners to park its vCPUs,
+    /// then reclaims up to `teardown_pages_per_step` units; when the TDR is back, the TD's
+    /// counters are retired and it leaves the host.
     pub(super) fn teardown_step(&mut self, id: TdId, now: u64) {
         let Some(td) = self.tds.get(&id) else {
             return;
@@ -81,12 +85,7 @@ impl Host {
             return;
         }
         let result = job.result();
-        let stats = td.shared.sept.stats();
-        let mut seamcalls = core::mem::take(&mut self.retired_seamcalls);
-        td.seam_counters.add_to(&mut seamcalls);
-        self.retired_seamcalls = seamcalls;
-        self.retired_faults += stats.faults;
-        self.retired_busy += stats.retries_busy + stats.zap_busy_retries;
+        self.retired.add_counters(&td);
         let leaked = td.leaked_pages;
         self.tds.insert(id, td);
         if let Err(reason) = result {
@@ -94,7 +93,7 @@ impl Host {
             let _ = self.apply(id, TdEvent::Destroy, now);
         }
         let _ = self.apply(id, TdEvent::TeardownDone, now);
-        self.leaked_pages += leaked;
+        self.retired.leaked_pages += leaked;
         if let Some(td) = self.tds.remove(&id)
             && leaked > 0
         {

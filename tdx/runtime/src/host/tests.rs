@@ -648,6 +648,52 @@ fn lifecycle_refusals_and_forced_stops() {
 }
 
 #[test]
+fn a_create_that_fails_at_any_seamcall_gives_everything_back() {
+    let mut e = host();
+    upload_image(&mut e.host, "fw", &synthetic_tdvf_image()).unwrap();
+    let before = e.host.pool().stats();
+    let hkids = e.host.free_hkids();
+    // Before TDH.MNG.CREATE succeeds the reservation is dropped; after it the TD is torn down.
+    // (leaf, which call fails): VP.CREATE of the second vCPU leaves one vCPU created.
+    for (leaf, n) in [
+        (Leaf::MngCreate, 1),
+        (Leaf::MngKeyConfig, 1),
+        (Leaf::MngAddCx, 2),
+        (Leaf::MngInit, 1),
+        (Leaf::VpCreate, 2),
+        (Leaf::VpAddCx, 1),
+        (Leaf::VpInit, 2),
+    ] {
+        e.module.inject(
+            leaf,
+            Injection::StatusOnNthCall {
+                n,
+                status: TdxStatus::OPERAND_INVALID,
+            },
+        );
+        let h = &mut e.host;
+        let got = h.create_td(spec("f", "fw", None), h.now_ms());
+        e.module.clear_injection(leaf);
+        assert!(
+            matches!(&got, Err(HostError::Module(err)) if err.leaf == leaf),
+            "{leaf:?}: {:?}",
+            got.map(|t| t.id)
+        );
+        let h = &e.host;
+        assert!(h.tds().is_empty(), "{leaf:?}");
+        assert_eq!(h.free_hkids(), hkids, "{leaf:?}: the KeyID is back");
+        assert_pool_whole(h, &before, &e);
+    }
+    // The host is whole: the next create succeeds.
+    let h = &mut e.host;
+    let id = h.create_td(spec("ok", "fw", None), h.now_ms()).unwrap().id;
+    wait_state(h, id, TdState::Runnable);
+    destroy_all(h);
+    assert_eq!(e.host.free_hkids(), hkids);
+    assert_pool_whole(&e.host, &before, &e);
+}
+
+#[test]
 fn exhaustion_is_a_clear_error_that_leaks_nothing() {
     let mut cfg = small_config();
     cfg.memory.num_hkids = 6;
