@@ -178,15 +178,6 @@ impl EmulatedModule {
         self.guest_cpu.call_once(|| cpu);
     }
 
-    /// Which engine runs a vCPU without a declared workload: `"svm"` or `"none"`.
-    pub fn guest_engine(&self) -> &'static str {
-        if self.guest_cpu.get().is_some() {
-            "svm"
-        } else {
-            "none"
-        }
-    }
-
     /// Drops the nested twin of S-EPT entry `index` of `table`.
     pub(crate) fn npt_forget(&self, table: &SeptTable, index: usize) {
         let page = table.npt_page.load(Ordering::Acquire);

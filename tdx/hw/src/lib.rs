@@ -112,6 +112,26 @@ pub unsafe fn rdmsr(msr: u32) -> u64 {
     u64::from(hi) << 32 | u64::from(lo)
 }
 
+/// Writes an MSR.
+///
+/// # Safety
+/// The MSR must exist on this CPU, `value` must be valid for it (else #GP), the write must
+/// not break an invariant the rest of the program relies on, and the caller must run at
+/// CPL 0.
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: the caller guarantees CPL 0, that `msr` exists and that `value` is valid and
+    // safe to write.
+    unsafe {
+        core::arch::asm!(
+            "wrmsr",
+            in("ecx") msr,
+            in("eax") (value & 0xFFFF_FFFF) as u32,
+            in("edx") (value >> 32) as u32,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
 /// Detects a usable TDX platform from the MSRs named in the reference.
 ///
 /// # Safety

@@ -10,6 +10,9 @@
 //! address in RAX; CLGI/STGI hold interrupts off across the world switch.
 #![no_std]
 
+#[cfg(target_arch = "x86_64")]
+use tdx_hw::{rdmsr, wrmsr};
+
 /// EFER.
 const MSR_EFER: u32 = 0xC000_0080;
 /// EFER.SVME.
@@ -226,30 +229,6 @@ pub unsafe fn run(vmcb: u64, host_area: u64, regs: &mut GuestRegisters) {
             out("r13") _,
             out("r14") _,
             out("r15") _,
-        );
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-unsafe fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: the caller guarantees ring 0 and that `msr` exists.
-    unsafe {
-        core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack));
-    }
-    u64::from(hi) << 32 | u64::from(lo)
-}
-
-#[cfg(target_arch = "x86_64")]
-unsafe fn wrmsr(msr: u32, value: u64) {
-    // SAFETY: the caller guarantees ring 0, that `msr` exists and that `value` is valid for it.
-    unsafe {
-        core::arch::asm!(
-            "wrmsr",
-            in("ecx") msr,
-            in("eax") (value & 0xFFFF_FFFF) as u32,
-            in("edx") (value >> 32) as u32,
-            options(nostack),
         );
     }
 }
