@@ -29,6 +29,11 @@ pub fn calibrate_and_install(origin_tsc: u64) -> Result<TscClock, CalibrationErr
     Ok(*CLOCK.call_once(|| clock))
 }
 
+/// TSC ticks per millisecond (0 until the clock is calibrated).
+pub fn ticks_per_ms() -> u64 {
+    CLOCK.get().map_or(0, TscClock::ticks_per_ms)
+}
+
 /// Milliseconds since the entry point (0 until the clock is calibrated).
 pub fn now_ms() -> u64 {
     CLOCK.get().map_or(0, |clock| clock.elapsed_ms(read_tsc()))

@@ -92,4 +92,12 @@ impl GuestCpu for SvmGuestCpu {
     fn intercept_all_maps(&self) -> (Hpa, Hpa) {
         (Hpa(self.iopm), Hpa(self.msrpm))
     }
+
+    fn tsc(&self) -> u64 {
+        super::clock::read_tsc()
+    }
+
+    fn tsc_per_ms(&self) -> u64 {
+        super::clock::ticks_per_ms().max(1)
+    }
 }
