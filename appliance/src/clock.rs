@@ -75,6 +75,12 @@ impl TscClock {
         u64::try_from(ticks * 1000 / u128::from(self.ticks_per_ms)).unwrap_or(u64::MAX)
     }
 
+    /// Nanoseconds from the origin to the reading `tsc`.
+    pub fn elapsed_ns(&self, tsc: u64) -> u64 {
+        let ticks = u128::from(tsc.saturating_sub(self.origin_tsc));
+        u64::try_from(ticks * 1_000_000 / u128::from(self.ticks_per_ms)).unwrap_or(u64::MAX)
+    }
+
     /// Milliseconds from the origin to the reading `tsc`.
     pub fn elapsed_ms(&self, tsc: u64) -> u64 {
         tsc.saturating_sub(self.origin_tsc) / self.ticks_per_ms

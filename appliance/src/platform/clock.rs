@@ -34,6 +34,11 @@ pub fn ticks_per_ms() -> u64 {
     CLOCK.get().map_or(0, TscClock::ticks_per_ms)
 }
 
+/// Nanoseconds since the entry point (0 until the clock is calibrated).
+pub fn now_ns() -> u64 {
+    CLOCK.get().map_or(0, |clock| clock.elapsed_ns(read_tsc()))
+}
+
 /// Milliseconds since the entry point (0 until the clock is calibrated).
 pub fn now_ms() -> u64 {
     CLOCK.get().map_or(0, |clock| clock.elapsed_ms(read_tsc()))

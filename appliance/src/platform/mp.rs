@@ -137,6 +137,10 @@ impl Platform for MpPlatform {
         now_ms()
     }
 
+    fn now_ns(&self) -> u64 {
+        super::clock::now_ns()
+    }
+
     fn cpus(&self) -> u32 {
         self.processors.len() as u32
     }

@@ -72,6 +72,11 @@ pub trait SoftwareModuleHooks: Send + Sync {
     /// next entry.
     fn kick(&self, tdvpr: Hpa);
 
+    /// Posts interrupt `vector` to the vCPU whose TDVPR is at `tdvpr`, as the VMM sets the
+    /// vector's bit in the vCPU's posted-interrupt descriptor on hardware. The vCPU takes it
+    /// at its next delivery point; it is not kicked.
+    fn post_interrupt(&self, tdvpr: Hpa, vector: u8);
+
     /// Has the vCPU whose TDVPR is at `tdvpr` run `program`.
     fn bind_guest_program(
         &self,

@@ -287,6 +287,10 @@ impl SoftwareModuleHooks for Hooks {
         self.0.kick(tdvpr);
     }
 
+    fn post_interrupt(&self, tdvpr: Hpa, vector: u8) {
+        self.0.post_interrupt(tdvpr, vector);
+    }
+
     fn bind_guest_program(
         &self,
         tdvpr: Hpa,
@@ -685,6 +689,19 @@ impl EmulatedModule {
         match self.vcpus.read().get(&tdvpr.0) {
             Some(v) => {
                 v.kick.store(true, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Posts interrupt `vector` to the vCPU at `tdvpr`, as a VMM sets a bit in the vCPU's
+    /// posted-interrupt descriptor and sends the notification: the vCPU takes it at its next
+    /// delivery point (before a VMRUN). Returns `false` if `tdvpr` is not a vCPU.
+    pub fn post_interrupt(&self, tdvpr: Hpa, vector: u8) -> bool {
+        match self.vcpus.read().get(&tdvpr.0) {
+            Some(v) => {
+                v.pir[usize::from(vector >> 6)].fetch_or(1 << (vector & 63), Ordering::AcqRel);
                 true
             }
             None => false,

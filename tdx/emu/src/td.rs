@@ -129,6 +129,8 @@ pub(crate) struct Vcpu {
     pub assoc_lp: AtomicU64,
     pub epoch: AtomicU64,
     pub kick: AtomicBool,
+    /// Posted-interrupt requests (vectors 0–255) the SVM engine merges before each VMRUN.
+    pub pir: [AtomicU64; 4],
     pub init_rcx: AtomicU64,
     pub x2apic: AtomicU64,
     pub scratch: AtomicU64,
@@ -405,6 +407,7 @@ impl EmulatedModule {
             kick: AtomicBool::new(false),
             init_rcx: AtomicU64::new(0),
             x2apic: AtomicU64::new(u64::from(index)),
+            pir: [const { AtomicU64::new(0) }; 4],
             scratch: AtomicU64::new(0),
             guest: spin::Mutex::new(GuestState::undeclared()),
         };

@@ -39,10 +39,14 @@
 //! * **CPUID** is otherwise answered by the module (vendor GenuineIntel, leaf 1 with the
 //!   x2APIC, TSC-deadline and hypervisor bits, leaf 0xB topology, leaf 0x15 the 25 MHz
 //!   crystal, leaf 0x21 "IntelTDX    ").
-//! * **x2APIC and timer**: virtualized by the module ([`apic`]); a deliverable interrupt is
-//!   injected before VMRUN when the guest has interrupts enabled and no interrupt shadow
-//!   (EVENTINJ only: QEMU 7.2 aborts on a guest `mov cr8` with a virtual interrupt pending).
-//!   Otherwise it waits for the next #VMEXIT, at worst the host's next timer interrupt.
+//! * **Interrupts**: the host posts vectors ([`EmulatedModule::post_interrupt`], the posted-
+//!   interrupt request bits of hardware); the engine merges them into the virtual-APIC page
+//!   ([`apic`]: TPR, PPR, EOI, ISR, IRR, the x2APIC registers TDX keeps in the CPU; the rest,
+//!   timer included, are the VMM's through #VE) and injects the highest deliverable one
+//!   with EVENTINJ when the guest has interrupts enabled and no interrupt shadow. Otherwise
+//!   a VINTR intercept (V_IRQ that ignores V_TPR) reports the opening window. CR8 writes
+//!   are intercepted: they set the TPR, and QEMU 7.2 aborts on a guest CR8 write while
+//!   V_IRQ is pending.
 //! * **Kicks**: checked between #VMEXITs; a guest is entered for at most
 //!   [`MAX_EXITS_PER_ENTRY`] exits before it leaves with an external-interrupt exit.
 
@@ -59,7 +63,7 @@ use tdx_abi::td_params::attributes;
 use tdx_abi::{Gpa, Hpa, PageLevel, SeptState, TdxStatus};
 use tdx_svm::GuestRegisters;
 
-use self::apic::VirtualApic;
+use self::apic::VirtualApicPage;
 use super::sept::{self, SeptTable, SeptTree};
 use super::td::{Td, Vcpu};
 use super::{EmulatedModule, LeafResult, LockMode};
@@ -135,7 +139,7 @@ mod vmcb {
     /// Exception intercept: #UD (vector 6).
     pub const EXCEPTION_UD: u32 = 1 << 6;
     /// CR intercepts of the paging shim: reads and writes of CR0, CR3 and CR4.
-    pub const SHIM_CR: u32 = (1 | 1 << 3 | 1 << 4) * 0x1_0001;
+    pub const SHIM_CR: u32 = ((1 | 1 << 3 | 1 << 4) * 0x1_0001) | CR8_WRITE;
     /// Misc intercepts 1: INTR, NMI, SMI, INIT, CPUID, INVD, HLT, IOIO_PROT, MSR_PROT,
     /// SHUTDOWN.
     pub const MISC1: u32 =
@@ -153,11 +157,23 @@ mod vmcb {
         | 1 << 10
         | 1 << 11
         | 1 << 13;
+    pub const INT_VECTOR: u64 = 0x064;
     /// INT_CTL: V_INTR_MASKING, so the guest's CR8 and RFLAGS.IF never reach the host.
     pub const V_INTR_MASKING: u64 = 1 << 24;
+    /// INT_CTL: a virtual interrupt request (V_IRQ) of the highest priority that ignores
+    /// V_TPR, used only to learn when the guest opens an interrupt window.
+    pub const V_IRQ_WINDOW: u64 = 1 << 8 | 0xF << 16 | 1 << 20;
+    /// INT_CTL: V_TPR, the guest's CR8.
+    pub const V_TPR: u64 = 0xF;
+    /// Misc intercepts 1: VINTR (the guest can take the virtual interrupt).
+    pub const INTERCEPT_VINTR: u32 = 1 << 4;
+    /// CR intercept: writes of CR8.
+    pub const CR8_WRITE: u32 = 1 << 24;
 
     pub const EXIT_CR_READ_FIRST: u64 = 0x00;
+    pub const EXIT_CR8_WRITE: u64 = 0x18;
     pub const EXIT_CR_WRITE_LAST: u64 = 0x1F;
+    pub const EXIT_VINTR: u64 = 0x64;
     pub const EXIT_EXCEPTION_UD: u64 = 0x46;
     pub const EXIT_INTR: u64 = 0x60;
     pub const EXIT_NMI: u64 = 0x61;
@@ -282,7 +298,7 @@ pub struct SvmVcpu {
     regs: GuestRegisters,
     pending: Pending,
     ve: Option<VeInfo>,
-    apic: VirtualApic,
+    apic: VirtualApicPage,
     shim: Option<PagingShim>,
 }
 
@@ -469,6 +485,7 @@ impl EmulatedModule {
                 })
             }
             _ => {
+                self.vmcb_write32(vmcb, vmcb::INTERCEPT_CR, vmcb::CR8_WRITE);
                 self.vmcb_write(vmcb, vmcb::CR0, cr0);
                 self.vmcb_write(vmcb, vmcb::CR3, cr3);
                 self.vmcb_write(vmcb, vmcb::CR4, cr4);
@@ -498,7 +515,7 @@ impl EmulatedModule {
             regs,
             pending: Pending::None,
             ve: None,
-            apic: VirtualApic::new(vcpu.index),
+            apic: VirtualApicPage::default(),
             shim,
         })
     }
@@ -527,7 +544,7 @@ impl EmulatedModule {
             if vcpu.kick.swap(false, Ordering::AcqRel) {
                 return Ok(td_exit(r, exit::EXTERNAL_INTERRUPT, Regs::default()));
             }
-            self.deliver_interrupt(s, cpu);
+            self.deliver_interrupt(s, vcpu);
             cpu.run(s.vmcb, &mut s.regs);
             // An event whose delivery the exit interrupted is delivered again.
             let interrupted = self.vmcb_read(s.vmcb, vmcb::EXIT_INT_INFO);
@@ -556,7 +573,10 @@ impl EmulatedModule {
     ) -> Result<Next, TdxStatus> {
         let code = self.vmcb_read(s.vmcb, vmcb::EXIT_CODE);
         match code {
+            vmcb::EXIT_CR8_WRITE => self.cr8_write(tree, s),
             vmcb::EXIT_CR_READ_FIRST..=vmcb::EXIT_CR_WRITE_LAST => self.shim_cr_access(tree, s),
+            // The window opened: the next delivery attempt injects.
+            vmcb::EXIT_VINTR => {}
             vmcb::EXIT_NPF => return Ok(self.nested_fault(td, tree, s)),
             vmcb::EXIT_EXCEPTION_UD => {
                 if let Some((reason, out)) = self.tdcall(td, tree, vcpu, s) {
@@ -592,7 +612,7 @@ impl EmulatedModule {
             }
             vmcb::EXIT_MSR => {
                 let write = self.vmcb_read(s.vmcb, vmcb::EXIT_INFO1) & 1 != 0;
-                self.msr_access(s, vcpu, cpu, write);
+                self.msr_access(s, cpu, write);
             }
             vmcb::EXIT_WBINVD => self.advance(s, 2),
             vmcb::EXIT_SHUTDOWN => return Ok(Next::Exit(exit::TRIPLE_FAULT, Regs::default())),
@@ -665,26 +685,66 @@ impl EmulatedModule {
         self.inject_exception(s, VE_VECTOR, None);
     }
 
-    /// Injects the highest deliverable interrupt of the virtual APIC, if the guest can take
-    /// one now and no other event is being injected.
-    fn deliver_interrupt(&self, s: &mut SvmVcpu, cpu: &dyn GuestCpu) {
-        let tsc = cpu.tsc();
-        s.apic.poll_timer(tsc_to_ns(tsc, cpu.tsc_per_ms()), tsc);
+    /// Merges the interrupts the host posted, then injects the highest deliverable one if
+    /// the guest can take it now and no other event is being injected; otherwise asks for a
+    /// VINTR exit when the guest opens an interrupt window.
+    fn deliver_interrupt(&self, s: &mut SvmVcpu, vcpu: &Vcpu) {
+        let posted: [u64; 4] = core::array::from_fn(|i| vcpu.pir[i].swap(0, Ordering::AcqRel));
+        if posted != [0; 4] {
+            s.apic.merge_posted(posted);
+        }
+        let int_ctl = self.vmcb_read(s.vmcb, vmcb::INT_CTL) & !vmcb::V_IRQ_WINDOW;
+        let misc1 = vmcb::MISC1;
         let Some(vector) = s.apic.deliverable() else {
+            self.vmcb_write(s.vmcb, vmcb::INT_CTL, int_ctl);
+            self.vmcb_write32(s.vmcb, vmcb::INTERCEPT_MISC1, misc1);
             return;
         };
-        if self.vmcb_read(s.vmcb, vmcb::EVENT_INJ) & vmcb::EVENT_VALID != 0
+        let blocked = self.vmcb_read(s.vmcb, vmcb::EVENT_INJ) & vmcb::EVENT_VALID != 0
             || self.vmcb_read(s.vmcb, vmcb::RFLAGS) & RFLAGS_IF == 0
-            || self.vmcb_read(s.vmcb, vmcb::INT_STATE) & 1 != 0
-        {
+            || self.vmcb_read(s.vmcb, vmcb::INT_STATE) & 1 != 0;
+        if blocked {
+            // QEMU 7.2 aborts on a guest CR8 write while V_IRQ is pending: CR8 writes are
+            // always intercepted (see `cr8_write`).
+            self.vmcb_write(s.vmcb, vmcb::INT_CTL, int_ctl | vmcb::V_IRQ_WINDOW);
+            self.vmcb_write(s.vmcb, vmcb::INT_VECTOR, u64::from(vector));
+            self.vmcb_write32(s.vmcb, vmcb::INTERCEPT_MISC1, misc1 | vmcb::INTERCEPT_VINTR);
             return;
         }
+        self.vmcb_write(s.vmcb, vmcb::INT_CTL, int_ctl);
+        self.vmcb_write32(s.vmcb, vmcb::INTERCEPT_MISC1, misc1);
         self.vmcb_write(
             s.vmcb,
             vmcb::EVENT_INJ,
             vmcb::EVENT_VALID | u64::from(vector),
         );
         s.apic.acknowledge(vector);
+    }
+
+    /// `MOV CR8, reg`: the task priority goes to the virtual APIC (CR8 is TPR bits 7:4) and
+    /// to V_TPR, which the guest's CR8 reads return.
+    fn cr8_write(&self, tree: &SeptTree, s: &mut SvmVcpu) {
+        let rip = self.vmcb_read(s.vmcb, vmcb::RIP);
+        let cs_base = self.vmcb_read(s.vmcb, vmcb::CS + 8);
+        let mut bytes = [0u8; 4];
+        let op = self
+            .linear_to_gpa(tree, s, cs_base.wrapping_add(rip))
+            .and_then(|gpa| self.read_gpa(tree, gpa, &mut bytes))
+            .and_then(|()| decode::mov_cr(&bytes, true))
+            .filter(|op| op.write && op.cr == 8);
+        let Some(op) = op else {
+            self.inject_exception(s, UD_VECTOR, None);
+            return;
+        };
+        let value = self.gpr(s, op.gpr);
+        if value > 0xF {
+            self.inject_gp(s);
+            return;
+        }
+        let _ = s.apic.write(apic::TPR, value << 4);
+        let int_ctl = self.vmcb_read(s.vmcb, vmcb::INT_CTL) & !vmcb::V_TPR;
+        self.vmcb_write(s.vmcb, vmcb::INT_CTL, int_ctl | value);
+        self.advance(s, op.len);
     }
 
     fn advance(&self, s: &SvmVcpu, bytes: u64) {
@@ -799,7 +859,7 @@ impl EmulatedModule {
             self.vmcb_write(s.vmcb, vmcb::CR4, shim.cr4);
             self.vmcb_write(s.vmcb, vmcb::CR3, shim.cr3);
             self.vmcb_write(s.vmcb, vmcb::CR0, shim.cr0);
-            self.vmcb_write32(s.vmcb, vmcb::INTERCEPT_CR, 0);
+            self.vmcb_write32(s.vmcb, vmcb::INTERCEPT_CR, vmcb::CR8_WRITE);
             self.write_npt_entry(shim.npt_page, shim.npt_index, 0);
             s.shim = None;
             return;
@@ -809,9 +869,9 @@ impl EmulatedModule {
         s.shim = Some(shim);
     }
 
-    /// RDMSR/WRMSR: the module's own MSRs from the VMCB, the x2APIC and TSC deadline from
-    /// the virtual APIC, everything else the VMM's (#VE).
-    fn msr_access(&self, s: &mut SvmVcpu, vcpu: &Vcpu, cpu: &dyn GuestCpu, write: bool) {
+    /// RDMSR/WRMSR: the module's own MSRs from the VMCB, the virtualized x2APIC registers
+    /// from the virtual-APIC page, everything else the VMM's (#VE).
+    fn msr_access(&self, s: &mut SvmVcpu, cpu: &dyn GuestCpu, write: bool) {
         let index = (s.regs.rcx & 0xFFFF_FFFF) as u32;
         let value = (s.regs.rdx << 32) | (self.vmcb_read(s.vmcb, vmcb::RAX) & 0xFFFF_FFFF);
         let in_vmcb = match index {
@@ -849,19 +909,11 @@ impl EmulatedModule {
             }
         } else if index == msr::TSC && !write {
             Ok(Some(cpu.tsc()))
-        } else if (apic::X2APIC_FIRST..=apic::X2APIC_LAST).contains(&index)
-            || index == apic::MSR_TSC_DEADLINE
-        {
-            let now = tsc_to_ns(cpu.tsc(), cpu.tsc_per_ms());
+        } else if apic::is_virtualized(index) {
             if write {
-                // IPIs to other vCPUs are not routed yet: a one-vCPU TD has no one to send
-                // them to.
-                s.apic
-                    .write(index, value, now)
-                    .map(|_| None)
-                    .map_err(|_| ())
+                s.apic.write(index, value).map(|()| None).map_err(|_| ())
             } else {
-                s.apic.read(index, now).map(Some).map_err(|_| ())
+                s.apic.read(index).map(Some).map_err(|_| ())
             }
         } else {
             let reason = if write {
@@ -872,7 +924,6 @@ impl EmulatedModule {
             self.raise_ve(s, reason, 0, 0, 2);
             return;
         };
-        let _ = vcpu;
         match read {
             Err(()) => self.inject_gp(s),
             Ok(got) => {
@@ -1159,13 +1210,13 @@ impl EmulatedModule {
             // Max basic leaf 0x21, "GenuineIntel".
             0 => (0x21, 0x756E_6547, 0x6C65_746E, 0x4965_6E69),
             // Family/model; EBX: APIC ID, one logical CPU, 64-byte CLFLUSH lines. ECX: SSE3,
-            // x2APIC, TSC deadline, hypervisor; EDX: FPU, TSC, MSR, PAE, CX8, APIC, SEP,
+            // x2APIC, hypervisor; EDX: FPU, TSC, MSR, PAE, CX8, APIC, SEP,
             // MTRR, PGE, CMOV, PAT, CLFLUSH, MMX, FXSR, SSE, SSE2. Only what the CPU under the
             // engine runs whatever its model.
             1 => (
                 TD_CPUID1_EAX,
                 id << 24 | 1 << 16 | 8 << 8,
-                1 | 1 << 21 | 1 << 24 | 1 << 31,
+                1 | 1 << 21 | 1 << 31,
                 1 | 1 << 4
                     | 1 << 5
                     | 1 << 6
@@ -1207,12 +1258,6 @@ impl EmulatedModule {
         s.regs.rcx = u64::from(c);
         s.regs.rdx = u64::from(d);
     }
-}
-
-/// Nanoseconds of `tsc` ticks at `per_ms` ticks per millisecond.
-fn tsc_to_ns(tsc: u64, per_ms: u64) -> u64 {
-    let ns = u128::from(tsc) * 1_000_000 / u128::from(per_ms.max(1));
-    u64::try_from(ns).unwrap_or(u64::MAX)
 }
 
 /// Fills `r` with a TD exit of `reason` (status 0) and the given registers.

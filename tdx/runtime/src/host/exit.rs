@@ -28,6 +28,7 @@ use crate::sept::{FaultRequest, MapOutcome, SeptError};
 use super::msr::MsrRefused;
 use super::td::{BugCause, FailCause, GuestOutcome, RUN_GRACEFUL, RUN_HALT, TdShared, VcpuShared};
 use super::tdvmcall::{Access, Reply, Request};
+use crate::devices::lapic::{self, ApicRefused, Delivery};
 
 /// The basic exit reason: bits 15:0 of the exit reason.
 const EXIT_REASON_BASIC_MASK: u64 = 0xFFFF;
@@ -121,6 +122,8 @@ pub(crate) struct ExitContext<'a> {
     pub(crate) runner: usize,
     /// Platform time of the exit (ms).
     pub(crate) now_ms: u64,
+    /// Platform time of the exit (ns), for the virtual APIC timer.
+    pub(crate) now_ns: u64,
 }
 
 impl ExitContext<'_> {
@@ -156,6 +159,36 @@ impl ExitContext<'_> {
         AfterExit::Continue(Reply::DONE)
     }
 
+    /// Posts an interrupt the vCPU's x2APIC raised to its destinations (the vCPU itself,
+    /// one other by x2APIC ID, or all others); a halted destination wakes, a running other
+    /// one is kicked so that it takes the interrupt at once.
+    fn deliver(&self, delivery: Delivery) {
+        let vcpus = &self.td.vcpus;
+        let post = |v: &VcpuShared, vector: u8| {
+            vcpus.kicker.post_interrupt(v.tdvpr, vector);
+            if v.index != self.vcpu.index {
+                v.wake();
+                vcpus.kicker.kick(v.cpu, v.tdvpr);
+            }
+        };
+        match delivery {
+            Delivery::None => {}
+            Delivery::ToSelf(vector) => post(self.vcpu, vector),
+            Delivery::To { apic_id, vector } => {
+                if let Some(v) = vcpus.vcpus.iter().find(|v| v.index == apic_id) {
+                    post(v, vector);
+                }
+            }
+            Delivery::ToOthers { vector, and_self } => {
+                for v in &vcpus.vcpus {
+                    if and_self || v.index != self.vcpu.index {
+                        post(v, vector);
+                    }
+                }
+            }
+        }
+    }
+
     fn tdvmcall(&self, request: Request) -> AfterExit {
         let td = self.td;
         let reply = match request {
@@ -164,9 +197,18 @@ impl ExitContext<'_> {
                     // The guest is idle: it honours the shutdown request.
                     return AfterExit::Park;
                 }
-                self.vcpu
-                    .halted_until
-                    .store(self.now_ms + td.idle_wakeup_ms.max(1), Ordering::Release);
+                let mut lapic = self.vcpu.lapic.lock();
+                if let Some(vector) = lapic.poll_timer(self.now_ns) {
+                    // An interrupt is due already: no halt.
+                    td.vcpus.kicker.post_interrupt(self.vcpu.tdvpr, vector);
+                    return AfterExit::Continue(Reply::DONE);
+                }
+                // Wake at the idle period or the vCPU's next timer interrupt, whichever is
+                // first (an interrupt posted meanwhile wakes it at once).
+                let idle_until = self.now_ms + td.idle_wakeup_ms.max(1);
+                let timer_ms = lapic.next_timer_ns().map(|ns| ns.div_ceil(1_000_000));
+                let until = timer_ms.map_or(idle_until, |t| t.clamp(self.now_ms + 1, idle_until));
+                self.vcpu.halted_until.store(until, Ordering::Release);
                 Reply::DONE
             }
             Request::Io { size, port, access } => match access {
@@ -197,6 +239,24 @@ impl ExitContext<'_> {
             // No hypervisor leaves and nothing beyond what the module answers itself: a TD
             // that asks the host sees zeros, as for a leaf the CPU does not implement.
             Request::Cpuid { .. } => Reply::success4([0; 4]),
+            Request::Rdmsr { msr } if (lapic::X2APIC_FIRST..=lapic::X2APIC_LAST).contains(&msr) => {
+                match self.vcpu.lapic.lock().read(msr, self.now_ns) {
+                    Ok(value) => Reply::success(value),
+                    Err(ApicRefused) => Reply::INVALID_OPERAND,
+                }
+            }
+            Request::Wrmsr { msr, value }
+                if (lapic::X2APIC_FIRST..=lapic::X2APIC_LAST).contains(&msr) =>
+            {
+                let written = self.vcpu.lapic.lock().write(msr, value, self.now_ns);
+                match written {
+                    Ok(delivery) => {
+                        self.deliver(delivery);
+                        Reply::DONE
+                    }
+                    Err(ApicRefused) => Reply::INVALID_OPERAND,
+                }
+            }
             Request::Rdmsr { msr } => match self.vcpu.msrs.lock().read(msr) {
                 Ok(value) => Reply::success(value),
                 Err(MsrRefused) => Reply::INVALID_OPERAND,

@@ -322,6 +322,16 @@ impl Kicker {
             Kicker::Hardware(p) => p.kick_cpu(cpu),
         }
     }
+
+    /// Posts interrupt `vector` to the vCPU at `tdvpr`. The software module takes it at its
+    /// next delivery point. On hardware this is the posted-interrupt descriptor and the
+    /// notification IPI, which the hardware backend does not set up yet: the vector is
+    /// dropped there.
+    pub fn post_interrupt(&self, tdvpr: Hpa, vector: u8) {
+        if let Kicker::Software(m, _) = self {
+            m.post_interrupt(tdvpr, vector);
+        }
+    }
 }
 
 /// A TD's vCPUs as the unmap path and the host see them.

@@ -175,6 +175,11 @@ pub enum RunnerPoll {
 pub trait Platform: Send + Sync {
     /// Monotonic milliseconds since host start.
     fn now_ms(&self) -> u64;
+    /// Monotonic nanoseconds since host start (the virtual APIC timers count on it); by
+    /// default [`Platform::now_ms`] scaled.
+    fn now_ns(&self) -> u64 {
+        self.now_ms().saturating_mul(1_000_000)
+    }
     /// Logical CPUs (each gets TDH.SYS.LP.INIT). CPU 0 is the main CPU that calls [`Host`].
     fn cpus(&self) -> u32;
     /// Package (socket) of logical CPU `cpu`.
@@ -734,7 +739,7 @@ struct PlatformClock(Arc<dyn Platform>);
 
 impl DeviceClock for PlatformClock {
     fn now_ns(&self) -> u64 {
-        self.0.now_ms().saturating_mul(1_000_000)
+        self.0.now_ns()
     }
 }
 

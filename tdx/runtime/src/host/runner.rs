@@ -286,6 +286,12 @@ impl Runner {
             }
             v.halted_until.store(0, Ordering::Release);
         }
+        // The vCPU's APIC timer, checked at every entry (the guest leaves at least at each of
+        // the host's own timer interrupts).
+        let expired = v.lapic.lock().poll_timer(self.clock.now_ns());
+        if let Some(vector) = expired {
+            td.vcpus.kicker.post_interrupt(v.tdvpr, vector);
+        }
         // KVM order: publish the mode, then look at requests.
         v.mode.store(MODE_IN_GUEST, Ordering::SeqCst);
         if td.vcpus.block.load(Ordering::SeqCst) > 0 || td.run.load(Ordering::SeqCst) == RUN_HALT {
@@ -308,6 +314,7 @@ impl Runner {
                     vcpu: v,
                     runner: self.index.load(Ordering::Relaxed),
                     now_ms: now,
+                    now_ns: self.clock.now_ns(),
                 };
                 match exit.handle(TdExit::decode(&regs)) {
                     AfterExit::Continue(reply) => *v.answer.lock() = reply.answer(),

@@ -7,6 +7,7 @@ use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use crate::devices::acpi_pm::PowerRequests;
+use crate::devices::lapic::LocalApic;
 use crate::devices::serial::Serial16550;
 use crate::devices::{MmioBus, PortIoBus};
 use crate::sept::{BugReport, SeptManager};
@@ -58,6 +59,8 @@ pub struct VcpuShared {
     pub answer: spin::Mutex<TdvmcallAnswer>,
     /// The MSRs the host emulates for it (only its runner touches them).
     pub msrs: spin::Mutex<MsrFile>,
+    /// The x2APIC registers the host emulates for it (timer, LVTs, ICR; x2APIC ID = index).
+    pub lapic: spin::Mutex<LocalApic>,
 }
 
 impl VcpuShared {
@@ -76,6 +79,7 @@ impl VcpuShared {
             halted_until: AtomicU64::new(0),
             answer: spin::Mutex::new(TdvmcallAnswer::default()),
             msrs: spin::Mutex::new(MsrFile::new(index)),
+            lapic: spin::Mutex::new(LocalApic::new(index)),
         }
     }
 
