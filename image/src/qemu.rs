@@ -67,7 +67,8 @@ pub struct QemuConfig {
 }
 
 impl QemuConfig {
-    /// Defaults: boots the image's ESP directory without a configuration file, 512 MiB,
+    /// Defaults: boots the image's ESP directory without a configuration file, 1 GiB (room
+    /// for a 256 MiB TD beside the appliance),
     /// 2 CPUs, API on the default guest port, serial captured but not echoed.
     pub fn new(image: &BuiltImage, host_port: u16, instance_dir: PathBuf) -> Self {
         Self {
@@ -76,7 +77,7 @@ impl QemuConfig {
             host_port,
             guest_port: GUEST_API_PORT,
             guest_address: None,
-            memory_mib: 512,
+            memory_mib: 1024,
             cpus: 2,
             echo_serial: false,
             instance_dir,

@@ -144,7 +144,18 @@ const DEFAULTS_CHECKS: &[Check] = &[
         name: "a TD runs its own code on the SVM engine: the test guest prints through TDVMCALLs and stops itself",
         run: svm_guest_check,
     },
+    Check {
+        name: "Debian's OVMF.fd boots as a TD to Shell>, answers a typed command, and powers off with reset -s",
+        run: tdvf_shell_check,
+    },
 ];
+
+fn tdvf_shell_check(target: &Target) -> CheckResult {
+    let openapi = openapi::OpenApi::load()?;
+    let story = operator_story::tdvf_shell(target.port, &target.token, IO_TIMEOUT, &openapi)?;
+    println!("e2e: [defaults] TDVF Shell: {}", story.summary);
+    Ok(())
+}
 
 fn svm_guest_check(target: &Target) -> CheckResult {
     let openapi = openapi::OpenApi::load()?;
