@@ -642,6 +642,8 @@ pub struct TdDto {
     pub reason: Option<String>,
     /// Milliseconds since host start at creation.
     pub created_ms: u64,
+    /// What runs its vCPUs: `tdx`, `svm`, `declared-workload` or `none`.
+    pub engine: &'static str,
 }
 
 impl From<&TdInfo> for TdDto {
@@ -678,6 +680,7 @@ impl From<&TdInfo> for TdDto {
                 console_bytes: c.console_bytes,
             },
             reason: td.reason.clone(),
+            engine: td.engine.as_str(),
             created_ms: td.created_ms,
         }
     }
@@ -804,6 +807,8 @@ pub fn console_text(chunk: &ConsoleChunk) -> String {
 pub struct TdxHostDto {
     /// `hardware` or `emulated`.
     pub module_kind: &'static str,
+    /// What runs TDs without a declared workload: `tdx`, `svm` or `none`.
+    pub guest_engine: &'static str,
     /// Module version.
     pub module_version: String,
     /// Most vCPUs per TD.
@@ -828,6 +833,7 @@ impl From<&tdx_runtime::host::HostInfo> for TdxHostDto {
     fn from(info: &tdx_runtime::host::HostInfo) -> Self {
         Self {
             module_kind: info.module_kind,
+            guest_engine: info.guest_engine,
             module_version: info.module_version.to_owned(),
             max_vcpus_per_td: info.max_vcpus_per_td,
             cpus: info.cpus,

@@ -17,8 +17,9 @@ use tdx_svm::GuestRegisters;
 pub struct SvmGuestCpu {
     iopm: u64,
     msrpm: u64,
-    /// `(APIC ID, host VMSAVE area)` of every CPU where SVM is on.
-    cpus: spin::Mutex<Vec<(u32, u64)>>,
+    /// `(APIC ID, host save page for VMRUN, host VMSAVE area)` of every CPU that ran a
+    /// guest.
+    cpus: spin::Mutex<Vec<(u32, u64, u64)>>,
 }
 
 /// A zeroed, 4 KiB-aligned block of `pages` pages from the heap (never freed), filled with
@@ -62,18 +63,32 @@ impl SvmGuestCpu {
         })
     }
 
-    /// The VMSAVE area of the calling CPU, switching SVM on there first if needed.
+    /// The VMSAVE area of the calling CPU, switching SVM on there first if needed. SVM is
+    /// switched on again when the CPU lost it: MP Services may wake an idle application
+    /// processor with INIT-SIPI-SIPI between two runner dispatches, and INIT clears EFER.SVME
+    /// and VM_HSAVE_PA.
     fn this_cpu(&self) -> Option<u64> {
         let id = apic_id();
-        if let Some(&(_, area)) = self.cpus.lock().iter().find(|(a, _)| *a == id) {
-            return Some(area);
+        let known = self
+            .cpus
+            .lock()
+            .iter()
+            .find(|c| c.0 == id)
+            .map(|&(_, hsave, area)| (hsave, area));
+        let (hsave, area) = match known {
+            Some(pages) => pages,
+            None => {
+                let pages = (pages(1, 0)?, pages(1, 0)?);
+                self.cpus.lock().push((id, pages.0, pages.1));
+                pages
+            }
+        };
+        // SAFETY: ring 0 (the appliance's only privilege level).
+        if !unsafe { tdx_svm::enabled() } {
+            // SAFETY: we run in ring 0 on a CPU `detect` accepted (all CPUs of this machine
+            // are alike); `hsave` is this CPU's own page, never freed.
+            unsafe { tdx_svm::enable(hsave) };
         }
-        let hsave = pages(1, 0)?;
-        let area = pages(1, 0)?;
-        // SAFETY: we run in ring 0 on a CPU `detect` accepted (all CPUs of this machine are
-        // alike); `hsave` is a fresh page nothing else uses, never freed.
-        unsafe { tdx_svm::enable(hsave) };
-        self.cpus.lock().push((id, area));
         Some(area)
     }
 }

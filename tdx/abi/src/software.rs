@@ -77,6 +77,10 @@ pub trait SoftwareModuleHooks: Send + Sync {
     /// at its next delivery point; it is not kicked.
     fn post_interrupt(&self, tdvpr: Hpa, vector: u8);
 
+    /// Whether vCPUs without a declared program run their own code (the module has a
+    /// guest CPU).
+    fn runs_guest_code(&self) -> bool;
+
     /// Has the vCPU whose TDVPR is at `tdvpr` run `program`.
     fn bind_guest_program(
         &self,

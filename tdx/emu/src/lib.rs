@@ -291,6 +291,10 @@ impl SoftwareModuleHooks for Hooks {
         self.0.post_interrupt(tdvpr, vector);
     }
 
+    fn runs_guest_code(&self) -> bool {
+        self.0.guest_cpu.get().is_some()
+    }
+
     fn bind_guest_program(
         &self,
         tdvpr: Hpa,

@@ -422,6 +422,7 @@ impl Host {
             memory_mib: spec.memory_mib,
             attributes: spec.attributes,
             created_ms: self.platform.now_ms(),
+            engine: self.guest_engine(spec.workload.is_some()),
             hkid,
             hkid_live: true,
             tdr: control.tdr,

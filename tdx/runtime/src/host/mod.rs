@@ -332,6 +332,8 @@ struct Td {
     attributes: u64,
     /// When it was created (platform ms).
     created_ms: u64,
+    /// What runs its vCPUs.
+    engine: GuestEngine,
     /// Its KeyID.
     hkid: u16,
     /// The KeyID is still the TD's (until TDH.MNG.KEY.FREEID).
@@ -550,6 +552,16 @@ impl Host {
     /// Which module is behind the host.
     pub fn module_kind(&self) -> ModuleKind {
         self.module.kind()
+    }
+
+    /// What runs the vCPUs of a TD with (`declared`) or without a declared workload.
+    pub fn guest_engine(&self, declared: bool) -> GuestEngine {
+        match &self.module {
+            HostModule::Hardware(_) => GuestEngine::Tdx,
+            HostModule::Software(_) if declared => GuestEngine::DeclaredWorkload,
+            HostModule::Software(m) if m.runs_guest_code() => GuestEngine::Svm,
+            HostModule::Software(_) => GuestEngine::None,
+        }
     }
 
     /// The platform clock (ms since host start); pass it as `now_ms`.

@@ -34,6 +34,7 @@ impl Host {
             .collect();
         HostInfo {
             module_kind: self.module_kind().as_str(),
+            guest_engine: self.guest_engine(false).as_str(),
             module_version: self.limits.version.clone(),
             max_vcpus_per_td: self.limits.max_vcpus_per_td,
             hkids_total: self.hkids.total(),
@@ -115,6 +116,7 @@ impl Host {
             counters: self.td_counters(td),
             reason: td.reason.clone(),
             created_ms: td.created_ms,
+            engine: td.engine,
         }
     }
 

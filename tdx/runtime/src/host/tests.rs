@@ -123,6 +123,8 @@ fn bring_up_reports_the_platform() {
     let e = host();
     let info = e.host.info();
     assert_eq!(info.module_kind, "emulated");
+    // No guest CPU is attached in host tests: only declared workloads run.
+    assert_eq!(info.guest_engine, "none");
     assert!(info.module_version.starts_with("emulated 1.5"));
     assert_eq!(info.hkids_total, 15);
     assert_eq!(info.hkids_free, 15);
@@ -426,6 +428,7 @@ fn an_injected_aug_error_bugs_only_that_td() {
         .id;
     wait_state(h, a, TdState::Runnable);
     wait_state(h, b, TdState::Runnable);
+    assert_eq!(h.td(a).unwrap().engine, GuestEngine::DeclaredWorkload);
     // The 2nd AUG after installation fails: only TD a runs at that point.
     e.module.inject(
         Leaf::MemPageAug,

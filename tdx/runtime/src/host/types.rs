@@ -112,6 +112,8 @@ pub struct TdInfo {
     pub reason: Option<String>,
     /// Milliseconds since host start when the TD was created.
     pub created_ms: u64,
+    /// What runs its vCPUs.
+    pub engine: GuestEngine,
 }
 
 /// Measurement registers of a TD (`GET /v1/tds/{id}/measurement`).
@@ -216,11 +218,38 @@ pub enum EventKind {
     },
 }
 
+/// What runs a TD's vCPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestEngine {
+    /// The TDX module on the CPU (hardware backend).
+    Tdx,
+    /// The software module's SVM engine: the TD's own code, on AMD SVM with nested paging.
+    Svm,
+    /// The software module's declared workload (test programs, no guest code).
+    DeclaredWorkload,
+    /// Nothing: the software module has no guest CPU and the TD declares no workload.
+    None,
+}
+
+impl GuestEngine {
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestEngine::Tdx => "tdx",
+            GuestEngine::Svm => "svm",
+            GuestEngine::DeclaredWorkload => "declared-workload",
+            GuestEngine::None => "none",
+        }
+    }
+}
+
 /// Host-wide information (`GET /v1/host`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostInfo {
     /// `hardware` or `emulated`.
     pub module_kind: &'static str,
+    /// What runs TDs without a declared workload ([`GuestEngine::as_str`]).
+    pub guest_engine: &'static str,
     /// Module version string (emulated: "emulated 1.5").
     pub module_version: String,
     /// Module limits read with TDH.SYS.RD.
