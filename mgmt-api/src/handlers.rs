@@ -497,6 +497,22 @@ fn write_host_metrics(doc: &mut Exposition, host: &tdx_runtime::host::Host) {
         "SEAMCALLs retried after TDX_OPERAND_BUSY, all TDs.",
     )
     .sample("tdx_busy_retries_total", &[], m.busy_retries);
+    if let Some(exits) = &m.guest_exits {
+        doc.family(
+            "tdx_guest_vmexits_total",
+            MetricType::Counter,
+            "#VMEXITs the software module's guest engine handled, all TDs.",
+        )
+        .sample("tdx_guest_vmexits_total", &[], exits.exits);
+        if let Some(median) = exits.median_overhead_ns() {
+            doc.family(
+                "tdx_guest_exit_overhead_median_ns",
+                MetricType::Gauge,
+                "Median time a guest-engine exit keeps the vCPU out of the guest besides the world switch (module and host; halts excluded), 100 ns resolution.",
+            )
+            .sample("tdx_guest_exit_overhead_median_ns", &[], median);
+        }
+    }
     doc.family(
         "tdx_leaked_pages",
         MetricType::Gauge,

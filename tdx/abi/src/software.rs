@@ -60,6 +60,47 @@ impl core::fmt::Debug for GuestProgram {
 #[error("the software module cannot run this guest program on that vCPU")]
 pub struct GuestProgramRefused;
 
+/// Width of one bucket of [`GuestExitStats::overhead_buckets`], in nanoseconds.
+pub const EXIT_OVERHEAD_BUCKET_NS: u64 = 100;
+
+/// The software module's guest-engine exit statistics: how many #VMEXITs it handled, and
+/// how long each kept the vCPU out of the guest apart from the world switch itself (from
+/// the #VMEXIT to the next VMRUN, through the module and, for TD exits, the host; halts are
+/// not counted). Bucket `i` counts exits of `i`×100 ns up to (`i`+1)×100 ns; the last one
+/// also counts everything longer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestExitStats {
+    /// #VMEXITs handled.
+    pub exits: u64,
+    /// Histogram of the time outside the guest per exit.
+    pub overhead_buckets: [u64; 64],
+}
+
+impl GuestExitStats {
+    /// No exits.
+    pub const EMPTY: GuestExitStats = GuestExitStats {
+        exits: 0,
+        overhead_buckets: [0; 64],
+    };
+
+    /// The median time outside the guest per exit (ns, the upper edge of its bucket), if
+    /// any exit was measured.
+    pub fn median_overhead_ns(&self) -> Option<u64> {
+        let total: u64 = self.overhead_buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut seen = 0;
+        for (i, n) in self.overhead_buckets.iter().enumerate() {
+            seen += n;
+            if seen * 2 >= total {
+                return Some((i as u64 + 1) * EXIT_OVERHEAD_BUCKET_NS);
+            }
+        }
+        None
+    }
+}
+
 /// Hooks of a software TDX module (see the module docs).
 pub trait SoftwareModuleHooks: Send + Sync {
     /// The SEAMCALL handle of logical processor `cpu`: calls through it are made "on" that
@@ -81,10 +122,27 @@ pub trait SoftwareModuleHooks: Send + Sync {
     /// guest CPU).
     fn runs_guest_code(&self) -> bool;
 
+    /// What the guest engine measured about its exits since the module started.
+    fn guest_exit_stats(&self) -> GuestExitStats;
+
     /// Has the vCPU whose TDVPR is at `tdvpr` run `program`.
     fn bind_guest_program(
         &self,
         tdvpr: Hpa,
         program: &GuestProgram,
     ) -> Result<(), GuestProgramRefused>;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_overhead_is_the_upper_edge_of_the_middle_bucket() {
+        let mut stats = super::GuestExitStats::EMPTY;
+        assert_eq!(stats.median_overhead_ns(), None);
+        stats.overhead_buckets[3] = 5;
+        stats.overhead_buckets[10] = 4;
+        assert_eq!(stats.median_overhead_ns(), Some(400));
+        stats.overhead_buckets[63] = 2;
+        assert_eq!(stats.median_overhead_ns(), Some(1100));
+    }
 }

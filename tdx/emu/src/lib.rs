@@ -86,7 +86,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering};
 use tdx_abi::pamt::PageType;
 use tdx_abi::phys::PhysMemory;
 use tdx_abi::seamcall::{ModuleKind, Regs, Seamcall};
-use tdx_abi::software::{GuestProgram, GuestProgramRefused, SoftwareModuleHooks};
+use tdx_abi::software::{GuestExitStats, GuestProgram, GuestProgramRefused, SoftwareModuleHooks};
 use tdx_abi::{Gpa, Hpa, Leaf, OperandId, PageLevel, SeptState, TdxStatus};
 
 pub use guest::exit;
@@ -240,6 +240,8 @@ pub struct EmulatedModule {
     calls: AtomicU64,
     /// Runs guest code for vCPUs without a declared workload (see [`svm`]).
     guest_cpu: spin::Once<Arc<dyn svm::GuestCpu>>,
+    /// The guest engine's exit counts and times.
+    exit_stats: svm::ExitStatsCells,
 }
 
 /// A logical processor of an [`EmulatedModule`]: SEAMCALLs issued through it run "on" that
@@ -293,6 +295,10 @@ impl SoftwareModuleHooks for Hooks {
 
     fn runs_guest_code(&self) -> bool {
         self.0.guest_cpu.get().is_some()
+    }
+
+    fn guest_exit_stats(&self) -> GuestExitStats {
+        self.0.exit_stats.snapshot()
     }
 
     fn bind_guest_program(
@@ -420,6 +426,7 @@ impl EmulatedModule {
             injector: inject::Injector::default(),
             calls: AtomicU64::new(0),
             guest_cpu: spin::Once::new(),
+            exit_stats: svm::ExitStatsCells::new(),
             cfg,
             mem,
         }))

@@ -54,11 +54,12 @@ pub mod apic;
 pub mod decode;
 
 use alloc::sync::Arc;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use tdx_abi::exit;
 use tdx_abi::measure::rtmr_extend;
 use tdx_abi::seamcall::Regs;
+use tdx_abi::software::{EXIT_OVERHEAD_BUCKET_NS, GuestExitStats};
 use tdx_abi::td_params::attributes;
 use tdx_abi::{Gpa, Hpa, PageLevel, SeptState, TdxStatus};
 use tdx_svm::GuestRegisters;
@@ -292,6 +293,41 @@ struct PagingShim {
     efer: u64,
 }
 
+/// The engine's exit statistics (see [`GuestExitStats`]).
+pub struct ExitStatsCells {
+    exits: AtomicU64,
+    buckets: [AtomicU64; 64],
+}
+
+impl ExitStatsCells {
+    /// No exits yet.
+    pub const fn new() -> ExitStatsCells {
+        ExitStatsCells {
+            exits: AtomicU64::new(0),
+            buckets: [const { AtomicU64::new(0) }; 64],
+        }
+    }
+
+    fn record(&self, outside_ns: u64) {
+        let bucket = (outside_ns / EXIT_OVERHEAD_BUCKET_NS).min(63) as usize;
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> GuestExitStats {
+        GuestExitStats {
+            exits: self.exits.load(Ordering::Relaxed),
+            overhead_buckets: core::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Default for ExitStatsCells {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A vCPU's engine state (kept with its TDVPS).
 pub struct SvmVcpu {
     vmcb: Hpa,
@@ -300,6 +336,8 @@ pub struct SvmVcpu {
     ve: Option<VeInfo>,
     apic: VirtualApicPage,
     shim: Option<PagingShim>,
+    /// TSC at the last #VMEXIT, while the time until the next VMRUN counts as exit overhead.
+    exited_at: Option<u64>,
 }
 
 /// Where a nested page fault on a private GPA leads.
@@ -517,6 +555,7 @@ impl EmulatedModule {
             ve: None,
             apic: VirtualApicPage::default(),
             shim,
+            exited_at: None,
         })
     }
 
@@ -545,7 +584,15 @@ impl EmulatedModule {
                 return Ok(td_exit(r, exit::EXTERNAL_INTERRUPT, Regs::default()));
             }
             self.deliver_interrupt(s, vcpu);
+            if let Some(at) = s.exited_at.take() {
+                let ticks = cpu.tsc().saturating_sub(at);
+                let ns = u128::from(ticks) * 1_000_000 / u128::from(cpu.tsc_per_ms().max(1));
+                self.exit_stats
+                    .record(u64::try_from(ns).unwrap_or(u64::MAX));
+            }
             cpu.run(s.vmcb, &mut s.regs);
+            s.exited_at = Some(cpu.tsc());
+            self.exit_stats.exits.fetch_add(1, Ordering::Relaxed);
             // An event whose delivery the exit interrupted is delivered again.
             let interrupted = self.vmcb_read(s.vmcb, vmcb::EXIT_INT_INFO);
             let reinject = if interrupted & vmcb::EVENT_VALID != 0 {
@@ -556,7 +603,13 @@ impl EmulatedModule {
             self.vmcb_write(s.vmcb, vmcb::EVENT_INJ, reinject);
             match self.handle_exit(td, tree, vcpu, s, cpu)? {
                 Next::Resume => {}
-                Next::Exit(reason, out) => return Ok(td_exit(r, reason, out)),
+                Next::Exit(reason, out) => {
+                    if reason == exit::TDCALL && out.r11 == exit::TDVMCALL_HLT {
+                        // A halt is idle time, not exit overhead.
+                        s.exited_at = None;
+                    }
+                    return Ok(td_exit(r, reason, out));
+                }
             }
         }
         Ok(td_exit(r, exit::EXTERNAL_INTERRUPT, Regs::default()))

@@ -72,6 +72,7 @@ impl Host {
             pool_free: stats.free_pages * PAGE_SIZE_4K,
             leaked_pages: self.retired.leaked_pages
                 + self.tds.values().map(|t| t.leaked_pages).sum::<u64>(),
+            guest_exits: self.module.software().map(|m| m.guest_exit_stats()),
         }
     }
 

@@ -287,4 +287,6 @@ pub struct HostMetrics {
     pub pool_free: u64,
     /// Pages deliberately leaked after unrecoverable errors (destroyed and live TDs).
     pub leaked_pages: u64,
+    /// The software module's guest-engine exit statistics (`None` on the TDX module).
+    pub guest_exits: Option<tdx_abi::software::GuestExitStats>,
 }
