@@ -24,13 +24,13 @@ pub const DURATION: Duration = Duration::from_secs(10);
 /// Warm-up before measuring.
 const WARM_UP: Duration = Duration::from_secs(1);
 /// The bench's token.
-const TOKEN: &str = "bench-api-token";
+pub(crate) const TOKEN: &str = "bench-api-token";
 /// Timeout of every connect, read and write.
-const IO_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the image may take to answer health.
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// The firmware uploaded (Debian package `ovmf`).
-const OVMF_PATH: &str = "/usr/share/ovmf/OVMF.fd";
+pub(crate) const OVMF_PATH: &str = "/usr/share/ovmf/OVMF.fd";
 
 /// The two measured requests (alternated on every connection).
 const ROUTES: [&str; 2] = ["/v1/health", "/v1/tds"];
@@ -43,7 +43,7 @@ struct Samples {
     errors: usize,
 }
 
-fn request(
+pub(crate) fn request(
     connection: &mut Connection,
     method: &str,
     path: &str,
@@ -64,7 +64,7 @@ fn request(
     connection.read_response()
 }
 
-fn expect(response: &HttpResponse, status: u16, what: &'static str) -> Result<()> {
+pub(crate) fn expect(response: &HttpResponse, status: u16, what: &'static str) -> Result<()> {
     if response.status == status {
         Ok(())
     } else {
@@ -138,7 +138,7 @@ fn drive(port: u16, measure_from: Instant, end: Instant) -> Result<Samples> {
 }
 
 /// The `q` quantile (0..=1) of sorted `values`, nearest rank.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

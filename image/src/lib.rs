@@ -11,6 +11,7 @@
 
 pub mod appconfig;
 pub mod bench_api;
+pub mod bench_guest;
 pub mod build;
 pub mod cli;
 pub mod deps;

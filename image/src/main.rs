@@ -2,7 +2,8 @@
 //! See [`appliance_image::cli::USAGE`]; additionally `cargo xtask bench <name>` runs
 //! `cargo bench -p tdx-runtime --bench <name>` (`td`, `sept`) and streams its output, and
 //! `cargo xtask bench api` boots the image and measures the management API
-//! ([`appliance_image::bench_api`]).
+//! ([`appliance_image::bench_api`]), `cargo xtask bench guest` boots Debian's OVMF.fd as a TD
+//! and directly ([`appliance_image::bench_guest`]).
 
 use std::process::{Command, ExitCode};
 
@@ -13,6 +14,9 @@ fn main() -> ExitCode {
     {
         if name == "api" {
             return bench_api();
+        }
+        if name == "guest" {
+            return bench_guest();
         }
         return bench(name);
     }
@@ -26,6 +30,18 @@ fn bench_api() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("xtask bench api: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo xtask bench guest`: Debian's OVMF.fd as a TD against a direct QEMU boot.
+fn bench_guest() -> ExitCode {
+    let ws = appliance_image::workspace::Workspace::locate();
+    match appliance_image::bench_guest::run(&ws) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask bench guest: {err}");
             ExitCode::FAILURE
         }
     }

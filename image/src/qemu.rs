@@ -313,6 +313,11 @@ impl Qemu {
         }
     }
 
+    /// QEMU's process ID (for its CPU time in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills QEMU and waits for it and the reader threads to finish.
     pub fn kill(&mut self) {
         if self.exit_status().is_none() {
