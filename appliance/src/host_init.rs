@@ -90,6 +90,9 @@ pub fn bring_up(config: &ApplianceConfig) -> Result<Host, String> {
     // identity-maps it.
     let phys: Arc<dyn PhysMemory> = Arc::new(unsafe { ReservedMemory::new(base, size) });
     let platform = Arc::new(MpPlatform::new());
+    if let Err(e) = crate::platform::wake::install() {
+        warn!("runner CPUs spin when idle: no wake-up interrupt ({e:?})");
+    }
     let module = match tdx_detect::detect() {
         Ok(p) => {
             warn!(

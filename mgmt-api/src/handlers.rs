@@ -508,7 +508,7 @@ fn write_host_metrics(doc: &mut Exposition, host: &tdx_runtime::host::Host) {
             doc.family(
                 "tdx_guest_exit_overhead_median_ns",
                 MetricType::Gauge,
-                "Median time a guest-engine exit keeps the vCPU out of the guest besides the world switch (module and host; halts excluded), 100 ns resolution.",
+                "Median time a guest-engine exit keeps the vCPU out of the guest besides the world switch (module and host; halts excluded); 100 ns resolution below 4 us, 1 us above, 27000 meaning longer.",
             )
             .sample("tdx_guest_exit_overhead_median_ns", &[], median);
         }

@@ -16,3 +16,4 @@ pub mod snp;
 pub mod svm;
 pub mod tdx_detect;
 pub mod timer;
+pub mod wake;

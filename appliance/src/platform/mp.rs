@@ -21,14 +21,12 @@ use uefi::proto::pi::mp::MpServices;
 
 use super::clock::now_ms;
 
-/// `pause` turns an idle runner waits between polls (tens of microseconds: quick to react,
-/// and under TCG a spinning AP costs a whole host core).
-const IDLE_PAUSES: u32 = 20_000;
-
 /// The logical CPUs as MP Services numbers them, main CPU first.
 pub struct MpPlatform {
     /// MP Services processor number of each of our CPU indices (0 = the main CPU).
     processors: Vec<usize>,
+    /// Local APIC ID of each of our CPU indices.
+    apic_ids: Vec<u32>,
     /// Package of each of our CPU indices, numbered densely from 0 in order of appearance.
     /// MP Services derives a processor's location from its APIC ID and the CPUID topology
     /// leaves (edk2 `MpInitLib`), so CPUs that share a package here share a physical one.
@@ -68,6 +66,7 @@ impl MpPlatform {
             let mut processors = alloc::vec![me];
             let mut packages: Vec<u32> = Vec::new();
             let mut package_of = alloc::vec![0u32];
+            let mut apic_ids = alloc::vec![0u32];
             let mut dense = |package: u32| match packages.iter().position(|&p| p == package) {
                 Some(i) => i as u32,
                 None => {
@@ -77,6 +76,7 @@ impl MpPlatform {
             };
             if let Ok(info) = mp.get_processor_info(me) {
                 package_of[0] = dense(info.location.package);
+                apic_ids[0] = info.processor_id as u32;
             }
             for n in 0..count {
                 let Ok(info) = mp.get_processor_info(n) else {
@@ -85,15 +85,17 @@ impl MpPlatform {
                 if n != me && info.is_enabled() && info.is_healthy() {
                     processors.push(n);
                     package_of.push(dense(info.location.package));
+                    apic_ids.push(info.processor_id as u32);
                 }
             }
             let count = packages.len().max(1) as u32;
-            (processors, package_of, count)
+            (processors, apic_ids, package_of, count)
         });
-        let (processors, package_of, packages) =
-            found.unwrap_or((alloc::vec![0], alloc::vec![0], 1));
+        let (processors, apic_ids, package_of, packages) =
+            found.unwrap_or((alloc::vec![0], alloc::vec![0], alloc::vec![0], 1));
         MpPlatform {
             processors,
+            apic_ids,
             package_of,
             packages,
             dispatches: spin::Mutex::new(Vec::new()),
@@ -114,11 +116,7 @@ extern "efiapi" fn runner_entry(arg: *mut c_void) {
     loop {
         match runner.poll() {
             RunnerPoll::Busy => {}
-            RunnerPoll::Idle => {
-                for _ in 0..IDLE_PAUSES {
-                    core::hint::spin_loop();
-                }
-            }
+            RunnerPoll::Idle => super::wake::sleep(),
             RunnerPoll::Parked | RunnerPoll::Exit => return,
         }
     }
@@ -218,8 +216,14 @@ impl Platform for MpPlatform {
         }
     }
 
-    fn kick_cpu(&self, _cpu: u32) {
-        // Runners poll without sleeping, and the software module's kick flag makes
-        // TDH.VP.ENTER exit; with the hardware module this would be an IPI (not implemented).
+    fn kick_cpu(&self, cpu: u32) {
+        // Wakes a runner sleeping between polls. A vCPU inside TDH.VP.ENTER on the software
+        // module leaves through the module's kick flag; with the hardware module the IPI
+        // makes it exit, but nothing posts to its vCPUs yet.
+        if cpu != 0
+            && let Some(&id) = self.apic_ids.get(cpu as usize)
+        {
+            super::wake::wake(id);
+        }
     }
 }

@@ -60,14 +60,33 @@ impl core::fmt::Debug for GuestProgram {
 #[error("the software module cannot run this guest program on that vCPU")]
 pub struct GuestProgramRefused;
 
-/// Width of one bucket of [`GuestExitStats::overhead_buckets`], in nanoseconds.
-pub const EXIT_OVERHEAD_BUCKET_NS: u64 = 100;
+/// The bucket of [`GuestExitStats::overhead_buckets`] that counts an exit of `ns`
+/// nanoseconds: 100 ns steps below 4 µs (buckets 0–39), 1 µs steps from 4 to 27 µs (40–62),
+/// and bucket 63 for everything longer.
+pub fn exit_overhead_bucket(ns: u64) -> usize {
+    if ns < 4_000 {
+        (ns / 100) as usize
+    } else {
+        (40 + (ns - 4_000) / 1_000).min(63) as usize
+    }
+}
+
+/// The upper edge (ns) of overhead bucket `i` (for the open last bucket, its lower edge).
+pub fn exit_overhead_bucket_upper_ns(i: usize) -> u64 {
+    let i = i.min(63) as u64;
+    if i < 40 {
+        (i + 1) * 100
+    } else if i < 63 {
+        4_000 + (i - 39) * 1_000
+    } else {
+        27_000
+    }
+}
 
 /// The software module's guest-engine exit statistics: how many #VMEXITs it handled, and
 /// how long each kept the vCPU out of the guest apart from the world switch itself (from
 /// the #VMEXIT to the next VMRUN, through the module and, for TD exits, the host; halts are
-/// not counted). Bucket `i` counts exits of `i`×100 ns up to (`i`+1)×100 ns; the last one
-/// also counts everything longer.
+/// not counted), bucketed by [`exit_overhead_bucket`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestExitStats {
     /// #VMEXITs handled.
@@ -94,7 +113,7 @@ impl GuestExitStats {
         for (i, n) in self.overhead_buckets.iter().enumerate() {
             seen += n;
             if seen * 2 >= total {
-                return Some((i as u64 + 1) * EXIT_OVERHEAD_BUCKET_NS);
+                return Some(exit_overhead_bucket_upper_ns(i));
             }
         }
         None
@@ -144,5 +163,17 @@ mod tests {
         assert_eq!(stats.median_overhead_ns(), Some(400));
         stats.overhead_buckets[63] = 2;
         assert_eq!(stats.median_overhead_ns(), Some(1100));
+    }
+
+    #[test]
+    fn buckets_are_fine_below_4us_and_coarse_above() {
+        use super::{exit_overhead_bucket as b, exit_overhead_bucket_upper_ns as up};
+        assert_eq!((b(0), b(99), b(100), b(3_999)), (0, 0, 1, 39));
+        assert_eq!((b(4_000), b(4_999), b(5_000), b(26_999)), (40, 40, 41, 62));
+        assert_eq!((b(27_000), b(u64::MAX)), (63, 63));
+        assert_eq!(
+            (up(0), up(39), up(40), up(62), up(63)),
+            (100, 4_000, 5_000, 27_000, 27_000)
+        );
     }
 }

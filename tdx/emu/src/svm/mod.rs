@@ -59,7 +59,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use tdx_abi::exit;
 use tdx_abi::measure::rtmr_extend;
 use tdx_abi::seamcall::Regs;
-use tdx_abi::software::{EXIT_OVERHEAD_BUCKET_NS, GuestExitStats};
+use tdx_abi::software::{GuestExitStats, exit_overhead_bucket};
 use tdx_abi::td_params::attributes;
 use tdx_abi::{Gpa, Hpa, PageLevel, SeptState, TdxStatus};
 use tdx_svm::GuestRegisters;
@@ -309,7 +309,7 @@ impl ExitStatsCells {
     }
 
     fn record(&self, outside_ns: u64) {
-        let bucket = (outside_ns / EXIT_OVERHEAD_BUCKET_NS).min(63) as usize;
+        let bucket = exit_overhead_bucket(outside_ns);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
