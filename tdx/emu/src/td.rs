@@ -131,6 +131,8 @@ pub(crate) struct Vcpu {
     pub kick: AtomicBool,
     /// Posted-interrupt requests (vectors 0–255) the SVM engine merges before each VMRUN.
     pub pir: [AtomicU64; 4],
+    /// The host's shared EPT pointer (TD-VMCS SHARED_EPTP; 0 = none).
+    pub shared_eptp: AtomicU64,
     pub init_rcx: AtomicU64,
     pub x2apic: AtomicU64,
     pub scratch: AtomicU64,
@@ -408,6 +410,7 @@ impl EmulatedModule {
             init_rcx: AtomicU64::new(0),
             x2apic: AtomicU64::new(u64::from(index)),
             pir: [const { AtomicU64::new(0) }; 4],
+            shared_eptp: AtomicU64::new(0),
             scratch: AtomicU64::new(0),
             guest: spin::Mutex::new(GuestState::undeclared()),
         };
@@ -748,6 +751,7 @@ impl EmulatedModule {
             vf::GUEST_RIP => v.guest.lock().rip(),
             vf::ZERO_STEP_COUNT => u64::from(v.guest.lock().zero_step_count()),
             vf::HOST_SCRATCH => v.scratch.load(Ordering::Acquire),
+            vf::SHARED_EPTP => v.shared_eptp.load(Ordering::Acquire),
             _ => {
                 return Err(TdxStatus::METADATA_FIELD_ID_INCORRECT.with_operand(OperandId::RDX));
             }
@@ -763,11 +767,16 @@ impl EmulatedModule {
     pub(super) fn leaf_vp_wr(&self, r: &mut Regs) -> LeafResult {
         let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
         let old = self.vcpu_field(&vcpu, r.rdx)?;
-        if r.rdx != vf::HOST_SCRATCH {
-            return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE.with_operand(OperandId::RDX));
+        let new = (old & !r.r9) | (r.r8 & r.r9);
+        match r.rdx {
+            vf::HOST_SCRATCH => vcpu.scratch.store(new, Ordering::Release),
+            // The host's shared EPT (TD-VMCS SHARED_EPTP, bits 51:12 the root; writable by
+            // the host, `td_vmcs_fields_lookup.c`).
+            vf::SHARED_EPTP => vcpu
+                .shared_eptp
+                .store(new & 0x000F_FFFF_FFFF_F07F, Ordering::Release),
+            _ => return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE.with_operand(OperandId::RDX)),
         }
-        vcpu.scratch
-            .store((old & !r.r9) | (r.r8 & r.r9), Ordering::Release);
         r.r8 = old;
         Ok(TdxStatus::SUCCESS)
     }

@@ -630,7 +630,7 @@ impl EmulatedModule {
             vmcb::EXIT_CR_READ_FIRST..=vmcb::EXIT_CR_WRITE_LAST => self.shim_cr_access(tree, s),
             // The window opened: the next delivery attempt injects.
             vmcb::EXIT_VINTR => {}
-            vmcb::EXIT_NPF => return Ok(self.nested_fault(td, tree, s)),
+            vmcb::EXIT_NPF => return Ok(self.nested_fault(td, tree, vcpu, s)),
             vmcb::EXIT_EXCEPTION_UD => {
                 if let Some((reason, out)) = self.tdcall(td, tree, vcpu, s) {
                     return Ok(Next::Exit(reason, out));
@@ -680,7 +680,7 @@ impl EmulatedModule {
     }
 
     /// A nested page fault: fill from the S-EPT, or the TD exit or #VE TDX would make.
-    fn nested_fault(&self, td: &Td, tree: &SeptTree, s: &mut SvmVcpu) -> Next {
+    fn nested_fault(&self, td: &Td, tree: &SeptTree, vcpu: &Vcpu, s: &mut SvmVcpu) -> Next {
         let gpa = self.vmcb_read(s.vmcb, vmcb::EXIT_INFO2);
         let info = self.vmcb_read(s.vmcb, vmcb::EXIT_INFO1);
         // EPT qualification: read, write, fetch.
@@ -699,6 +699,9 @@ impl EmulatedModule {
             ..Regs::default()
         };
         if gpa & shared != 0 {
+            if self.link_shared_ept(vcpu, s, gpa) {
+                return Next::Resume;
+            }
             // No shared EPT entry: MMIO for the guest to emulate.
             self.raise_ve(s, ve_reason::EPT_VIOLATION, qual, gpa, 0);
             return Next::Resume;
@@ -719,6 +722,53 @@ impl EmulatedModule {
                 }
             }
         }
+    }
+
+    /// A nested fault on shared `gpa`: links the host's shared EPT into the shared half of
+    /// the nested root and says whether the host maps `gpa` (then the guest runs again and
+    /// the CPU walks the host's tables). The host builds its shared EPT with read, write and
+    /// execute set in every entry, so each entry reads as a present, writable, user entry in
+    /// the nested format (bits 2:0, large page bit 7 and the address bits are in the same
+    /// places); EPT's memory-type bits land on cache-control bits this CPU's nested walk does
+    /// not act on. As on TDX, the module does not vet the host's shared mappings.
+    fn link_shared_ept(&self, vcpu: &Vcpu, s: &SvmVcpu, gpa: u64) -> bool {
+        let eptp = vcpu.shared_eptp.load(Ordering::Acquire);
+        if eptp == 0 {
+            return false;
+        }
+        let read = |table: u64, index: u64| {
+            let mut e = [0u8; 8];
+            self.mem.read(Hpa(table + index * 8), &mut e);
+            u64::from_le_bytes(e)
+        };
+        let root = eptp & 0x000F_FFFF_FFFF_F000;
+        let top = (gpa >> 39) & 511;
+        let entry = read(root, top);
+        if entry & 7 == 0 {
+            return false;
+        }
+        // The leaf must be there too, or the access is MMIO.
+        let mut table = entry & 0x000F_FFFF_FFFF_F000;
+        for shift in [30u32, 21, 12] {
+            let e = read(table, (gpa >> shift) & 511);
+            if e & 7 == 0 {
+                return false;
+            }
+            if shift == 12 || e & NPT_PS != 0 {
+                break;
+            }
+            table = e & 0x000F_FFFF_FFFF_F000;
+        }
+        let nested_root = self.vmcb_read(s.vmcb, vmcb::N_CR3);
+        let linked = read(nested_root, top);
+        let want = entry & 0x000F_FFFF_FFFF_F000 | NPT_PRESENT | NPT_RW | NPT_US;
+        if linked == want {
+            // Linked and mapped, yet the walk faulted (the TLB is flushed at every VMRUN):
+            // nothing to fix here; the guest gets the #VE.
+            return false;
+        }
+        self.write_npt_entry(nested_root, top as usize, want);
+        true
     }
 
     /// Raises a #VE with this exit information (or #DF if the guest has not read the last

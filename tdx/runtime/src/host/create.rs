@@ -7,6 +7,7 @@
 
 use super::hkids::HkidAllocator;
 use super::memory::{self, SeptPageCache, TdBacking};
+use super::shared_ept::SharedEpt;
 use super::*;
 use crate::pool::{MemoryPool, MemoryUse};
 
@@ -98,7 +99,8 @@ impl TdReservation {
             TdBacking::allocate(pool, gpa_ranges, huge_pages)
                 .map_err(|_| HostError::OutOfMemory)?,
         );
-        let sept_pages = memory::sept_pages_bound(gpa_ranges, 3);
+        // The S-EPT's tables and, as many again plus a root, the shared EPT's.
+        let sept_pages = 2 * memory::sept_pages_bound(gpa_ranges, 3) + 1;
         r.cache =
             Some(SeptPageCache::allocate(pool, sept_pages).map_err(|_| HostError::OutOfMemory)?);
         r.control = Some(alloc_control(pool, vcpus, sizes)?);
@@ -327,7 +329,8 @@ impl Host {
             kicker: self.kicker(),
         });
         let sept = self.sept_manager(parts, &vcpus);
-        self.td_object(spec, parts, vcpus, sept, 0)
+        let shared_ept = SharedEpt::new(self.phys.clone(), parts.cache.clone(), 47);
+        self.td_object(spec, parts, vcpus, sept, shared_ept, 0)
     }
 
     /// How a TD's vCPUs are interrupted: through the software module's hooks, or an IPI to
@@ -386,6 +389,7 @@ impl Host {
         parts: &TdParts,
         vcpus: Arc<TdVcpus>,
         sept: SeptManager<dyn Seamcall>,
+        shared_ept: SharedEpt,
         created_vcpus: usize,
     ) -> Td {
         let (id, hkid, control) = (parts.id, parts.hkid, &parts.control);
@@ -401,6 +405,7 @@ impl Host {
             vcpus,
             sept,
             backing: backing.clone(),
+            shared_ept,
             io: td_port_devices(&uart, &self.platform, &power, parts.ram_split),
             uart,
             power,
@@ -475,6 +480,8 @@ impl Host {
         let mut vcpus = Vec::new();
         let mut created = 0usize;
         let mut fail: Option<HostError> = None;
+        let shared_ept = SharedEpt::new(self.phys.clone(), parts.cache.clone(), 47);
+        let shared_eptp = shared_ept.eptp().ok();
         for (i, (tdvpr, tdcx)) in control.vcpus.iter().enumerate() {
             if let Err(e) = main.vp_create(tdr, *tdvpr) {
                 fail = Some(HostError::Module(e));
@@ -486,7 +493,12 @@ impl Host {
                     main.vp_addcx(*tdvpr, *page)?;
                 }
                 // x2APIC ID = vCPU index (TDH.VP.INIT version 1); `i` < the TD's vCPU count.
-                main.vp_init(*tdvpr, 0, u32::try_from(i).unwrap_or(u32::MAX))
+                main.vp_init(*tdvpr, 0, u32::try_from(i).unwrap_or(u32::MAX))?;
+                // The shared EPT: the TD's shared memory (MapGPA) is mapped there.
+                if let Some(eptp) = shared_eptp {
+                    main.vp_wr(*tdvpr, tdx_abi::metadata::vcpu::SHARED_EPTP, eptp, u64::MAX)?;
+                }
+                Ok(())
             };
             if let Err(e) = rest() {
                 fail = Some(HostError::Module(e));
@@ -503,7 +515,7 @@ impl Host {
             kicker: self.kicker(),
         });
         let sept = self.sept_manager(parts, &vcpus);
-        let mut td = self.td_object(spec, parts, vcpus, sept, created);
+        let mut td = self.td_object(spec, parts, vcpus, sept, shared_ept, created);
         td.created_ms = now_ms;
         if let Some(e) = fail {
             self.tds.insert(id, td);

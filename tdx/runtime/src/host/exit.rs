@@ -25,10 +25,12 @@ use tdx_abi::{Gfn, Gpa, Leaf, PageLevel, TdxStatus};
 
 use crate::sept::{FaultRequest, MapOutcome, SeptError};
 
+use super::memory::VcpuGate;
 use super::msr::MsrRefused;
 use super::td::{BugCause, FailCause, GuestOutcome, RUN_GRACEFUL, RUN_HALT, TdShared, VcpuShared};
 use super::tdvmcall::{Access, Reply, Request};
 use crate::devices::lapic::{self, ApicRefused, Delivery};
+use crate::sept::VcpuControl;
 
 /// The basic exit reason: bits 15:0 of the exit reason.
 const EXIT_REASON_BASIC_MASK: u64 = 0xFFFF;
@@ -365,7 +367,24 @@ impl ExitContext<'_> {
                 Err(SeptError::TornDown) => return Reply::DONE,
                 Err(_) => return Reply::INVALID_OPERAND,
             }
+            // The private page is out of the TD: its frame backs the shared alias.
+            for gfn in first..last {
+                if let Some(frame) = td.backing.frame(gfn)
+                    && td.shared_ept.map(gfn, frame).is_err()
+                {
+                    return Reply::INVALID_OPERAND;
+                }
+            }
         } else {
+            let mut unmapped = false;
+            for gfn in first..last {
+                unmapped |= td.shared_ept.unmap(gfn).is_some();
+            }
+            if unmapped {
+                // Every vCPU leaves the TD once, so no stale translation of the shared
+                // alias survives before the frame may become private again.
+                VcpuGate(td.vcpus.clone()).kick_all_and_wait();
+            }
             td.backing.set_shared(first, last, false);
         }
         td.counters.conversions.fetch_add(1, Ordering::Relaxed);

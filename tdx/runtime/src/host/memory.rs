@@ -148,6 +148,14 @@ impl TdBacking {
         })
     }
 
+    /// The frame that backs `gfn` (private or shared), if the TD has memory there.
+    pub fn frame(&self, gfn: u64) -> Option<Hpa> {
+        let r = self.range_of(gfn)?;
+        let i = gfn - r.first_gfn;
+        let extent = r.extents.get((i / GFNS_PER_2M) as usize)?;
+        Some(extent.add((i % GFNS_PER_2M) << 12))
+    }
+
     /// Marks `[start, end)` shared (`shared`) or private; GFNs outside the backing are
     /// ignored (they have no private page anyway).
     pub fn set_shared(&self, start: u64, end: u64, shared: bool) {

@@ -278,6 +278,7 @@ pub mod msr;
 mod query;
 pub mod runner;
 mod seam;
+pub mod shared_ept;
 pub mod td;
 pub mod tdvmcall;
 mod teardown;
