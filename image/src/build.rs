@@ -95,6 +95,38 @@ pub fn describe(command: &Command) -> String {
 /// that builds or lints for the target calls this first. Without rustup (a distribution
 /// toolchain) nothing is done and cargo reports a missing target itself.
 pub fn ensure_uefi_target(ws: &Workspace) -> Result<()> {
+    ensure_rustup_target(ws, UEFI_TARGET)
+}
+
+/// The target the end-to-end tests' own TD guest (`tests/guests/td-probe`) builds for.
+pub const TD_GUEST_TARGET: &str = "x86_64-unknown-none";
+
+/// Builds the end-to-end tests' TD guest (a crate of its own, not in the workspace) and
+/// returns its ELF file.
+pub fn build_td_probe(ws: &Workspace) -> Result<PathBuf> {
+    ensure_rustup_target(ws, TD_GUEST_TARGET)?;
+    let dir = ws.root.join("tests/guests/td-probe");
+    let target_dir = ws.root.join("target/td-probe");
+    run_command(
+        Command::new(cargo_binary())
+            .args(["build", "--release", "--target-dir"])
+            .arg(&target_dir)
+            // Its `.cargo/config.toml` (target, linker script) applies from its directory.
+            .current_dir(&dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+    )?;
+    let elf = target_dir.join(TD_GUEST_TARGET).join("release/td-probe");
+    if elf.is_file() {
+        Ok(elf)
+    } else {
+        Err(ImageError::MissingImage(elf))
+    }
+}
+
+/// Makes sure rustup has `target` installed for the workspace's toolchain (see
+/// [`ensure_uefi_target`]).
+pub fn ensure_rustup_target(ws: &Workspace, target: &str) -> Result<()> {
     let output = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .current_dir(&ws.root)
@@ -103,13 +135,13 @@ pub fn ensure_uefi_target(ws: &Workspace) -> Result<()> {
         return Ok(());
     };
     let installed = String::from_utf8_lossy(&output.stdout);
-    if installed.lines().any(|line| line.trim() == UEFI_TARGET) {
+    if installed.lines().any(|line| line.trim() == target) {
         return Ok(());
     }
-    eprintln!("xtask: adding the rustup target {UEFI_TARGET}");
+    eprintln!("xtask: adding the rustup target {target}");
     run_command(
         Command::new("rustup")
-            .args(["target", "add", UEFI_TARGET])
+            .args(["target", "add", target])
             .current_dir(&ws.root),
     )
 }

@@ -15,6 +15,7 @@
 
 mod openapi;
 mod operator_story;
+mod probe;
 mod svm_guest;
 
 use std::process::ExitCode;
@@ -148,7 +149,21 @@ const DEFAULTS_CHECKS: &[Check] = &[
         name: "Debian's OVMF.fd boots as a TD to Shell>, answers a typed command, and powers off with reset -s",
         run: tdvf_shell_check,
     },
+    Check {
+        name: "the Rust test guest passes every guest-ABI check beside its hostile variant, which ends alone",
+        run: probe_check,
+    },
 ];
+
+fn probe_check(target: &Target) -> CheckResult {
+    let openapi = openapi::OpenApi::load()?;
+    let ws = Workspace::locate();
+    let elf = appliance_image::build::build_td_probe(&ws).map_err(|e| e.to_string())?;
+    let summary =
+        operator_story::probe_guests(target.port, &target.token, IO_TIMEOUT, &openapi, &elf)?;
+    println!("e2e: [defaults] TD probe: {summary}");
+    Ok(())
+}
 
 fn tdvf_shell_check(target: &Target) -> CheckResult {
     let openapi = openapi::OpenApi::load()?;

@@ -484,3 +484,116 @@ pub fn tdvf_shell(
         ),
     })
 }
+
+/// The test guest of [`crate::probe`] and its hostile variant as two TDs at once on the same
+/// runner: the probe's checks all pass and RTMR 2 holds what it extended; the hostile TD
+/// ends alone (stopped, or failed when the host refuses its last request); the API answered
+/// throughout; delete, pool whole.
+pub fn probe_guests(
+    port: u16,
+    token: &str,
+    io_timeout: Duration,
+    openapi: &OpenApi,
+    elf: &std::path::Path,
+) -> Result<String, String> {
+    let started = Instant::now();
+    let mut op = Operator {
+        connection: Connection::open(port, io_timeout).map_err(|e| e.to_string())?,
+        port,
+        io_timeout,
+        token,
+        openapi,
+        requests: 0,
+    };
+    let host = op.get_json("/v1/host")?;
+    let pool_free = host["tdx"]["memory_free_bytes"].clone();
+    let hkids_free = host["tdx"]["hkids_free"].clone();
+    let mut since = op.get_json("/v1/events")?["last_event_id"]
+        .as_u64()
+        .ok_or("no last_event_id")?;
+    let mut ids = Vec::new();
+    for (name, hostile) in [("td-probe-hostile", true), ("td-probe", false)] {
+        let image = crate::probe::image(elf, hostile)?;
+        let response = op.request(
+            "PUT",
+            &format!("/v1/images/{name}"),
+            Some("application/octet-stream"),
+            &[],
+            &image,
+        )?;
+        expect(&response, 201, "upload the probe")?;
+        let spec = json!({"name": name, "image": name, "vcpus": 1, "memory_mib": 32});
+        let response = op.post_json("/v1/tds", &spec, &[])?;
+        expect(&response, 201, "create a probe TD")?;
+        let id = json_body(&response)?["id"].clone();
+        since = op.follow_events(since, "runnable", |e| is_state_event(e, &id, "runnable"))?;
+        ids.push(id);
+    }
+    for id in &ids {
+        let response = op.request("POST", &format!("/v1/tds/{id}/start"), None, &[], b"")?;
+        expect(&response, 202, "start a probe TD")?;
+    }
+    let mut health_probes = 0;
+    op.wait_for("both probe TDs to end", |op| {
+        let response = op.get("/v1/health")?;
+        expect(&response, 200, "health while the probes run")?;
+        health_probes += 1;
+        let mut ended = 0;
+        for id in &ids {
+            let state = op.get_json(&format!("/v1/tds/{id}"))?["state"].clone();
+            if state == "stopped" || state == "failed" || state == "bugged" {
+                ended += 1;
+            }
+        }
+        Ok(ended == ids.len())
+    })?;
+    let console = |op: &mut Operator, id: &Value| -> Result<String, String> {
+        let response = op.get(&format!("/v1/tds/{id}/console?offset=0"))?;
+        expect(&response, 200, "probe console")?;
+        Ok(response.body_text())
+    };
+    let (hostile, probe) = (&ids[0], &ids[1]);
+    let td = op.get_json(&format!("/v1/tds/{probe}"))?;
+    let text = console(&mut op, probe)?;
+    let passed = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("td-probe: all ")?
+                .strip_suffix(" checks passed")
+        })
+        .and_then(|n| n.parse::<u32>().ok());
+    if td["state"] != "stopped" || text.contains("FAILED") || passed.is_none_or(|n| n < 17) {
+        return Err(format!("the probe: {td}\n{text}"));
+    }
+    let expected_rtmr2 = tdx_abi::measure::rtmr_extend(&[0; 48], crate::probe::RTMR_VALUE);
+    let hex: String = expected_rtmr2.iter().map(|b| format!("{b:02x}")).collect();
+    let measurement = op.get_json(&format!("/v1/tds/{probe}/measurement"))?;
+    if measurement["rtmr"][2] != json!(hex) {
+        return Err(format!(
+            "RTMR 2 {} is not the extension of the probe's value ({hex})",
+            measurement["rtmr"][2]
+        ));
+    }
+    let hostile_td = op.get_json(&format!("/v1/tds/{hostile}"))?;
+    let hostile_text = console(&mut op, hostile)?;
+    if !hostile_text.contains("td-probe: hostile: storm done") || hostile_td["state"] == "bugged" {
+        return Err(format!("the hostile probe: {hostile_td}\n{hostile_text}"));
+    }
+    for (id, name) in [(probe, "td-probe"), (hostile, "td-probe-hostile")] {
+        op.delete_td(id)?;
+        let response = op.request("DELETE", &format!("/v1/images/{name}"), None, &[], b"")?;
+        expect(&response, 204, "delete a probe image")?;
+    }
+    let host = op.get_json("/v1/host")?;
+    if host["tdx"]["memory_free_bytes"] != pool_free || host["tdx"]["hkids_free"] != hkids_free {
+        return Err(format!("pool not whole again: {}", host["tdx"]));
+    }
+    Ok(format!(
+        "probe: {} checks passed, RTMR 2 as extended; hostile probe ended {} after its storm \
+         ({} TD exits); {health_probes} health probes answered; {:.1} s",
+        passed.unwrap_or(0),
+        hostile_td["state"],
+        hostile_td["counters"]["exits"],
+        started.elapsed().as_secs_f64()
+    ))
+}

@@ -827,12 +827,9 @@ impl EmulatedModule {
     /// `MOV CR8, reg`: the task priority goes to the virtual APIC (CR8 is TPR bits 7:4) and
     /// to V_TPR, which the guest's CR8 reads return.
     fn cr8_write(&self, tree: &SeptTree, s: &mut SvmVcpu) {
-        let rip = self.vmcb_read(s.vmcb, vmcb::RIP);
-        let cs_base = self.vmcb_read(s.vmcb, vmcb::CS + 8);
         let mut bytes = [0u8; 4];
         let op = self
-            .linear_to_gpa(tree, s, cs_base.wrapping_add(rip))
-            .and_then(|gpa| self.read_gpa(tree, gpa, &mut bytes))
+            .fetch(tree, s, &mut bytes)
             .and_then(|()| decode::mov_cr(&bytes, true))
             .filter(|op| op.write && op.cr == 8);
         let Some(op) = op else {
@@ -920,15 +917,9 @@ impl EmulatedModule {
             self.inject_exception(s, UD_VECTOR, None);
             return;
         };
-        let rip = self.vmcb_read(s.vmcb, vmcb::RIP);
-        let cs_base = self.vmcb_read(s.vmcb, vmcb::CS + 8);
         let mut bytes = [0u8; 4];
-        // With the shim, linear addresses are physical.
-        let fetched = self.read_gpa(
-            tree,
-            cs_base.wrapping_add(rip) & 0xFFFF_FFFF,
-            &mut bytes[..3],
-        );
+        // With the shim, linear addresses are physical (see `linear_to_gpa`).
+        let fetched = self.fetch(tree, s, &mut bytes[..3]);
         let Some(op) = fetched.and_then(|()| decode::mov_cr(&bytes, false)) else {
             // CLTS, LMSW, SMSW with paging off: not supported by the shim.
             self.inject_exception(s, UD_VECTOR, None);
@@ -1157,6 +1148,23 @@ impl EmulatedModule {
         None
     }
 
+    /// Reads the instruction bytes at the guest's CS:RIP into `buf`, page by page (an
+    /// instruction may straddle two pages).
+    fn fetch(&self, tree: &SeptTree, s: &SvmVcpu, buf: &mut [u8]) -> Option<()> {
+        let rip = self.vmcb_read(s.vmcb, vmcb::RIP);
+        let cs_base = self.vmcb_read(s.vmcb, vmcb::CS + 8);
+        let mut la = cs_base.wrapping_add(rip);
+        let mut done = 0;
+        while done < buf.len() {
+            let in_page = (4096 - (la & 0xFFF) as usize).min(buf.len() - done);
+            let gpa = self.linear_to_gpa(tree, s, la)?;
+            self.read_gpa(tree, gpa, &mut buf[done..done + in_page])?;
+            done += in_page;
+            la = la.wrapping_add(in_page as u64);
+        }
+        Some(())
+    }
+
     /// A #UD: TDCALL or a real undefined opcode. Returns the TD exit to make (reason and
     /// registers), if any.
     fn tdcall(
@@ -1166,12 +1174,8 @@ impl EmulatedModule {
         vcpu: &Vcpu,
         s: &mut SvmVcpu,
     ) -> Option<(u64, Regs)> {
-        let rip = self.vmcb_read(s.vmcb, vmcb::RIP);
-        let cs_base = self.vmcb_read(s.vmcb, vmcb::CS + 8);
         let mut bytes = [0u8; 4];
-        let fetched = self
-            .linear_to_gpa(tree, s, cs_base.wrapping_add(rip))
-            .and_then(|gpa| self.read_gpa(tree, gpa, &mut bytes));
+        let fetched = self.fetch(tree, s, &mut bytes);
         if fetched.is_none() || bytes != decode::TDCALL {
             self.inject_exception(s, UD_VECTOR, None);
             return None;
