@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use crate::appconfig::{ComposedConfig, ConfigArgs, compose};
 use crate::build::{
-    BuiltImage, build_appliance, describe, ensure_uefi_target, run_command, write_deploy_images,
+    BuiltImage, TD_GUEST_TARGET, build_appliance, describe, ensure_rustup_target,
+    ensure_uefi_target, run_command, write_deploy_images,
 };
 use crate::deps;
 use crate::error::{ImageError, Result};
@@ -402,6 +403,12 @@ fn test(ws: &Workspace) -> Result<()> {
     // The UEFI clippy step below needs the target before the build step would add it: rustup
     // does not install `rust-toolchain.toml`'s targets by itself when automatic installs are off.
     ensure_uefi_target(ws)?;
+    ensure_rustup_target(ws, TD_GUEST_TARGET)?;
+    let probe = |args: &[&str]| {
+        let mut command = cargo(ws, args);
+        command.current_dir(ws.root.join("tests/guests/td-probe"));
+        command
+    };
     let host_steps = [
         Step {
             name: "format (cargo fmt --check)",
@@ -438,7 +445,25 @@ fn test(ws: &Workspace) -> Result<()> {
             ),
         },
     ];
-    for mut step in host_steps {
+    let probe_steps = [
+        Step {
+            name: "format, TD test guest (tests/guests/td-probe: cargo fmt --check)",
+            command: probe(&["fmt", "--check"]),
+        },
+        Step {
+            name: "lints, TD test guest (tests/guests/td-probe: cargo clippy --release)",
+            command: probe(&[
+                "clippy",
+                "--release",
+                "--target-dir",
+                "../../../target/td-probe",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        },
+    ];
+    for mut step in host_steps.into_iter().chain(probe_steps) {
         run_step(step.name, &mut step.command)?;
     }
     // QEMU and OVMF first: host unit tests build TDs from Debian's OVMF.fd too.
