@@ -26,6 +26,10 @@ use tdx_abi::{Gfn, Gpa, Leaf, PageLevel, TdxStatus};
 use crate::sept::{FaultRequest, MapOutcome, SeptError};
 
 use super::memory::VcpuGate;
+
+/// GetQuote buffer status "quote service unavailable" (the header's second u64; Linux
+/// `GET_QUOTE_SERVICE_UNAVAILABLE`, QEMU's `QGS_ERROR_UNAVAILABLE` mapping).
+const QGS_UNAVAILABLE: u64 = 0x8000_0000_0000_0001;
 use super::msr::MsrRefused;
 use super::td::{BugCause, FailCause, GuestOutcome, RUN_GRACEFUL, RUN_HALT, TdShared, VcpuShared};
 use super::tdvmcall::{Access, Reply, Request};
@@ -277,9 +281,23 @@ impl ExitContext<'_> {
                 }
                 _ => Reply::INVALID_OPERAND,
             },
-            // No quoting enclave on this host, and no shared memory to write the buffer's
-            // status into yet: refuse the request.
-            Request::GetQuote { .. } => Reply::INVALID_OPERAND,
+            // No quoting enclave on this host: the request completes with the buffer's status
+            // "quote service unavailable" (QGS_UNAVAILABLE), as QEMU answers without a QGS.
+            // The buffer must be shared memory the guest converted (GHCI GetQuote).
+            Request::GetQuote { gpa, size } => {
+                let shared = 1u64 << td.shared_bit;
+                if gpa.0 & shared == 0 || !gpa.0.is_multiple_of(4096) || size < 24 {
+                    Reply::INVALID_OPERAND
+                } else if td.shared_ept.write_shared(
+                    (gpa.0 & !shared) >> 12,
+                    8,
+                    &QGS_UNAVAILABLE.to_le_bytes(),
+                ) {
+                    Reply::DONE
+                } else {
+                    Reply::INVALID_OPERAND
+                }
+            }
             // A sub-function this host does not implement is the guest's problem, not a
             // broken TD (KVM answers the same way).
             Request::Malformed { .. } | Request::Unsupported { .. } => Reply::INVALID_OPERAND,

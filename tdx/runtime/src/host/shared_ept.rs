@@ -144,6 +144,19 @@ impl SharedEpt {
         Some(Hpa(entry & ADDRESS))
     }
 
+    /// Writes `data` at byte `offset` of shared page `gfn` (the GFN without the shared bit),
+    /// if mapped and the data fits in the page.
+    pub fn write_shared(&self, gfn: u64, offset: u64, data: &[u8]) -> bool {
+        let fits = offset + data.len() as u64 <= PAGE_SIZE_4K;
+        match self.lookup(gfn) {
+            Some(frame) if fits => {
+                self.phys.write(Hpa(frame.0 + offset), data);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The frame shared `gfn` maps, if any.
     pub fn lookup(&self, gfn: u64) -> Option<Hpa> {
         let root = (*self.root.lock())?;

@@ -8,7 +8,8 @@
 //! leaf; RDMSR of a VMM-emulated x2APIC register and port I/O through #VE; TDVMCALL
 //! GetTdVmCallInfo and an unknown sub-function; TDG.MEM.PAGE.ACCEPT at 4 KiB and 2 MiB of
 //! unaccepted RAM (zeroed, writable); MapGPA to shared, a write and read through the shared
-//! alias, MapGPA back and accept again (zeroed); TDG.MR.RTMR.EXTEND of RTMR 2 (the test
+//! alias, GetQuote answered "service unavailable" in that shared buffer, MapGPA back and
+//! accept again (zeroed); TDG.MR.RTMR.EXTEND of RTMR 2 (the test
 //! compares the measurement); the x2APIC one-shot timer waking a halted vCPU.
 //!
 //! The hostile variant (the flag byte at the image base set by the packer) then tries what a
@@ -234,6 +235,7 @@ const VMCALL_WRMSR: u64 = 32;
 const VMCALL_MMIO: u64 = 48;
 const VMCALL_GET_INFO: u64 = 0x10000;
 const VMCALL_MAP_GPA: u64 = 0x10001;
+const VMCALL_GET_QUOTE: u64 = 0x10002;
 const VMCALL_FATAL: u64 = 0x10003;
 
 fn out_byte(port: u64, byte: u8) {
@@ -534,6 +536,15 @@ fn checks() {
             && read64(SHARED_WINDOW + ACCEPT_4K_GPA + 8) == 0xC0FFEE
             && read64(SHARED_WINDOW + ACCEPT_4K_GPA) == 0,
         to_shared,
+    );
+    // GetQuote on the shared page: header version 1, the host's status lands at offset 8.
+    write64(SHARED_WINDOW + ACCEPT_4K_GPA, 1);
+    let quote = tdvmcall(VMCALL_GET_QUOTE, ACCEPT_4K_GPA | SHARED_BIT, 4096, 0, 0)[0];
+    let quote_status = read64(SHARED_WINDOW + ACCEPT_4K_GPA + 8);
+    check(
+        "GetQuote without a quoting service: done, buffer status unavailable",
+        quote == 0 && quote_status == 0x8000_0000_0000_0001,
+        quote_status,
     );
     let to_private = map_gpa(ACCEPT_4K_GPA, 4096);
     let reaccept = accept(ACCEPT_4K_GPA, 0);
