@@ -116,7 +116,7 @@ extern "efiapi" fn runner_entry(arg: *mut c_void) {
     loop {
         match runner.poll() {
             RunnerPoll::Busy => {}
-            RunnerPoll::Idle => super::wake::sleep(),
+            RunnerPoll::Idle { sleep_ms } => super::wake::sleep(sleep_ms),
             RunnerPoll::Parked | RunnerPoll::Exit => return,
         }
     }

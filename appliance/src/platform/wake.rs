@@ -20,8 +20,6 @@ use super::clock::{read_tsc, ticks_per_ms};
 
 /// The wake-up vector (timer and IPI). High priority class, unused by the firmware.
 pub const WAKE_VECTOR: u8 = 0xF8;
-/// How long an idle runner sleeps at most before it polls again.
-const SLEEP_US: u64 = 1_000;
 
 const MSR_APIC_BASE: u32 = 0x1B;
 /// IA32_APIC_BASE: x2APIC mode (EXTD).
@@ -160,9 +158,9 @@ fn counts_per_ms() -> u64 {
     per_ms
 }
 
-/// Halts the calling (runner) CPU until its APIC timer fires after about [`SLEEP_US`] or a
-/// [`wake`] IPI arrives. Spins briefly instead when the handler is not installed.
-pub fn sleep() {
+/// Halts the calling (runner) CPU until its APIC timer fires after about `ms` milliseconds
+/// or a [`wake`] IPI arrives. Spins briefly instead when the handler is not installed.
+pub fn sleep(ms: u64) {
     if !INSTALLED.load(Ordering::Acquire) {
         for _ in 0..20_000 {
             core::hint::spin_loop();
@@ -174,7 +172,7 @@ pub fn sleep() {
     if svr & 1 << 8 == 0 {
         write_reg(REG_SVR, svr | 1 << 8, 0);
     }
-    let count = u32::try_from((per_ms * SLEEP_US / 1_000).max(1)).unwrap_or(u32::MAX);
+    let count = u32::try_from((per_ms * ms.clamp(1, 100)).max(1)).unwrap_or(u32::MAX);
     write_reg(REG_TDCR, 0xB, 0);
     write_reg(REG_LVT_TIMER, u32::from(WAKE_VECTOR), 0);
     write_reg(REG_TMICT, count, 0);

@@ -162,8 +162,13 @@ pub enum PlatformError {
 pub enum RunnerPoll {
     /// Work was done; poll again at once.
     Busy,
-    /// Nothing to do right now; the platform may pause briefly (≤ 1 ms) or until kicked.
-    Idle,
+    /// Nothing to do right now; the platform may pause up to `sleep_ms` (1 when something
+    /// may become runnable any moment, up to 10 when every vCPU halts until later) or until
+    /// kicked.
+    Idle {
+        /// How long the runner may sleep.
+        sleep_ms: u64,
+    },
     /// No vCPU is bound: leave the loop (the CPU goes idle); the host starts it again
     /// through [`Platform::start_runner`] when it binds a vCPU.
     Parked,

@@ -40,6 +40,9 @@ const MAIL_EMPTY: u8 = 0;
 const MAIL_POSTED: u8 = 1;
 const MAIL_DONE: u8 = 2;
 
+/// The longest an idle runner sleeps between polls (ms).
+const IDLE_SLEEP_MAX_MS: u64 = 10;
+
 /// A [`Seamcall`] handle that issues each call on a runner's CPU through its mailbox (the
 /// hardware module's per-CPU leaves once a runner loop occupies the CPU), so typed wrappers
 /// run there unchanged. A call the loop did not take within the timeout (or because it
@@ -256,7 +259,30 @@ impl Runner {
                 return RunnerPoll::Busy;
             }
         }
-        RunnerPoll::Idle
+        RunnerPoll::Idle {
+            sleep_ms: self.idle_sleep_ms(),
+        }
+    }
+
+    /// How long an idle runner may sleep: until the earliest halted vCPU's wake-up time
+    /// when every bound vCPU is halted (at most [`IDLE_SLEEP_MAX_MS`]), else 1 ms. Kicks
+    /// (start, stop, interrupts for its vCPUs) wake it earlier.
+    fn idle_sleep_ms(&self) -> u64 {
+        let now = self.clock.now_ms();
+        let mut sleep = IDLE_SLEEP_MAX_MS;
+        for slot in self.slots.lock().iter() {
+            let Some(v) = slot.td.vcpus.vcpus.get(slot.vcpu) else {
+                continue;
+            };
+            if v.parked.load(Ordering::Acquire) {
+                continue;
+            }
+            match v.halted_until.load(Ordering::Acquire) {
+                0 => return 1,
+                until => sleep = sleep.min(until.saturating_sub(now).max(1)),
+            }
+        }
+        sleep
     }
 
     /// Runs one entry of the slot's vCPU if it may run; true if it did something.

@@ -148,7 +148,9 @@ impl Platform for ThreadPlatform {
                 loop {
                     match runner.poll() {
                         RunnerPoll::Busy => {}
-                        RunnerPoll::Idle => thread::park_timeout(Duration::from_millis(1)),
+                        RunnerPoll::Idle { sleep_ms } => {
+                            thread::park_timeout(Duration::from_millis(sleep_ms.min(1)));
+                        }
                         RunnerPoll::Parked | RunnerPoll::Exit => break,
                     }
                 }
