@@ -172,94 +172,158 @@ impl HardwareModule {
     }
 }
 
+/// The SEAMCALL entry path around one instruction: `$insn` is `seamcall` itself or, in the
+/// tests, a call to a fake leaf with the module's register contract. Every general-purpose
+/// register is loaded from the [`Regs`] block at `$args` and stored back to it; RBX and RBP
+/// (which the compiler reserves, and which TDH.VP.ENTER overwrites with guest values or
+/// zeroes) are pushed first and popped last; RDI carries the block's address in and is
+/// reloaded from the stack afterwards; the flags are returned (CF is VMfailInvalid). XMM0–15
+/// are declared clobbered: TDH.VP.ENTER returns with the TD's vector state scrubbed (TDX
+/// module 1.5 `td_exit.c`), and Rust's calling convention keeps no XMM register across the
+/// block. The stack is balanced before the block ends.
+macro_rules! seam_entry {
+    ($args:expr, $insn:literal $(, $operand:ident = sym $sym:path)*) => {{
+        let flags: u64;
+        core::arch::asm!(
+            "push rbp",
+            "push rbx",
+            "push rdi",
+            "mov rax, [rdi + {rax}]",
+            "mov rcx, [rdi + {rcx}]",
+            "mov rdx, [rdi + {rdx}]",
+            "mov r8, [rdi + {r8}]",
+            "mov r9, [rdi + {r9}]",
+            "mov r10, [rdi + {r10}]",
+            "mov r11, [rdi + {r11}]",
+            "mov r12, [rdi + {r12}]",
+            "mov r13, [rdi + {r13}]",
+            "mov r14, [rdi + {r14}]",
+            "mov r15, [rdi + {r15}]",
+            "mov rbx, [rdi + {rbx}]",
+            "mov rsi, [rdi + {rsi}]",
+            "mov rdi, [rdi + {rdi}]",
+            $insn,
+            "pushfq",
+            "push rdi",
+            "mov rdi, [rsp + 16]",
+            "mov [rdi + {rax}], rax",
+            "mov [rdi + {rcx}], rcx",
+            "mov [rdi + {rdx}], rdx",
+            "mov [rdi + {r8}], r8",
+            "mov [rdi + {r9}], r9",
+            "mov [rdi + {r10}], r10",
+            "mov [rdi + {r11}], r11",
+            "mov [rdi + {r12}], r12",
+            "mov [rdi + {r13}], r13",
+            "mov [rdi + {r14}], r14",
+            "mov [rdi + {r15}], r15",
+            "mov [rdi + {rbx}], rbx",
+            "mov [rdi + {rsi}], rsi",
+            "pop rax",
+            "mov [rdi + {rdi}], rax",
+            "pop rax",
+            "add rsp, 8",
+            "pop rbx",
+            "pop rbp",
+            rax = const core::mem::offset_of!(Regs, rax),
+            rcx = const core::mem::offset_of!(Regs, rcx),
+            rdx = const core::mem::offset_of!(Regs, rdx),
+            r8 = const core::mem::offset_of!(Regs, r8),
+            r9 = const core::mem::offset_of!(Regs, r9),
+            r10 = const core::mem::offset_of!(Regs, r10),
+            r11 = const core::mem::offset_of!(Regs, r11),
+            r12 = const core::mem::offset_of!(Regs, r12),
+            r13 = const core::mem::offset_of!(Regs, r13),
+            r14 = const core::mem::offset_of!(Regs, r14),
+            r15 = const core::mem::offset_of!(Regs, r15),
+            rbx = const core::mem::offset_of!(Regs, rbx),
+            rsi = const core::mem::offset_of!(Regs, rsi),
+            rdi = const core::mem::offset_of!(Regs, rdi),
+            $($operand = sym $sym,)*
+            inout("rdi") $args => _,
+            out("rax") flags,
+            out("rcx") _,
+            out("rdx") _,
+            out("rsi") _,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+            out("r12") _,
+            out("r13") _,
+            out("r14") _,
+            out("r15") _,
+            out("xmm0") _,
+            out("xmm1") _,
+            out("xmm2") _,
+            out("xmm3") _,
+            out("xmm4") _,
+            out("xmm5") _,
+            out("xmm6") _,
+            out("xmm7") _,
+            out("xmm8") _,
+            out("xmm9") _,
+            out("xmm10") _,
+            out("xmm11") _,
+            out("xmm12") _,
+            out("xmm13") _,
+            out("xmm14") _,
+            out("xmm15") _,
+        );
+        flags
+    }};
+}
+
+/// XCR0 if the OS enabled XSAVE (CR4.OSXSAVE, mirrored in CPUID.1:ECX[27]).
+fn read_xcr0() -> Option<u64> {
+    if core::arch::x86_64::__cpuid(1).ecx & 1 << 27 == 0 {
+        return None;
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV with ECX = 0 reads XCR0; OSXSAVE is set, so it does not fault.
+    unsafe {
+        core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+            options(nomem, nostack, preserves_flags));
+    }
+    Some(u64::from(hi) << 32 | u64::from(lo))
+}
+
+/// Writes XCR0 back.
+fn write_xcr0(value: u64) {
+    // SAFETY: the value was read from XCR0 on this CPU, so it is valid for it; XSETBV runs
+    // at CPL 0 (the appliance's only level).
+    unsafe {
+        core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32,
+            in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags));
+    }
+}
+
+/// Turns the flags after the instruction into the block's status: a set carry flag
+/// (VMfailInvalid: no SEAM module answered, RAX still holds the leaf) reads as
+/// [`SEAMCALL_VMFAILINVALID`].
+fn finish(regs: &mut Regs, flags: u64) {
+    if flags & RFLAGS_CF != 0 {
+        regs.rax = SEAMCALL_VMFAILINVALID;
+    }
+}
+
 impl Seamcall for HardwareModule {
     fn seamcall(&self, regs: &mut Regs) {
         let args: *mut Regs = regs;
-        let flags: u64;
+        // TDH.VP.ENTER returns with XCR0 set from the TD's XFAM (`td_exit.c`): put the
+        // host's back.
+        let xcr0 = read_xcr0();
         // SAFETY: constructing a HardwareModule requires a loaded TDX module (see `new`), so
         // `seamcall` does not fault. `args` points to a live, exclusively borrowed `Regs`
-        // (`repr(C)`, offsets from `offset_of!`). Every general-purpose register the module
-        // may write is an output or clobber of this block, or saved and restored by it: RBX
-        // and RBP (which the compiler reserves, and which TDH.VP.ENTER overwrites with guest
-        // values or zeroes) are pushed first and popped last; RDI carries `args` in and is
-        // reloaded from the stack after the call; the flags are saved to read CF
-        // (VMfailInvalid). The stack is balanced before the block ends.
-        unsafe {
-            core::arch::asm!(
-                "push rbp",
-                "push rbx",
-                "push rdi",
-                "mov rax, [rdi + {rax}]",
-                "mov rcx, [rdi + {rcx}]",
-                "mov rdx, [rdi + {rdx}]",
-                "mov r8, [rdi + {r8}]",
-                "mov r9, [rdi + {r9}]",
-                "mov r10, [rdi + {r10}]",
-                "mov r11, [rdi + {r11}]",
-                "mov r12, [rdi + {r12}]",
-                "mov r13, [rdi + {r13}]",
-                "mov r14, [rdi + {r14}]",
-                "mov r15, [rdi + {r15}]",
-                "mov rbx, [rdi + {rbx}]",
-                "mov rsi, [rdi + {rsi}]",
-                "mov rdi, [rdi + {rdi}]",
-                // seamcall
-                ".byte 0x66, 0x0f, 0x01, 0xcf",
-                "pushfq",
-                "push rdi",
-                "mov rdi, [rsp + 16]",
-                "mov [rdi + {rax}], rax",
-                "mov [rdi + {rcx}], rcx",
-                "mov [rdi + {rdx}], rdx",
-                "mov [rdi + {r8}], r8",
-                "mov [rdi + {r9}], r9",
-                "mov [rdi + {r10}], r10",
-                "mov [rdi + {r11}], r11",
-                "mov [rdi + {r12}], r12",
-                "mov [rdi + {r13}], r13",
-                "mov [rdi + {r14}], r14",
-                "mov [rdi + {r15}], r15",
-                "mov [rdi + {rbx}], rbx",
-                "mov [rdi + {rsi}], rsi",
-                "pop rax",
-                "mov [rdi + {rdi}], rax",
-                "pop rax",
-                "add rsp, 8",
-                "pop rbx",
-                "pop rbp",
-                rax = const core::mem::offset_of!(Regs, rax),
-                rcx = const core::mem::offset_of!(Regs, rcx),
-                rdx = const core::mem::offset_of!(Regs, rdx),
-                r8 = const core::mem::offset_of!(Regs, r8),
-                r9 = const core::mem::offset_of!(Regs, r9),
-                r10 = const core::mem::offset_of!(Regs, r10),
-                r11 = const core::mem::offset_of!(Regs, r11),
-                r12 = const core::mem::offset_of!(Regs, r12),
-                r13 = const core::mem::offset_of!(Regs, r13),
-                r14 = const core::mem::offset_of!(Regs, r14),
-                r15 = const core::mem::offset_of!(Regs, r15),
-                rbx = const core::mem::offset_of!(Regs, rbx),
-                rsi = const core::mem::offset_of!(Regs, rsi),
-                rdi = const core::mem::offset_of!(Regs, rdi),
-                inout("rdi") args => _,
-                out("rax") flags,
-                out("rcx") _,
-                out("rdx") _,
-                out("rsi") _,
-                out("r8") _,
-                out("r9") _,
-                out("r10") _,
-                out("r11") _,
-                out("r12") _,
-                out("r13") _,
-                out("r14") _,
-                out("r15") _,
-            );
+        // (`repr(C)`, offsets from `offset_of!`); the block's register discipline is
+        // described at `seam_entry`.
+        let flags = unsafe { seam_entry!(args, ".byte 0x66, 0x0f, 0x01, 0xcf") };
+        if let Some(host) = xcr0
+            && read_xcr0() != Some(host)
+        {
+            write_xcr0(host);
         }
-        if flags & RFLAGS_CF != 0 {
-            // VMfailInvalid: no SEAM module answered; RAX still holds the leaf.
-            regs.rax = SEAMCALL_VMFAILINVALID;
-        }
+        finish(regs, flags);
     }
     fn kind(&self) -> ModuleKind {
         ModuleKind::Hardware
@@ -273,6 +337,124 @@ impl Seamcall for HardwareModule {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    // A fake leaf with the TDX module's register contract for TDH.VP.ENTER: it writes every
+    // general-purpose register the block reads back (RBX, RSI, RDI with "guest" values as a
+    // TDVMCALL exit does), zeroes RBP as an asynchronous exit does, scribbles over XMM0–15,
+    // and sets CF when it is called with RAX = 0xCF (VMfailInvalid).
+    core::arch::global_asm!(
+        ".global tdx_hw_fake_leaf",
+        "tdx_hw_fake_leaf:",
+        "cmp rax, 0xCF",
+        "mov rax, 0xA0A0",
+        "mov rcx, 0xC1C1",
+        "mov rdx, 0xD2D2",
+        "mov rbx, 0xB3B3",
+        "mov rsi, 0x5151",
+        "mov rdi, 0xD1D1",
+        "mov rbp, 0",
+        "mov r8, 0x0808",
+        "mov r9, 0x0909",
+        "mov r10, 0x1010",
+        "mov r11, 0x1111",
+        "mov r12, 0x1212",
+        "mov r13, 0x1313",
+        "mov r14, 0x1414",
+        "mov r15, 0x1515",
+        "pcmpeqb xmm0, xmm0",
+        "pcmpeqb xmm6, xmm6",
+        "pcmpeqb xmm15, xmm15",
+        "je 2f",
+        "clc",
+        "ret",
+        "2:",
+        "stc",
+        "ret",
+    );
+
+    unsafe extern "C" {
+        fn tdx_hw_fake_leaf();
+    }
+
+    /// RBX and RBP as they are now.
+    #[inline(always)]
+    fn rbx_rbp() -> (u64, u64) {
+        let (rbx, rbp): (u64, u64);
+        // SAFETY: copies two registers; touches nothing else.
+        unsafe {
+            core::arch::asm!("mov {}, rbx", "mov {}, rbp", out(reg) rbx, out(reg) rbp,
+                options(nomem, nostack, preserves_flags));
+        }
+        (rbx, rbp)
+    }
+
+    /// The entry path with the fake leaf in place of `seamcall`; returns RBX and RBP just
+    /// before and just after it (the compiler assumes the block keeps them).
+    #[inline(never)]
+    fn fake_seamcall(regs: &mut Regs) -> [(u64, u64); 2] {
+        let args: *mut Regs = regs;
+        let before = rbx_rbp();
+        // SAFETY: the fake leaf only writes registers the block declares or saves, and
+        // returns with the stack as it found it (the `call` pushes the return address,
+        // `ret` pops it).
+        let flags = unsafe { seam_entry!(args, "call {fake}", fake = sym tdx_hw_fake_leaf) };
+        let after = rbx_rbp();
+        finish(regs, flags);
+        [before, after]
+    }
+
+    #[test]
+    fn the_entry_path_keeps_the_callers_registers_and_returns_the_modules() {
+        // Values the compiler keeps live across the call, in callee-saved registers and in
+        // vector registers.
+        let keep: [u64; 8] = core::array::from_fn(|i| core::hint::black_box(0x1000 + i as u64));
+        let vector = core::hint::black_box([1.5f64, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5]);
+        let mut regs = Regs {
+            rax: 2,
+            rcx: 0x1234_0000,
+            ..Regs::default()
+        };
+        let _ = fake_seamcall(&mut regs);
+        let expected = Regs {
+            rax: 0xA0A0,
+            rcx: 0xC1C1,
+            rdx: 0xD2D2,
+            rbx: 0xB3B3,
+            rsi: 0x5151,
+            rdi: 0xD1D1,
+            r8: 0x0808,
+            r9: 0x0909,
+            r10: 0x1010,
+            r11: 0x1111,
+            r12: 0x1212,
+            r13: 0x1313,
+            r14: 0x1414,
+            r15: 0x1515,
+        };
+        assert_eq!(regs, expected);
+        let keep_after: [u64; 8] = core::hint::black_box(keep);
+        assert_eq!(keep_after, core::array::from_fn(|i| 0x1000 + i as u64));
+        let vector_after = core::hint::black_box(vector);
+        assert_eq!(vector_after, [1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5]);
+    }
+
+    #[test]
+    fn rbx_and_rbp_survive_the_fake_leaf_overwriting_them() {
+        let mut regs = Regs::default();
+        let [before, after] = fake_seamcall(&mut regs);
+        assert_eq!(before, after);
+        assert_eq!((regs.rbx, regs.rsi, regs.rdi), (0xB3B3, 0x5151, 0xD1D1));
+    }
+
+    #[test]
+    fn a_set_carry_flag_is_vmfailinvalid_not_success() {
+        let mut regs = Regs {
+            rax: 0xCF,
+            ..Regs::default()
+        };
+        let _ = fake_seamcall(&mut regs);
+        assert_eq!(regs.rax, SEAMCALL_VMFAILINVALID);
+    }
 
     #[test]
     fn interpretation_of_msrs() {
