@@ -143,6 +143,14 @@ impl Platform for MpPlatform {
         self.processors.len() as u32
     }
 
+    fn write_back_caches(&self) -> Result<(), PlatformError> {
+        for cpu in 0..self.cpus() {
+            // SAFETY: the appliance runs at CPL 0 on every CPU.
+            self.run_on_cpu(cpu, &|| unsafe { tdx_hw::wbinvd() })?;
+        }
+        Ok(())
+    }
+
     fn package_of(&self, cpu: u32) -> u32 {
         self.package_of.get(cpu as usize).copied().unwrap_or(0)
     }

@@ -155,6 +155,15 @@ pub unsafe fn detect() -> Result<TdxPlatform, DetectError> {
     interpret(mtrrcap, mask, tme, part, maxpa)
 }
 
+/// WBINVD: writes back and invalidates this CPU's caches.
+///
+/// # Safety
+/// Ring 0. Slow (the whole cache hierarchy), never call it on a hot path.
+pub unsafe fn wbinvd() {
+    // SAFETY: the caller runs at CPL 0; WBINVD changes no architectural state.
+    unsafe { core::arch::asm!("wbinvd", options(nostack, preserves_flags)) };
+}
+
 /// The real TDX module, reached with `seamcall`.
 pub struct HardwareModule {
     hkid_shift: u32,

@@ -372,6 +372,11 @@ pub(crate) fn bring_up(
     let _ = pool.free_4k(info_page, MemoryUse::Control);
     let _ = pool.free_4k(array_page, MemoryUse::Control);
     config.map_err(HostError::Module)?;
+    if matches!(cpus.module, HostModule::Hardware(_)) {
+        cpus.platform
+            .write_back_caches()
+            .map_err(|p| HostError::from(CpuCallError::Platform(p)))?;
+    }
     for cpu in cpus.one_cpu_per_package() {
         cpus.on_cpu(cpu, &|m| m.sys_key_config())?;
     }

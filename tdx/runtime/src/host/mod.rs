@@ -185,6 +185,14 @@ pub trait Platform: Send + Sync {
     fn now_ns(&self) -> u64 {
         self.now_ms().saturating_mul(1_000_000)
     }
+    /// Writes back and invalidates the caches of every logical CPU (WBINVD on each), as
+    /// the TDX host must between TDH.SYS.CONFIG and TDH.SYS.KEY.CONFIG so that no cache line
+    /// of the global KeyID's memory is dirty under another key (Linux
+    /// `arch/x86/virt/vmx/tdx/tdx.c`, `config_global_keyid`). Hosts without TDX hardware
+    /// (the software module, host tests) need nothing: the default does nothing.
+    fn write_back_caches(&self) -> Result<(), PlatformError> {
+        Ok(())
+    }
     /// Logical CPUs (each gets TDH.SYS.LP.INIT). CPU 0 is the main CPU that calls [`Host`].
     fn cpus(&self) -> u32;
     /// Package (socket) of logical CPU `cpu`.
