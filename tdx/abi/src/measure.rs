@@ -101,6 +101,13 @@ impl MrtdAccumulator {
     }
 }
 
+/// SHA-384 of `data` (TDREPORT's hashes of TEE_TCB_INFO and TDINFO).
+pub fn sha384(data: &[u8]) -> [u8; MRTD_SIZE] {
+    let mut out = [0u8; MRTD_SIZE];
+    out.copy_from_slice(Sha384::digest(data).as_slice());
+    out
+}
+
 /// RTMR extension (TDG.MR.RTMR.EXTEND, reference §3.1): `SHA384(rtmr || digest)`.
 pub fn rtmr_extend(rtmr: &[u8; MRTD_SIZE], digest: &[u8; MRTD_SIZE]) -> [u8; MRTD_SIZE] {
     let mut h = Sha384::new();

@@ -80,6 +80,8 @@ pub(crate) struct Td {
     pub mr: spin::Mutex<Measure>,
     pub rtmr_lock: Sharex,
     pub notify_enables: AtomicU64,
+    /// NOTIFY_ENABLES as the guest wrote it with TDG.VM.WR.
+    pub guest_notify_enables: AtomicU64,
 }
 
 impl Td {
@@ -269,6 +271,7 @@ impl EmulatedModule {
             }),
             rtmr_lock: Sharex::new(),
             notify_enables: AtomicU64::new(0),
+            guest_notify_enables: AtomicU64::new(0),
         };
         self.tds.write().insert(tdr, Arc::new(td));
         Ok(TdxStatus::SUCCESS)

@@ -27,9 +27,10 @@
 //! * **TDCALL**: the instruction (`66 0F 01 CC`) raises #UD on this CPU; the engine reads the
 //!   bytes at the guest's RIP and runs the leaf: TDG.VP.VMCALL (a TDVMCALL exit to the host
 //!   with the registers the guest selected in RCX, the host's answer copied back on the next
-//!   entry), TDG.VP.INFO, TDG.MR.RTMR.EXTEND, TDG.VP.VEINFO.GET, TDG.MEM.PAGE.ACCEPT (an
-//!   EPT-violation exit of type ACCEPT when the host has not added the page yet, the TDCALL
-//!   run again on re-entry). Other leaves answer `TDX_OPERAND_INVALID`.
+//!   entry), TDG.VP.INFO, TDG.MR.RTMR.EXTEND, TDG.MR.REPORT, TDG.VP.VEINFO.GET,
+//!   TDG.VP.CPUIDVE.SET, TDG.VM.RD/WR, TDG.MEM.PAGE.ACCEPT (an EPT-violation exit of type
+//!   ACCEPT when the host has not added the page yet, the TDCALL run again on re-entry).
+//!   Other leaves answer `TDX_OPERAND_INVALID`.
 //! * **#VE**, as the TDX module raises it (`tdx_inject_ve` in `td_transitions/td_exit.c`):
 //!   VE_INFO filled (exit reason, qualification, GPA, instruction length) and vector 20
 //!   injected; a second #VE while VE_INFO is still valid is a #DF. Raised for port I/O
@@ -254,6 +255,12 @@ const TDG_VP_VMCALL: u64 = 0;
 const TDG_VP_INFO: u64 = 1;
 const TDG_MR_RTMR_EXTEND: u64 = 2;
 const TDG_VP_VEINFO_GET: u64 = 3;
+const TDG_MR_REPORT: u64 = 4;
+const TDG_VP_CPUIDVE_SET: u64 = 5;
+const TDG_VM_RD: u64 = 7;
+const TDG_VM_WR: u64 = 8;
+/// VMCB save area: CPL (1 byte).
+const VMCB_CPL: u64 = 0x4CB;
 const TDG_MEM_PAGE_ACCEPT: u64 = 6;
 /// The TD's CPUID(1).EAX (family 6, model 0x8F stepping 8: a 4th-generation Xeon, the first
 /// with TDX), which the guest also finds in RDX at reset.
@@ -338,6 +345,8 @@ pub struct SvmVcpu {
     shim: Option<PagingShim>,
     /// TSC at the last #VMEXIT, while the time until the next VMRUN counts as exit overhead.
     exited_at: Option<u64>,
+    /// TDG.VP.CPUIDVE.SET: every CPUID raises #VE at CPL 0 (bit 0) and CPL 3 (bit 1).
+    cpuid_ve: u64,
 }
 
 /// Where a nested page fault on a private GPA leads.
@@ -556,6 +565,7 @@ impl EmulatedModule {
             apic: VirtualApicPage::default(),
             shim,
             exited_at: None,
+            cpuid_ve: 0,
         })
     }
 
@@ -638,7 +648,13 @@ impl EmulatedModule {
             }
             vmcb::EXIT_CPUID => {
                 let leaf = self.vmcb_read(s.vmcb, vmcb::RAX) & 0xFFFF_FFFF;
-                if (0x4000_0000..=0x4FFF_FFFF).contains(&leaf) {
+                let cpl = self.vmcb_read(s.vmcb, VMCB_CPL) & 3;
+                let all_to_ve = match cpl {
+                    0 => s.cpuid_ve & 1 != 0,
+                    3 => s.cpuid_ve & 2 != 0,
+                    _ => false,
+                };
+                if all_to_ve || (0x4000_0000..=0x4FFF_FFFF).contains(&leaf) {
                     self.raise_ve(s, ve_reason::CPUID, 0, 0, 2);
                 } else {
                     self.cpuid(s, vcpu, cpu);
@@ -1239,6 +1255,42 @@ impl EmulatedModule {
                 self.tdcall_status(s, status);
                 None
             }
+            TDG_MR_REPORT => {
+                let (report, data, subtype) = (s.regs.rcx, s.regs.rdx, s.regs.r8);
+                let status = self.mr_report(td, tree, report, data, subtype);
+                self.tdcall_status(s, status);
+                None
+            }
+            TDG_VP_CPUIDVE_SET => {
+                let flags = s.regs.rcx;
+                let status = if flags & !3 != 0 {
+                    TdxStatus::OPERAND_INVALID
+                } else {
+                    s.cpuid_ve = flags;
+                    TdxStatus::SUCCESS
+                };
+                self.tdcall_status(s, status);
+                None
+            }
+            TDG_VM_RD | TDG_VM_WR => {
+                let field = s.regs.rdx;
+                let result = if leaf == TDG_VM_RD {
+                    self.guest_td_field(td, field)
+                } else {
+                    self.guest_td_write(td, field, s.regs.r8, s.regs.r9)
+                };
+                match result {
+                    Ok(value) => {
+                        s.regs.r8 = value;
+                        self.tdcall_status(s, TdxStatus::SUCCESS);
+                    }
+                    Err(status) => {
+                        s.regs.r8 = 0;
+                        self.tdcall_status(s, status);
+                    }
+                }
+                None
+            }
             TDG_MR_RTMR_EXTEND => {
                 let status = self.rtmr_extend(td, tree, s.regs.rcx, s.regs.rdx);
                 self.tdcall_status(s, status);
@@ -1279,6 +1331,128 @@ impl EmulatedModule {
                 None
             }
         }
+    }
+
+    /// A TD-scope field the guest may read with TDG.VM.RD (the module's guest read mask:
+    /// TDX module 1.5 `tdr_tdcs_fields_lookup.c`): the TD's configuration, its measurements,
+    /// NOTIFY_ENABLES and TD_CTLS.
+    fn guest_td_field(&self, td: &Td, field: u64) -> Result<u64, TdxStatus> {
+        use tdx_abi::metadata::td as f;
+        let cfg = td.cfg.get().ok_or(TdxStatus::OPERAND_INVALID)?;
+        let p = &cfg.params;
+        let mr48 = |bytes: &[u8; 48], base: u64| -> Option<u64> {
+            let i = usize::try_from(field.checked_sub(base).filter(|&i| i < 6)?).ok()?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            Some(u64::from_le_bytes(b))
+        };
+        let value = match field {
+            f::ATTRIBUTES => p.attributes,
+            f::XFAM => p.xfam,
+            f::MAX_VCPUS => u64::from(p.max_vcpus),
+            f::NUM_VCPUS => u64::from(td.num_vcpus.load(Ordering::Acquire)),
+            f::GPAW => u64::from(cfg.shared_bit + 1),
+            f::TSC_FREQUENCY => u64::from(p.tsc_frequency),
+            f::CONFIG_FLAGS => p.config_flags,
+            // No flexible pending #VE: TD_CTLS stays 0.
+            f::TD_CTLS => 0,
+            f::NOTIFY_ENABLES => td.guest_notify_enables.load(Ordering::Acquire),
+            _ => {
+                let mr = td.mr.lock();
+                let found = mr48(&mr.mrtd, f::MRTD)
+                    .or_else(|| {
+                        (0..4u64)
+                            .find_map(|k| mr48(&mr.rtmr[k as usize], f::RTMR + k * f::MR_ELEMENTS))
+                    })
+                    .or_else(|| mr48(&p.mr_config_id, f::MRCONFIGID))
+                    .or_else(|| mr48(&p.mr_owner, f::MROWNER))
+                    .or_else(|| mr48(&p.mr_owner_config, f::MROWNERCONFIG));
+                return found.ok_or(TdxStatus::METADATA_FIELD_ID_INCORRECT);
+            }
+        };
+        Ok(value)
+    }
+
+    /// TDG.VM.WR: only NOTIFY_ENABLES (bit 0) is guest-writable here; TD_CTLS needs the
+    /// flexible pending-#VE configuration, which this module does not offer. Returns the old
+    /// value.
+    fn guest_td_write(&self, td: &Td, field: u64, value: u64, mask: u64) -> Result<u64, TdxStatus> {
+        use tdx_abi::metadata::td as f;
+        match field {
+            f::NOTIFY_ENABLES => {
+                if value & mask & !1 != 0 {
+                    return Err(TdxStatus::METADATA_FIELD_VALUE_NOT_VALID);
+                }
+                let old = td.guest_notify_enables.load(Ordering::Acquire);
+                let new = (old & !mask) | (value & mask & 1);
+                td.guest_notify_enables.store(new, Ordering::Release);
+                Ok(old)
+            }
+            _ => {
+                // Readable fields are not writable; unknown ones are incorrect.
+                self.guest_td_field(td, field)?;
+                Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE)
+            }
+        }
+    }
+
+    /// TDG.MR.REPORT: RCX the GPA of the 1024-byte TDREPORT_STRUCT to write (1024-aligned),
+    /// RDX the GPA of the 64-byte REPORTDATA (64-aligned), R8 the subtype (0). Layout: TDX
+    /// module 1.5 `include/tdx_api_defs.h` (`report_mac_struct_t`, `tee_tcb_info_t`,
+    /// `td_info_t`). The MAC is zero: the software module has no CPU key, so its reports
+    /// verify nowhere (as TDREPORTs verify only on the platform that made them anyway).
+    fn mr_report(
+        &self,
+        td: &Td,
+        tree: &SeptTree,
+        report: u64,
+        data: u64,
+        subtype: u64,
+    ) -> TdxStatus {
+        let shared = td.cfg.get().map_or(1 << 47, |c| 1u64 << c.shared_bit);
+        if !report.is_multiple_of(1024)
+            || !data.is_multiple_of(64)
+            || (report | data) & shared != 0
+            || subtype != 0
+        {
+            return TdxStatus::OPERAND_INVALID;
+        }
+        let mut report_data = [0u8; 64];
+        let Some(target) = self.private_hpa(tree, report) else {
+            return TdxStatus::OPERAND_INVALID;
+        };
+        if self.read_gpa(tree, data, &mut report_data).is_none() {
+            return TdxStatus::OPERAND_INVALID;
+        }
+        let Some(cfg) = td.cfg.get() else {
+            return TdxStatus::OPERAND_INVALID;
+        };
+        let p = &cfg.params;
+        let mut out = [0u8; 1024];
+        // TDINFO at 512: attributes, XFAM, MRTD, MRCONFIGID, MROWNER, MROWNERCONFIG, RTMR0–3.
+        {
+            let mr = td.mr.lock();
+            let info = &mut out[512..];
+            info[0..8].copy_from_slice(&p.attributes.to_le_bytes());
+            info[8..16].copy_from_slice(&p.xfam.to_le_bytes());
+            info[16..64].copy_from_slice(&mr.mrtd);
+            info[64..112].copy_from_slice(&p.mr_config_id);
+            info[112..160].copy_from_slice(&p.mr_owner);
+            info[160..208].copy_from_slice(&p.mr_owner_config);
+            for (k, rtmr) in mr.rtmr.iter().enumerate() {
+                info[208 + 48 * k..256 + 48 * k].copy_from_slice(rtmr);
+            }
+        }
+        // TEE_TCB_INFO at 256: no valid fields (no SEAM module measurement to report).
+        let tee_tcb_hash = tdx_abi::measure::sha384(&out[256..512]);
+        let tee_info_hash = tdx_abi::measure::sha384(&out[512..1024]);
+        // REPORTMACSTRUCT: type TDX (0x81), subtype 0, version 0; hashes; REPORTDATA.
+        out[0] = 0x81;
+        out[32..80].copy_from_slice(&tee_tcb_hash);
+        out[80..128].copy_from_slice(&tee_info_hash);
+        out[128..192].copy_from_slice(&report_data);
+        self.mem.write(Hpa(target), &out);
+        TdxStatus::SUCCESS
     }
 
     /// TDG.MR.RTMR.EXTEND: RCX the GPA of the 48-byte value (64-byte aligned, private), RDX

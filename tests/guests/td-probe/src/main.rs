@@ -10,7 +10,8 @@
 //! unaccepted RAM (zeroed, writable); MapGPA to shared, a write and read through the shared
 //! alias, GetQuote answered "service unavailable" in that shared buffer, MapGPA back and
 //! accept again (zeroed); TDG.MR.RTMR.EXTEND of RTMR 2 (the test
-//! compares the measurement); the x2APIC one-shot timer waking a halted vCPU.
+//! compares the measurement); TDG.VM.RD/WR; TDG.VP.CPUIDVE.SET; TDG.MR.REPORT; the x2APIC
+//! one-shot timer waking a halted vCPU.
 //!
 //! The hostile variant (the flag byte at the image base set by the packer) then tries what a
 //! misbehaving guest does: every unknown TDCALL leaf up to 64, unknown TDVMCALLs, port and
@@ -420,6 +421,14 @@ fn all_zero(linear: u64, len: u64) -> bool {
     (0..len / 8).all(|i| read64(linear + i * 8) == 0)
 }
 
+/// TDG.MR.REPORT's output and input.
+#[repr(C, align(1024))]
+struct Report([u8; 1024]);
+static mut REPORT: Report = Report([0; 1024]);
+#[repr(C, align(64))]
+struct ReportData([u8; 64]);
+static mut REPORT_DATA: ReportData = ReportData([0; 64]);
+
 /// The value TDG.MR.RTMR.EXTEND extends into RTMR 2 (the test recomputes RTMR 2).
 #[repr(C, align(64))]
 struct Digest([u8; 48]);
@@ -553,6 +562,32 @@ fn checks() {
         to_private == 0 && reaccept == 0 && all_zero(ACCEPT_4K_GPA, 4096),
         reaccept,
     );
+    // TDG.VM.RD/WR: the GPA width, a guest-written NOTIFY_ENABLES, a read-only field.
+    const GPAW: u64 = 0x1110_0000_0000_0003;
+    const NOTIFY_ENABLES: u64 = 0x9110_0003_0000_0010;
+    const ATTRIBUTES: u64 = 0x1110_0003_0000_0000;
+    let gpaw = tdcall(7, 0, GPAW, 0, 0);
+    let written = tdcall(8, 0, NOTIFY_ENABLES, 1, 1)[0];
+    let notify = tdcall(7, 0, NOTIFY_ENABLES, 0, 0);
+    let refused = tdcall(8, 0, ATTRIBUTES, 1, 1)[0];
+    check(
+        "TDG.VM.RD/WR: GPAW, NOTIFY_ENABLES written back, ATTRIBUTES not writable",
+        gpaw[0] == 0
+            && gpaw[3] == 48
+            && written == 0
+            && notify[3] == 1
+            && refused >> 32 == 0xC000_0C01,
+        refused,
+    );
+    // TDG.VP.CPUIDVE.SET: with supervisor CPUID #VE on, even leaf 0 goes to the host.
+    let on = tdcall(5, 1, 0, 0, 0)[0];
+    let via_host = cpuid(0)[0];
+    let off = tdcall(5, 0, 0, 0, 0)[0];
+    check(
+        "TDG.VP.CPUIDVE.SET sends every CPUID to #VE and back",
+        on == 0 && off == 0 && via_host == 0 && cpuid(0)[0] >= 0x21,
+        u64::from(via_host),
+    );
     let rtmr = tdcall(2, (&raw const RTMR_VALUE) as u64, 2, 0, 0)[0];
     check("TDG.MR.RTMR.EXTEND of RTMR 2", rtmr == 0, rtmr);
     let bad_rtmr = tdcall(2, (&raw const RTMR_VALUE) as u64 + 8, 2, 0, 0)[0];
@@ -560,6 +595,21 @@ fn checks() {
         "RTMR.EXTEND of a misaligned value: TDX_OPERAND_INVALID",
         bad_rtmr >> 32 == 0xC000_0100,
         bad_rtmr,
+    );
+    // TDG.MR.REPORT: type TDX, REPORTDATA copied, TDINFO's MRTD as TDG.VM.RD reads it.
+    let (report, data) = (&raw mut REPORT, &raw mut REPORT_DATA);
+    // SAFETY: only the boot CPU runs; the buffers are the probe's own statics.
+    unsafe { (*data).0[5] = 0xAB };
+    let made = tdcall(4, report as u64, data as u64, 0, 0)[0];
+    let mrtd0 = tdcall(7, 0, 0x1310_0003_0000_0000, 0, 0)[3];
+    // SAFETY: as above; the module wrote the report.
+    let r = unsafe { core::ptr::read_volatile(&raw const (*report).0) };
+    let mut mrtd_in_report = [0u8; 8];
+    mrtd_in_report.copy_from_slice(&r[528..536]);
+    check(
+        "TDG.MR.REPORT: a TDX report with our REPORTDATA and MRTD",
+        made == 0 && r[0] == 0x81 && r[133] == 0xAB && u64::from_le_bytes(mrtd_in_report) == mrtd0,
+        made,
     );
     // The x2APIC timer: software enable, divide by 1, one-shot, 2 ms at the 1 GHz bus.
     let programmed = apic_write(0x80F, 0x1FF)
