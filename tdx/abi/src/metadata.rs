@@ -151,3 +151,120 @@ pub mod vcpu {
     /// TD-VMCS shared EPTP (64-bit field 0x203C).
     pub const SHARED_EPTP: u64 = td_vmcs(0x203C, 3);
 }
+
+#[cfg(test)]
+mod encoding {
+    //! Every field ID above against the `md_field_id_t` layout (TDX module 1.5
+    //! `include/tdx_api_defs.h`): no reserved bit set (31:24, 49:47, 55, 62), a single-element
+    //! access (last element and last field zero), the context of its module (0 global,
+    //! 1 TD, 2 vCPU) and the element size its documentation states.
+    use super::{sys, td, vcpu};
+
+    /// Bits 31:24, 49:47, 55 and 62.
+    const RESERVED: u64 = 0xFF << 24 | 0x7 << 47 | 1 << 55 | 1 << 62;
+    /// Bits 37:34 and 46:38.
+    const LAST_ELEMENT_AND_FIELD: u64 = 0x1FFF << 34;
+
+    fn context(id: u64) -> u64 {
+        (id >> 52) & 7
+    }
+
+    fn element_bytes(id: u64) -> u64 {
+        1 << ((id >> 32) & 3)
+    }
+
+    fn check(name: &str, id: u64, want_context: u64, want_bytes: u64) {
+        assert_eq!(id & RESERVED, 0, "{name}: reserved bits set in {id:#x}");
+        assert_eq!(
+            id & LAST_ELEMENT_AND_FIELD,
+            0,
+            "{name}: not a single-element ID"
+        );
+        assert_eq!(context(id), want_context, "{name}: context of {id:#x}");
+        assert_eq!(
+            element_bytes(id),
+            want_bytes,
+            "{name}: element size of {id:#x}"
+        );
+    }
+
+    #[test]
+    fn global_fields() {
+        for (name, id, bytes) in [
+            ("TDX_FEATURES0", sys::TDX_FEATURES0, 8),
+            ("MINOR_VERSION", sys::MINOR_VERSION, 2),
+            ("MAJOR_VERSION", sys::MAJOR_VERSION, 2),
+            ("UPDATE_VERSION", sys::UPDATE_VERSION, 2),
+            ("NUM_CMRS", sys::NUM_CMRS, 2),
+            ("CMR_BASE", sys::CMR_BASE, 8),
+            ("CMR_SIZE", sys::CMR_SIZE, 8),
+            ("MAX_TDMRS", sys::MAX_TDMRS, 2),
+            ("MAX_RESERVED_PER_TDMR", sys::MAX_RESERVED_PER_TDMR, 2),
+            ("PAMT_4K_ENTRY_SIZE", sys::PAMT_4K_ENTRY_SIZE, 2),
+            ("PAMT_2M_ENTRY_SIZE", sys::PAMT_2M_ENTRY_SIZE, 2),
+            ("PAMT_1G_ENTRY_SIZE", sys::PAMT_1G_ENTRY_SIZE, 2),
+            ("TDR_BASE_SIZE", sys::TDR_BASE_SIZE, 2),
+            ("TDCS_BASE_SIZE", sys::TDCS_BASE_SIZE, 2),
+            ("TDVPS_BASE_SIZE", sys::TDVPS_BASE_SIZE, 2),
+        ] {
+            check(name, id, 0, bytes);
+        }
+    }
+
+    #[test]
+    fn td_fields() {
+        for (name, id, bytes) in [
+            ("LIFECYCLE_STATE", td::LIFECYCLE_STATE, 4),
+            ("HKID", td::HKID, 2),
+            ("CHLDCNT", td::CHLDCNT, 8),
+            ("NUM_VCPUS", td::NUM_VCPUS, 4),
+            ("OP_STATE", td::OP_STATE, 4),
+            ("TD_EPOCH", td::TD_EPOCH, 8),
+            ("ATTRIBUTES", td::ATTRIBUTES, 8),
+            ("XFAM", td::XFAM, 8),
+            ("MAX_VCPUS", td::MAX_VCPUS, 4),
+            ("GPAW", td::GPAW, 1),
+            ("EPTP", td::EPTP, 8),
+            ("TSC_OFFSET", td::TSC_OFFSET, 8),
+            ("TSC_MULTIPLIER", td::TSC_MULTIPLIER, 8),
+            ("TSC_FREQUENCY", td::TSC_FREQUENCY, 2),
+            ("NOTIFY_ENABLES", td::NOTIFY_ENABLES, 8),
+            ("CONFIG_FLAGS", td::CONFIG_FLAGS, 8),
+            ("TD_CTLS", td::TD_CTLS, 8),
+            ("MRTD", td::MRTD, 8),
+            ("MRCONFIGID", td::MRCONFIGID, 8),
+            ("MROWNER", td::MROWNER, 8),
+            ("MROWNERCONFIG", td::MROWNERCONFIG, 8),
+            ("RTMR", td::RTMR, 8),
+        ] {
+            check(name, id, 1, bytes);
+        }
+        // The measurement registers are six consecutive elements each, in one class.
+        assert_eq!(td::MRCONFIGID - td::MRTD, 0x10);
+        assert_eq!(td::RTMR + 4 * td::MR_ELEMENTS - td::RTMR, 24);
+    }
+
+    #[test]
+    fn vcpu_fields() {
+        for (name, id, bytes) in [
+            ("VCPU_STATE", vcpu::VCPU_STATE, 1),
+            ("VCPU_INDEX", vcpu::VCPU_INDEX, 4),
+            ("VCPU_STATE_DETAILS", vcpu::VCPU_STATE_DETAILS, 8),
+            ("PEND_NMI", vcpu::PEND_NMI, 1),
+            ("POSTED_INTR_NV", vcpu::POSTED_INTR_NV, 2),
+            ("POSTED_INTR_DESC_ADDR", vcpu::POSTED_INTR_DESC_ADDR, 8),
+            ("SHARED_EPTP", vcpu::SHARED_EPTP, 8),
+        ] {
+            check(name, id, 2, bytes);
+        }
+        // TD-VMCS fields: class 0 with INC_SIZE, the VMCS encoding as the field code.
+        for id in [
+            vcpu::POSTED_INTR_NV,
+            vcpu::POSTED_INTR_DESC_ADDR,
+            vcpu::SHARED_EPTP,
+        ] {
+            assert_eq!((id >> 56) & 0x3F, 0);
+            assert_eq!((id >> 50) & 1, 1);
+        }
+    }
+}
