@@ -7,7 +7,7 @@
 //! | external interrupt (kick, timer) | nothing; re-enter on a later turn |
 //! | EPT violation | [`SeptManager::map_private`](crate::sept::SeptManager::map_private) with the mapping size from the guest's accept level (4 KiB for plain accesses, 2 MiB only if the TD allows huge pages), retried locally on `MapOutcome::Retry` as KVM does, so the vCPU does not re-enter just to fault again (zero-step) |
 //! | EPT violation on a PENDING page (`SEPT_VE_DISABLE`) | guest bug: TD failed |
-//! | TDVMCALL | decoded into a [`Request`] and answered with a [`Reply`]: port I/O and MMIO go to the TD's device buses ([`crate::devices`]); MapGPA converts at most 2 MiB per exit, answering RETRY with the next GPA; HLT idles the vCPU |
+//! | TDVMCALL | decoded into a [`Request`] and answered with a [`Reply`]: port I/O and MMIO go to the TD's device buses ([`crate::devices`]); MapGPA converts at most 64 MiB per exit (and maps the shared side in the shared EPT), answering RETRY with the next GPA; HLT idles the vCPU |
 //! | triple fault | guest shutdown → stopped |
 //! | anything else | TD bugged |
 //!
@@ -39,8 +39,11 @@ use crate::sept::VcpuControl;
 /// The basic exit reason: bits 15:0 of the exit reason.
 const EXIT_REASON_BASIC_MASK: u64 = 0xFFFF;
 
-/// Bytes converted per MapGPA exit before answering RETRY.
-pub const MAPGPA_CHUNK_BYTES: u64 = 2 << 20;
+/// Bytes converted per MapGPA exit before answering RETRY (GHCI allows RETRY; Linux honours
+/// it). Large enough that TDVF's requests finish in one call: OVMF 2022.11 ignores the
+/// status (`BaseMemEncryptTdxLib`, `SetOrClearSharedBit`), so a partly converted buffer
+/// would stay so. Small enough to bound one exit's work (about 50 ms under TCG).
+pub const MAPGPA_CHUNK_BYTES: u64 = 64 << 20;
 /// Local fault retries before re-entering the vCPU.
 const LOCAL_FAULT_RETRIES: u32 = 64;
 
