@@ -139,6 +139,13 @@ impl Platform for MpPlatform {
         super::clock::now_ns()
     }
 
+    fn tsc(&self) -> (u64, u64) {
+        (
+            super::clock::read_tsc(),
+            super::clock::ticks_per_ms().max(1),
+        )
+    }
+
     fn cpus(&self) -> u32 {
         self.processors.len() as u32
     }

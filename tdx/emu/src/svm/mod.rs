@@ -1491,13 +1491,13 @@ impl EmulatedModule {
             // Max basic leaf 0x21, "GenuineIntel".
             0 => (0x21, 0x756E_6547, 0x6C65_746E, 0x4965_6E69),
             // Family/model; EBX: APIC ID, one logical CPU, 64-byte CLFLUSH lines. ECX: SSE3,
-            // x2APIC, hypervisor; EDX: FPU, TSC, MSR, PAE, CX8, APIC, SEP,
+            // x2APIC, TSC deadline (the VMM's timer), hypervisor; EDX: FPU, TSC, MSR, PAE, CX8, APIC, SEP,
             // MTRR, PGE, CMOV, PAT, CLFLUSH, MMX, FXSR, SSE, SSE2. Only what the CPU under the
             // engine runs whatever its model.
             1 => (
                 TD_CPUID1_EAX,
                 id << 24 | 1 << 16 | 8 << 8,
-                1 | 1 << 21 | 1 << 31,
+                1 | 1 << 21 | 1 << 24 | 1 << 31,
                 1 | 1 << 4
                     | 1 << 5
                     | 1 << 6

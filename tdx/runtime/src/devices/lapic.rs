@@ -9,10 +9,13 @@
 //! semantics: Intel SDM vol. 3A chapter 11, x2APIC MSR map in table 11-6.
 //!
 //! The timer counts a 1 GHz bus divided by TDCR: the APIC bus QEMU models and the one OVMF's
-//! `LocalApicTimerDxe` assumes (`PcdFSBClock`), so the firmware's 10 ms tick is 10 ms. The
-//! TSC-deadline mode is not offered (CPUID.1:ECX[24] is clear). Sans-IO: time comes in as
-//! nanoseconds.
+//! `LocalApicTimerDxe` assumes (`PcdFSBClock`), so the firmware's 10 ms tick is 10 ms. In
+//! TSC-deadline mode (LVT timer bits 18:17 = 2) IA32_TSC_DEADLINE arms it; the caller turns
+//! the TSC value into a time on its clock ([`LocalApic::set_tsc_deadline`]). Sans-IO: time
+//! comes in as nanoseconds.
 
+/// IA32_TSC_DEADLINE.
+pub const MSR_TSC_DEADLINE: u32 = 0x6E0;
 /// First x2APIC MSR.
 pub const X2APIC_FIRST: u32 = 0x800;
 /// Last x2APIC MSR.
@@ -72,6 +75,7 @@ pub enum Delivery {
 enum TimerMode {
     OneShot,
     Periodic,
+    TscDeadline,
 }
 
 /// One vCPU's host-side x2APIC registers.
@@ -91,6 +95,9 @@ pub struct LocalApic {
     tmict: u32,
     /// Start (ns) of the current count, while the timer counts.
     started_ns: Option<u64>,
+    /// IA32_TSC_DEADLINE as written (0 = disarmed) and when it expires on the caller's
+    /// clock (ns).
+    tsc_deadline: (u64, u64),
 }
 
 impl LocalApic {
@@ -111,15 +118,29 @@ impl LocalApic {
             tdcr: 0,
             tmict: 0,
             started_ns: None,
+            tsc_deadline: (0, 0),
         }
     }
 
     fn timer_mode(&self) -> TimerMode {
-        if (self.lvt_timer >> 17) & 3 == 1 {
-            TimerMode::Periodic
-        } else {
-            TimerMode::OneShot
+        match (self.lvt_timer >> 17) & 3 {
+            1 => TimerMode::Periodic,
+            2 => TimerMode::TscDeadline,
+            _ => TimerMode::OneShot,
         }
+    }
+
+    /// WRMSR IA32_TSC_DEADLINE: `value` the TSC deadline (0 disarms), `at_ns` when the TSC
+    /// reaches it on the caller's clock. Ignored outside TSC-deadline mode, as the SDM says.
+    pub fn set_tsc_deadline(&mut self, value: u64, at_ns: u64) {
+        if self.timer_mode() == TimerMode::TscDeadline {
+            self.tsc_deadline = (value, at_ns);
+        }
+    }
+
+    /// RDMSR IA32_TSC_DEADLINE (0 once it fired, or outside TSC-deadline mode).
+    pub fn tsc_deadline(&self) -> u64 {
+        self.tsc_deadline.0
     }
 
     /// The timer's divider from TDCR bits 0, 1 and 3.
@@ -140,6 +161,14 @@ impl LocalApic {
     /// The timer's vector if it expired by `now_ns` (and is not masked); a periodic timer
     /// re-arms from its last period boundary, missed periods collapsing into one interrupt.
     pub fn poll_timer(&mut self, now_ns: u64) -> Option<u8> {
+        if self.timer_mode() == TimerMode::TscDeadline {
+            let (armed, at) = self.tsc_deadline;
+            if armed == 0 || now_ns < at {
+                return None;
+            }
+            self.tsc_deadline = (0, 0);
+            return (self.lvt_timer & LVT_MASKED == 0).then_some((self.lvt_timer & 0xFF) as u8);
+        }
         let start = self.started_ns?;
         let period = self.period_ns();
         if period == 0 || now_ns < start.saturating_add(period) {
@@ -158,6 +187,9 @@ impl LocalApic {
     pub fn next_timer_ns(&self) -> Option<u64> {
         if self.lvt_timer & LVT_MASKED != 0 {
             return None;
+        }
+        if self.timer_mode() == TimerMode::TscDeadline {
+            return (self.tsc_deadline.0 != 0).then_some(self.tsc_deadline.1);
         }
         Some(self.started_ns?.saturating_add(self.period_ns()))
     }
@@ -199,6 +231,7 @@ impl LocalApic {
         let left = match self.timer_mode() {
             TimerMode::Periodic => period - elapsed % period,
             TimerMode::OneShot => period.saturating_sub(elapsed),
+            TimerMode::TscDeadline => return 0,
         };
         left / self.divider()
     }
@@ -248,6 +281,7 @@ impl LocalApic {
                 self.lvt_timer = fits(0x7_00FF)? | forced;
                 if self.timer_mode() != old_mode {
                     self.started_ns = None;
+                    self.tsc_deadline = (0, 0);
                 }
             }
             LVT_THERMAL => self.lvt_thermal = fits(0x1_07FF)?,
@@ -256,8 +290,10 @@ impl LocalApic {
             LVT_LINT1 => self.lvt_lint1 = fits(0x1_A7FF)?,
             LVT_ERROR => self.lvt_error = fits(0x1_00FF)?,
             TMICT => {
+                // TMICT does not count in TSC-deadline mode.
                 self.tmict = fits(u32::MAX)?;
-                self.started_ns = (self.tmict != 0).then_some(now_ns);
+                self.started_ns = (self.tmict != 0 && self.timer_mode() != TimerMode::TscDeadline)
+                    .then_some(now_ns);
             }
             TDCR => self.tdcr = fits(0xB)?,
             SELF_IPI => return Ok(fixed(Delivery::ToSelf(fits(0xFF)? as u8))),
@@ -351,6 +387,24 @@ mod tests {
         write(&mut a, TMICT, 1, 0);
         assert_eq!(a.poll_timer(100_000), None);
         assert_eq!(a.next_timer_ns(), None);
+    }
+
+    #[test]
+    fn tsc_deadline_mode_fires_once_at_the_deadline() {
+        let mut a = enabled();
+        a.set_tsc_deadline(1234, 5_000);
+        assert_eq!(a.tsc_deadline(), 0, "ignored outside TSC-deadline mode");
+        write(&mut a, LVT_TIMER, 2 << 17 | 0xEC, 0);
+        a.set_tsc_deadline(1234, 5_000);
+        assert_eq!(a.tsc_deadline(), 1234);
+        assert_eq!(a.next_timer_ns(), Some(5_000));
+        assert_eq!(a.poll_timer(4_999), None);
+        assert_eq!(a.poll_timer(5_000), Some(0xEC));
+        assert_eq!(a.poll_timer(9_000), None);
+        assert_eq!(a.tsc_deadline(), 0);
+        // TMICT does not count in this mode.
+        write(&mut a, TMICT, 10, 0);
+        assert_eq!(a.poll_timer(1_000_000), None);
     }
 
     #[test]

@@ -133,6 +133,8 @@ pub(crate) struct ExitContext<'a> {
     pub(crate) now_ms: u64,
     /// Platform time of the exit (ns), for the virtual APIC timer.
     pub(crate) now_ns: u64,
+    /// The platform's TSC and ticks per millisecond at the exit ([`super::Platform::tsc`]).
+    pub(crate) platform_tsc: (u64, u64),
 }
 
 impl ExitContext<'_> {
@@ -248,6 +250,23 @@ impl ExitContext<'_> {
             // No hypervisor leaves and nothing beyond what the module answers itself: a TD
             // that asks the host sees zeros, as for a leaf the CPU does not implement.
             Request::Cpuid { .. } => Reply::success4([0; 4]),
+            Request::Rdmsr {
+                msr: lapic::MSR_TSC_DEADLINE,
+            } => Reply::success(self.vcpu.lapic.lock().tsc_deadline()),
+            Request::Wrmsr {
+                msr: lapic::MSR_TSC_DEADLINE,
+                value,
+            } => {
+                // When the TSC reaches `value`, on the platform clock.
+                let (tsc, per_ms) = self.platform_tsc;
+                let ahead =
+                    u128::from(value.saturating_sub(tsc)) * 1_000_000 / u128::from(per_ms.max(1));
+                let at = self
+                    .now_ns
+                    .saturating_add(u64::try_from(ahead).unwrap_or(u64::MAX));
+                self.vcpu.lapic.lock().set_tsc_deadline(value, at);
+                Reply::DONE
+            }
             Request::Rdmsr { msr } if (lapic::X2APIC_FIRST..=lapic::X2APIC_LAST).contains(&msr) => {
                 match self.vcpu.lapic.lock().read(msr, self.now_ns) {
                     Ok(value) => Reply::success(value),

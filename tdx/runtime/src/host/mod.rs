@@ -185,6 +185,11 @@ pub trait Platform: Send + Sync {
     fn now_ns(&self) -> u64 {
         self.now_ms().saturating_mul(1_000_000)
     }
+    /// The TSC (which TDs see unscaled and unoffset) and its ticks per millisecond, for the
+    /// guests' TSC-deadline timers. By default a 1 GHz counter on [`Platform::now_ns`].
+    fn tsc(&self) -> (u64, u64) {
+        (self.now_ns(), 1_000_000)
+    }
     /// Writes back and invalidates the caches of every logical CPU (WBINVD on each), as
     /// the TDX host must between TDH.SYS.CONFIG and TDH.SYS.KEY.CONFIG so that no cache line
     /// of the global KeyID's memory is dirty under another key (Linux

@@ -341,6 +341,7 @@ impl Runner {
                     runner: self.index.load(Ordering::Relaxed),
                     now_ms: now,
                     now_ns: self.clock.now_ns(),
+                    platform_tsc: self.clock.tsc(),
                 };
                 match exit.handle(TdExit::decode(&regs)) {
                     AfterExit::Continue(reply) => *v.answer.lock() = reply.answer(),

@@ -11,7 +11,7 @@
 //! alias, GetQuote answered "service unavailable" in that shared buffer, MapGPA back and
 //! accept again (zeroed); TDG.MR.RTMR.EXTEND of RTMR 2 (the test
 //! compares the measurement); TDG.VM.RD/WR; TDG.VP.CPUIDVE.SET; TDG.MR.REPORT; the x2APIC
-//! one-shot timer waking a halted vCPU.
+//! one-shot and TSC-deadline timers waking a halted vCPU.
 //!
 //! The hostile variant (the flag byte at the image base set by the packer) then tries what a
 //! misbehaving guest does: every unknown TDCALL leaf up to 64, unknown TDVMCALLs, port and
@@ -297,7 +297,8 @@ fn rdmsr(msr: u32) -> u64 {
 }
 
 fn wrmsr(msr: u32, value: u64) {
-    // SAFETY: WRMSR of an x2APIC register the CPU virtualizes (EOI).
+    // SAFETY: WRMSR of an x2APIC register the CPU virtualizes (EOI) or one TDX turns into
+    // #VE (IA32_TSC_DEADLINE), which the handler emulates.
     unsafe {
         asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
             options(nostack));
@@ -628,6 +629,29 @@ fn checks() {
         "the x2APIC timer interrupt wakes a halted vCPU",
         programmed == 0 && TICKED.load(Ordering::Acquire),
         programmed,
+    );
+    // The TSC-deadline timer: CPUID says it exists, WRMSR IA32_TSC_DEADLINE (through #VE)
+    // 2 ms ahead by the TSC rate CPUID 0x15 gives.
+    TICKED.store(false, Ordering::Release);
+    let has_deadline = cpuid(1)[2] & 1 << 24 != 0;
+    let [denominator, numerator, crystal, _] = cpuid(0x15);
+    let tsc_hz = u64::from(crystal) * u64::from(numerator) / u64::from(denominator.max(1));
+    let mode = apic_write(0x832, 2 << 17 | u64::from(TIMER_VECTOR));
+    // SAFETY: RDTSC reads the time-stamp counter.
+    let now = unsafe { core::arch::x86_64::_rdtsc() };
+    wrmsr(0x6E0, now + tsc_hz / 500);
+    let armed = rdmsr(0x6E0);
+    for _ in 0..1000 {
+        if TICKED.load(Ordering::Acquire) {
+            break;
+        }
+        // SAFETY: as for the one-shot timer.
+        unsafe { asm!("sti", "hlt", "cli", options(nostack)) };
+    }
+    check(
+        "the TSC-deadline timer wakes a halted vCPU",
+        has_deadline && tsc_hz > 0 && mode == 0 && armed > now && TICKED.load(Ordering::Acquire),
+        armed,
     );
 }
 
