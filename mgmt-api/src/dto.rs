@@ -20,7 +20,7 @@ use tdx_abi::software::GuestProgram;
 use tdx_abi::{Gpa, PageLevel};
 use tdx_emu::workload as wl;
 use tdx_runtime::host::{
-    ConsoleChunk, Event, EventKind, ImageInfo, Measurement, StopMode, TdInfo, TdSpec,
+    ConsoleChunk, Event, EventKind, ImageInfo, LinuxBoot, Measurement, StopMode, TdInfo, TdSpec,
 };
 
 use crate::error::ApiError;
@@ -208,7 +208,8 @@ pub struct CreateTdRequest {
     pub vcpus: u32,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
-    /// TD attributes (TD_PARAMS.ATTRIBUTES), default 0.
+    /// TD attributes (TD_PARAMS.ATTRIBUTES), default 0 (a Linux TD needs SEPT_VE_DISABLE,
+    /// bit 28, unless it is a debug TD).
     #[serde(default)]
     pub attributes: Option<FlexU64>,
     /// Allow 2 MiB private mappings, default true (a guest that accepts at 2 MiB, as TDVF
@@ -218,6 +219,15 @@ pub struct CreateTdRequest {
     /// Emulated module only: the declared guest workload.
     #[serde(default)]
     pub workload: Option<WorkloadDto>,
+    /// A kernel image for the firmware to boot directly.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// An initramfs image for that kernel.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// That kernel's command line.
+    #[serde(default)]
+    pub cmdline: Option<String>,
 }
 
 fn default_huge_pages() -> bool {
@@ -231,6 +241,23 @@ impl CreateTdRequest {
             Some(dto) => Some(GuestProgram::new(dto.into_workload()?)),
             None => None,
         };
+        let linux =
+            match (self.kernel, self.initrd, self.cmdline) {
+                (Some(kernel), initrd, cmdline) => Some(LinuxBoot {
+                    kernel,
+                    initrd,
+                    cmdline: cmdline.unwrap_or_default(),
+                }),
+                (None, Some(_), _) => {
+                    return Err(ApiError::bad_request("invalid initrd: needs a kernel")
+                        .with_field("initrd"));
+                }
+                (None, None, Some(_)) => {
+                    return Err(ApiError::bad_request("invalid cmdline: needs a kernel")
+                        .with_field("cmdline"));
+                }
+                (None, None, None) => None,
+            };
         Ok(TdSpec {
             name: self.name,
             image: self.image,
@@ -239,6 +266,7 @@ impl CreateTdRequest {
             attributes: self.attributes.map_or(0, |a| a.0),
             huge_pages: self.huge_pages,
             workload,
+            linux,
         })
     }
 }
@@ -542,10 +570,12 @@ pub struct ImageDto {
     pub size: u64,
     /// SHA-384 of the file, hex.
     pub sha384: String,
-    /// TDVF sections.
+    /// `firmware`, `kernel` or `initrd`.
+    pub kind: &'static str,
+    /// TDVF sections (firmware; empty otherwise).
     pub sections: Vec<SectionDto>,
-    /// MRTD a TD built from this image gets, hex.
-    pub expected_mrtd: String,
+    /// MRTD a TD built from this image gets, hex (firmware; `null` otherwise).
+    pub expected_mrtd: Option<String>,
     /// TDs built from it that are not destroyed.
     pub in_use_by: u32,
 }
@@ -556,6 +586,7 @@ impl From<&ImageInfo> for ImageDto {
             name: info.name.clone(),
             size: info.size,
             sha384: hex(&info.sha384),
+            kind: info.kind.as_str(),
             sections: info
                 .sections
                 .iter()
@@ -568,7 +599,7 @@ impl From<&ImageInfo> for ImageDto {
                     aug: s.aug,
                 })
                 .collect(),
-            expected_mrtd: hex(&info.expected_mrtd),
+            expected_mrtd: info.expected_mrtd.as_ref().map(|m| hex(m)),
             in_use_by: info.in_use_by,
         }
     }

@@ -73,7 +73,11 @@ pub fn host_error(err: HostError) -> ApiError {
         }
         HostError::InvalidImage(reason) => ApiError::new(
             ErrorCode::InvalidImage,
-            format!("not a usable TDVF image: {reason}"),
+            format!("not a TDVF image, a Linux kernel or an initramfs (as TDVF: {reason})"),
+        ),
+        HostError::InvalidKernel(reason) => ApiError::new(
+            ErrorCode::InvalidImage,
+            format!("not a bootable Linux kernel: {reason}"),
         ),
         HostError::ImageTooLarge => ApiError::new(
             ErrorCode::PayloadTooLarge,

@@ -763,6 +763,7 @@ fn spec(name: &str) -> tdx_runtime::host::TdSpec {
         attributes: 0,
         huge_pages: false,
         workload: None,
+        linux: None,
     }
 }
 

@@ -55,6 +55,7 @@ fn spec(image: &str, memory_mib: u64, huge: bool, steps: Vec<Step>) -> TdSpec {
         attributes: SEPT_VE_DISABLE,
         huge_pages: huge,
         workload: Some(GuestProgram::new(Workload { steps })),
+        linux: None,
     }
 }
 

@@ -25,6 +25,7 @@ extern crate std;
 pub mod devices;
 pub mod hob;
 pub mod host;
+pub mod linux;
 pub mod pool;
 pub mod sept;
 pub mod td;

@@ -229,7 +229,16 @@ mod msr {
     pub const SYSENTER_ESP: u32 = 0x175;
     pub const SYSENTER_EIP: u32 = 0x176;
     pub const TSC: u32 = 0x10;
+    pub const MISC_ENABLE: u32 = 0x1A0;
+    pub const ARCH_CAPABILITIES: u32 = 0x10A;
+    pub const DEBUGCTL: u32 = 0x1D9;
+    pub const PAT: u32 = 0x277;
 }
+
+/// IA32_MISC_ENABLE as a TD reads it: fast strings on, BTS and PEBS unavailable, perfmon
+/// not available (TDX module 1.5 `td_msr_access.c`, `rdmsr_ia32_misc_enables`, for a TD
+/// without ATTRIBUTES.PERFMON).
+const TD_MISC_ENABLE: u64 = 1 | 1 << 11 | 1 << 12;
 
 /// EFER bits.
 const EFER_LME: u64 = 1 << 8;
@@ -1019,6 +1028,22 @@ impl EmulatedModule {
             }
         } else if index == msr::TSC && !write {
             Ok(Some(cpu.tsc()))
+        } else if !write && index == msr::MISC_ENABLE {
+            // Read in the module (Linux's `verify_cpu` does so before it has an IDT);
+            // writes are the VMM's.
+            Ok(Some(TD_MISC_ENABLE))
+        } else if !write && (index == msr::ARCH_CAPABILITIES || index == msr::DEBUGCTL) {
+            // ARCH_CAPABILITIES: the virtual value TDH.MNG.INIT computes (nothing claimed
+            // here); DEBUGCTL: no debug features enabled.
+            Ok(Some(0))
+        } else if index == msr::PAT {
+            // The TD's PAT lives in the guest state (VMCB G_PAT under nested paging).
+            if write {
+                self.vmcb_write(s.vmcb, vmcb::G_PAT, value);
+                Ok(None)
+            } else {
+                Ok(Some(self.vmcb_read(s.vmcb, vmcb::G_PAT)))
+            }
         } else if apic::is_virtualized(index) {
             if write {
                 s.apic.write(index, value).map(|()| None).map_err(|_| ())
@@ -1491,13 +1516,14 @@ impl EmulatedModule {
             // Max basic leaf 0x21, "GenuineIntel".
             0 => (0x21, 0x756E_6547, 0x6C65_746E, 0x4965_6E69),
             // Family/model; EBX: APIC ID, one logical CPU, 64-byte CLFLUSH lines. ECX: SSE3,
-            // x2APIC, TSC deadline (the VMM's timer), hypervisor; EDX: FPU, TSC, MSR, PAE, CX8, APIC, SEP,
+            // x2APIC, TSC deadline (the VMM's timer), RDRAND (Linux's confidential-computing
+            // RNG seeding panics without it), hypervisor; EDX: FPU, TSC, MSR, PAE, CX8, APIC, SEP,
             // MTRR, PGE, CMOV, PAT, CLFLUSH, MMX, FXSR, SSE, SSE2. Only what the CPU under the
             // engine runs whatever its model.
             1 => (
                 TD_CPUID1_EAX,
                 id << 24 | 1 << 16 | 8 << 8,
-                1 | 1 << 21 | 1 << 24 | 1 << 31,
+                1 | 1 << 21 | 1 << 24 | 1 << 30 | 1 << 31,
                 1 | 1 << 4
                     | 1 << 5
                     | 1 << 6

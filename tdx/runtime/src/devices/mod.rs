@@ -11,6 +11,7 @@
 
 pub mod acpi_pm;
 pub mod cmos;
+pub mod fw_cfg;
 pub mod lapic;
 pub mod pci;
 pub mod serial;

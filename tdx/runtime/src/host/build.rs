@@ -201,9 +201,10 @@ impl Host {
             }
         }
         td.shared.sept.set_runnable();
-        let expected = self.images.get(&td.image).map(|i| i.expected_mrtd);
-        let hob_measured = self.images.get(&td.image).is_some_and(|i| {
-            i.metadata
+        let firmware = self.images.get(&td.image).and_then(|i| i.firmware());
+        let expected = firmware.map(|(_, mrtd)| *mrtd);
+        let hob_measured = firmware.is_some_and(|(metadata, _)| {
+            metadata
                 .td_hob()
                 .is_some_and(|(_, s)| s.attributes.mr_extend())
         });

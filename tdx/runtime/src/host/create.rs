@@ -9,6 +9,8 @@ use super::hkids::HkidAllocator;
 use super::memory::{self, SeptPageCache, TdBacking};
 use super::shared_ept::SharedEpt;
 use super::*;
+use crate::devices::PortIoBus;
+use crate::devices::fw_cfg::{FW_CFG_BASE, FW_CFG_PORTS, FwCfg, StoredFile};
 use crate::pool::{MemoryPool, MemoryUse};
 
 /// Control pages of a TD being created.
@@ -215,6 +217,33 @@ impl Host {
         if self.runners.is_empty() {
             return invalid("vcpus", "the host has no runner CPUs");
         }
+        if let Some(linux) = &spec.linux {
+            let kernel = self
+                .images
+                .get(&linux.kernel)
+                .ok_or(HostError::ImageNotFound)?
+                .kernel()
+                .copied();
+            let Some(kernel) = kernel else {
+                return invalid("kernel", "not a Linux kernel image");
+            };
+            if let Some(initrd) = &linux.initrd {
+                let image = self.images.get(initrd).ok_or(HostError::ImageNotFound)?;
+                if image.kind() != ImageKind::Initrd {
+                    return invalid("initrd", "not an initramfs image");
+                }
+            }
+            if linux.cmdline.len() as u64 > u64::from(kernel.cmdline_max) {
+                return invalid("cmdline", "longer than the kernel accepts");
+            }
+            if linux
+                .cmdline
+                .bytes()
+                .any(|b| b == 0 || !(b == b' ' || b.is_ascii_graphic()))
+            {
+                return invalid("cmdline", "only printable ASCII characters and spaces");
+            }
+        }
         Ok(())
     }
 
@@ -231,6 +260,48 @@ impl Host {
         p
     }
 
+    /// Adds to `io` what a TD that boots a kernel directly needs: fw_cfg with the kernel,
+    /// initramfs and command line (the images stay stored while the TD uses them).
+    fn linux_devices(
+        &self,
+        spec: &TdSpec,
+        shared: &Arc<SharedEpt>,
+        mut io: PortIoBus,
+    ) -> PortIoBus {
+        let Some(linux) = &spec.linux else {
+            return io;
+        };
+        let stored = |name: &str| {
+            self.images.get(name).map(|i| StoredFile {
+                pages: i.pages().to_vec(),
+                len: i.size,
+            })
+        };
+        let (Some(kernel), Some(setup)) = (
+            stored(&linux.kernel),
+            self.images
+                .get(&linux.kernel)
+                .and_then(|i| i.kernel())
+                .map(|h| h.setup_bytes),
+        ) else {
+            // `validate_spec` checked the kernel exists and is one.
+            return io;
+        };
+        let initrd = linux.initrd.as_deref().and_then(stored);
+        let device = FwCfg::new_linux(
+            self.phys.clone(),
+            shared.clone(),
+            &kernel,
+            setup,
+            initrd.as_ref(),
+            &linux.cmdline,
+        );
+        if let Err(e) = io.insert(FW_CFG_BASE, FW_CFG_PORTS, Arc::new(device)) {
+            log::error!("host: fw_cfg not placed: {e}");
+        }
+        io
+    }
+
     /// Creates a TD and starts its build. On any error nothing is left allocated.
     pub fn create_td(&mut self, spec: TdSpec, now_ms: u64) -> Result<TdInfo, HostError> {
         self.start_runners();
@@ -239,12 +310,15 @@ impl Host {
             .images
             .get(&spec.image)
             .ok_or(HostError::ImageNotFound)?;
-        let layout = TdMemoryLayout::new(&image.metadata, spec.memory_mib).map_err(|_| {
-            HostError::InvalidSpec {
+        let (metadata, _) = image.firmware().ok_or(HostError::InvalidSpec {
+            field: "image",
+            reason: "not a firmware image (a kernel or initramfs goes in `kernel` or `initrd`)",
+        })?;
+        let layout =
+            TdMemoryLayout::new(metadata, spec.memory_mib).map_err(|_| HostError::InvalidSpec {
                 field: "memory_mib",
                 reason: "the firmware's sections do not fit this memory size",
-            }
-        })?;
+            })?;
         let plan = BuildPlan::new(&layout).map_err(|_| HostError::InvalidSpec {
             field: "memory_mib",
             reason: "the TD HOB for this memory size does not fit the firmware's TD_HOB section",
@@ -329,7 +403,7 @@ impl Host {
             kicker: self.kicker(),
         });
         let sept = self.sept_manager(parts, &vcpus);
-        let shared_ept = SharedEpt::new(self.phys.clone(), parts.cache.clone(), 47);
+        let shared_ept = Arc::new(SharedEpt::new(self.phys.clone(), parts.cache.clone(), 47));
         self.td_object(spec, parts, vcpus, sept, shared_ept, 0)
     }
 
@@ -389,7 +463,7 @@ impl Host {
         parts: &TdParts,
         vcpus: Arc<TdVcpus>,
         sept: SeptManager<dyn Seamcall>,
-        shared_ept: SharedEpt,
+        shared_ept: Arc<SharedEpt>,
         created_vcpus: usize,
     ) -> Td {
         let (id, hkid, control) = (parts.id, parts.hkid, &parts.control);
@@ -405,8 +479,12 @@ impl Host {
             vcpus,
             sept,
             backing: backing.clone(),
-            shared_ept,
-            io: td_port_devices(&uart, &self.platform, &power, parts.ram_split),
+            shared_ept: shared_ept.clone(),
+            io: self.linux_devices(
+                spec,
+                &shared_ept,
+                td_port_devices(&uart, &self.platform, &power, parts.ram_split),
+            ),
             uart,
             power,
             mmio: MmioBus::new(),
@@ -423,6 +501,7 @@ impl Host {
             lifecycle: TdLifecycle::new(),
             name: spec.name.clone(),
             image: spec.image.clone(),
+            linux: spec.linux.clone(),
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
             attributes: spec.attributes,
@@ -480,7 +559,7 @@ impl Host {
         let mut vcpus = Vec::new();
         let mut created = 0usize;
         let mut fail: Option<HostError> = None;
-        let shared_ept = SharedEpt::new(self.phys.clone(), parts.cache.clone(), 47);
+        let shared_ept = Arc::new(SharedEpt::new(self.phys.clone(), parts.cache.clone(), 47));
         let shared_eptp = shared_ept.eptp().ok();
         for (i, (tdvpr, tdcx)) in control.vcpus.iter().enumerate() {
             if let Err(e) = main.vp_create(tdr, *tdvpr) {

@@ -13,8 +13,9 @@ use alloc::vec::Vec;
 
 use sha2::{Digest, Sha384};
 
-use super::types::{ImageInfo, ImageSection};
+use super::types::{ImageInfo, ImageKind, ImageSection};
 use super::{HostError, UploadId};
+use crate::linux::{HEADER_BYTES, KernelError, KernelHeader, is_initramfs};
 use crate::pool::{MemoryPool, MemoryUse};
 use crate::tdvf::{
     FIRMWARE_WINDOW_START, ImageSource, OutOfImage, SectionType, TdMemoryLayout, TdvfMetadata,
@@ -38,8 +39,50 @@ pub(crate) struct StoredImage {
     pub(crate) size: u64,
     pub(crate) pages: Vec<Hpa>,
     pub(crate) sha384: [u8; 48],
-    pub(crate) metadata: TdvfMetadata,
-    pub(crate) expected_mrtd: [u8; 48],
+    pub(crate) content: Content,
+}
+
+/// What an image is.
+pub(crate) enum Content {
+    /// TDVF firmware: its metadata and the MRTD a TD built from it gets.
+    Firmware {
+        metadata: TdvfMetadata,
+        expected_mrtd: [u8; 48],
+    },
+    /// A Linux kernel (bzImage with an EFI stub).
+    Kernel(KernelHeader),
+    /// An initramfs.
+    Initrd,
+}
+
+impl StoredImage {
+    /// The firmware's metadata and expected MRTD, if the image is firmware.
+    pub(crate) fn firmware(&self) -> Option<(&TdvfMetadata, &[u8; 48])> {
+        match &self.content {
+            Content::Firmware {
+                metadata,
+                expected_mrtd,
+            } => Some((metadata, expected_mrtd)),
+            _ => None,
+        }
+    }
+
+    /// The kernel's header, if the image is a kernel.
+    pub(crate) fn kernel(&self) -> Option<&KernelHeader> {
+        match &self.content {
+            Content::Kernel(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Its kind.
+    pub(crate) fn kind(&self) -> ImageKind {
+        match self.content {
+            Content::Firmware { .. } => ImageKind::Firmware,
+            Content::Kernel(_) => ImageKind::Kernel,
+            Content::Initrd => ImageKind::Initrd,
+        }
+    }
 }
 
 /// Names of images and TDs: 1–64 characters of `[A-Za-z0-9._-]`.
@@ -107,12 +150,40 @@ impl Upload {
         self.validate(&StoredPages::new(phys, &self.pages, self.size))
     }
 
-    /// Validates the image `source` reads (the upload's pages; tests pass a counting source).
+    /// Recognises the image `source` reads (the upload's pages; tests pass a counting
+    /// source): TDVF firmware, else a Linux kernel, else an initramfs. A file that is none of
+    /// them is refused with the firmware parser's reason, unless it looks like a kernel
+    /// whose header is unusable (then that reason).
     pub(crate) fn validate<S: ImageSource + ?Sized>(
         &self,
         source: &S,
     ) -> Result<StoredParts, HostError> {
-        let metadata = TdvfMetadata::parse_source(source).map_err(HostError::InvalidImage)?;
+        let mut sha384 = [0u8; 48];
+        sha384.copy_from_slice(&self.sha.clone().finalize());
+        let tdvf = match TdvfMetadata::parse_source(source) {
+            Ok(metadata) => metadata,
+            Err(tdvf_error) => {
+                let mut start = [0u8; HEADER_BYTES];
+                let n = source.len().min(HEADER_BYTES);
+                if source.read_at(0, &mut start[..n]).is_err() {
+                    return Err(HostError::InvalidImage(tdvf_error));
+                }
+                let content = match KernelHeader::parse(&start[..n], source.len() as u64) {
+                    Ok(header) => Content::Kernel(header),
+                    Err(KernelError::TooShort | KernelError::NoHeader)
+                        if is_initramfs(&start[..n]) =>
+                    {
+                        Content::Initrd
+                    }
+                    Err(KernelError::TooShort | KernelError::NoHeader) => {
+                        return Err(HostError::InvalidImage(tdvf_error));
+                    }
+                    Err(kernel_error) => return Err(HostError::InvalidKernel(kernel_error)),
+                };
+                return Ok(StoredParts { sha384, content });
+            }
+        };
+        let metadata = tdvf;
         let layout =
             TdMemoryLayout::new(&metadata, minimal_memory_mib(&metadata)).map_err(|_| {
                 HostError::InvalidSpec {
@@ -127,12 +198,12 @@ impl Upload {
                 reason: "the TD HOB does not fit the image's TD_HOB section",
             },
         })?;
-        let mut sha384 = [0u8; 48];
-        sha384.copy_from_slice(&self.sha.clone().finalize());
         Ok(StoredParts {
             sha384,
-            metadata,
-            expected_mrtd: expected,
+            content: Content::Firmware {
+                metadata,
+                expected_mrtd: expected,
+            },
         })
     }
 }
@@ -140,8 +211,7 @@ impl Upload {
 /// What validation produced.
 pub(crate) struct StoredParts {
     pub(crate) sha384: [u8; 48],
-    pub(crate) metadata: TdvfMetadata,
-    pub(crate) expected_mrtd: [u8; 48],
+    pub(crate) content: Content,
 }
 
 /// Smallest RAM (MiB, at least 32) that holds every section placed below the firmware window.
@@ -207,6 +277,11 @@ pub(crate) fn free_pages(pages: &[Hpa], pool: &MemoryPool, phys: &dyn PhysMemory
 }
 
 impl StoredImage {
+    /// The pages holding the file, in order (4 KiB of it each).
+    pub(crate) fn pages(&self) -> &[Hpa] {
+        &self.pages
+    }
+
     /// Reads `len` bytes at file offset `offset` into `buf` (zero past the end).
     pub(crate) fn read(&self, phys: &dyn PhysMemory, offset: u64, buf: &mut [u8]) {
         buf.fill(0);
@@ -233,9 +308,11 @@ impl StoredImage {
             name: self.name.clone(),
             size: self.size,
             sha384: self.sha384,
+            kind: self.kind(),
             sections: self
-                .metadata
-                .sections()
+                .firmware()
+                .map(|(metadata, _)| metadata.sections())
+                .unwrap_or_default()
                 .iter()
                 .map(|s| ImageSection {
                     kind: String::from(section_name(s.section_type)),
@@ -246,7 +323,7 @@ impl StoredImage {
                     aug: s.attributes.page_aug(),
                 })
                 .collect(),
-            expected_mrtd: self.expected_mrtd,
+            expected_mrtd: self.firmware().map(|(_, mrtd)| *mrtd),
             in_use_by,
         }
     }
@@ -353,8 +430,7 @@ impl ImageStore {
                     size: upload.size,
                     pages: upload.pages,
                     sha384: parts.sha384,
-                    metadata: parts.metadata,
-                    expected_mrtd: parts.expected_mrtd,
+                    content: parts.content,
                 };
                 let info = image.info(0);
                 self.images.insert(info.name.clone(), image);

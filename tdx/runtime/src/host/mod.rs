@@ -254,9 +254,12 @@ pub enum HostError {
         /// Why.
         reason: &'static str,
     },
-    /// The uploaded file is not a usable TDVF image.
-    #[error("invalid TDVF image: {0}")]
+    /// The uploaded file is not a usable TDVF image (nor a kernel or an initramfs).
+    #[error("not a TDVF image, Linux kernel or initramfs: {0}")]
     InvalidImage(TdvfError),
+    /// The uploaded file has a Linux boot header this host cannot boot.
+    #[error("not a bootable Linux kernel: {0}")]
+    InvalidKernel(crate::linux::KernelError),
     /// The image is larger than `max_image_bytes`.
     #[error("image too large")]
     ImageTooLarge,
@@ -343,6 +346,8 @@ struct Td {
     name: String,
     /// The firmware image it was built from.
     image: String,
+    /// The kernel (and initramfs, command line) its firmware boots, if any.
+    linux: Option<LinuxBoot>,
     /// vCPUs requested.
     vcpus: u32,
     /// Memory requested (MiB).
@@ -628,9 +633,17 @@ impl Host {
 
     // ------------------------------------------------------------------ images
 
-    /// How many TDs were built from `image`.
+    /// How many TDs use `image` (as firmware, kernel or initramfs).
     fn in_use_by(&self, image: &str) -> u32 {
-        self.tds.values().filter(|t| t.image == image).count() as u32
+        self.tds
+            .values()
+            .filter(|t| {
+                t.image == image
+                    || t.linux
+                        .as_ref()
+                        .is_some_and(|l| l.kernel == image || l.initrd.as_deref() == Some(image))
+            })
+            .count() as u32
     }
 
     /// Starts a streamed image upload of `size` bytes under `name`.

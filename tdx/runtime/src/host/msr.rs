@@ -113,6 +113,9 @@ impl MsrFile {
             }
             // Status writes and bank controls: accepted, nothing to control.
             IA32_MCG_STATUS | IA32_MCG_CTL | IA32_POWER_CTL | IA32_MISC_ENABLE => {}
+            // Writing 0 before CPUID(1) is how a kernel asks for the microcode revision
+            // (Linux `intel_get_microcode_revision`): accepted, nothing to do.
+            IA32_UCODE_REV if value == 0 => {}
             m if (IA32_MC0_CTL..IA32_MC0_CTL + MC_BANK_MSRS).contains(&m) => {}
             // The base cannot move and x2APIC mode cannot be left in a TD.
             IA32_APIC_BASE if value == self.read(IA32_APIC_BASE)? => {}

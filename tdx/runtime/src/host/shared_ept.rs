@@ -21,6 +21,7 @@ use tdx_abi::phys::PhysMemory;
 use tdx_abi::{Hpa, PAGE_SIZE_4K};
 
 use super::memory::SeptPageCache;
+use crate::devices::fw_cfg::DmaMemory;
 use crate::sept::SeptPagePool;
 
 /// Read, write, execute.
@@ -157,12 +158,51 @@ impl SharedEpt {
         }
     }
 
+    /// Copies between `buf` and shared memory at `addr` (a GPA with or without the shared
+    /// bit), page by page; `false` if some page is not shared memory.
+    fn copy(
+        &self,
+        addr: u64,
+        len: usize,
+        mut each: impl FnMut(Hpa, core::ops::Range<usize>),
+    ) -> bool {
+        let addr = addr & !(1u64 << self.shared_bit);
+        let mut done = 0usize;
+        while done < len {
+            let at = addr + done as u64;
+            let in_page = (at % PAGE_SIZE_4K) as usize;
+            let n = (PAGE_SIZE_4K as usize - in_page).min(len - done);
+            let Some(frame) = self.lookup(at >> 12) else {
+                return false;
+            };
+            each(Hpa(frame.0 + in_page as u64), done..done + n);
+            done += n;
+        }
+        true
+    }
+
     /// The frame shared `gfn` maps, if any.
     pub fn lookup(&self, gfn: u64) -> Option<Hpa> {
         let root = (*self.root.lock())?;
         let slot = self.leaf_slot(root, gfn, false).ok()??;
         let entry = self.read(slot);
         (entry & RWX != 0).then_some(Hpa(entry & ADDRESS))
+    }
+}
+
+/// Device DMA into a TD goes to its shared memory (the only memory a device can reach in a
+/// TD); drivers give addresses without the shared bit.
+impl DmaMemory for SharedEpt {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let phys = self.phys.clone();
+        self.copy(addr, buf.len(), |hpa, range| {
+            phys.read(hpa, &mut buf[range])
+        })
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) -> bool {
+        let phys = self.phys.clone();
+        self.copy(addr, data.len(), |hpa, range| phys.write(hpa, &data[range]))
     }
 }
 

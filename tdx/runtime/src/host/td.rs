@@ -267,7 +267,7 @@ pub struct TdShared {
     /// Private memory (for MapGPA attribute changes).
     pub backing: Arc<TdBacking>,
     /// The host's EPT for the TD's shared memory.
-    pub shared_ept: super::shared_ept::SharedEpt,
+    pub shared_ept: Arc<super::shared_ept::SharedEpt>,
     /// Console output (the UART on [`TdShared::io`] writes into it).
     pub console: Arc<ConsoleRing>,
     /// The TD's port-I/O devices.

@@ -36,6 +36,7 @@ fn spec(name: &str, image: &str, workload: Option<Workload>) -> TdSpec {
         attributes: SEPT_VE_DISABLE,
         huge_pages: true,
         workload: workload.map(GuestProgram::new),
+        linux: None,
     }
 }
 
@@ -146,6 +147,91 @@ fn bring_up_reports_the_platform() {
     assert_eq!(e.host.events_since(0, 10).len(), 1);
 }
 
+/// A minimal x86-64 bzImage with an EFI stub (boot protocol 2.15, 31 setup sectors).
+fn bzimage(len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    b[0..2].copy_from_slice(b"MZ");
+    b[0x1F1] = 31;
+    b[0x1FE..0x200].copy_from_slice(&0xAA55u16.to_le_bytes());
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
+    b[0x211] = 1;
+    b[0x236..0x238].copy_from_slice(&0x7Fu16.to_le_bytes());
+    b[0x238..0x23C].copy_from_slice(&64u32.to_le_bytes());
+    b
+}
+
+#[test]
+fn kernels_and_initramfs_are_recognised_and_checked_at_create() {
+    let mut e = host();
+    let h = &mut e.host;
+    upload_image(h, "fw", &synthetic_tdvf_image()).unwrap();
+    let kernel = upload_image(h, "vmlinuz", &bzimage(0x20000)).unwrap();
+    assert_eq!(kernel.kind, ImageKind::Kernel);
+    assert!(kernel.sections.is_empty() && kernel.expected_mrtd.is_none());
+    let mut gz = vec![0x1F, 0x8B, 8, 0];
+    gz.resize(4096, 0);
+    assert_eq!(
+        upload_image(h, "initrd", &gz).unwrap().kind,
+        ImageKind::Initrd
+    );
+    // A boot header this host cannot boot says why; random bytes are not an image.
+    let mut old = bzimage(0x20000);
+    old[0x206] = 0x0A;
+    assert!(matches!(
+        upload_image(h, "old", &old),
+        Err(HostError::InvalidKernel(
+            crate::linux::KernelError::OldProtocol(0x020A)
+        ))
+    ));
+    assert!(matches!(
+        upload_image(h, "noise", &[0x42; 8192]),
+        Err(HostError::InvalidImage(_))
+    ));
+    let linux = |kernel: &str, initrd: Option<&str>, cmdline: &str| {
+        let mut s = spec("lx", "fw", None);
+        s.linux = Some(LinuxBoot {
+            kernel: String::from(kernel),
+            initrd: initrd.map(String::from),
+            cmdline: String::from(cmdline),
+        });
+        s
+    };
+    let field = |r: Result<TdInfo, HostError>| match r {
+        Err(HostError::InvalidSpec { field, .. }) => field,
+        other => panic!("expected an invalid spec, got {other:?}"),
+    };
+    assert_eq!(field(h.create_td(linux("fw", None, ""), 0)), "kernel");
+    assert_eq!(
+        field(h.create_td(linux("vmlinuz", Some("vmlinuz"), ""), 0)),
+        "initrd"
+    );
+    assert_eq!(
+        field(h.create_td(linux("vmlinuz", None, &"x".repeat(65)), 0)),
+        "cmdline"
+    );
+    assert_eq!(
+        field(h.create_td(linux("vmlinuz", None, "a\nb"), 0)),
+        "cmdline"
+    );
+    let mut as_firmware = spec("k", "vmlinuz", None);
+    as_firmware.linux = None;
+    assert_eq!(field(h.create_td(as_firmware, 0)), "image");
+    let id = h
+        .create_td(linux("vmlinuz", Some("initrd"), "console=ttyS0"), 0)
+        .unwrap()
+        .id;
+    assert_eq!(h.image("vmlinuz").unwrap().in_use_by, 1);
+    assert_eq!(h.image("initrd").unwrap().in_use_by, 1);
+    assert!(matches!(
+        h.delete_image("vmlinuz"),
+        Err(HostError::ImageInUse)
+    ));
+    let _ = id;
+    destroy_all(h);
+    assert_eq!(h.image("vmlinuz").unwrap().in_use_by, 0);
+}
+
 #[test]
 fn image_upload_validates_and_accounts() {
     let mut e = host();
@@ -162,8 +248,9 @@ fn image_upload_validates_and_accounts() {
     let layout = crate::tdvf::TdMemoryLayout::new(&md, 32).unwrap();
     assert_eq!(
         info.expected_mrtd,
-        crate::tdvf::expected_mrtd(&img, &layout).unwrap()
+        Some(crate::tdvf::expected_mrtd(&img, &layout).unwrap())
     );
+    assert_eq!(info.kind, ImageKind::Firmware);
     assert_eq!(
         h.pool().stats().used_by(MemoryUse::ImageStorage),
         img.len() as u64 / 4096
@@ -216,7 +303,10 @@ fn image_upload_validates_and_accounts() {
 fn many_tds_run_a_workload_and_return_every_page() {
     let mut e = host();
     let img = synthetic_tdvf_image();
-    let expected = upload_image(&mut e.host, "fw", &img).unwrap().expected_mrtd;
+    let expected = upload_image(&mut e.host, "fw", &img)
+        .unwrap()
+        .expected_mrtd
+        .unwrap();
     let before = e.host.pool().stats();
     let hkids = e.host.free_hkids();
     let h = &mut e.host;
@@ -317,7 +407,7 @@ fn real_ovmf_image_builds_with_the_expected_mrtd() {
     let m = h.measurement(id).unwrap();
     let hex: String = m.mrtd.iter().map(|b| alloc::format!("{b:02x}")).collect();
     println!("OVMF MRTD {hex}");
-    assert_eq!(m.mrtd, info.expected_mrtd);
+    assert_eq!(Some(m.mrtd), info.expected_mrtd);
     let sha: String = Sha384::digest(&img)
         .iter()
         .map(|b| alloc::format!("{b:02x}"))
@@ -877,7 +967,16 @@ fn upload_validation_reads_the_stored_pages_not_a_copy() {
     let src = super::testing::CountingSource::new(pages);
     let parts = upload.validate(&src).unwrap();
     let md = crate::tdvf::TdvfMetadata::parse(&img).unwrap();
-    assert_eq!(parts.metadata, md);
+    let Some((metadata, parts_mrtd)) = (match &parts.content {
+        super::images::Content::Firmware {
+            metadata,
+            expected_mrtd,
+        } => Some((metadata, *expected_mrtd)),
+        _ => None,
+    }) else {
+        panic!("the synthetic image is firmware");
+    };
+    assert_eq!(*metadata, md);
     // What validation needs: the metadata (twice: parse, then the layout check of the MRTD
     // replay) and the raw data of MR.EXTENDed pages, read one page at a time.
     let measured: u64 = md
@@ -910,7 +1009,7 @@ fn upload_validation_reads_the_stored_pages_not_a_copy() {
     );
     // The real upload path validates the same way and agrees.
     let info = h.finish_image_upload(id).unwrap();
-    assert_eq!(info.expected_mrtd, parts.expected_mrtd);
+    assert_eq!(info.expected_mrtd, Some(parts_mrtd));
 }
 
 fn runners_running(h: &Host) -> usize {

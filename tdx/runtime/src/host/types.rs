@@ -31,6 +31,20 @@ pub struct TdSpec {
     /// guest engine runs declared workloads). `None`: the vCPUs idle (HLT) until stopped.
     /// Refused with [`super::HostError::WorkloadNeedsEmulation`] on hardware.
     pub workload: Option<GuestProgram>,
+    /// A Linux kernel for the firmware to boot (QEMU's direct kernel boot: the firmware reads
+    /// it through fw_cfg).
+    pub linux: Option<LinuxBoot>,
+}
+
+/// What a TD's firmware boots directly (`kernel`, `initrd`, `cmdline` of `POST /v1/tds`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinuxBoot {
+    /// Name of an uploaded kernel image.
+    pub kernel: String,
+    /// Name of an uploaded initramfs image.
+    pub initrd: Option<String>,
+    /// The kernel command line (at most what the kernel's header allows).
+    pub cmdline: String,
 }
 
 /// How to stop a TD (`POST /v1/tds/{id}/stop`).
@@ -171,12 +185,37 @@ pub struct ImageInfo {
     pub size: u64,
     /// SHA-384 of the file.
     pub sha384: [u8; 48],
-    /// TDVF sections in metadata order.
+    /// What the file is.
+    pub kind: ImageKind,
+    /// TDVF sections in metadata order (firmware only).
     pub sections: Vec<ImageSection>,
-    /// MRTD a TD built from this image will have (offline computation; independent of RAM size).
-    pub expected_mrtd: [u8; 48],
+    /// MRTD a TD built from this image will have (offline computation; independent of RAM
+    /// size; firmware only).
+    pub expected_mrtd: Option<[u8; 48]>,
     /// Number of TDs (not destroyed) built from it.
     pub in_use_by: u32,
+}
+
+/// What an uploaded image is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageKind {
+    /// TDVF firmware (a TD's `image`).
+    Firmware,
+    /// A Linux kernel: a bzImage with an EFI stub (a TD's `kernel`).
+    Kernel,
+    /// An initramfs (a TD's `initrd`).
+    Initrd,
+}
+
+impl ImageKind {
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageKind::Firmware => "firmware",
+            ImageKind::Kernel => "kernel",
+            ImageKind::Initrd => "initrd",
+        }
+    }
 }
 
 /// An event in the host's event log (`GET /v1/events`).

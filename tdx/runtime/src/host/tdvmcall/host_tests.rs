@@ -41,6 +41,7 @@ fn spec(name: &str, steps: Vec<Step>) -> TdSpec {
         attributes: SEPT_VE_DISABLE,
         huge_pages: false,
         workload: Some(GuestProgram::new(Workload { steps })),
+        linux: None,
     }
 }
 
