@@ -22,6 +22,7 @@ extern crate alloc;
 #[cfg(any(test, feature = "testing"))]
 extern crate std;
 
+pub mod acpi;
 pub mod devices;
 pub mod hob;
 pub mod host;

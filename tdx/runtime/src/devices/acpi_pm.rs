@@ -26,6 +26,9 @@ const SLP_EN: u16 = 1 << 13;
 const SLP_TYP_MASK: u16 = 7 << 10;
 /// The sleep type of S5 (soft off).
 const SLP_TYP_S5: u16 = 0;
+/// Offset of the hardware-reduced ACPI sleep control register (a byte: SLP_TYP in bits
+/// 4:2, SLP_EN bit 5; ACPI 6.5 §4.8.3.7), for the tables of TDs that boot a kernel.
+pub const SLEEP_CONTROL_OFFSET: u16 = 0x3C;
 
 /// Requests a guest makes of its platform's power logic.
 #[derive(Default)]
@@ -111,6 +114,11 @@ impl PortIoDevice for AcpiPmBlock {
                     self.power.off.store(true, Ordering::Release);
                 }
             }
+            SLEEP_CONTROL_OFFSET => {
+                if value & 1 << 5 != 0 && (value >> 2) & 7 == SLP_TYP_S5 {
+                    self.power.off.store(true, Ordering::Release);
+                }
+            }
             _ => {}
         }
     }
@@ -188,6 +196,16 @@ mod tests {
         pm.write(4, AccessSize::Word, 1);
         assert!(!power.off_requested());
         pm.write(4, AccessSize::Word, u64::from(SLP_EN));
+        assert!(power.off_requested());
+    }
+
+    #[test]
+    fn the_hardware_reduced_sleep_register_powers_off_at_s5() {
+        let (pm, function, _, power) = block();
+        place(&function, PIIX4_PM_BASE, true);
+        pm.write(SLEEP_CONTROL_OFFSET, AccessSize::Byte, 5 << 2 | 1 << 5);
+        assert!(!power.off_requested(), "S5 here is sleep type 0");
+        pm.write(SLEEP_CONTROL_OFFSET, AccessSize::Byte, 1 << 5);
         assert!(power.off_requested());
     }
 }

@@ -36,6 +36,8 @@ pub mod key {
     pub const SETUP_SIZE: u16 = 0x17;
     pub const SETUP_DATA: u16 = 0x18;
     pub const FILE_DIR: u16 = 0x19;
+    /// The first key of named files.
+    pub const FILE_FIRST: u16 = 0x20;
 }
 
 /// DMA control bits.
@@ -95,7 +97,8 @@ pub struct StoredFile {
 
 impl FwCfg {
     /// A device that offers `kernel` (split at `setup_bytes` into setup and kernel items),
-    /// `initrd` and `cmdline`.
+    /// `initrd`, `cmdline` and the named `files` (listed in the file directory, keys from
+    /// [`key::FILE_FIRST`] on, names up to 55 bytes).
     pub fn new_linux(
         phys: Arc<dyn PhysMemory>,
         dma: Arc<dyn DmaMemory>,
@@ -103,6 +106,7 @@ impl FwCfg {
         setup_bytes: u64,
         initrd: Option<&StoredFile>,
         cmdline: &str,
+        files: Vec<(&str, Vec<u8>)>,
     ) -> FwCfg {
         let le32 =
             |v: u64| ItemData::Bytes(u32::try_from(v).unwrap_or(u32::MAX).to_le_bytes().to_vec());
@@ -112,7 +116,7 @@ impl FwCfg {
         let mut items = alloc::vec![
             (key::SIGNATURE, ItemData::Bytes(b"QEMU".to_vec())),
             (key::ID, ItemData::Bytes(FEATURES.to_le_bytes().to_vec())),
-            (key::FILE_DIR, ItemData::Bytes(0u32.to_be_bytes().to_vec())),
+            (key::FILE_DIR, ItemData::Bytes(file_directory(&files))),
             (key::SETUP_SIZE, le32(setup)),
             (
                 key::SETUP_DATA,
@@ -135,6 +139,9 @@ impl FwCfg {
             (key::CMDLINE_DATA, ItemData::Bytes(command)),
             (key::INITRD_SIZE, le32(initrd.map_or(0, |i| i.len))),
         ];
+        for (key, (_, data)) in (key::FILE_FIRST..).zip(files) {
+            items.push((key, ItemData::Bytes(data)));
+        }
         if let Some(initrd) = initrd {
             items.push((
                 key::INITRD_DATA,
@@ -235,6 +242,22 @@ impl FwCfg {
     }
 }
 
+/// The file directory item: a big-endian count, then per file its size (BE32), key (BE16),
+/// two reserved bytes and a NUL-padded 56-byte name.
+fn file_directory(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut dir = (files.len() as u32).to_be_bytes().to_vec();
+    for (key, (name, data)) in (key::FILE_FIRST..).zip(files) {
+        dir.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        dir.extend_from_slice(&key.to_be_bytes());
+        dir.extend_from_slice(&[0, 0]);
+        let mut n = [0u8; 56];
+        let len = name.len().min(55);
+        n[..len].copy_from_slice(&name.as_bytes()[..len]);
+        dir.extend_from_slice(&n);
+    }
+    dir
+}
+
 impl PortIoDevice for FwCfg {
     fn read(&self, offset: u16, _size: AccessSize) -> u64 {
         match offset {
@@ -312,6 +335,7 @@ mod tests {
                 len: 100,
             }),
             "console=ttyS0",
+            vec![("etc/acpi/rsdp", vec![7; 36])],
         );
         (dev, mem)
     }
@@ -339,6 +363,14 @@ mod tests {
         assert_eq!(read_bytes(&dev, 4), 0x1800u32.to_le_bytes());
         select(&dev, key::CMDLINE_DATA);
         assert_eq!(read_bytes(&dev, 15), b"console=ttyS0\0\0");
+        select(&dev, key::FILE_DIR);
+        let dir = read_bytes(&dev, 4 + 64);
+        assert_eq!(dir[..4], 1u32.to_be_bytes());
+        assert_eq!(dir[4..8], 36u32.to_be_bytes());
+        assert_eq!(dir[8..10], key::FILE_FIRST.to_be_bytes());
+        assert_eq!(&dir[12..25], b"etc/acpi/rsdp");
+        select(&dev, key::FILE_FIRST);
+        assert_eq!(read_bytes(&dev, 2), [7, 7]);
         select(&dev, 0x7777);
         assert_eq!(read_bytes(&dev, 2), [0, 0]);
         assert_eq!(

@@ -261,7 +261,8 @@ impl Host {
     }
 
     /// Adds to `io` what a TD that boots a kernel directly needs: fw_cfg with the kernel,
-    /// initramfs and command line (the images stay stored while the TD uses them).
+    /// initramfs and command line (the images stay stored while the TD uses them) and the
+    /// ACPI tables ([`crate::acpi`]), which OVMF takes from fw_cfg once fw_cfg exists.
     fn linux_devices(
         &self,
         spec: &TdSpec,
@@ -288,6 +289,7 @@ impl Host {
             return io;
         };
         let initrd = linux.initrd.as_deref().and_then(stored);
+        let acpi = crate::acpi::build(spec.vcpus);
         let device = FwCfg::new_linux(
             self.phys.clone(),
             shared.clone(),
@@ -295,6 +297,11 @@ impl Host {
             setup,
             initrd.as_ref(),
             &linux.cmdline,
+            alloc::vec![
+                (crate::acpi::LOADER_FILE, acpi.loader),
+                (crate::acpi::TABLES_FILE, acpi.tables),
+                (crate::acpi::RSDP_FILE, acpi.rsdp),
+            ],
         );
         if let Err(e) = io.insert(FW_CFG_BASE, FW_CFG_PORTS, Arc::new(device)) {
             log::error!("host: fw_cfg not placed: {e}");

@@ -247,8 +247,14 @@ impl ExitContext<'_> {
                 td.set_outcome(GuestOutcome::FatalError { code, message });
                 Reply::DONE
             }
-            // No hypervisor leaves and nothing beyond what the module answers itself: a TD
-            // that asks the host sees zeros, as for a leaf the CPU does not implement.
+            // The hypervisor leaves name a KVM-compatible host with no paravirtual features
+            // (0x40000001 all zero), as a TD under QEMU/KVM sees: Linux allows x2APIC without
+            // interrupt remapping only under a hypervisor it recognises, and a TD must use
+            // x2APIC. Any other leaf the module sends here reads as zeros, as a leaf the CPU
+            // does not implement.
+            Request::Cpuid {
+                leaf: 0x4000_0000, ..
+            } => Reply::success4([0x4000_0001, 0x4B4D_564B, 0x564B_4D56, 0x4D]),
             Request::Cpuid { .. } => Reply::success4([0; 4]),
             Request::Rdmsr {
                 msr: lapic::MSR_TSC_DEADLINE,

@@ -479,10 +479,11 @@ fn checks() {
         tdx[1] == 0x6574_6E49 && tdx[3] == 0x5844_546C && tdx[2] == 0x2020_2020,
         u64::from(tdx[1]),
     );
+    let hv = cpuid(0x4000_0000);
     check(
-        "CPUID 0x40000000 goes to the host through #VE",
-        cpuid(0x4000_0000)[0] == 0,
-        0,
+        "CPUID 0x40000000 goes to the host through #VE (KVM-compatible, no features)",
+        hv[0] == 0x4000_0001 && hv[1] == 0x4B4D_564B && cpuid(0x4000_0001)[0] == 0,
+        u64::from(hv[0]),
     );
     let none = tdcall(3, 0, 0, 0, 0)[0];
     check(

@@ -1,0 +1,251 @@
+//! ACPI tables for a TD that boots a kernel directly, in the form OVMF takes them from QEMU:
+//! the fw_cfg files `etc/acpi/tables` (the tables), `etc/acpi/rsdp` (the RSDP) and
+//! `etc/table-loader` (the linker script that allocates both, patches the pointers between
+//! them and fills in their checksums; QEMU `hw/acpi/bios-linker-loader.c`, OVMF
+//! `OvmfPkg/AcpiPlatformDxe/QemuFwCfgAcpi.c`). OVMF installs every table a pointer leads to
+//! (here FADT, DSDT and MADT) and builds its own RSDP and XSDT; for a TD its `TdxDxe`
+//! appends the multiprocessor wake-up structure to the MADT.
+//!
+//! Contents (ACPI 6.4): a MADT with one Processor Local APIC per vCPU (APIC ID = vCPU
+//! index) and no interrupt controllers besides; a hardware-reduced FADT (a TD has no legacy
+//! interrupt controller for an SCI) whose sleep control register is a byte in the PIIX4
+//! power-management block TDVF programs at 0xB000, and no FACS; a DSDT that only says how
+//! to enter S5 (sleep type 0). Sans-IO.
+
+use alloc::vec::Vec;
+
+/// The PIIX4 power-management block (TDVF programs PMBA to 0xB000 on the 440FX platform).
+const PM_BASE: u32 = 0xB000;
+/// The hardware-reduced sleep control register (a byte in the PM block).
+const SLEEP_CONTROL: u32 = PM_BASE + crate::devices::acpi_pm::SLEEP_CONTROL_OFFSET as u32;
+
+/// Loader commands (QEMU `BiosLinkerLoaderEntry`, 128 bytes each).
+const LOADER_ALLOCATE: u32 = 1;
+const LOADER_ADD_POINTER: u32 = 2;
+const LOADER_ADD_CHECKSUM: u32 = 3;
+/// Allocation zones.
+const ZONE_HIGH: u8 = 1;
+const ZONE_FSEG: u8 = 2;
+
+/// The fw_cfg file names.
+pub const TABLES_FILE: &str = "etc/acpi/tables";
+/// The RSDP's file.
+pub const RSDP_FILE: &str = "etc/acpi/rsdp";
+/// The linker script's file.
+pub const LOADER_FILE: &str = "etc/table-loader";
+
+/// The three fw_cfg files.
+pub struct AcpiFiles {
+    /// `etc/acpi/tables`.
+    pub tables: Vec<u8>,
+    /// `etc/acpi/rsdp`.
+    pub rsdp: Vec<u8>,
+    /// `etc/table-loader`.
+    pub loader: Vec<u8>,
+}
+
+/// A table header (36 bytes) for `signature` of `length` bytes, checksum left 0.
+fn header(out: &mut Vec<u8>, signature: &[u8; 4], length: u32, revision: u8) {
+    out.extend_from_slice(signature);
+    out.extend_from_slice(&length.to_le_bytes());
+    out.push(revision);
+    out.push(0); // checksum, filled by the loader
+    out.extend_from_slice(b"TDXAPP"); // OEM ID
+    out.extend_from_slice(b"TDXAPPL "); // OEM table ID
+    out.extend_from_slice(&1u32.to_le_bytes()); // OEM revision
+    out.extend_from_slice(b"TDXA"); // creator ID
+    out.extend_from_slice(&1u32.to_le_bytes()); // creator revision
+}
+
+/// An ACPI generic address structure for an I/O port block.
+fn io_gas(out: &mut Vec<u8>, port: u32, bits: u8, access: u8) {
+    out.extend_from_slice(&[1, bits, 0, access]);
+    out.extend_from_slice(&u64::from(port).to_le_bytes());
+}
+
+fn put_name(entry: &mut [u8], at: usize, name: &str) {
+    let n = name.len().min(55);
+    entry[at..at + n].copy_from_slice(&name.as_bytes()[..n]);
+}
+
+fn allocate(loader: &mut Vec<u8>, file: &str, align: u32, zone: u8) {
+    let mut e = [0u8; 128];
+    e[0..4].copy_from_slice(&LOADER_ALLOCATE.to_le_bytes());
+    put_name(&mut e, 4, file);
+    e[60..64].copy_from_slice(&align.to_le_bytes());
+    e[64] = zone;
+    loader.extend_from_slice(&e);
+}
+
+fn add_pointer(loader: &mut Vec<u8>, dest: &str, src: &str, offset: u32, size: u8) {
+    let mut e = [0u8; 128];
+    e[0..4].copy_from_slice(&LOADER_ADD_POINTER.to_le_bytes());
+    put_name(&mut e, 4, dest);
+    put_name(&mut e, 60, src);
+    e[116..120].copy_from_slice(&offset.to_le_bytes());
+    e[120] = size;
+    loader.extend_from_slice(&e);
+}
+
+fn add_checksum(loader: &mut Vec<u8>, file: &str, at: u32, start: u32, len: u32) {
+    let mut e = [0u8; 128];
+    e[0..4].copy_from_slice(&LOADER_ADD_CHECKSUM.to_le_bytes());
+    put_name(&mut e, 4, file);
+    e[60..64].copy_from_slice(&at.to_le_bytes());
+    e[64..68].copy_from_slice(&start.to_le_bytes());
+    e[68..72].copy_from_slice(&len.to_le_bytes());
+    loader.extend_from_slice(&e);
+}
+
+/// Pads `v` to a multiple of 8 bytes.
+fn align8(v: &mut Vec<u8>) {
+    while !v.len().is_multiple_of(8) {
+        v.push(0);
+    }
+}
+
+/// The tables of a TD with `vcpus` vCPUs (APIC IDs 0..vcpus).
+pub fn build(vcpus: u32) -> AcpiFiles {
+    let mut tables = Vec::new();
+    // DSDT: Name (_S5, Package (4) { Zero, Zero, Zero, Zero }): S5 is sleep type 0.
+    let dsdt_at = tables.len() as u32;
+    let aml: [u8; 12] = [
+        0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
+    ];
+    header(&mut tables, b"DSDT", 36 + aml.len() as u32, 2);
+    tables.extend_from_slice(&aml);
+    align8(&mut tables);
+    // FADT (revision 6, 276 bytes).
+    let fadt_at = tables.len() as u32;
+    let mut fadt = Vec::with_capacity(276);
+    header(&mut fadt, b"FACP", 276, 6);
+    fadt.extend_from_slice(&0u32.to_le_bytes()); // FIRMWARE_CTRL
+    fadt.extend_from_slice(&dsdt_at.to_le_bytes()); // DSDT (patched)
+    fadt.extend_from_slice(&[0, 0]); // reserved, preferred PM profile
+    fadt.extend_from_slice(&9u16.to_le_bytes()); // SCI_INT
+    fadt.extend_from_slice(&0u32.to_le_bytes()); // SMI_CMD: none, ACPI mode already
+    fadt.extend_from_slice(&[0, 0, 0, 0]); // ACPI_ENABLE/DISABLE, S4BIOS_REQ, PSTATE_CNT
+    for block in [PM_BASE, 0, PM_BASE + 4, 0, 0, PM_BASE + 8, 0, 0] {
+        // PM1a/b event, PM1a/b control, PM2 control, PM timer, GPE0, GPE1.
+        fadt.extend_from_slice(&block.to_le_bytes());
+    }
+    fadt.extend_from_slice(&[4, 2, 0, 4, 0, 0, 0, 0]); // block lengths, GPE1 base, CST
+    fadt.extend_from_slice(&0x0FFFu16.to_le_bytes()); // P_LVL2_LAT: no C2
+    fadt.extend_from_slice(&0x0FFFu16.to_le_bytes()); // P_LVL3_LAT: no C3
+    fadt.extend_from_slice(&[0; 4]); // FLUSH_SIZE, FLUSH_STRIDE
+    fadt.extend_from_slice(&[0; 5]); // duty offset/width, RTC alarms, century
+    fadt.extend_from_slice(&(1u16 << 2).to_le_bytes()); // IAPC_BOOT_ARCH: no VGA
+    fadt.push(0);
+    // Flags: WBINVD, C1 on all CPUs, power and sleep buttons are absent/control methods,
+    // hardware-reduced ACPI (no SCI: a TD has no legacy interrupt controller to route it).
+    fadt.extend_from_slice(&(1u32 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 20).to_le_bytes());
+    fadt.extend_from_slice(&[0; 12]); // RESET_REG
+    fadt.extend_from_slice(&[0, 0, 0, 0]); // RESET_VALUE, ARM_BOOT_ARCH, minor version
+    fadt.extend_from_slice(&0u64.to_le_bytes()); // X_FIRMWARE_CTRL
+    fadt.extend_from_slice(&u64::from(dsdt_at).to_le_bytes()); // X_DSDT (patched)
+    io_gas(&mut fadt, PM_BASE, 32, 2); // X_PM1a_EVT_BLK
+    fadt.extend_from_slice(&[0; 12]); // X_PM1b_EVT_BLK
+    io_gas(&mut fadt, PM_BASE + 4, 16, 2); // X_PM1a_CNT_BLK
+    fadt.extend_from_slice(&[0; 24]); // X_PM1b_CNT_BLK, X_PM2_CNT_BLK
+    io_gas(&mut fadt, PM_BASE + 8, 32, 3); // X_PM_TMR_BLK
+    fadt.extend_from_slice(&[0; 24]); // X_GPE0/1
+    io_gas(&mut fadt, SLEEP_CONTROL, 8, 1); // SLEEP_CONTROL_REG
+    fadt.extend_from_slice(&[0; 12]); // SLEEP_STATUS_REG
+    fadt.extend_from_slice(&0u64.to_le_bytes()); // hypervisor vendor
+    debug_assert_eq!(fadt.len(), 276);
+    tables.extend_from_slice(&fadt);
+    align8(&mut tables);
+    // MADT: local APIC address, no 8259s, one Processor Local APIC per vCPU.
+    let madt_at = tables.len() as u32;
+    let madt_len = 44 + 8 * vcpus;
+    header(&mut tables, b"APIC", madt_len, 5);
+    tables.extend_from_slice(&0xFEE0_0000u32.to_le_bytes());
+    tables.extend_from_slice(&0u32.to_le_bytes());
+    for id in 0..vcpus {
+        let id8 = u8::try_from(id).unwrap_or(u8::MAX);
+        tables.extend_from_slice(&[0, 8, id8, id8]);
+        tables.extend_from_slice(&1u32.to_le_bytes()); // enabled
+    }
+    align8(&mut tables);
+    // XSDT: FADT, MADT.
+    let xsdt_at = tables.len() as u32;
+    header(&mut tables, b"XSDT", 36 + 16, 1);
+    tables.extend_from_slice(&u64::from(fadt_at).to_le_bytes());
+    tables.extend_from_slice(&u64::from(madt_at).to_le_bytes());
+    // RSDP (ACPI 2.0+, 36 bytes).
+    let mut rsdp = Vec::with_capacity(36);
+    rsdp.extend_from_slice(b"RSD PTR ");
+    rsdp.push(0); // checksum of the first 20 bytes
+    rsdp.extend_from_slice(b"TDXAPP");
+    rsdp.push(2);
+    rsdp.extend_from_slice(&0u32.to_le_bytes()); // RSDT: none
+    rsdp.extend_from_slice(&36u32.to_le_bytes());
+    rsdp.extend_from_slice(&u64::from(xsdt_at).to_le_bytes()); // XSDT (patched)
+    rsdp.push(0); // extended checksum
+    rsdp.extend_from_slice(&[0; 3]);
+    let mut loader = Vec::new();
+    allocate(&mut loader, RSDP_FILE, 16, ZONE_FSEG);
+    allocate(&mut loader, TABLES_FILE, 64, ZONE_HIGH);
+    add_pointer(&mut loader, TABLES_FILE, TABLES_FILE, fadt_at + 40, 4);
+    add_pointer(&mut loader, TABLES_FILE, TABLES_FILE, fadt_at + 140, 8);
+    add_pointer(&mut loader, TABLES_FILE, TABLES_FILE, xsdt_at + 36, 8);
+    add_pointer(&mut loader, TABLES_FILE, TABLES_FILE, xsdt_at + 44, 8);
+    add_pointer(&mut loader, RSDP_FILE, TABLES_FILE, 24, 8);
+    for (at, len) in [
+        (dsdt_at, 36 + aml.len() as u32),
+        (fadt_at, 276),
+        (madt_at, madt_len),
+        (xsdt_at, 52),
+    ] {
+        add_checksum(&mut loader, TABLES_FILE, at + 9, at, len);
+    }
+    add_checksum(&mut loader, RSDP_FILE, 8, 0, 20);
+    add_checksum(&mut loader, RSDP_FILE, 32, 0, 36);
+    AcpiFiles {
+        tables,
+        rsdp,
+        loader,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
+
+    #[test]
+    fn tables_have_their_lengths_and_the_loader_links_them() {
+        let f = build(2);
+        // DSDT at 0, FADT next (8-aligned), MADT, XSDT.
+        assert_eq!(&f.tables[0..4], b"DSDT");
+        let fadt = 48; // DSDT is 48 bytes
+        assert_eq!(&f.tables[fadt..fadt + 4], b"FACP");
+        assert_eq!(u32_at(&f.tables, fadt + 4), 276);
+        assert_eq!(
+            u32_at(&f.tables, fadt + 40),
+            0,
+            "DSDT offset, patched by the loader"
+        );
+        assert_eq!(u32_at(&f.tables, fadt + 76), 0xB008, "PM timer");
+        let madt = fadt + 280;
+        assert_eq!(&f.tables[madt..madt + 4], b"APIC");
+        assert_eq!(u32_at(&f.tables, madt + 4), 44 + 16);
+        assert_eq!(&f.tables[madt + 44..madt + 48], &[0, 8, 0, 0]);
+        assert_eq!(&f.tables[madt + 52..madt + 56], &[0, 8, 1, 1]);
+        let xsdt = madt + 64;
+        assert_eq!(&f.tables[xsdt..xsdt + 4], b"XSDT");
+        assert_eq!(f.tables.len(), xsdt + 52);
+        assert_eq!(&f.rsdp[0..8], b"RSD PTR ");
+        assert_eq!(u32_at(&f.rsdp, 24), xsdt as u32);
+        // Two allocations, five pointers, six checksums; 128 bytes each.
+        assert_eq!(f.loader.len(), 13 * 128);
+        assert_eq!(u32_at(&f.loader, 0), LOADER_ALLOCATE);
+        assert_eq!(&f.loader[4..17], RSDP_FILE.as_bytes());
+        assert_eq!(u32_at(&f.loader, 2 * 128), LOADER_ADD_POINTER);
+        assert_eq!(u32_at(&f.loader, 2 * 128 + 116), fadt as u32 + 40);
+        assert_eq!(u32_at(&f.loader, 12 * 128), LOADER_ADD_CHECKSUM);
+    }
+}
