@@ -114,10 +114,8 @@ impl PortIoDevice for AcpiPmBlock {
                     self.power.off.store(true, Ordering::Release);
                 }
             }
-            SLEEP_CONTROL_OFFSET => {
-                if value & 1 << 5 != 0 && (value >> 2) & 7 == SLP_TYP_S5 {
-                    self.power.off.store(true, Ordering::Release);
-                }
+            SLEEP_CONTROL_OFFSET if value & 1 << 5 != 0 && (value >> 2) & 7 == SLP_TYP_S5 => {
+                self.power.off.store(true, Ordering::Release);
             }
             _ => {}
         }
