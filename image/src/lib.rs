@@ -19,6 +19,7 @@ pub mod disk;
 pub mod error;
 pub mod flash;
 pub mod http;
+pub mod linux_guest;
 pub mod netboot;
 pub mod qemu;
 pub mod serial;

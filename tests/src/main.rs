@@ -153,7 +153,21 @@ const DEFAULTS_CHECKS: &[Check] = &[
         name: "the Rust test guest passes every guest-ABI check beside its hostile variant, which ends alone",
         run: probe_check,
     },
+    Check {
+        name: "Debian's 6.12 cloud kernel boots as a TD through OVMF.fd, runs its initramfs's init and powers off",
+        run: linux_td_check,
+    },
 ];
+
+fn linux_td_check(target: &Target) -> CheckResult {
+    let openapi = openapi::OpenApi::load()?;
+    let ws = Workspace::locate();
+    let guest = appliance_image::linux_guest::ensure(&ws).map_err(|e| e.to_string())?;
+    let summary =
+        operator_story::linux_td(target.port, &target.token, IO_TIMEOUT, &openapi, &guest)?;
+    println!("e2e: [defaults] Linux TD: {summary}");
+    Ok(())
+}
 
 fn probe_check(target: &Target) -> CheckResult {
     let openapi = openapi::OpenApi::load()?;
