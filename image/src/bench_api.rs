@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::appconfig::{ConfigArgs, compose};
 use crate::build::build_appliance;
-use crate::deps;
+use crate::deps::{self, Firmware};
 use crate::error::{ImageError, Result};
 use crate::http::{Connection, HttpResponse};
 use crate::qemu::{BootMedium, Qemu, QemuConfig, free_port};
@@ -164,8 +164,9 @@ pub fn summary_line(conns: usize, requests: usize, seconds: f64, all: &[f64]) ->
     )
 }
 
-/// Runs the benchmark; prints its report.
-pub fn run(ws: &Workspace) -> Result<()> {
+/// Builds the image and boots it in QEMU with the benches' token, as `name`; returns the
+/// instance, the forwarded port and the firmware files once the API answers.
+pub(crate) fn boot_appliance(ws: &Workspace, name: &str) -> Result<(Qemu, u16, Firmware)> {
     let composed = compose(&ConfigArgs {
         file: None,
         token: Some(TOKEN.to_string()),
@@ -177,7 +178,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
         &image,
         port,
         ws.instances_dir()
-            .join(format!("bench-api-{}-{port}", std::process::id())),
+            .join(format!("bench-{name}-{}-{port}", std::process::id())),
     );
     config.medium = BootMedium::EspDir {
         config: Some(composed.text.clone()),
@@ -185,12 +186,26 @@ pub fn run(ws: &Workspace) -> Result<()> {
     config.guest_port = composed.api_port;
     config.guest_address = composed.static_address;
     let mut vm = Qemu::start(&firmware, &config)?;
+    match vm.wait_ready(READY_TIMEOUT) {
+        Ok(ready) => {
+            println!(
+                "bench {name}: appliance ready after {:.1} s",
+                ready.as_secs_f64()
+            );
+            Ok((vm, port, firmware))
+        }
+        Err(e) => {
+            eprintln!("bench {name}: serial log:\n{}", vm.serial_log());
+            vm.kill();
+            Err(e)
+        }
+    }
+}
+
+/// Runs the benchmark; prints its report.
+pub fn run(ws: &Workspace) -> Result<()> {
+    let (mut vm, port, _) = boot_appliance(ws, "api")?;
     let outcome = (|| {
-        let ready = vm.wait_ready(READY_TIMEOUT)?;
-        println!(
-            "bench api: appliance ready after {:.1} s",
-            ready.as_secs_f64()
-        );
         prepare(port)?;
         let measure_from = Instant::now() + WARM_UP;
         let end = measure_from + DURATION;

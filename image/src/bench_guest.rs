@@ -19,13 +19,10 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::appconfig::{ConfigArgs, compose};
-use crate::bench_api::{IO_TIMEOUT, OVMF_PATH, READY_TIMEOUT, TOKEN, expect, request};
-use crate::build::build_appliance;
-use crate::deps;
+use crate::bench_api::{IO_TIMEOUT, OVMF_PATH, boot_appliance, expect, request};
 use crate::error::{ImageError, Result};
 use crate::http::Connection;
-use crate::qemu::{BootMedium, Qemu, QemuConfig, free_port};
+use crate::qemu::Qemu;
 use crate::workspace::Workspace;
 
 /// How long each CPU-use window lasts.
@@ -234,33 +231,8 @@ pub fn summary_line(
 
 /// Runs the benchmark; prints its report.
 pub fn run(ws: &Workspace) -> Result<()> {
-    let composed = compose(&ConfigArgs {
-        file: None,
-        token: Some(TOKEN.to_string()),
-    })?;
-    let image = build_appliance(ws)?;
-    let firmware = deps::ensure()?;
-    let port = free_port()?;
-    let mut config = QemuConfig::new(
-        &image,
-        port,
-        ws.instances_dir()
-            .join(format!("bench-guest-{}-{port}", std::process::id())),
-    );
-    config.medium = BootMedium::EspDir {
-        config: Some(composed.text.clone()),
-    };
-    config.guest_port = composed.api_port;
-    config.guest_address = composed.static_address;
-    let mut vm = Qemu::start(&firmware, &config)?;
-    let outcome = (|| {
-        let ready = vm.wait_ready(READY_TIMEOUT)?;
-        println!(
-            "bench guest: appliance ready after {:.1} s",
-            ready.as_secs_f64()
-        );
-        run_td(&vm, port)
-    })();
+    let (mut vm, port, firmware) = boot_appliance(ws, "guest")?;
+    let outcome = run_td(&vm, port);
     if outcome.is_err() {
         eprintln!("bench guest: serial log:\n{}", vm.serial_log());
     }

@@ -28,7 +28,7 @@ struct Operator<'a> {
     requests: usize,
 }
 
-impl Operator<'_> {
+impl<'a> Operator<'a> {
     fn request(
         &mut self,
         method: &str,
@@ -91,6 +91,67 @@ impl Operator<'_> {
         let response = self.get(path)?;
         expect(&response, 200, &format!("GET {path}"))?;
         json_body(&response)
+    }
+
+    /// A connection to the appliance on `port`.
+    fn open(
+        port: u16,
+        token: &'a str,
+        io_timeout: Duration,
+        openapi: &'a OpenApi,
+    ) -> Result<Self, String> {
+        Ok(Operator {
+            connection: Connection::open(port, io_timeout).map_err(|e| e.to_string())?,
+            port,
+            io_timeout,
+            token,
+            openapi,
+            requests: 0,
+        })
+    }
+
+    /// The newest event id (to follow events from).
+    fn last_event_id(&mut self) -> Result<u64, String> {
+        self.get_json("/v1/events")?["last_event_id"]
+            .as_u64()
+            .ok_or_else(|| String::from("no last_event_id"))
+    }
+
+    /// The TD memory pool's free bytes and the free HKIDs, to compare after a story.
+    fn pool(&mut self) -> Result<(Value, Value), String> {
+        let host = self.get_json("/v1/host")?;
+        Ok((
+            host["tdx"]["memory_free_bytes"].clone(),
+            host["tdx"]["hkids_free"].clone(),
+        ))
+    }
+
+    /// Fails unless the pool and the HKIDs are as [`Operator::pool`] saw them.
+    fn expect_pool_whole(&mut self, before: &(Value, Value)) -> Result<(), String> {
+        if self.pool()? != *before {
+            let host = self.get_json("/v1/host")?;
+            return Err(format!("pool not whole again: {}", host["tdx"]));
+        }
+        Ok(())
+    }
+
+    /// Uploads `bytes` as image `name` (201) and returns its description.
+    fn upload(&mut self, name: &str, bytes: &[u8]) -> Result<Value, String> {
+        let response = self.request(
+            "PUT",
+            &format!("/v1/images/{name}"),
+            Some("application/octet-stream"),
+            &[],
+            bytes,
+        )?;
+        expect(&response, 201, &format!("upload {name}"))?;
+        json_body(&response)
+    }
+
+    /// Deletes image `name` (204).
+    fn delete_image(&mut self, name: &str) -> Result<(), String> {
+        let response = self.request("DELETE", &format!("/v1/images/{name}"), None, &[], b"")?;
+        expect(&response, 204, &format!("delete image {name}"))
     }
 
     fn post_json(
@@ -193,14 +254,7 @@ pub fn run(
     let firmware = std::fs::read(OVMF_PATH)
         .map_err(|e| format!("{OVMF_PATH} (Debian package `ovmf`): {e}"))?;
     let started = Instant::now();
-    let mut op = Operator {
-        connection: Connection::open(port, io_timeout).map_err(|e| e.to_string())?,
-        port,
-        io_timeout,
-        token,
-        openapi,
-        requests: 0,
-    };
+    let mut op = Operator::open(port, token, io_timeout, openapi)?;
 
     let host = op.get_json("/v1/host")?;
     let tdx = &host["tdx"];
@@ -324,29 +378,10 @@ pub fn svm_guest(
     openapi: &OpenApi,
 ) -> Result<String, String> {
     let started = Instant::now();
-    let mut op = Operator {
-        connection: Connection::open(port, io_timeout).map_err(|e| e.to_string())?,
-        port,
-        io_timeout,
-        token,
-        openapi,
-        requests: 0,
-    };
-    let host = op.get_json("/v1/host")?;
-    let pool_free = host["tdx"]["memory_free_bytes"].clone();
-    let hkids_free = host["tdx"]["hkids_free"].clone();
-    let since = op.get_json("/v1/events")?["last_event_id"]
-        .as_u64()
-        .ok_or("no last_event_id")?;
-    let image = crate::svm_guest::image();
-    let response = op.request(
-        "PUT",
-        "/v1/images/svm-hello",
-        Some("application/octet-stream"),
-        &[],
-        &image,
-    )?;
-    expect(&response, 201, "upload the test guest")?;
+    let mut op = Operator::open(port, token, io_timeout, openapi)?;
+    let pool = op.pool()?;
+    let since = op.last_event_id()?;
+    op.upload("svm-hello", &crate::svm_guest::image())?;
     let spec = json!({"name": "svm-hello", "image": "svm-hello", "vcpus": 1, "memory_mib": 32});
     let response = op.post_json("/v1/tds", &spec, &[])?;
     expect(&response, 201, "create the TD")?;
@@ -368,12 +403,8 @@ pub fn svm_guest(
         return Err(format!("console: {console:?}"));
     }
     op.delete_td(&id)?;
-    let response = op.request("DELETE", "/v1/images/svm-hello", None, &[], b"")?;
-    expect(&response, 204, "delete the image")?;
-    let host = op.get_json("/v1/host")?;
-    if host["tdx"]["memory_free_bytes"] != pool_free || host["tdx"]["hkids_free"] != hkids_free {
-        return Err(format!("pool not whole again: {}", host["tdx"]));
-    }
+    op.delete_image("svm-hello")?;
+    op.expect_pool_whole(&pool)?;
     Ok(format!(
         "the guest printed its line and stopped itself; {} requests in {:.1} s",
         op.requests,
@@ -399,29 +430,10 @@ pub fn tdvf_shell(
 ) -> Result<ShellStory, String> {
     let firmware = std::fs::read(OVMF_PATH)
         .map_err(|e| format!("{OVMF_PATH} (Debian package `ovmf`): {e}"))?;
-    let mut op = Operator {
-        connection: Connection::open(port, io_timeout).map_err(|e| e.to_string())?,
-        port,
-        io_timeout,
-        token,
-        openapi,
-        requests: 0,
-    };
-    let host = op.get_json("/v1/host")?;
-    let pool_free = host["tdx"]["memory_free_bytes"].clone();
-    let hkids_free = host["tdx"]["hkids_free"].clone();
-    let since = op.get_json("/v1/events")?["last_event_id"]
-        .as_u64()
-        .ok_or("no last_event_id")?;
-    let response = op.request(
-        "PUT",
-        "/v1/images/debian-ovmf",
-        Some("application/octet-stream"),
-        &[],
-        &firmware,
-    )?;
-    expect(&response, 201, "upload OVMF.fd")?;
-    let expected_mrtd = json_body(&response)?["expected_mrtd"].clone();
+    let mut op = Operator::open(port, token, io_timeout, openapi)?;
+    let pool = op.pool()?;
+    let since = op.last_event_id()?;
+    let expected_mrtd = op.upload("debian-ovmf", &firmware)?["expected_mrtd"].clone();
     let spec = json!({"name": "ovmf-shell", "image": "debian-ovmf", "vcpus": 1, "memory_mib": 256});
     let response = op.post_json("/v1/tds", &spec, &[])?;
     expect(&response, 201, "create the TD")?;
@@ -471,12 +483,8 @@ pub fn tdvf_shell(
     let td = op.get_json(&format!("/v1/tds/{id}"))?;
     let exits = td["counters"]["exits"].clone();
     op.delete_td(&id)?;
-    let response = op.request("DELETE", "/v1/images/debian-ovmf", None, &[], b"")?;
-    expect(&response, 204, "delete the image")?;
-    let host = op.get_json("/v1/host")?;
-    if host["tdx"]["memory_free_bytes"] != pool_free || host["tdx"]["hkids_free"] != hkids_free {
-        return Err(format!("pool not whole again: {}", host["tdx"]));
-    }
+    op.delete_image("debian-ovmf")?;
+    op.expect_pool_whole(&pool)?;
     Ok(ShellStory {
         summary: format!(
             "Debian OVMF.fd reached Shell> {shell_s:.1} s after start, answered a typed command, \
@@ -497,31 +505,12 @@ pub fn probe_guests(
     elf: &std::path::Path,
 ) -> Result<String, String> {
     let started = Instant::now();
-    let mut op = Operator {
-        connection: Connection::open(port, io_timeout).map_err(|e| e.to_string())?,
-        port,
-        io_timeout,
-        token,
-        openapi,
-        requests: 0,
-    };
-    let host = op.get_json("/v1/host")?;
-    let pool_free = host["tdx"]["memory_free_bytes"].clone();
-    let hkids_free = host["tdx"]["hkids_free"].clone();
-    let mut since = op.get_json("/v1/events")?["last_event_id"]
-        .as_u64()
-        .ok_or("no last_event_id")?;
+    let mut op = Operator::open(port, token, io_timeout, openapi)?;
+    let pool = op.pool()?;
+    let mut since = op.last_event_id()?;
     let mut ids = Vec::new();
     for (name, hostile) in [("td-probe-hostile", true), ("td-probe", false)] {
-        let image = crate::probe::image(elf, hostile)?;
-        let response = op.request(
-            "PUT",
-            &format!("/v1/images/{name}"),
-            Some("application/octet-stream"),
-            &[],
-            &image,
-        )?;
-        expect(&response, 201, "upload the probe")?;
+        op.upload(name, &crate::probe::image(elf, hostile)?)?;
         let spec = json!({"name": name, "image": name, "vcpus": 1, "memory_mib": 32});
         let response = op.post_json("/v1/tds", &spec, &[])?;
         expect(&response, 201, "create a probe TD")?;
@@ -581,13 +570,9 @@ pub fn probe_guests(
     }
     for (id, name) in [(probe, "td-probe"), (hostile, "td-probe-hostile")] {
         op.delete_td(id)?;
-        let response = op.request("DELETE", &format!("/v1/images/{name}"), None, &[], b"")?;
-        expect(&response, 204, "delete a probe image")?;
+        op.delete_image(name)?;
     }
-    let host = op.get_json("/v1/host")?;
-    if host["tdx"]["memory_free_bytes"] != pool_free || host["tdx"]["hkids_free"] != hkids_free {
-        return Err(format!("pool not whole again: {}", host["tdx"]));
-    }
+    op.expect_pool_whole(&pool)?;
     Ok(format!(
         "probe: {} checks passed, RTMR 2 as extended; hostile probe ended {} after its storm \
          ({} TD exits); {health_probes} health probes answered; {:.1} s",
@@ -629,34 +614,15 @@ pub fn linux_td(
         ("bin/busybox", 0o100755, &busybox),
         ("init", 0o100755, init.as_bytes()),
     ]);
-    let mut op = Operator {
-        connection: Connection::open(port, io_timeout).map_err(|e| e.to_string())?,
-        port,
-        io_timeout,
-        token,
-        openapi,
-        requests: 0,
-    };
-    let host = op.get_json("/v1/host")?;
-    let pool_free = host["tdx"]["memory_free_bytes"].clone();
-    let hkids_free = host["tdx"]["hkids_free"].clone();
-    let since = op.get_json("/v1/events")?["last_event_id"]
-        .as_u64()
-        .ok_or("no last_event_id")?;
+    let mut op = Operator::open(port, token, io_timeout, openapi)?;
+    let pool = op.pool()?;
+    let since = op.last_event_id()?;
     for (name, bytes, kind) in [
         ("lx-ovmf", &firmware, "firmware"),
         ("lx-kernel", &kernel, "kernel"),
         ("lx-initrd", &initrd, "initrd"),
     ] {
-        let response = op.request(
-            "PUT",
-            &format!("/v1/images/{name}"),
-            Some("application/octet-stream"),
-            &[],
-            bytes,
-        )?;
-        expect(&response, 201, "upload a Linux TD image")?;
-        if json_body(&response)?["kind"] != kind {
+        if op.upload(name, bytes)?["kind"] != kind {
             return Err(format!("{name} is not recognised as a {kind}"));
         }
     }
@@ -693,13 +659,9 @@ pub fn linux_td(
     }
     op.delete_td(&id)?;
     for name in ["lx-ovmf", "lx-kernel", "lx-initrd"] {
-        let response = op.request("DELETE", &format!("/v1/images/{name}"), None, &[], b"")?;
-        expect(&response, 204, "delete a Linux TD image")?;
+        op.delete_image(name)?;
     }
-    let host = op.get_json("/v1/host")?;
-    if host["tdx"]["memory_free_bytes"] != pool_free || host["tdx"]["hkids_free"] != hkids_free {
-        return Err(format!("pool not whole again: {}", host["tdx"]));
-    }
+    op.expect_pool_whole(&pool)?;
     Ok(format!(
         "Debian's kernel ran as a TD (TDX memory encryption active), its init printed the \
          marker and powered off {boot_s:.1} s after start; pool whole"

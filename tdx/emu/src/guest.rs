@@ -33,7 +33,6 @@ use super::sept::{self, SeptTree};
 use super::td::{NO_LP, Td, Vcpu};
 use super::workload::{Access, Order, Step, Workload};
 use super::{EmulatedModule, LeafResult, LockMode};
-use tdx_abi::measure::rtmr_extend;
 use tdx_abi::seamcall::Regs;
 use tdx_abi::td_params::attributes;
 use tdx_abi::{Gpa, Hpa, Leaf, OperandId, PageLevel, SeptState, TdxStatus};
@@ -479,13 +478,7 @@ impl EmulatedModule {
                         g.next_step();
                         continue;
                     }
-                    if let Some(_l) = td.rtmr_lock.try_lock(LockMode::Exclusive) {
-                        let mut mr = td.mr.lock();
-                        let i = usize::from(*index);
-                        if let Some(slot) = mr.rtmr.get_mut(i) {
-                            *slot = rtmr_extend(slot, digest);
-                        }
-                        drop(mr);
+                    if td.try_extend_rtmr(usize::from(*index), digest) {
                         g.next_step();
                     }
                 }

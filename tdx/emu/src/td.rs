@@ -85,6 +85,40 @@ pub(crate) struct Td {
 }
 
 impl Td {
+    /// TDG.MR.RTMR.EXTEND's effect: RTMR `index` (< 4) becomes SHA-384(RTMR || `digest`).
+    /// `false` if another extension holds the RTMRs (the caller answers or retries BUSY).
+    pub(crate) fn try_extend_rtmr(&self, index: usize, digest: &[u8; 48]) -> bool {
+        let Some(_l) = self.rtmr_lock.try_lock(LockMode::Exclusive) else {
+            return false;
+        };
+        if let Some(slot) = self.mr.lock().rtmr.get_mut(index) {
+            *slot = tdx_abi::measure::rtmr_extend(slot, digest);
+        }
+        true
+    }
+
+    /// Element `id` of one of the TD's measurement registers (MRTD, RTMR0–3, MRCONFIGID,
+    /// MROWNER, MROWNERCONFIG; six 8-byte elements each), if `id` names one.
+    pub(crate) fn measurement_element(&self, id: u64) -> Option<u64> {
+        let element = |bytes: &[u8; 48], base: u64| -> Option<u64> {
+            let i = usize::try_from(id.checked_sub(base).filter(|&i| i < 6)?).ok()?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            Some(u64::from_le_bytes(b))
+        };
+        let mr = self.mr.lock();
+        let zero = [0u8; 48];
+        let p = self.cfg.get().map(|c| &c.params);
+        element(&mr.mrtd, tf::MRTD)
+            .or_else(|| {
+                (0..4u64)
+                    .find_map(|k| element(&mr.rtmr[k as usize], tf::RTMR + k * tf::MR_ELEMENTS))
+            })
+            .or_else(|| element(p.map_or(&zero, |p| &p.mr_config_id), tf::MRCONFIGID))
+            .or_else(|| element(p.map_or(&zero, |p| &p.mr_owner), tf::MROWNER))
+            .or_else(|| element(p.map_or(&zero, |p| &p.mr_owner_config), tf::MROWNERCONFIG))
+    }
+
     pub fn lifecycle(&self) -> Lifecycle {
         match self.lifecycle.load(Ordering::Acquire) {
             0 => Lifecycle::HkidAssigned,
@@ -670,12 +704,6 @@ impl EmulatedModule {
                 Ok(())
             }
         };
-        let mr48 = |bytes: &[u8; 48], base: u64| -> Option<u64> {
-            let i = id.checked_sub(base).filter(|&i| i < 6)? as usize;
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
-            Some(u64::from_le_bytes(b))
-        };
         let params = || td.cfg.get().map(|c| &c.params);
         Ok(match id {
             tf::LIFECYCLE_STATE => td.lifecycle() as u64,
@@ -693,30 +721,9 @@ impl EmulatedModule {
                     tf::EPTP_CONTROLS => params().map(|p| p.eptp_controls).unwrap_or(0),
                     tf::TSC_FREQUENCY => params().map(|p| u64::from(p.tsc_frequency)).unwrap_or(0),
                     tf::HOST_SCRATCH => td.notify_enables.load(Ordering::Acquire),
-                    _ => {
-                        let mr = td.mr.lock();
-                        let p = params();
-                        let zero = [0u8; 48];
-                        let found = mr48(&mr.mrtd, tf::MRTD)
-                            .or_else(|| {
-                                (0..4u64).find_map(|k| {
-                                    mr48(&mr.rtmr[k as usize], tf::RTMR + k * tf::MR_ELEMENTS)
-                                })
-                            })
-                            .or_else(|| {
-                                mr48(p.map(|p| &p.mr_config_id).unwrap_or(&zero), tf::MRCONFIGID)
-                            })
-                            .or_else(|| mr48(p.map(|p| &p.mr_owner).unwrap_or(&zero), tf::MROWNER))
-                            .or_else(|| {
-                                mr48(
-                                    p.map(|p| &p.mr_owner_config).unwrap_or(&zero),
-                                    tf::MROWNERCONFIG,
-                                )
-                            });
-                        found.ok_or(
-                            TdxStatus::METADATA_FIELD_ID_INCORRECT.with_operand(OperandId::RDX),
-                        )?
-                    }
+                    _ => td.measurement_element(id).ok_or(
+                        TdxStatus::METADATA_FIELD_ID_INCORRECT.with_operand(OperandId::RDX),
+                    )?,
                 }
             }
         })

@@ -108,25 +108,30 @@ pub fn is_initramfs(start: &[u8]) -> bool {
     MAGICS.iter().any(|m| start.starts_with(m))
 }
 
+/// A file of `len` bytes with the header of a 6.x x86-64 bzImage (boot protocol 2.15, 31
+/// setup sectors, EFI stub) that accepts `cmdline_max` bytes of command line (tests).
+#[cfg(test)]
+pub(crate) fn synthetic_bzimage(len: usize, cmdline_max: u32) -> alloc::vec::Vec<u8> {
+    let mut b = alloc::vec![0u8; len];
+    b[0..2].copy_from_slice(b"MZ");
+    b[0x1F1] = 31;
+    b[0x1FE..0x200].copy_from_slice(&0xAA55u16.to_le_bytes());
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
+    b[0x211] = 1;
+    b[0x236..0x238].copy_from_slice(&0x7Fu16.to_le_bytes());
+    b[0x238..0x23C].copy_from_slice(&cmdline_max.to_le_bytes());
+    b
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use alloc::vec;
     use alloc::vec::Vec;
 
-    /// The header of a 6.x x86-64 bzImage (protocol 2.15, 31 setup sectors).
     fn bzimage(len: usize) -> Vec<u8> {
-        let mut b = vec![0u8; len];
-        b[0..2].copy_from_slice(b"MZ");
-        b[0x1F1] = 31;
-        b[0x1FE..0x200].copy_from_slice(&0xAA55u16.to_le_bytes());
-        b[0x202..0x206].copy_from_slice(b"HdrS");
-        b[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
-        b[0x211] = 1;
-        b[0x236..0x238].copy_from_slice(&0x7Fu16.to_le_bytes());
-        b[0x238..0x23C].copy_from_slice(&2047u32.to_le_bytes());
-        b
+        synthetic_bzimage(len, 2047)
     }
 
     #[test]

@@ -58,7 +58,6 @@ use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use tdx_abi::exit;
-use tdx_abi::measure::rtmr_extend;
 use tdx_abi::seamcall::Regs;
 use tdx_abi::software::{GuestExitStats, exit_overhead_bucket};
 use tdx_abi::td_params::attributes;
@@ -68,7 +67,7 @@ use tdx_svm::GuestRegisters;
 use self::apic::VirtualApicPage;
 use super::sept::{self, SeptTable, SeptTree};
 use super::td::{Td, Vcpu};
-use super::{EmulatedModule, LeafResult, LockMode};
+use super::{EmulatedModule, LeafResult};
 
 /// Runs guest code on the calling CPU. The platform implements it with the `tdx-svm`
 /// primitives (SVM on, a host save area per CPU).
@@ -159,7 +158,6 @@ mod vmcb {
         | 1 << 10
         | 1 << 11
         | 1 << 13;
-    pub const INT_VECTOR: u64 = 0x064;
     /// INT_CTL: V_INTR_MASKING, so the guest's CR8 and RFLAGS.IF never reach the host.
     pub const V_INTR_MASKING: u64 = 1 << 24;
     /// INT_CTL: a virtual interrupt request (V_IRQ) of the highest priority that ignores
@@ -821,26 +819,31 @@ impl EmulatedModule {
         if posted != [0; 4] {
             s.apic.merge_posted(posted);
         }
-        let int_ctl = self.vmcb_read(s.vmcb, vmcb::INT_CTL) & !vmcb::V_IRQ_WINDOW;
-        let misc1 = vmcb::MISC1;
-        let Some(vector) = s.apic.deliverable() else {
-            self.vmcb_write(s.vmcb, vmcb::INT_CTL, int_ctl);
+        let vector = s.apic.deliverable();
+        let blocked = vector.is_some()
+            && (self.vmcb_read(s.vmcb, vmcb::EVENT_INJ) & vmcb::EVENT_VALID != 0
+                || self.vmcb_read(s.vmcb, vmcb::RFLAGS) & RFLAGS_IF == 0
+                || self.vmcb_read(s.vmcb, vmcb::INT_STATE) & 1 != 0);
+        // The window request (V_IRQ, VINTR intercept) changes only when it must: this runs
+        // before every VMRUN. QEMU 7.2 aborts on a guest CR8 write while V_IRQ is pending,
+        // so CR8 writes are always intercepted (see `cr8_write`).
+        let int_ctl = self.vmcb_read(s.vmcb, vmcb::INT_CTL);
+        if (int_ctl & vmcb::V_IRQ_WINDOW == vmcb::V_IRQ_WINDOW) != blocked {
+            let (window, misc1) = if blocked {
+                (vmcb::V_IRQ_WINDOW, vmcb::MISC1 | vmcb::INTERCEPT_VINTR)
+            } else {
+                (0, vmcb::MISC1)
+            };
+            self.vmcb_write(
+                s.vmcb,
+                vmcb::INT_CTL,
+                int_ctl & !vmcb::V_IRQ_WINDOW | window,
+            );
             self.vmcb_write32(s.vmcb, vmcb::INTERCEPT_MISC1, misc1);
+        }
+        let Some(vector) = vector.filter(|_| !blocked) else {
             return;
         };
-        let blocked = self.vmcb_read(s.vmcb, vmcb::EVENT_INJ) & vmcb::EVENT_VALID != 0
-            || self.vmcb_read(s.vmcb, vmcb::RFLAGS) & RFLAGS_IF == 0
-            || self.vmcb_read(s.vmcb, vmcb::INT_STATE) & 1 != 0;
-        if blocked {
-            // QEMU 7.2 aborts on a guest CR8 write while V_IRQ is pending: CR8 writes are
-            // always intercepted (see `cr8_write`).
-            self.vmcb_write(s.vmcb, vmcb::INT_CTL, int_ctl | vmcb::V_IRQ_WINDOW);
-            self.vmcb_write(s.vmcb, vmcb::INT_VECTOR, u64::from(vector));
-            self.vmcb_write32(s.vmcb, vmcb::INTERCEPT_MISC1, misc1 | vmcb::INTERCEPT_VINTR);
-            return;
-        }
-        self.vmcb_write(s.vmcb, vmcb::INT_CTL, int_ctl);
-        self.vmcb_write32(s.vmcb, vmcb::INTERCEPT_MISC1, misc1);
         self.vmcb_write(
             s.vmcb,
             vmcb::EVENT_INJ,
@@ -1365,12 +1368,6 @@ impl EmulatedModule {
         use tdx_abi::metadata::td as f;
         let cfg = td.cfg.get().ok_or(TdxStatus::OPERAND_INVALID)?;
         let p = &cfg.params;
-        let mr48 = |bytes: &[u8; 48], base: u64| -> Option<u64> {
-            let i = usize::try_from(field.checked_sub(base).filter(|&i| i < 6)?).ok()?;
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
-            Some(u64::from_le_bytes(b))
-        };
         let value = match field {
             f::ATTRIBUTES => p.attributes,
             f::XFAM => p.xfam,
@@ -1383,16 +1380,9 @@ impl EmulatedModule {
             f::TD_CTLS => 0,
             f::NOTIFY_ENABLES => td.guest_notify_enables.load(Ordering::Acquire),
             _ => {
-                let mr = td.mr.lock();
-                let found = mr48(&mr.mrtd, f::MRTD)
-                    .or_else(|| {
-                        (0..4u64)
-                            .find_map(|k| mr48(&mr.rtmr[k as usize], f::RTMR + k * f::MR_ELEMENTS))
-                    })
-                    .or_else(|| mr48(&p.mr_config_id, f::MRCONFIGID))
-                    .or_else(|| mr48(&p.mr_owner, f::MROWNER))
-                    .or_else(|| mr48(&p.mr_owner_config, f::MROWNERCONFIG));
-                return found.ok_or(TdxStatus::METADATA_FIELD_ID_INCORRECT);
+                return td
+                    .measurement_element(field)
+                    .ok_or(TdxStatus::METADATA_FIELD_ID_INCORRECT);
             }
         };
         Ok(value)
@@ -1491,14 +1481,12 @@ impl EmulatedModule {
         if self.read_gpa(tree, gpa, &mut digest).is_none() {
             return TdxStatus::OPERAND_INVALID;
         }
-        let Some(_l) = td.rtmr_lock.try_lock(LockMode::Exclusive) else {
-            return TdxStatus::OPERAND_BUSY;
-        };
-        let mut mr = td.mr.lock();
-        if let Some(slot) = usize::try_from(index).ok().and_then(|i| mr.rtmr.get_mut(i)) {
-            *slot = rtmr_extend(slot, &digest);
+        // `index` <= 3 was checked above.
+        if td.try_extend_rtmr(index as usize, &digest) {
+            TdxStatus::SUCCESS
+        } else {
+            TdxStatus::OPERAND_BUSY
         }
-        TdxStatus::SUCCESS
     }
 
     /// Completes a TDCALL with `status` in RAX.

@@ -48,8 +48,12 @@ const DMA_SELECT: u32 = 1 << 3;
 const DMA_WRITE: u32 = 1 << 4;
 /// ID item: traditional interface and DMA.
 const FEATURES: u32 = 1 | 1 << 1;
-/// Bytes one DMA request may move (larger requests are split by the guest's driver anyway).
+/// Bytes copied per step of a DMA request.
 const DMA_CHUNK: usize = 64 << 10;
+/// Largest DMA transfer: the largest item (an image upload is at most 64 MiB). A longer
+/// request fails with the error bit, so one guest request cannot keep its runner copying
+/// for long.
+const MAX_DMA_BYTES: u32 = 64 << 20;
 
 /// Guest memory the DMA interface reads and writes (addresses as the guest's driver gives
 /// them). `false` where nothing backs the address.
@@ -219,7 +223,7 @@ impl FwCfg {
             regs.offset = 0;
         }
         let mut status = 0;
-        if control & DMA_WRITE != 0 {
+        if control & DMA_WRITE != 0 || length > MAX_DMA_BYTES {
             status = DMA_ERROR;
         } else if control & DMA_READ != 0 {
             let mut chunk = alloc::vec![0u8; DMA_CHUNK.min(length as usize)];
@@ -423,6 +427,11 @@ mod tests {
         // Writes are refused.
         assert_eq!(
             dma(&dev, &mem, 0x30_0000, DMA_WRITE, 4, 0x50_0000),
+            DMA_ERROR
+        );
+        // A transfer longer than any item is refused too.
+        assert_eq!(
+            dma(&dev, &mem, 0x30_0000, DMA_READ, u32::MAX, 0x50_0000),
             DMA_ERROR
         );
     }

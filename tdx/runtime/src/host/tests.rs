@@ -147,18 +147,9 @@ fn bring_up_reports_the_platform() {
     assert_eq!(e.host.events_since(0, 10).len(), 1);
 }
 
-/// A minimal x86-64 bzImage with an EFI stub (boot protocol 2.15, 31 setup sectors).
+/// A minimal x86-64 bzImage with an EFI stub that takes 64 bytes of command line.
 fn bzimage(len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    b[0..2].copy_from_slice(b"MZ");
-    b[0x1F1] = 31;
-    b[0x1FE..0x200].copy_from_slice(&0xAA55u16.to_le_bytes());
-    b[0x202..0x206].copy_from_slice(b"HdrS");
-    b[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
-    b[0x211] = 1;
-    b[0x236..0x238].copy_from_slice(&0x7Fu16.to_le_bytes());
-    b[0x238..0x23C].copy_from_slice(&64u32.to_le_bytes());
-    b
+    crate::linux::synthetic_bzimage(len, 64)
 }
 
 #[test]

@@ -466,6 +466,18 @@ fn map_gpa(gpa: u64, size: u64) -> u64 {
     }
 }
 
+/// Halts with interrupts on until the timer handler ran (at most 1000 wake-ups).
+fn wait_for_tick() {
+    for _ in 0..1000 {
+        if TICKED.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: interrupts on for one HLT (the timer wakes it; the #VE handler turns the
+        // HLT into TDVMCALL Instruction.HLT), then off again.
+        unsafe { asm!("sti", "hlt", "cli", options(nostack)) };
+    }
+}
+
 fn checks() {
     let [status, gpaw, _attr, counts, index, _] = tdcall(1, 0, 0, 0, 0);
     check(
@@ -618,14 +630,7 @@ fn checks() {
         | apic_write(0x83E, 0xB)
         | apic_write(0x832, u64::from(TIMER_VECTOR))
         | apic_write(0x838, 2_000_000);
-    for _ in 0..1000 {
-        if TICKED.load(Ordering::Acquire) {
-            break;
-        }
-        // SAFETY: interrupts on for one HLT (the timer wakes it; the #VE handler turns the
-        // HLT into TDVMCALL Instruction.HLT), then off again.
-        unsafe { asm!("sti", "hlt", "cli", options(nostack)) };
-    }
+    wait_for_tick();
     check(
         "the x2APIC timer interrupt wakes a halted vCPU",
         programmed == 0 && TICKED.load(Ordering::Acquire),
@@ -642,13 +647,7 @@ fn checks() {
     let now = unsafe { core::arch::x86_64::_rdtsc() };
     wrmsr(0x6E0, now + tsc_hz / 500);
     let armed = rdmsr(0x6E0);
-    for _ in 0..1000 {
-        if TICKED.load(Ordering::Acquire) {
-            break;
-        }
-        // SAFETY: as for the one-shot timer.
-        unsafe { asm!("sti", "hlt", "cli", options(nostack)) };
-    }
+    wait_for_tick();
     check(
         "the TSC-deadline timer wakes a halted vCPU",
         has_deadline && tsc_hz > 0 && mode == 0 && armed > now && TICKED.load(Ordering::Acquire),
