@@ -25,6 +25,77 @@ pub struct LinuxGuest {
     pub kernel: PathBuf,
     /// A statically linked busybox for the initramfs.
     pub busybox: PathBuf,
+    /// The kernel's virtio-blk driver (built as a module in Debian's cloud kernel),
+    /// decompressed for busybox's `insmod`.
+    pub virtio_blk: PathBuf,
+}
+
+/// Installs the Debian package `package` when `program` is missing (`xz`, `mke2fs`: both
+/// in every Debian install, but a minimal container may lack them).
+fn ensure_tool(program: &str, package: &str) -> Result<()> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("xtask: installing {package} for {program}");
+        run_command(Command::new("apt-get").args(["install", "-y", package]))?;
+    }
+    Ok(())
+}
+
+/// The kernel module at `relative` (under the kernel package's `lib/modules/<version>/`),
+/// xz-decompressed to `out` once.
+fn decompressed_module(dir: &Path, relative: &str, out: &Path) -> Result<PathBuf> {
+    if out.is_file() {
+        return Ok(out.to_path_buf());
+    }
+    let modules = dir.join("root/lib/modules");
+    let version = std::fs::read_dir(&modules)
+        .map_err(io("list", &modules))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .next()
+        .ok_or(ImageError::BadResponse("the kernel package has no modules"))?;
+    let packed = version.join(format!("{relative}.xz"));
+    ensure_tool("xz", "xz-utils")?;
+    let output = Command::new("xz")
+        .arg("-dc")
+        .arg(&packed)
+        .output()
+        .map_err(|source| ImageError::Spawn {
+            program: "xz".into(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(ImageError::BadResponse(
+            "xz could not decompress a kernel module",
+        ));
+    }
+    std::fs::write(out, &output.stdout).map_err(io("write", out))?;
+    Ok(out.to_path_buf())
+}
+
+/// A raw ext2 disk image of `size_mib` MiB holding `files` (`(name, contents)` in its root
+/// directory), made with `mke2fs -d` in `scratch` (a directory the caller owns).
+pub fn ext2_image(scratch: &Path, files: &[(&str, &[u8])], size_mib: u32) -> Result<Vec<u8>> {
+    ensure_tool("mke2fs", "e2fsprogs")?;
+    let tree = scratch.join("tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(&tree).map_err(io("create directory", &tree))?;
+    for (name, contents) in files {
+        let path = tree.join(name);
+        std::fs::write(&path, contents).map_err(io("write", &path))?;
+    }
+    let image = scratch.join("disk.img");
+    let _ = std::fs::remove_file(&image);
+    run_command(
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext2", "-d"])
+            .arg(&tree)
+            .arg(&image)
+            .arg(format!("{size_mib}M")),
+    )?;
+    std::fs::read(&image).map_err(io("read", &image))
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ImageError + 'a {
@@ -103,8 +174,20 @@ pub fn ensure(ws: &Workspace) -> Result<LinuxGuest> {
                     .is_some_and(|n| n.starts_with("vmlinuz-"))
             })
     };
+    let virtio_blk = |dir: &Path| {
+        decompressed_module(
+            dir,
+            "kernel/drivers/block/virtio_blk.ko",
+            &dir.join("virtio_blk.ko"),
+        )
+    };
     if let (Some(kernel), true) = (find_kernel(), busybox.is_file()) {
-        return Ok(LinuxGuest { kernel, busybox });
+        let virtio_blk = virtio_blk(&dir)?;
+        return Ok(LinuxGuest {
+            kernel,
+            busybox,
+            virtio_blk,
+        });
     }
     std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
     if !backports_configured() {
@@ -125,7 +208,12 @@ pub fn ensure(ws: &Workspace) -> Result<LinuxGuest> {
     fetch(&dir, "busybox-static", None)?;
     let kernel =
         find_kernel().ok_or(ImageError::BadResponse("the kernel package has no vmlinuz"))?;
-    Ok(LinuxGuest { kernel, busybox })
+    let virtio_blk = virtio_blk(&dir)?;
+    Ok(LinuxGuest {
+        kernel,
+        busybox,
+        virtio_blk,
+    })
 }
 
 /// A newc cpio archive (the initramfs format) of `files`: `(path, mode, contents)`, with

@@ -228,6 +228,9 @@ pub struct CreateTdRequest {
     /// That kernel's command line.
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// A disk image the TD sees as a virtio block device (the TD writes its own copy).
+    #[serde(default)]
+    pub disk: Option<String>,
 }
 
 fn default_huge_pages() -> bool {
@@ -267,6 +270,7 @@ impl CreateTdRequest {
             huge_pages: self.huge_pages,
             workload,
             linux,
+            disk: self.disk,
         })
     }
 }
@@ -570,7 +574,7 @@ pub struct ImageDto {
     pub size: u64,
     /// SHA-384 of the file, hex.
     pub sha384: String,
-    /// `firmware`, `kernel` or `initrd`.
+    /// `firmware`, `kernel`, `initrd` or `disk`.
     pub kind: &'static str,
     /// TDVF sections (firmware; empty otherwise).
     pub sections: Vec<SectionDto>,

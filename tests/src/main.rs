@@ -154,7 +154,7 @@ const DEFAULTS_CHECKS: &[Check] = &[
         run: probe_check,
     },
     Check {
-        name: "Debian's 6.12 cloud kernel boots as a TD through OVMF.fd, runs its initramfs's init and powers off",
+        name: "Debian's 6.12 cloud kernel boots as a 2-vCPU TD through OVMF.fd, mounts its virtio disk, powers off; a panicking one ends",
         run: linux_td_check,
     },
 ];
@@ -163,8 +163,16 @@ fn linux_td_check(target: &Target) -> CheckResult {
     let openapi = openapi::OpenApi::load()?;
     let ws = Workspace::locate();
     let guest = appliance_image::linux_guest::ensure(&ws).map_err(|e| e.to_string())?;
-    let summary =
-        operator_story::linux_td(target.port, &target.token, IO_TIMEOUT, &openapi, &guest)?;
+    let scratch = ws.root.join("target/linux-guest/disk");
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let summary = operator_story::linux_td(
+        target.port,
+        &target.token,
+        IO_TIMEOUT,
+        &openapi,
+        &guest,
+        &scratch,
+    )?;
     println!("e2e: [defaults] Linux TD: {summary}");
     Ok(())
 }

@@ -585,6 +585,8 @@ pub fn probe_guests(
 
 /// What the Linux TD's init prints (to the kernel log, which the console shows).
 pub const LINUX_INIT_MARKER: &str = "TDX-LINUX-INIT-MARKER";
+/// The text of the file the test puts on the Linux TD's disk.
+pub const LINUX_DISK_TEXT: &str = "read from the TD's virtio disk";
 
 /// Debian's cloud kernel as a TD through Debian's OVMF.fd, with an initramfs of busybox
 /// whose init prints a marker and powers off: upload the three images, create (1 vCPU,
@@ -596,22 +598,40 @@ pub fn linux_td(
     io_timeout: Duration,
     openapi: &OpenApi,
     guest: &appliance_image::linux_guest::LinuxGuest,
+    scratch: &std::path::Path,
 ) -> Result<String, String> {
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let firmware = read(std::path::Path::new(OVMF_PATH))?;
     let kernel = read(&guest.kernel)?;
     let busybox = read(&guest.busybox)?;
+    let virtio_blk = read(&guest.virtio_blk)?;
+    let disk = appliance_image::linux_guest::ext2_image(
+        scratch,
+        &[("greeting.txt", LINUX_DISK_TEXT.as_bytes())],
+        4,
+    )
+    .map_err(|e| format!("the test disk: {e}"))?;
+    // The init loads the virtio-blk module (a module in Debian's cloud kernel), mounts the
+    // disk and prints what it read there, with the CPUs Linux brought up.
     let init = format!(
         "#!/bin/busybox sh\n\
-         /bin/busybox mkdir -p /proc /dev\n\
+         /bin/busybox mkdir -p /proc /dev /sys /mnt\n\
          /bin/busybox mount -t proc proc /proc\n\
          /bin/busybox mount -t devtmpfs dev /dev\n\
-         echo \"{LINUX_INIT_MARKER}: init is pid $$ on $(/bin/busybox uname -r)\" > /dev/kmsg\n\
+         /bin/busybox mount -t sysfs sys /sys\n\
+         /bin/busybox insmod /virtio_blk.ko\n\
+         for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; /bin/busybox sleep 1; done\n\
+         /bin/busybox mount -t ext2 -o ro /dev/vda /mnt\n\
+         echo \"{LINUX_INIT_MARKER}: init is pid $$ on $(/bin/busybox uname -r), \
+         CPUs online $(/bin/busybox cat /sys/devices/system/cpu/online), \
+         disk says: $(/bin/busybox cat /mnt/greeting.txt)\" > /dev/kmsg\n\
+         /bin/busybox grep virtio0-req /proc/interrupts > /dev/kmsg\n\
          /bin/busybox poweroff -f\n"
     );
     let initrd = appliance_image::linux_guest::cpio_newc(&[
         ("bin", 0o40755, b""),
         ("bin/busybox", 0o100755, &busybox),
+        ("virtio_blk.ko", 0o100644, &virtio_blk),
         ("init", 0o100755, init.as_bytes()),
     ]);
     let mut op = Operator::open(port, token, io_timeout, openapi)?;
@@ -621,6 +641,7 @@ pub fn linux_td(
         ("lx-ovmf", &firmware, "firmware"),
         ("lx-kernel", &kernel, "kernel"),
         ("lx-initrd", &initrd, "initrd"),
+        ("lx-disk", &disk, "disk"),
     ] {
         if op.upload(name, bytes)?["kind"] != kind {
             return Err(format!("{name} is not recognised as a {kind}"));
@@ -628,10 +649,55 @@ pub fn linux_td(
     }
     let spec = json!({
         "name": "linux", "image": "lx-ovmf", "kernel": "lx-kernel", "initrd": "lx-initrd",
-        "cmdline": "console=ttyS0 rdinit=/init", "attributes": "0x10000000",
+        "disk": "lx-disk", "cmdline": "console=ttyS0 rdinit=/init", "attributes": "0x10000000",
+        "vcpus": 2, "memory_mib": 512
+    });
+    let (text, boot_s, since) = run_linux_td(&mut op, &spec, since)?;
+    let marker = format!(
+        "{LINUX_INIT_MARKER}: init is pid 1 on 6.12.95+deb12-cloud-amd64, CPUs online 0-1, \
+         disk says: {LINUX_DISK_TEXT}"
+    );
+    for needle in [
+        "Memory Encryption Features active: Intel TDX",
+        "smp: Brought up 1 node, 2 CPUs",
+        // The disk's request queue interrupts through MSI-X.
+        "PCI-MSIX-0000:00:03.0",
+        &marker,
+    ] {
+        if !text.contains(needle) {
+            return Err(format!("the console lacks {needle:?}:\n{text}"));
+        }
+    }
+    // The same kernel with no init to run panics; with panic=1 it asks for a reboot, which
+    // ends a TD. The appliance keeps serving meanwhile.
+    let spec = json!({
+        "name": "linux-panics", "image": "lx-ovmf", "kernel": "lx-kernel",
+        "cmdline": "console=ttyS0 init=/nonexistent panic=1", "attributes": "0x10000000",
         "vcpus": 1, "memory_mib": 512
     });
-    let response = op.post_json("/v1/tds", &spec, &[])?;
+    let (text, panic_s, _) = run_linux_td(&mut op, &spec, since)?;
+    if !text.contains("Kernel panic - not syncing") {
+        return Err(format!(
+            "the panicking TD's console lacks the panic:\n{text}"
+        ));
+    }
+    expect(&op.get("/v1/health")?, 200, "health after the panic")?;
+    for name in ["lx-ovmf", "lx-kernel", "lx-initrd", "lx-disk"] {
+        op.delete_image(name)?;
+    }
+    op.expect_pool_whole(&pool)?;
+    Ok(format!(
+        "Debian's kernel ran as a TD with 2 vCPUs (TDX memory encryption active, both CPUs \
+         online), mounted its virtio disk (MSI-X), printed the file's text and powered off \
+         {boot_s:.1} s after start; with init=/nonexistent it panicked and its reboot ended \
+         the TD after {panic_s:.1} s; pool whole"
+    ))
+}
+
+/// Creates the TD `spec`, starts it and waits until it stops; returns its console, the
+/// seconds from start to stop and the last event seen. Deletes the TD.
+fn run_linux_td(op: &mut Operator, spec: &Value, since: u64) -> Result<(String, f64, u64), String> {
+    let response = op.post_json("/v1/tds", spec, &[])?;
     expect(&response, 201, "create the Linux TD")?;
     let id = json_body(&response)?["id"].clone();
     let since = op.follow_events(since, "runnable", |e| is_state_event(e, &id, "runnable"))?;
@@ -643,27 +709,15 @@ pub fn linux_td(
         expect(&response, 200, "Linux TD console")?;
         Ok(response.body_text())
     };
-    if let Err(e) = op.follow_events(since, "stopped", |e| is_state_event(e, &id, "stopped")) {
-        let td = op.get_json(&format!("/v1/tds/{id}"))?;
-        return Err(format!("{e}; the TD: {td}\n{}", console(&mut op)?));
-    }
-    let boot_s = started.elapsed().as_secs_f64();
-    let text = console(&mut op)?;
-    for needle in [
-        "Memory Encryption Features active: Intel TDX",
-        LINUX_INIT_MARKER,
-    ] {
-        if !text.contains(needle) {
-            return Err(format!("the console lacks {needle:?}:\n{text}"));
+    let since = match op.follow_events(since, "stopped", |e| is_state_event(e, &id, "stopped")) {
+        Ok(since) => since,
+        Err(e) => {
+            let td = op.get_json(&format!("/v1/tds/{id}"))?;
+            return Err(format!("{e}; the TD: {td}\n{}", console(op)?));
         }
-    }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let text = console(op)?;
     op.delete_td(&id)?;
-    for name in ["lx-ovmf", "lx-kernel", "lx-initrd"] {
-        op.delete_image(name)?;
-    }
-    op.expect_pool_whole(&pool)?;
-    Ok(format!(
-        "Debian's kernel ran as a TD (TDX memory encryption active), its init printed the \
-         marker and powered off {boot_s:.1} s after start; pool whole"
-    ))
+    Ok((text, seconds, since))
 }

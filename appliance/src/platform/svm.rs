@@ -13,6 +13,10 @@ use tdx_abi::Hpa;
 use tdx_emu::svm::GuestCpu;
 use tdx_svm::GuestRegisters;
 
+/// The longest a guest runs without an exit (µs): then the runner's APIC timer ends it, so
+/// the runner can serve its other vCPUs, deliver kicks and notice a stop.
+const GUEST_SLICE_US: u64 = 2_000;
+
 /// The guest CPU of the software module.
 pub struct SvmGuestCpu {
     iopm: u64,
@@ -98,6 +102,7 @@ impl GuestCpu for SvmGuestCpu {
         let Some(area) = self.this_cpu() else {
             return;
         };
+        super::wake::arm_slice(GUEST_SLICE_US);
         // SAFETY: `this_cpu` switched SVM on for this CPU; the software module passes the
         // VMCB it built in a module-owned page, with nested tables and permission maps it
         // or `intercept_all_maps` set up; the VMSAVE area is this CPU's own page.

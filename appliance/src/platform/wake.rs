@@ -132,6 +132,14 @@ pub fn install() -> uefi::Result {
     Ok(())
 }
 
+/// Software-enables the calling CPU's local APIC (SVR bit 8) if it is not.
+fn enable_apic() {
+    let svr = read_reg(REG_SVR);
+    if svr & 1 << 8 == 0 {
+        write_reg(REG_SVR, svr | 1 << 8, 0);
+    }
+}
+
 /// APIC timer counts per millisecond, measured once against the TSC on the calling CPU
 /// (every CPU's timer runs on the same bus clock).
 fn counts_per_ms() -> u64 {
@@ -168,10 +176,7 @@ pub fn sleep(ms: u64) {
         return;
     }
     let per_ms = counts_per_ms();
-    let svr = read_reg(REG_SVR);
-    if svr & 1 << 8 == 0 {
-        write_reg(REG_SVR, svr | 1 << 8, 0);
-    }
+    enable_apic();
     let count = u32::try_from((per_ms * ms.clamp(1, 100)).max(1)).unwrap_or(u32::MAX);
     write_reg(REG_TDCR, 0xB, 0);
     write_reg(REG_LVT_TIMER, u32::from(WAKE_VECTOR), 0);
@@ -182,6 +187,25 @@ pub fn sleep(ms: u64) {
     // CLI restores the interrupts-off state MP Services runs procedures in.
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     write_reg(REG_TMICT, 0, 0);
+}
+
+/// Arms the calling CPU's APIC timer to fire once after about `us` microseconds: the time
+/// slice of a guest run. A guest that runs that long without an exit leaves with an INTR
+/// exit, so one vCPU that spins cannot hold its runner (and the other vCPUs bound there).
+/// Each call restarts the count. Does nothing before the handler is installed.
+pub fn arm_slice(us: u64) {
+    if !INSTALLED.load(Ordering::Acquire) {
+        return;
+    }
+    let per_ms = counts_per_ms();
+    if per_ms == 0 {
+        return;
+    }
+    enable_apic();
+    let count = u32::try_from((per_ms * us / 1000).max(1)).unwrap_or(u32::MAX);
+    write_reg(REG_TDCR, 0xB, 0);
+    write_reg(REG_LVT_TIMER, u32::from(WAKE_VECTOR), 0);
+    write_reg(REG_TMICT, count, 0);
 }
 
 /// Wakes the CPU with local APIC ID `apic_id` if it sleeps in [`sleep`].

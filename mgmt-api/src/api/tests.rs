@@ -764,6 +764,7 @@ fn spec(name: &str) -> tdx_runtime::host::TdSpec {
         huge_pages: false,
         workload: None,
         linux: None,
+        disk: None,
     }
 }
 

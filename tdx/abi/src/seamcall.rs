@@ -56,18 +56,50 @@ impl Regs {
     }
 }
 
-/// The host's answer to a TDVMCALL, handed to the next TDH.VP.ENTER: R10 the GHCI status,
-/// R11 the returned value, R12–R15 for sub-functions that return more (Instruction.CPUID,
-/// GetTdVmCallInfo).
+/// The registers the next TDH.VP.ENTER hands the module after a TDVMCALL exit. The module
+/// copies each register the guest exposed (its RCX mask) into the guest, so a host passes
+/// back the values the exit delivered, with R10 the GHCI status, R11 the returned value and
+/// R12–R15 changed only by sub-functions that return more (Instruction.CPUID,
+/// GetTdVmCallInfo). KVM does the same: its TDH.VP.ENTER arguments are the previous exit's
+/// outputs, updated by the TDVMCALL handler (Linux `arch/x86/kvm/vmx/tdx.c`, `vp_enter_args`);
+/// guests rely on it (TDVF's relocated mailbox loop keeps the mailbox address in RBX across
+/// a TDVMCALL that exposes RBX).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 #[allow(missing_docs)] // register names
 pub struct TdvmcallAnswer {
+    pub rdx: u64,
+    pub rbx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub r8: u64,
+    pub r9: u64,
     pub r10: u64,
     pub r11: u64,
     pub r12: u64,
     pub r13: u64,
     pub r14: u64,
     pub r15: u64,
+}
+
+impl TdvmcallAnswer {
+    /// The registers a TDVMCALL exit delivered (`exit`, the TDH.VP.ENTER outputs), to be
+    /// handed back with the host's results.
+    pub const fn echo(exit: &Regs) -> TdvmcallAnswer {
+        TdvmcallAnswer {
+            rdx: exit.rdx,
+            rbx: exit.rbx,
+            rsi: exit.rsi,
+            rdi: exit.rdi,
+            r8: exit.r8,
+            r9: exit.r9,
+            r10: exit.r10,
+            r11: exit.r11,
+            r12: exit.r12,
+            r13: exit.r13,
+            r14: exit.r14,
+            r15: exit.r15,
+        }
+    }
 }
 
 /// Which implementation is behind a [`Seamcall`].
@@ -441,6 +473,12 @@ pub trait TdxModule: Seamcall {
     fn vp_enter(&self, tdvpr: Hpa, answer: &TdvmcallAnswer) -> Result<Regs, SeamError> {
         let mut r = Regs::for_leaf(Leaf::VpEnter, 0);
         r.rcx = tdvpr.0;
+        r.rdx = answer.rdx;
+        r.rbx = answer.rbx;
+        r.rsi = answer.rsi;
+        r.rdi = answer.rdi;
+        r.r8 = answer.r8;
+        r.r9 = answer.r9;
         r.r10 = answer.r10;
         r.r11 = answer.r11;
         r.r12 = answer.r12;

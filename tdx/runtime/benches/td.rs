@@ -56,6 +56,7 @@ fn spec(image: &str, memory_mib: u64, huge: bool, steps: Vec<Step>) -> TdSpec {
         huge_pages: huge,
         workload: Some(GuestProgram::new(Workload { steps })),
         linux: None,
+        disk: None,
     }
 }
 

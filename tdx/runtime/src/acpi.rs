@@ -104,14 +104,80 @@ fn align8(v: &mut Vec<u8>) {
     }
 }
 
-/// The tables of a TD with `vcpus` vCPUs (APIC IDs 0..vcpus).
-pub fn build(vcpus: u32) -> AcpiFiles {
+/// An AML package-style term: `op`, a PkgLength covering itself and `body`, then `body`
+/// (ACPI 6.5 §20.2.4; one or two length bytes, enough for the terms built here).
+fn aml_pkg(op: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = op.to_vec();
+    if body.len() + 1 < 64 {
+        out.push((body.len() + 1) as u8);
+    } else {
+        let len = body.len() + 2;
+        out.push(0x40 | (len & 0xF) as u8);
+        out.push((len >> 4) as u8);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// `Name (name, value)` with an AML-encoded `value`.
+fn aml_name(name: &[u8; 4], value: &[u8]) -> Vec<u8> {
+    let mut out = alloc::vec![0x08];
+    out.extend_from_slice(name);
+    out.extend_from_slice(value);
+    out
+}
+
+/// The PCI root bridge `\_SB.PCI0` (PNP0A03, segment 0, bus 0) with the resources it
+/// decodes: bus 0, the configuration ports, the rest of the I/O space and the 32-bit memory
+/// window `[window_base, window_end)` (resource descriptors: ACPI 6.5 §6.4.3.5). Linux scans
+/// PCI only under the root bridges ACPI describes.
+fn pci_root_aml(window_base: u64, window_end: u64) -> Vec<u8> {
+    let mut crs = Vec::new();
+    // WordBusNumber: producer, min/max fixed, bus 0..0.
+    crs.extend_from_slice(&[0x88, 0x0D, 0x00, 0x02, 0x0C, 0x00]);
+    for v in [0u16, 0, 0, 0, 1] {
+        crs.extend_from_slice(&v.to_le_bytes());
+    }
+    // IO (Decode16, 0xCF8, 0xCF8, 1, 8): the configuration ports.
+    crs.extend_from_slice(&[0x47, 0x01, 0xF8, 0x0C, 0xF8, 0x0C, 0x01, 0x08]);
+    // WordIO windows around them.
+    for (min, max) in [(0u16, 0x0CF7u16), (0x0D00, 0xFFFF)] {
+        crs.extend_from_slice(&[0x88, 0x0D, 0x00, 0x01, 0x0C, 0x03]);
+        for v in [0, min, max, 0, max - min + 1] {
+            crs.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    // DWordMemory: producer, min/max fixed, non-cacheable, read-write.
+    let (base, end) = (window_base as u32, (window_end - 1) as u32);
+    crs.extend_from_slice(&[0x87, 0x17, 0x00, 0x00, 0x0C, 0x01]);
+    for v in [0u32, base, end, 0, end - base + 1] {
+        crs.extend_from_slice(&v.to_le_bytes());
+    }
+    // End tag.
+    crs.extend_from_slice(&[0x79, 0x00]);
+    let mut buffer_body = alloc::vec![0x0A, crs.len() as u8];
+    buffer_body.extend_from_slice(&crs);
+    let mut device = b"PCI0".to_vec();
+    // EisaId ("PNP0A03").
+    device.extend(aml_name(b"_HID", &[0x0C, 0x41, 0xD0, 0x0A, 0x03]));
+    device.extend(aml_name(b"_UID", &[0x00]));
+    device.extend(aml_name(b"_CRS", &aml_pkg(&[0x11], &buffer_body)));
+    let mut scope = b"_SB_".to_vec();
+    scope.extend(aml_pkg(&[0x5B, 0x82], &device));
+    aml_pkg(&[0x10], &scope)
+}
+
+/// The tables of a TD with `vcpus` vCPUs (APIC IDs 0..vcpus) whose PCI memory window is
+/// `[pci_window.0, pci_window.1)`.
+pub fn build(vcpus: u32, pci_window: (u64, u64)) -> AcpiFiles {
     let mut tables = Vec::new();
-    // DSDT: Name (_S5, Package (4) { Zero, Zero, Zero, Zero }): S5 is sleep type 0.
+    // DSDT: Name (_S5, Package (4) { Zero, Zero, Zero, Zero }): S5 is sleep type 0; the PCI
+    // root bridge.
     let dsdt_at = tables.len() as u32;
-    let aml: [u8; 12] = [
+    let mut aml = alloc::vec![
         0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
     ];
+    aml.extend(pci_root_aml(pci_window.0, pci_window.1));
     header(&mut tables, b"DSDT", 36 + aml.len() as u32, 2);
     tables.extend_from_slice(&aml);
     align8(&mut tables);
@@ -218,10 +284,11 @@ mod tests {
 
     #[test]
     fn tables_have_their_lengths_and_the_loader_links_them() {
-        let f = build(2);
+        let f = build(2, (0x8000_0000, 0xFC00_0000));
         // DSDT at 0, FADT next (8-aligned), MADT, XSDT.
         assert_eq!(&f.tables[0..4], b"DSDT");
-        let fadt = 48; // DSDT is 48 bytes
+        let dsdt_len = u32_at(&f.tables, 4) as usize;
+        let fadt = dsdt_len.next_multiple_of(8);
         assert_eq!(&f.tables[fadt..fadt + 4], b"FACP");
         assert_eq!(u32_at(&f.tables, fadt + 4), 276);
         assert_eq!(
@@ -247,5 +314,33 @@ mod tests {
         assert_eq!(u32_at(&f.loader, 2 * 128), LOADER_ADD_POINTER);
         assert_eq!(u32_at(&f.loader, 2 * 128 + 116), fadt as u32 + 40);
         assert_eq!(u32_at(&f.loader, 12 * 128), LOADER_ADD_CHECKSUM);
+    }
+
+    #[test]
+    fn the_dsdt_describes_the_pci_root_bridge_and_its_memory_window() {
+        let f = build(1, (0x8000_0000, 0xFC00_0000));
+        let dsdt = &f.tables[..u32_at(&f.tables, 4) as usize];
+        // After the header and `_S5`: Scope (\_SB), whose two-byte PkgLength reaches the
+        // end of the table.
+        let scope = 36 + 12;
+        assert_eq!(dsdt[scope], 0x10);
+        let len = usize::from(dsdt[scope + 1] & 0xF) | usize::from(dsdt[scope + 2]) << 4;
+        assert_eq!(dsdt[scope + 1] >> 6, 1, "two PkgLength bytes");
+        assert_eq!(scope + 1 + len, dsdt.len());
+        assert_eq!(&dsdt[scope + 3..scope + 7], b"_SB_");
+        assert_eq!(&dsdt[scope + 7..scope + 9], &[0x5B, 0x82]);
+        let find = |needle: &[u8]| dsdt.windows(needle.len()).position(|w| w == needle);
+        assert!(find(b"PCI0").is_some());
+        assert!(find(&[b'_', b'H', b'I', b'D', 0x0C, 0x41, 0xD0, 0x0A, 0x03]).is_some());
+        // DWordMemory: min 0x80000000, max 0xFBFFFFFF, length 0x7C000000.
+        let mem = find(&[0x87, 0x17, 0x00, 0x00, 0x0C, 0x01]).expect("DWordMemory");
+        assert_eq!(u32_at(dsdt, mem + 10), 0x8000_0000);
+        assert_eq!(u32_at(dsdt, mem + 14), 0xFBFF_FFFF);
+        assert_eq!(u32_at(dsdt, mem + 22), 0x7C00_0000);
+        assert_eq!(
+            &dsdt[dsdt.len() - 2..],
+            &[0x79, 0x00],
+            "end tag closes _CRS"
+        );
     }
 }

@@ -134,11 +134,16 @@ pub unsafe fn enabled() -> bool {
 /// restored with VMLOAD; the guest's FS/GS/TR/LDTR, syscall MSRs and KernelGSBase are loaded
 /// from and saved to its VMCB with VMLOAD/VMSAVE; its other registers move between `regs`
 /// and the CPU; interrupts stay held (GIF = 0) between the switch and the state restore.
+/// The guest runs with the host's IF set (AMD APM vol. 2, 15.21.1, V_INTR_MASKING: HIF
+/// gates physical interrupts), so a physical interrupt ends it with an INTR exit when the
+/// VMCB intercepts INTR; the host takes that interrupt right after GIF is set again, and
+/// the caller's RFLAGS (its IF) comes back before the function returns.
 ///
 /// # Safety
 /// [`enable`] ran on this CPU; `vmcb` and `host_area` are physical addresses of 4 KiB pages
 /// (the VMCB valid for VMRUN, its nested page tables and intercept bitmaps valid too), both
-/// identity-mapped is not required; nothing else uses them during the call.
+/// identity-mapped is not required; nothing else uses them during the call. Every interrupt
+/// that can reach this CPU has a handler in the current IDT.
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn run(vmcb: u64, host_area: u64, regs: &mut GuestRegisters) {
     let regs: *mut GuestRegisters = regs;
@@ -149,11 +154,16 @@ pub unsafe fn run(vmcb: u64, host_area: u64, regs: &mut GuestRegisters) {
     // general-purpose register is declared clobbered, and the stack is balanced at the end.
     unsafe {
         core::arch::asm!(
+            "pushfq",
             "push rbp",
             "push rbx",
             "push rdi",
             "push rsi",
             "clgi",
+            // Interrupts on under GIF = 0: none is taken here, but with V_INTR_MASKING the
+            // host's IF (kept as HIF) lets a physical interrupt (the runner's time-slice
+            // timer, a kick IPI) end the guest with an INTR exit.
+            "sti",
             // Host state VMRUN does not save.
             "mov rax, rsi",
             "vmsave rax",
@@ -197,10 +207,13 @@ pub unsafe fn run(vmcb: u64, host_area: u64, regs: &mut GuestRegisters) {
             "fxsave64 [rdi + {fx}]",
             "mov rax, [rsp]",
             "vmload rax",
+            // The interrupt that ended the guest, if any, is taken here, then the caller's
+            // interrupt flag comes back.
             "stgi",
             "add rsp, 16",
             "pop rbx",
             "pop rbp",
+            "popfq",
             rbx = const core::mem::offset_of!(GuestRegisters, rbx),
             rcx = const core::mem::offset_of!(GuestRegisters, rcx),
             rdx = const core::mem::offset_of!(GuestRegisters, rdx),

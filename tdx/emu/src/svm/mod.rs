@@ -11,7 +11,9 @@
 //!   reset vector 0xFFFFFFF0, CR0 PE|NE, EFER LME|NXE|SCE, RBX the GPA width, RCX and R8 the
 //!   TDH.VP.INIT value, RSI the vCPU index). Layout: AMD APM vol. 2 appendix B.
 //! * **Paging shim**: until the guest turns paging on, the CPU runs it with paging on over
-//!   an identity page directory in the vCPU's second TDCX page, and the engine keeps the
+//!   an identity page directory in the vCPU's second TDCX page (mapped, through a nested
+//!   page table in its third, at a GPA of its own in the flash range below 4 GiB that the
+//!   TD's memory never uses), and the engine keeps the
 //!   guest's CR0, CR3 and CR4 itself (the CR intercepts are on only then). The guest sees
 //!   the architectural state; the reason is QEMU 7.2's TCG, which skips the nested
 //!   translation of a guest running with paging off (`get_physical_address` in
@@ -141,10 +143,19 @@ mod vmcb {
     pub const EXCEPTION_UD: u32 = 1 << 6;
     /// CR intercepts of the paging shim: reads and writes of CR0, CR3 and CR4.
     pub const SHIM_CR: u32 = ((1 | 1 << 3 | 1 << 4) * 0x1_0001) | CR8_WRITE;
-    /// Misc intercepts 1: INTR, NMI, SMI, INIT, CPUID, INVD, HLT, IOIO_PROT, MSR_PROT,
-    /// SHUTDOWN.
-    pub const MISC1: u32 =
-        1 | 1 << 1 | 1 << 2 | 1 << 3 | 1 << 18 | 1 << 22 | 1 << 24 | 1 << 27 | 1 << 28 | 1 << 31;
+    /// Misc intercepts 1: INTR, NMI, SMI, INIT, CPUID, INVD, PAUSE, HLT, IOIO_PROT,
+    /// MSR_PROT, SHUTDOWN.
+    pub const MISC1: u32 = 1
+        | 1 << 1
+        | 1 << 2
+        | 1 << 3
+        | 1 << 18
+        | 1 << 22
+        | 1 << 23
+        | 1 << 24
+        | 1 << 27
+        | 1 << 28
+        | 1 << 31;
     /// Misc intercepts 2: VMRUN (required), VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT,
     /// WBINVD, MONITOR, MWAIT, XSETBV.
     pub const MISC2: u32 = 1
@@ -178,6 +189,7 @@ mod vmcb {
     pub const EXIT_INTR: u64 = 0x60;
     pub const EXIT_NMI: u64 = 0x61;
     pub const EXIT_CPUID: u64 = 0x72;
+    pub const EXIT_PAUSE: u64 = 0x77;
     pub const EXIT_HLT: u64 = 0x78;
     pub const EXIT_IOIO: u64 = 0x7B;
     pub const EXIT_MSR: u64 = 0x7C;
@@ -239,6 +251,9 @@ mod msr {
 const TD_MISC_ENABLE: u64 = 1 | 1 << 11 | 1 << 12;
 
 /// EFER bits.
+/// The highest 2 MiB GPA range a paging shim may use (4 GiB − 4 MiB; firmware images take
+/// the top, and ranges they map are skipped); see `shim_slot`.
+const SHIM_SEARCH_TOP: u64 = 0xFFC0_0000;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const EFER_SVME: u64 = 1 << 12;
@@ -298,7 +313,7 @@ struct VeInfo {
 /// The guest's view of paging while it runs with paging off (see the module doc).
 #[derive(Clone, Copy, Debug)]
 struct PagingShim {
-    /// The nested entry that maps the identity page directory: table page and index.
+    /// The nested 2 MiB entry that maps the shim's page table: table page and index.
     npt_page: u64,
     npt_index: usize,
     cr0: u64,
@@ -427,39 +442,37 @@ impl EmulatedModule {
         self.mem.write(Hpa(vmcb.0 + offset), &b);
     }
 
-    /// A FREE 4 KiB S-EPT slot below 4 GiB in a page table that exists (next to the TD's
-    /// initial pages): where the paging shim maps its page directory.
-    fn shim_slot(&self, tree: &SeptTree, mapped: &[u64]) -> Option<(u64, u64, usize)> {
-        for &gpa in mapped.iter().filter(|g| **g < 1 << 32) {
-            let w = tree.walk_to_leaf(Gpa(gpa));
-            if w.level != PageLevel::L4K {
-                continue;
-            }
-            let page = w.table.npt_page.load(Ordering::Acquire);
-            if page == 0 {
-                continue;
-            }
-            let free = (0..512usize).rev().find(|i| {
-                sept::state_of(w.table.entries[*i].load(Ordering::Acquire)) == SeptState::Free
-            });
-            if let Some(index) = free {
-                let slot = (gpa & !0x1F_FFFF) | (index as u64) << 12;
-                return Some((slot, page, index));
-            }
+    /// Where vCPU `index`'s paging shim maps its page directory: the `index`-th 2 MiB GPA
+    /// range below 4 GiB, counting down from the top, that the S-EPT leaves FREE in the
+    /// table that maps the firmware (the flash range holds no RAM, and a TD never accepts
+    /// memory there). Each vCPU gets its own range, so vCPUs whose shims overlap in time
+    /// (TDVF's application processors wait in 32-bit mode for the boot processor) and the
+    /// boot processor's own accepts never meet. Returns the nested table page and index of
+    /// that 2 MiB entry, and the range's GPA.
+    fn shim_slot(&self, tree: &SeptTree, index: u32) -> Option<(u64, usize, u64)> {
+        let top = tree.walk(Gpa(SHIM_SEARCH_TOP), PageLevel::L2M).ok()?;
+        let page = top.table.npt_page.load(Ordering::Acquire);
+        if page == 0 {
+            return None;
         }
-        None
+        let mut free = (0..=top.index).rev().filter(|i| {
+            sept::state_of(top.table.entries[*i].load(Ordering::Acquire)) == SeptState::Free
+        });
+        let slot = free.nth(index as usize)?;
+        let gpa = (SHIM_SEARCH_TOP & !((1 << 30) - 1)) | (slot as u64) << 21;
+        Some((page, slot, gpa))
     }
 
     /// The vCPU's engine state, set up on its first entry.
     fn svm_vcpu(&self, td: &Td, vcpu: &Vcpu, cpu: &dyn GuestCpu) -> Result<SvmVcpu, TdxStatus> {
-        let (vmcb, shim_page) = {
+        let (vmcb, shim_pages) = {
             let pages = vcpu.tdcx_pages.lock();
             (
                 pages
                     .first()
                     .copied()
                     .ok_or(TdxStatus::TDCX_NUM_INCORRECT)?,
-                pages.get(1).copied(),
+                pages.get(1).copied().zip(pages.get(2).copied()),
             )
         };
         let root = td
@@ -515,15 +528,19 @@ impl EmulatedModule {
         let (cr0, cr3, cr4) = (0x31, 0, 0x40);
         // The paging shim: an identity page directory of 4 MiB pages (present, writable,
         // user, large) at a free GPA next to the TD's initial pages.
-        let shim = match (shim_page, self.shim_slot(tree, &mapped)) {
-            (Some(pd), Some((slot, npt_page, npt_index))) => {
+        let shim = match (shim_pages, self.shim_slot(tree, vcpu.index)) {
+            (Some((pd, pt)), Some((npt_page, npt_index, slot))) => {
                 let mut dir = [0u8; 4096];
                 for (i, e) in dir.chunks_exact_mut(4).enumerate() {
                     let pde = (i as u32) << 22 | 0x87;
                     e.copy_from_slice(&pde.to_le_bytes());
                 }
                 self.mem.write(Hpa(pd), &dir);
-                self.write_npt_entry(npt_page, npt_index, pd | NPT_PRESENT | NPT_RW | NPT_US);
+                // A nested page table of its own maps the directory at the range's start.
+                let mut table = [0u8; 4096];
+                table[..8].copy_from_slice(&(pd | NPT_PRESENT | NPT_RW | NPT_US).to_le_bytes());
+                self.mem.write(Hpa(pt), &table);
+                self.write_npt_entry(npt_page, npt_index, pt | NPT_PRESENT | NPT_RW | NPT_US);
                 self.vmcb_write32(vmcb, vmcb::INTERCEPT_CR, vmcb::SHIM_CR);
                 self.vmcb_write(vmcb, vmcb::CR0, cr0 | CR0_PG);
                 self.vmcb_write(vmcb, vmcb::CR3, slot);
@@ -692,6 +709,13 @@ impl EmulatedModule {
             }
             vmcb::EXIT_WBINVD => self.advance(s, 2),
             vmcb::EXIT_SHUTDOWN => return Ok(Next::Exit(exit::TRIPLE_FAULT, Regs::default())),
+            // A spin-wait: give the runner back, as a pause-loop exit would, so a vCPU that
+            // waits for another one bound to the same runner does not burn its time slice.
+            // The host sees it like a host interrupt.
+            vmcb::EXIT_PAUSE => {
+                self.advance(s, 2);
+                return Ok(Next::Exit(exit::EXTERNAL_INTERRUPT, Regs::default()));
+            }
             vmcb::EXIT_INTR | vmcb::EXIT_NMI => {
                 return Ok(Next::Exit(exit::EXTERNAL_INTERRUPT, Regs::default()));
             }
@@ -725,8 +749,14 @@ impl EmulatedModule {
             if self.link_shared_ept(vcpu, s, gpa) {
                 return Next::Resume;
             }
-            // No shared EPT entry: MMIO for the guest to emulate.
+            // No shared EPT entry: MMIO for the guest to emulate. VE_INFO carries the linear
+            // address too (TDX takes it from the VMCS; SVM's nested fault has none, so the
+            // engine decodes the access).
+            let gla = self.access_linear_address(tree, s).unwrap_or(0);
             self.raise_ve(s, ve_reason::EPT_VIOLATION, qual, gpa, 0);
+            if let Some(ve) = s.ve.as_mut().filter(|ve| ve.gpa == gpa) {
+                ve.gla = gla;
+            }
             return Next::Resume;
         }
         match self.npt_fill(tree, gpa) {
@@ -1190,6 +1220,47 @@ impl EmulatedModule {
             table = frame;
         }
         None
+    }
+
+    /// The linear address the instruction at the guest's RIP accesses (see
+    /// [`decode::memory_operand`]).
+    fn access_linear_address(&self, tree: &SeptTree, s: &SvmVcpu) -> Option<u64> {
+        let mut bytes = [0u8; 15];
+        // The instruction may end before a page the guest cannot read: fall back to the
+        // bytes up to the end of its first page.
+        let rip = self.vmcb_read(s.vmcb, vmcb::RIP);
+        let cs_base = self.vmcb_read(s.vmcb, vmcb::CS + 8);
+        let first = (4096 - (cs_base.wrapping_add(rip) & 0xFFF) as usize).min(bytes.len());
+        let fetched = match self.fetch(tree, s, &mut bytes) {
+            Some(()) => &bytes[..],
+            None => {
+                self.fetch(tree, s, &mut bytes[..first])?;
+                &bytes[..first]
+            }
+        };
+        let op = decode::memory_operand(fetched)?;
+        let g = &s.regs;
+        let reg = |n: u8| match n {
+            0 => self.vmcb_read(s.vmcb, vmcb::RAX),
+            1 => g.rcx,
+            2 => g.rdx,
+            3 => g.rbx,
+            4 => self.vmcb_read(s.vmcb, vmcb::RSP),
+            5 => g.rbp,
+            6 => g.rsi,
+            7 => g.rdi,
+            8 => g.r8,
+            9 => g.r9,
+            10 => g.r10,
+            11 => g.r11,
+            12 => g.r12,
+            13 => g.r13,
+            14 => g.r14,
+            _ => g.r15,
+        };
+        let fs = self.vmcb_read(s.vmcb, vmcb::FS + 8);
+        let gs = self.vmcb_read(s.vmcb, vmcb::GS + 8);
+        Some(op.linear(reg, rip, fs, gs))
     }
 
     /// Reads the instruction bytes at the guest's CS:RIP into `buf`, page by page (an

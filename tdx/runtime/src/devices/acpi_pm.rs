@@ -34,12 +34,58 @@ pub const SLEEP_CONTROL_OFFSET: u16 = 0x3C;
 #[derive(Default)]
 pub struct PowerRequests {
     off: AtomicBool,
+    reset: AtomicBool,
 }
 
 impl PowerRequests {
     /// The guest asked to be switched off (S5).
     pub fn off_requested(&self) -> bool {
         self.off.load(Ordering::Acquire)
+    }
+
+    /// The guest asked for a reset ([`ResetControl`]).
+    pub fn reset_requested(&self) -> bool {
+        self.reset.load(Ordering::Acquire)
+    }
+}
+
+/// Port of the reset control register (PIIX3/PIIX4 "RC", Intel 82371AB datasheet §4.1.17;
+/// bit 2 resets the CPU).
+pub const RESET_CONTROL_PORT: u16 = 0xCF9;
+/// The keyboard controller's command/status port: command 0xFE pulses the CPU reset line
+/// (the oldest way a PC reboots, the second one Linux tries).
+pub const KBD_COMMAND_PORT: u16 = 0x64;
+
+/// The ways a PC guest asks to be reset: the reset control register and the keyboard
+/// controller's reset pulse. A TD cannot be reset (its measured initial state is gone), so
+/// a request ends the TD, as a reboot of a TD ends it under KVM. Reads return all ones, as
+/// with nothing decoding the port, so firmware still finds no keyboard controller. One device
+/// per port.
+pub struct ResetControl {
+    port: u16,
+    power: Arc<PowerRequests>,
+}
+
+impl ResetControl {
+    /// The device for `port` ([`RESET_CONTROL_PORT`] or [`KBD_COMMAND_PORT`]).
+    pub fn new(port: u16, power: Arc<PowerRequests>) -> Self {
+        ResetControl { port, power }
+    }
+}
+
+impl PortIoDevice for ResetControl {
+    fn read(&self, _offset: u16, size: AccessSize) -> u64 {
+        size.all_ones()
+    }
+
+    fn write(&self, _offset: u16, size: AccessSize, value: u64) {
+        let reset = match self.port {
+            RESET_CONTROL_PORT => size == AccessSize::Byte && value & 4 != 0,
+            _ => size == AccessSize::Byte && value == 0xFE,
+        };
+        if reset {
+            self.power.reset.store(true, Ordering::Release);
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod fw_cfg;
 pub mod lapic;
 pub mod pci;
 pub mod serial;
+pub mod virtio;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;

@@ -64,6 +64,14 @@ impl ConfigSpace {
         self.writable[at..at + 4].copy_from_slice(&writable.to_le_bytes());
     }
 
+    /// Sets read-only bytes from `offset` (capabilities).
+    pub fn set_bytes(&mut self, offset: u8, data: &[u8]) {
+        let at = usize::from(offset);
+        if let Some(dst) = self.bytes.get_mut(at..at + data.len()) {
+            dst.copy_from_slice(data);
+        }
+    }
+
     /// Makes `len` bytes from `offset` freely writable (chipset registers the firmware
     /// programs and reads back).
     pub fn writable_bytes(&mut self, offset: u8, len: u8) {
@@ -166,6 +174,54 @@ impl PortIoDevice for PciConfigPorts {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// A function with one memory BAR whose registers a [`PciBarWindow`] routes to it.
+pub trait PciBarDevice: Send + Sync {
+    /// Where the BAR decodes now (`(base, length)`), or `None` while memory decoding is off
+    /// or the BAR is unassigned.
+    fn bar(&self) -> Option<(u64, u64)>;
+    /// Reads the register at `offset` in the BAR.
+    fn bar_read(&self, offset: u64, size: AccessSize) -> u64;
+    /// Writes the register at `offset` in the BAR.
+    fn bar_write(&self, offset: u64, size: AccessSize, value: u64);
+}
+
+/// The PCI memory window on the MMIO bus: BARs move when the firmware or the OS programs
+/// them, so the bus holds this one device for the whole window and it finds the function
+/// whose BAR decodes the address at the time of the access.
+pub struct PciBarWindow {
+    base: u64,
+    functions: Vec<Arc<dyn PciBarDevice>>,
+}
+
+impl PciBarWindow {
+    /// The window starting at `base` (the bus offset 0) over `functions`.
+    pub fn new(base: u64, functions: Vec<Arc<dyn PciBarDevice>>) -> PciBarWindow {
+        PciBarWindow { base, functions }
+    }
+
+    fn route(&self, offset: u64) -> Option<(&dyn PciBarDevice, u64)> {
+        let addr = self.base.checked_add(offset)?;
+        self.functions.iter().find_map(|f| {
+            let (base, len) = f.bar()?;
+            let at = addr.checked_sub(base)?;
+            (at < len).then_some((&**f, at))
+        })
+    }
+}
+
+impl super::MmioDevice for PciBarWindow {
+    fn read(&self, offset: u64, size: AccessSize) -> u64 {
+        self.route(offset)
+            .map_or(size.all_ones(), |(f, at)| f.bar_read(at, size))
+    }
+
+    fn write(&self, offset: u64, size: AccessSize, value: u64) {
+        if let Some((f, at)) = self.route(offset) {
+            f.bar_write(at, size, value);
         }
     }
 }

@@ -9,8 +9,14 @@ use super::hkids::HkidAllocator;
 use super::memory::{self, SeptPageCache, TdBacking};
 use super::shared_ept::SharedEpt;
 use super::*;
+use alloc::boxed::Box;
+use tdx_abi::Gpa;
+
 use crate::devices::PortIoBus;
 use crate::devices::fw_cfg::{FW_CFG_BASE, FW_CFG_PORTS, FwCfg, StoredFile};
+use crate::devices::pci::{PciBarDevice, PciBarWindow};
+use crate::devices::virtio::VirtioPci;
+use crate::devices::virtio::blk::{Disk, VirtioBlk};
 use crate::pool::{MemoryPool, MemoryUse};
 
 /// Control pages of a TD being created.
@@ -183,6 +189,17 @@ fn alloc_control(
     })
 }
 
+/// PCI slot (device number on bus 0) of a TD's virtio disk.
+const VIRTIO_BLK_SLOT: u8 = 3;
+/// End of the 32-bit PCI memory window (exclusive): where the firmware's flash, the I/O
+/// APIC and the local APIC ranges start on a PC.
+const PCI_WINDOW_END: u64 = 0xFC00_0000;
+
+/// Start of the 32-bit PCI memory window OVMF uses on a 440FX board: the top of low RAM,
+/// at least 2 GiB (edk2 `OvmfPkg/Library/PlatformInitLib`, `PlatformMemMapInitialization`).
+fn pci_window_base((low_ram, _): (u64, u64)) -> u64 {
+    low_ram.max(1 << 31)
+}
 impl Host {
     /// Checks a create request against the host and the module's limits before anything is
     /// allocated: a valid, unused name; 1 to the module's maximum vCPUs; at least
@@ -244,6 +261,12 @@ impl Host {
                 return invalid("cmdline", "only printable ASCII characters and spaces");
             }
         }
+        if let Some(disk) = &spec.disk {
+            let image = self.images.get(disk).ok_or(HostError::ImageNotFound)?;
+            if image.kind() != ImageKind::Disk {
+                return invalid("disk", "not a disk image");
+            }
+        }
         Ok(())
     }
 
@@ -267,6 +290,7 @@ impl Host {
         &self,
         spec: &TdSpec,
         shared: &Arc<SharedEpt>,
+        ram_split: (u64, u64),
         mut io: PortIoBus,
     ) -> PortIoBus {
         let Some(linux) = &spec.linux else {
@@ -289,7 +313,7 @@ impl Host {
             return io;
         };
         let initrd = linux.initrd.as_deref().and_then(stored);
-        let acpi = crate::acpi::build(spec.vcpus);
+        let acpi = crate::acpi::build(spec.vcpus, (pci_window_base(ram_split), PCI_WINDOW_END));
         let device = FwCfg::new_linux(
             self.phys.clone(),
             shared.clone(),
@@ -341,6 +365,20 @@ impl Host {
                 gpa_ranges.push((s.memory_address.0, s.memory_end()));
             }
         }
+        // The TD's own copy of its disk, made before anything else is reserved: without room
+        // for it nothing is allocated.
+        let disk = match spec.disk.as_deref().and_then(|d| self.images.get(d)) {
+            Some(image) => Some(
+                Disk::copy_of(
+                    self.phys.clone(),
+                    self.pool.clone(),
+                    image.pages(),
+                    image.size,
+                )
+                .map_err(|_| HostError::OutOfMemory)?,
+            ),
+            None => None,
+        };
         let reservation = TdReservation::new(
             &self.pool,
             &self.hkids,
@@ -375,6 +413,7 @@ impl Host {
                 let len = r.end.0 - r.start.0;
                 (low + below, high + (len - below))
             }),
+            disk: spin::Mutex::new(disk),
         };
         // Everything below runs on a TD the module knows: failures tear it down.
         let result = self.init_td(&spec, &parts, plan, now_ms);
@@ -479,6 +518,25 @@ impl Host {
         let console = Arc::new(ConsoleRing::new(self.config.console_ring_bytes));
         let power = Arc::new(PowerRequests::default());
         let uart = Arc::new(Serial16550::new(console.clone()));
+        let disk = parts.disk.lock().take().map(|disk| {
+            Arc::new(VirtioPci::new(
+                Box::new(VirtioBlk::new(disk)),
+                shared_ept.clone(),
+                vcpus.clone(),
+            ))
+        });
+        let pci_functions: Vec<_> = disk
+            .iter()
+            .map(|d| (VIRTIO_BLK_SLOT, 0, d.config()))
+            .collect();
+        let mut mmio = MmioBus::new();
+        if let Some(d) = disk {
+            let base = pci_window_base(parts.ram_split);
+            let window = PciBarWindow::new(base, alloc::vec![d as Arc<dyn PciBarDevice>]);
+            if let Err(e) = mmio.insert(Gpa(base), PCI_WINDOW_END - base, Arc::new(window)) {
+                log::error!("host: PCI window not placed: {e}");
+            }
+        }
         let shared = Arc::new(TdShared {
             id,
             tdr: control.tdr,
@@ -490,11 +548,18 @@ impl Host {
             io: self.linux_devices(
                 spec,
                 &shared_ept,
-                td_port_devices(&uart, &self.platform, &power, parts.ram_split),
+                parts.ram_split,
+                td_port_devices(
+                    &uart,
+                    &self.platform,
+                    &power,
+                    parts.ram_split,
+                    pci_functions,
+                ),
             ),
             uart,
             power,
-            mmio: MmioBus::new(),
+            mmio,
             console,
             counters: TdCounterCells::default(),
             outcome: spin::Mutex::new(None),

@@ -227,6 +227,8 @@ impl ExitContext<'_> {
                     td.io.write(port, size, value);
                     if td.power.off_requested() {
                         td.set_outcome(GuestOutcome::PoweredOff);
+                    } else if td.power.reset_requested() {
+                        td.set_outcome(GuestOutcome::Reset);
                     }
                     Reply::DONE
                 }
@@ -250,11 +252,26 @@ impl ExitContext<'_> {
             // The hypervisor leaves name a KVM-compatible host with no paravirtual features
             // (0x40000001 all zero), as a TD under QEMU/KVM sees: Linux allows x2APIC without
             // interrupt remapping only under a hypervisor it recognises, and a TD must use
-            // x2APIC. Any other leaf the module sends here reads as zeros, as a leaf the CPU
-            // does not implement.
+            // x2APIC. The x2APIC topology leaves (0xB, 0x1F) carry this vCPU's x2APIC ID in
+            // EDX, as the VMM's CPUID table does: TDVF's relocated mailbox loop learns its
+            // APIC ID this way and compares it with the ID the OS writes to wake it (edk2
+            // `OvmfPkg/TdxDxe/X64/ApRunLoop.nasm`). Any other leaf the module sends here
+            // reads as zeros, as a leaf the CPU does not implement.
             Request::Cpuid {
                 leaf: 0x4000_0000, ..
             } => Reply::success4([0x4000_0001, 0x4B4D_564B, 0x564B_4D56, 0x4D]),
+            Request::Cpuid {
+                leaf: 0xB | 0x1F,
+                subleaf,
+            } => {
+                let (ebx, ecx) = match subleaf {
+                    // SMT level: one thread; core level: one core per package.
+                    0 => (1, 0x100),
+                    1 => (1, 0x201),
+                    n => (0, n & 0xFF),
+                };
+                Reply::success4([0, ebx, u64::from(ecx), u64::from(self.vcpu.index)])
+            }
             Request::Cpuid { .. } => Reply::success4([0; 4]),
             Request::Rdmsr {
                 msr: lapic::MSR_TSC_DEADLINE,

@@ -53,6 +53,8 @@ pub(crate) enum Content {
     Kernel(KernelHeader),
     /// An initramfs.
     Initrd,
+    /// A raw disk image (a TD's virtio disk).
+    Disk,
 }
 
 impl StoredImage {
@@ -81,6 +83,7 @@ impl StoredImage {
             Content::Firmware { .. } => ImageKind::Firmware,
             Content::Kernel(_) => ImageKind::Kernel,
             Content::Initrd => ImageKind::Initrd,
+            Content::Disk => ImageKind::Disk,
         }
     }
 }
@@ -151,9 +154,10 @@ impl Upload {
     }
 
     /// Recognises the image `source` reads (the upload's pages; tests pass a counting
-    /// source): TDVF firmware, else a Linux kernel, else an initramfs. A file that is none of
-    /// them is refused with the firmware parser's reason, unless it looks like a kernel
-    /// whose header is unusable (then that reason).
+    /// source): TDVF firmware, else a Linux kernel, else an initramfs, else a raw disk
+    /// image (see [`is_disk_image`]). A file that is none of them is refused with the
+    /// firmware parser's reason, unless it looks like a kernel whose header is unusable
+    /// (then that reason).
     pub(crate) fn validate<S: ImageSource + ?Sized>(
         &self,
         source: &S,
@@ -176,7 +180,14 @@ impl Upload {
                         Content::Initrd
                     }
                     Err(KernelError::TooShort | KernelError::NoHeader) => {
-                        return Err(HostError::InvalidImage(tdvf_error));
+                        let mut first = [0u8; DISK_PROBE_BYTES];
+                        let m = source.len().min(DISK_PROBE_BYTES);
+                        let readable = source.read_at(0, &mut first[..m]).is_ok();
+                        if readable && is_disk_image(&first[..m], source.len() as u64) {
+                            Content::Disk
+                        } else {
+                            return Err(HostError::InvalidImage(tdvf_error));
+                        }
                     }
                     Err(kernel_error) => return Err(HostError::InvalidKernel(kernel_error)),
                 };
@@ -206,6 +217,20 @@ impl Upload {
             },
         })
     }
+}
+
+/// Bytes [`is_disk_image`] looks at.
+const DISK_PROBE_BYTES: usize = 2048;
+
+/// Whether a file of `len` bytes starting with `first` is a raw disk image: whole 512-byte
+/// sectors, starting with a partition table (the MBR boot signature 55 AA at byte 510, which
+/// GPT's protective MBR has too) or with an ext2/3/4 file system (superblock magic 0xEF53
+/// at byte 1080). Other file systems can sit inside a partition.
+pub(crate) fn is_disk_image(first: &[u8], len: u64) -> bool {
+    let sectors = len >= DISK_PROBE_BYTES as u64 && len.is_multiple_of(512);
+    let mbr = first.get(510..512) == Some(&[0x55, 0xAA]);
+    let ext = first.get(1080..1082) == Some(&[0x53, 0xEF]);
+    sectors && (mbr || ext)
 }
 
 /// What validation produced.

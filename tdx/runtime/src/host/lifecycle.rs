@@ -184,7 +184,9 @@ impl Host {
                     }
                     let reason = alloc::format!("{outcome}");
                     match outcome {
-                        td::GuestOutcome::Shutdown | td::GuestOutcome::PoweredOff => {
+                        td::GuestOutcome::Shutdown
+                        | td::GuestOutcome::PoweredOff
+                        | td::GuestOutcome::Reset => {
                             let _ = self.apply(id, TdEvent::GuestShutdown, now);
                         }
                         td::GuestOutcome::Bugged(_) => self.bug_td(id, reason, now),

@@ -362,6 +362,26 @@ impl TdVcpus {
     }
 }
 
+/// A TD's devices signal MSI-X messages to its vCPUs: a fixed interrupt to the vCPU whose
+/// x2APIC ID is the message's destination (x86 MSI format, Intel SDM vol. 3A 11.11:
+/// address 0xFEExxxxx with the destination ID in bits 19:12, the vector in data bits 7:0),
+/// posted, and the vCPU woken or kicked so that it takes the interrupt. Other formats and the
+/// reserved vectors 0–15 are dropped.
+impl crate::devices::virtio::MsiSink for TdVcpus {
+    fn signal(&self, address: u64, data: u32) {
+        let vector = (data & 0xFF) as u8;
+        if address >> 20 != 0xFEE || vector < 16 {
+            return;
+        }
+        let destination = ((address >> 12) & 0xFF) as u32;
+        if let Some(v) = self.vcpus.iter().find(|v| v.index == destination) {
+            self.kicker.post_interrupt(v.tdvpr, vector);
+            v.wake();
+            self.kicker.kick(v.cpu, v.tdvpr);
+        }
+    }
+}
+
 /// [`VcpuControl`] over a TD's vCPUs.
 pub struct VcpuGate(pub Arc<TdVcpus>);
 

@@ -34,7 +34,9 @@ use tdx_abi::phys::PhysMemory;
 use tdx_abi::seamcall::{ModuleKind, SeamError, Seamcall};
 use tdx_abi::software::SoftwareModuleHooks;
 
-use crate::devices::acpi_pm::{AcpiPmBlock, PIIX4_PM_BASE, PM_BLOCK_PORTS, PowerRequests};
+use crate::devices::acpi_pm::{
+    self, AcpiPmBlock, PIIX4_PM_BASE, PM_BLOCK_PORTS, PowerRequests, ResetControl,
+};
 use crate::devices::cmos::{CMOS_BASE, CMOS_PORTS, Cmos};
 use crate::devices::pci;
 use crate::devices::serial::{COM1_BASE, Serial16550, UART_PORTS};
@@ -411,6 +413,8 @@ struct TdParts {
     seam_counters: Arc<SeamcallCounters>,
     /// Guest RAM below and above 4 GiB (bytes), as the TD's CMOS reports it.
     ram_split: (u64, u64),
+    /// The TD's copy of its disk image, until the TD object takes it.
+    disk: spin::Mutex<Option<crate::devices::virtio::blk::Disk>>,
 }
 
 /// What TDs that are gone leave in the host's metrics: their SEAMCALL counts, S-EPT faults
@@ -790,26 +794,30 @@ impl DeviceClock for PlatformClock {
 /// The port-I/O devices of a new TD, a PC with a 440FX chipset as TDVF's platform code knows
 /// it: the console UART on COM1, PCI configuration mechanism #1 with the host bridge, the
 /// ISA bridge and the PIIX4 power-management function, the PIIX4 ACPI block (PM timer, PM1
-/// control with S5 power-off) and CMOS/RTC with the RAM sizes. Ports no device decodes read
-/// as all ones and drop writes.
+/// control with S5 power-off) and CMOS/RTC with the RAM sizes, plus the configuration space
+/// of `more_functions` (`(device, function, space)`: the TD's virtio devices). Ports no
+/// device decodes read as all ones and drop writes.
 fn td_port_devices(
     uart: &Arc<Serial16550>,
     platform: &Arc<dyn Platform>,
     power: &Arc<PowerRequests>,
     (low_ram, high_ram): (u64, u64),
+    more_functions: Vec<(u8, u8, pci::SharedConfig)>,
 ) -> PortIoBus {
     let clock: Arc<dyn DeviceClock> = Arc::new(PlatformClock(platform.clone()));
     let pm_function = pci::piix4_pm();
-    let devices: [(u16, u16, Arc<dyn PortIoDevice>); 4] = [
+    let mut functions = alloc::vec![
+        (0, 0, pci::i440fx_host_bridge()),
+        (1, 0, pci::piix3_isa_bridge()),
+        (1, 3, pm_function.clone()),
+    ];
+    functions.extend(more_functions);
+    let devices: [(u16, u16, Arc<dyn PortIoDevice>); 6] = [
         (COM1_BASE, UART_PORTS, uart.clone()),
         (
             pci::PCI_CONFIG_BASE,
             pci::PCI_CONFIG_PORTS,
-            Arc::new(pci::PciConfigPorts::new(alloc::vec![
-                (0, 0, pci::i440fx_host_bridge()),
-                (1, 0, pci::piix3_isa_bridge()),
-                (1, 3, pm_function.clone()),
-            ])),
+            Arc::new(pci::PciConfigPorts::new(functions)),
         ),
         (
             PIIX4_PM_BASE,
@@ -825,6 +833,19 @@ fn td_port_devices(
             CMOS_BASE,
             CMOS_PORTS,
             Arc::new(Cmos::new(clock, low_ram, high_ram)),
+        ),
+        (
+            acpi_pm::KBD_COMMAND_PORT,
+            1,
+            Arc::new(ResetControl::new(acpi_pm::KBD_COMMAND_PORT, power.clone())),
+        ),
+        (
+            acpi_pm::RESET_CONTROL_PORT,
+            1,
+            Arc::new(ResetControl::new(
+                acpi_pm::RESET_CONTROL_PORT,
+                power.clone(),
+            )),
         ),
     ];
     let mut io = PortIoBus::new();

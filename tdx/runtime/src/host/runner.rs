@@ -23,7 +23,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use tdx_abi::TdxStatus;
 use tdx_abi::seamcall::{Regs, Seamcall, TdxModule};
@@ -42,6 +42,24 @@ const MAIL_DONE: u8 = 2;
 
 /// The longest an idle runner sleeps between polls (ms).
 const IDLE_SLEEP_MAX_MS: u64 = 10;
+
+/// How long a runner keeps entering the same vCPU before it turns to the next one (ns),
+/// unless that vCPU halts or gives the CPU back earlier. Without it a vCPU that exits often
+/// (port I/O, MMIO) would get one entry per turn while a sibling that spins without exits
+/// (TDVF's application processors poll their mailbox) gets a whole time slice per turn.
+const VCPU_SLICE_NS: u64 = 2_000_000;
+
+/// What one turn did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// The vCPU could not run (halted, parked, not started, blocked).
+    Skipped,
+    /// The vCPU ran and may run again at once.
+    Ran,
+    /// The vCPU ran and gave the CPU back (a host interrupt: the time slice, a kick, a
+    /// spin-wait), or its entry must be retried.
+    Yielded,
+}
 
 /// A [`Seamcall`] handle that issues each call on a runner's CPU through its mailbox (the
 /// hardware module's per-CPU leaves once a runner loop occupies the CPU), so typed wrappers
@@ -111,6 +129,8 @@ pub struct Runner {
     start_error_logged: AtomicBool,
     mail_state: AtomicU8,
     mail: spin::Mutex<Regs>,
+    /// When the vCPU at `cursor` got the CPU (ns, the platform clock).
+    slice_start_ns: AtomicU64,
 }
 
 impl Runner {
@@ -132,6 +152,7 @@ impl Runner {
             start_error_logged: AtomicBool::new(false),
             mail_state: AtomicU8::new(MAIL_EMPTY),
             mail: spin::Mutex::new(Regs::default()),
+            slice_start_ns: AtomicU64::new(0),
         }
     }
 
@@ -248,16 +269,34 @@ impl Runner {
             }
             slots.len()
         };
+        // The vCPU at the cursor keeps the CPU until its slice ends or it stops running.
         let start = self.cursor.load(Ordering::Relaxed);
         for k in 0..n {
             let i = (start + k) % n;
             let Some(slot) = self.slots.lock().get(i).cloned() else {
                 break;
             };
-            if self.turn(&slot) {
-                self.cursor.store(i + 1, Ordering::Relaxed);
-                return RunnerPoll::Busy;
+            if k > 0 {
+                self.slice_start_ns
+                    .store(self.clock.now_ns(), Ordering::Relaxed);
             }
+            let next = match self.turn(&slot) {
+                Turn::Skipped => continue,
+                Turn::Ran => {
+                    let used = self
+                        .clock
+                        .now_ns()
+                        .saturating_sub(self.slice_start_ns.load(Ordering::Relaxed));
+                    if used < VCPU_SLICE_NS { i } else { i + 1 }
+                }
+                Turn::Yielded => i + 1,
+            };
+            if next != i {
+                self.slice_start_ns
+                    .store(self.clock.now_ns(), Ordering::Relaxed);
+            }
+            self.cursor.store(next, Ordering::Relaxed);
+            return RunnerPoll::Busy;
         }
         RunnerPoll::Idle {
             sleep_ms: self.idle_sleep_ms(),
@@ -285,30 +324,31 @@ impl Runner {
         sleep
     }
 
-    /// Runs one entry of the slot's vCPU if it may run; true if it did something.
-    fn turn(&self, slot: &Slot) -> bool {
+    /// Runs one entry of the slot's vCPU if it may run.
+    fn turn(&self, slot: &Slot) -> Turn {
+        let parked = |did: bool| if did { Turn::Yielded } else { Turn::Skipped };
         let td = &*slot.td;
         let Some(v) = td.vcpus.vcpus.get(slot.vcpu) else {
-            return false;
+            return Turn::Skipped;
         };
         if v.parked.load(Ordering::Acquire) {
-            return false;
+            return Turn::Skipped;
         }
         let run = td.run.load(Ordering::SeqCst);
         if run == RUN_HALT {
-            return self.park(td, v);
+            return parked(self.park(td, v));
         }
         if run == RUN_NOT_STARTED {
-            return false;
+            return Turn::Skipped;
         }
         let now = self.clock.now_ms();
         let until = v.halted_until.load(Ordering::Acquire);
         if until != 0 {
             if run == RUN_GRACEFUL {
-                return self.park(td, v);
+                return parked(self.park(td, v));
             }
             if now < until {
-                return false;
+                return Turn::Skipped;
             }
             v.halted_until.store(0, Ordering::Release);
         }
@@ -322,7 +362,7 @@ impl Runner {
         v.mode.store(MODE_IN_GUEST, Ordering::SeqCst);
         if td.vcpus.block.load(Ordering::SeqCst) > 0 || td.run.load(Ordering::SeqCst) == RUN_HALT {
             v.mode.store(MODE_OUTSIDE, Ordering::SeqCst);
-            return false;
+            return Turn::Skipped;
         }
         v.entered.store(true, Ordering::Release);
         let answer = *v.answer.lock();
@@ -332,9 +372,15 @@ impl Runner {
         match result {
             Err(e) if e.is_busy() => {
                 td.counters.busy_retries.fetch_add(1, Ordering::Relaxed);
+                Turn::Yielded
             }
-            Err(e) => td.set_outcome(GuestOutcome::Bugged(BugCause::Seamcall(e))),
+            Err(e) => {
+                td.set_outcome(GuestOutcome::Bugged(BugCause::Seamcall(e)));
+                Turn::Yielded
+            }
             Ok(regs) => {
+                let exit_reason = TdExit::decode(&regs);
+                let yielded = matches!(exit_reason, TdExit::ExternalInterrupt);
                 let exit = ExitContext {
                     td,
                     vcpu: v,
@@ -343,15 +389,15 @@ impl Runner {
                     now_ns: self.clock.now_ns(),
                     platform_tsc: self.clock.tsc(),
                 };
-                match exit.handle(TdExit::decode(&regs)) {
-                    AfterExit::Continue(reply) => *v.answer.lock() = reply.answer(),
+                match exit.handle(exit_reason) {
+                    AfterExit::Continue(reply) => *v.answer.lock() = reply.answer(&regs),
                     AfterExit::Park => {
                         self.park(td, v);
                     }
                 }
+                if yielded { Turn::Yielded } else { Turn::Ran }
             }
         }
-        true
     }
 
     /// Flushes the vCPU on this CPU (if it ever entered) and parks it. False if the flush

@@ -103,6 +103,8 @@ pub enum GuestOutcome {
     Shutdown,
     /// The guest switched itself off (ACPI S5 through PM1 control).
     PoweredOff,
+    /// The guest asked for a reset, which a TD cannot do: it stops.
+    Reset,
     /// TDVMCALL ReportFatalError.
     FatalError {
         /// R12 (without the message-valid bit).
@@ -150,6 +152,7 @@ impl core::fmt::Display for GuestOutcome {
         match self {
             GuestOutcome::Shutdown => write!(f, "guest shut down (triple fault)"),
             GuestOutcome::PoweredOff => write!(f, "guest powered off (ACPI S5)"),
+            GuestOutcome::Reset => write!(f, "guest asked for a reset; a TD cannot be reset"),
             GuestOutcome::FatalError { code, message } => {
                 write!(f, "guest reported a fatal error (code {code:#x})")?;
                 if let Some(m) = message {

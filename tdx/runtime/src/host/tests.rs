@@ -37,6 +37,7 @@ fn spec(name: &str, image: &str, workload: Option<Workload>) -> TdSpec {
         huge_pages: true,
         workload: workload.map(GuestProgram::new),
         linux: None,
+        disk: None,
     }
 }
 

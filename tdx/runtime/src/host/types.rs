@@ -34,6 +34,9 @@ pub struct TdSpec {
     /// A Linux kernel for the firmware to boot (QEMU's direct kernel boot: the firmware reads
     /// it through fw_cfg).
     pub linux: Option<LinuxBoot>,
+    /// Name of an uploaded disk image the TD sees as a virtio block device (its own copy:
+    /// the guest's writes are kept until the TD is deleted).
+    pub disk: Option<String>,
 }
 
 /// What a TD's firmware boots directly (`kernel`, `initrd`, `cmdline` of `POST /v1/tds`).
@@ -205,6 +208,8 @@ pub enum ImageKind {
     Kernel,
     /// An initramfs (a TD's `initrd`).
     Initrd,
+    /// A raw disk image: a partition table or an ext2/3/4 file system (a TD's `disk`).
+    Disk,
 }
 
 impl ImageKind {
@@ -214,6 +219,7 @@ impl ImageKind {
             ImageKind::Firmware => "firmware",
             ImageKind::Kernel => "kernel",
             ImageKind::Initrd => "initrd",
+            ImageKind::Disk => "disk",
         }
     }
 }

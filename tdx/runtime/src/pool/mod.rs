@@ -70,16 +70,20 @@ pub enum MemoryUse {
     Pamt,
     /// Storage of uploaded images (firmware, kernels).
     ImageStorage,
+    /// A TD's virtio disk: its copy of the disk image, written by the guest, kept until the
+    /// TD is deleted.
+    TdDisk,
 }
 
 impl MemoryUse {
     /// Every use, in [`MemoryUse::index`] order.
-    pub const ALL: [MemoryUse; 5] = [
+    pub const ALL: [MemoryUse; 6] = [
         MemoryUse::TdPrivate,
         MemoryUse::Sept,
         MemoryUse::Control,
         MemoryUse::Pamt,
         MemoryUse::ImageStorage,
+        MemoryUse::TdDisk,
     ];
     /// Number of uses.
     pub const COUNT: usize = Self::ALL.len();
@@ -97,6 +101,7 @@ impl MemoryUse {
             MemoryUse::Control => "control",
             MemoryUse::Pamt => "pamt",
             MemoryUse::ImageStorage => "image_storage",
+            MemoryUse::TdDisk => "td_disk",
         }
     }
 }

@@ -332,11 +332,11 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..5usize).prop_map(Op::Alloc4k),
-        1 => (0..5usize).prop_map(Op::Alloc2m),
-        1 => (0..5usize, 1..700u64).prop_map(|(u, n)| Op::AllocRun(u, n)),
+        4 => (0..MemoryUse::COUNT).prop_map(Op::Alloc4k),
+        1 => (0..MemoryUse::COUNT).prop_map(Op::Alloc2m),
+        1 => (0..MemoryUse::COUNT, 1..700u64).prop_map(|(u, n)| Op::AllocRun(u, n)),
         4 => (any::<usize>(), prop::bool::weighted(0.1)).prop_map(|(i, w)| Op::Free(i, w)),
-        1 => (0..(9 * 512u64), 0..5usize).prop_map(|(o, u)| Op::FreeRandom(o, u)),
+        1 => (0..(9 * 512u64), 0..MemoryUse::COUNT).prop_map(|(o, u)| Op::FreeRandom(o, u)),
         1 => (any::<usize>(), any::<u64>()).prop_map(|(i, o)| Op::FreePart(i, o)),
     ]
 }
@@ -354,10 +354,10 @@ proptest! {
         let total = p.stats().total_pages;
         let mut owner: BTreeMap<u64, MemoryUse> = BTreeMap::new(); // page addr -> use
         let mut live: Vec<(u64, u64, MemoryUse)> = Vec::new(); // (addr, pages, use)
-        let mut used = [0u64; 5]; // model's pages per use, kept in step with `owner`
+        let mut used = [0u64; MemoryUse::COUNT]; // model's pages per use, kept in step with `owner`
         let in_pool = |a: u64| a >= base && a < base + total * 0x1000;
 
-        let record = |owner: &mut BTreeMap<u64, MemoryUse>, used: &mut [u64; 5], a: u64, n: u64, u: MemoryUse| {
+        let record = |owner: &mut BTreeMap<u64, MemoryUse>, used: &mut [u64; MemoryUse::COUNT], a: u64, n: u64, u: MemoryUse| {
             used[u.index()] += n;
             for i in 0..n {
                 let addr = a + i * 0x1000;
@@ -398,7 +398,7 @@ proptest! {
                     if live.is_empty() { continue; }
                     let (a, n, u) = live[i % live.len()];
                     // Pieces may have been freed by FreePart: find the model's verdict.
-                    let named = if wrong { MemoryUse::ALL[(u.index() + 1) % 5] } else { u };
+                    let named = if wrong { MemoryUse::ALL[(u.index() + 1) % MemoryUse::COUNT] } else { u };
                     let expected = (0..n).map(|k| a + k * 0x1000).find_map(|addr| {
                         match owner.get(&addr) {
                             None => Some(PoolError::NotAllocated { hpa: Hpa(addr) }),
@@ -459,7 +459,7 @@ proptest! {
                 prop_assert_eq!(p.use_of(Hpa(addr)), Some(u));
             }
         }
-        let mut recount = [0u64; 5];
+        let mut recount = [0u64; MemoryUse::COUNT];
         for u in owner.values() { recount[u.index()] += 1; }
         prop_assert_eq!(recount, used);
         p.audit().map_err(TestCaseError::fail)?;

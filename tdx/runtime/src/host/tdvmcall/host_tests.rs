@@ -42,6 +42,7 @@ fn spec(name: &str, steps: Vec<Step>) -> TdSpec {
         huge_pages: false,
         workload: Some(GuestProgram::new(Workload { steps })),
         linux: None,
+        disk: None,
     }
 }
 
