@@ -143,19 +143,12 @@ mod vmcb {
     pub const EXCEPTION_UD: u32 = 1 << 6;
     /// CR intercepts of the paging shim: reads and writes of CR0, CR3 and CR4.
     pub const SHIM_CR: u32 = ((1 | 1 << 3 | 1 << 4) * 0x1_0001) | CR8_WRITE;
-    /// Misc intercepts 1: INTR, NMI, SMI, INIT, CPUID, INVD, PAUSE, HLT, IOIO_PROT,
-    /// MSR_PROT, SHUTDOWN.
-    pub const MISC1: u32 = 1
-        | 1 << 1
-        | 1 << 2
-        | 1 << 3
-        | 1 << 18
-        | 1 << 22
-        | 1 << 23
-        | 1 << 24
-        | 1 << 27
-        | 1 << 28
-        | 1 << 31;
+    /// Misc intercepts 1: INTR, NMI, SMI, INIT, CPUID, INVD, HLT, IOIO_PROT, MSR_PROT,
+    /// SHUTDOWN.
+    pub const MISC1: u32 =
+        1 | 1 << 1 | 1 << 2 | 1 << 3 | 1 << 18 | 1 << 22 | 1 << 24 | 1 << 27 | 1 << 28 | 1 << 31;
+    /// Misc intercepts 1: PAUSE (TDs with more than one vCPU: a spin-wait on a sibling).
+    pub const INTERCEPT_PAUSE: u32 = 1 << 23;
     /// Misc intercepts 2: VMRUN (required), VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT,
     /// WBINVD, MONITOR, MWAIT, XSETBV.
     pub const MISC2: u32 = 1
@@ -505,7 +498,10 @@ impl EmulatedModule {
         self.zero_phys(vmcb.0, 4096);
         let (iopm, msrpm) = cpu.intercept_all_maps();
         self.vmcb_write32(vmcb, vmcb::INTERCEPT_EXCEPTIONS, vmcb::EXCEPTION_UD);
-        self.vmcb_write32(vmcb, vmcb::INTERCEPT_MISC1, vmcb::MISC1);
+        // A vCPU alone in its TD has no sibling to wait for: its PAUSEs stay in the guest.
+        let siblings = td.cfg.get().is_some_and(|c| c.params.max_vcpus > 1);
+        let pause = if siblings { vmcb::INTERCEPT_PAUSE } else { 0 };
+        self.vmcb_write32(vmcb, vmcb::INTERCEPT_MISC1, vmcb::MISC1 | pause);
         self.vmcb_write32(vmcb, vmcb::INTERCEPT_MISC2, vmcb::MISC2);
         self.vmcb_write(vmcb, vmcb::IOPM_BASE, iopm.0);
         self.vmcb_write(vmcb, vmcb::MSRPM_BASE, msrpm.0);
@@ -859,10 +855,11 @@ impl EmulatedModule {
         // so CR8 writes are always intercepted (see `cr8_write`).
         let int_ctl = self.vmcb_read(s.vmcb, vmcb::INT_CTL);
         if (int_ctl & vmcb::V_IRQ_WINDOW == vmcb::V_IRQ_WINDOW) != blocked {
+            let misc1 = self.vmcb_read(s.vmcb, vmcb::INTERCEPT_MISC1) as u32;
             let (window, misc1) = if blocked {
-                (vmcb::V_IRQ_WINDOW, vmcb::MISC1 | vmcb::INTERCEPT_VINTR)
+                (vmcb::V_IRQ_WINDOW, misc1 | vmcb::INTERCEPT_VINTR)
             } else {
-                (0, vmcb::MISC1)
+                (0, misc1 & !vmcb::INTERCEPT_VINTR)
             };
             self.vmcb_write(
                 s.vmcb,
