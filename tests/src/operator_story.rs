@@ -494,9 +494,9 @@ pub fn tdvf_shell(
 }
 
 /// The test guest of [`crate::probe`] and its hostile variant as two TDs at once on the same
-/// runner: the probe's checks all pass and RTMR 2 holds what it extended; the hostile TD
-/// ends alone (stopped, or failed when the host refuses its last request); the API answered
-/// throughout; delete, pool whole.
+/// runner: the probe's checks all pass and RTMR 2 holds what it extended; the hostile TD,
+/// whose second vCPU spins without exits all along, ends alone (stopped, or failed when the
+/// host refuses its last request); the API answered throughout; delete, pool whole.
 pub fn probe_guests(
     port: u16,
     token: &str,
@@ -511,7 +511,8 @@ pub fn probe_guests(
     let mut ids = Vec::new();
     for (name, hostile) in [("td-probe-hostile", true), ("td-probe", false)] {
         op.upload(name, &crate::probe::image(elf, hostile)?)?;
-        let spec = json!({"name": name, "image": name, "vcpus": 1, "memory_mib": 32});
+        let vcpus = if hostile { 2 } else { 1 };
+        let spec = json!({"name": name, "image": name, "vcpus": vcpus, "memory_mib": 32});
         let response = op.post_json("/v1/tds", &spec, &[])?;
         expect(&response, 201, "create a probe TD")?;
         let id = json_body(&response)?["id"].clone();
@@ -574,8 +575,9 @@ pub fn probe_guests(
     }
     op.expect_pool_whole(&pool)?;
     Ok(format!(
-        "probe: {} checks passed, RTMR 2 as extended; hostile probe ended {} after its storm \
-         ({} TD exits); {health_probes} health probes answered; {:.1} s",
+        "probe: {} checks passed, RTMR 2 as extended; hostile probe (a second vCPU spinning \
+         without exits) ended {} after its storm ({} TD exits); {health_probes} health probes \
+         answered; {:.1} s",
         passed.unwrap_or(0),
         hostile_td["state"],
         hostile_td["counters"]["exits"],

@@ -17,3 +17,24 @@ pub mod svm;
 pub mod tdx_detect;
 pub mod timer;
 pub mod wake;
+
+use uefi::boot::{self, OpenProtocolAttributes, OpenProtocolParams, ScopedProtocol};
+use uefi::proto::ProtocolPointer;
+
+/// Opens the architectural protocol `P` (PI specification volume 2: CPU, Timer, …) without
+/// taking ownership, as its users besides the DXE core do.
+pub fn arch_protocol<P: ProtocolPointer + ?Sized>() -> uefi::Result<ScopedProtocol<P>> {
+    let handle = boot::get_handle_for_protocol::<P>()?;
+    // SAFETY: GetProtocol opens without taking ownership, right for an architectural
+    // protocol the DXE core itself uses; it is never uninstalled while boot services run.
+    unsafe {
+        boot::open_protocol::<P>(
+            OpenProtocolParams {
+                handle,
+                agent: boot::image_handle(),
+                controller: None,
+            },
+            OpenProtocolAttributes::GetProtocol,
+        )
+    }
+}

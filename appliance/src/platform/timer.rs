@@ -11,7 +11,7 @@
 use core::ffi::c_void;
 use core::time::Duration;
 
-use uefi::boot::{self, EventType, OpenProtocolAttributes, OpenProtocolParams, TimerTrigger, Tpl};
+use uefi::boot::{self, EventType, TimerTrigger, Tpl};
 use uefi::proto::unsafe_protocol;
 use uefi::{Event, Status, StatusExt};
 
@@ -62,20 +62,7 @@ pub struct TickChange {
 
 /// Sets the firmware's timer tick to `period` (rounded to 100 ns, at least 100 µs).
 pub fn shorten_tick(period: Duration) -> uefi::Result<TickChange> {
-    let handle = boot::get_handle_for_protocol::<TimerArch>()?;
-    // SAFETY: GetProtocol opens without taking ownership, which is right for an architectural
-    // protocol that the DXE core itself uses; it is never uninstalled while boot services run,
-    // and the interface is only used inside this function.
-    let mut timer = unsafe {
-        boot::open_protocol::<TimerArch>(
-            OpenProtocolParams {
-                handle,
-                agent: boot::image_handle(),
-                controller: None,
-            },
-            OpenProtocolAttributes::GetProtocol,
-        )
-    }?;
+    let mut timer = super::arch_protocol::<TimerArch>()?;
     let before_100ns = timer.period_100ns()?;
     let wanted = u64::try_from(period.as_nanos() / 100)
         .unwrap_or(u64::MAX)

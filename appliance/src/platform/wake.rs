@@ -12,7 +12,6 @@
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use uefi::boot::{self, OpenProtocolAttributes, OpenProtocolParams};
 use uefi::proto::unsafe_protocol;
 use uefi::{Status, StatusExt};
 
@@ -109,19 +108,7 @@ unsafe extern "efiapi" fn wake_handler(_vector: isize, _context: *mut c_void) {
 
 /// Registers the wake-up handler (main CPU, once). Without it runners keep spinning.
 pub fn install() -> uefi::Result {
-    let handle = boot::get_handle_for_protocol::<CpuArch>()?;
-    // SAFETY: GetProtocol opens without taking ownership, right for an architectural
-    // protocol the DXE core uses; it stays installed while boot services run.
-    let cpu = unsafe {
-        boot::open_protocol::<CpuArch>(
-            OpenProtocolParams {
-                handle,
-                agent: boot::image_handle(),
-                controller: None,
-            },
-            OpenProtocolAttributes::GetProtocol,
-        )
-    }?;
+    let cpu = super::arch_protocol::<CpuArch>()?;
     // SAFETY: the table has the protocol's layout; the handler is a plain function that
     // lives for the program's lifetime and only writes this CPU's EOI register.
     unsafe {

@@ -61,7 +61,9 @@ impl Regs {
 /// back the values the exit delivered, with R10 the GHCI status, R11 the returned value and
 /// R12–R15 changed only by sub-functions that return more (Instruction.CPUID,
 /// GetTdVmCallInfo). KVM does the same: its TDH.VP.ENTER arguments are the previous exit's
-/// outputs, updated by the TDVMCALL handler (Linux `arch/x86/kvm/vmx/tdx.c`, `vp_enter_args`);
+/// outputs, updated by the TDVMCALL handler (Linux `arch/x86/kvm/vmx/tdx.c`, `vp_enter_args`),
+/// and the module copies back exactly the guest-selected RDX–R15 (TDX module 1.5
+/// `tdh_vp_enter.c`; RBP cannot be selected under NO_RBP_MOD, `tdg_vp_vmcall.c`);
 /// guests rely on it (TDVF's relocated mailbox loop keeps the mailbox address in RBX across
 /// a TDVMCALL that exposes RBX).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]

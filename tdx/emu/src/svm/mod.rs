@@ -1236,25 +1236,7 @@ impl EmulatedModule {
             }
         };
         let op = decode::memory_operand(fetched)?;
-        let g = &s.regs;
-        let reg = |n: u8| match n {
-            0 => self.vmcb_read(s.vmcb, vmcb::RAX),
-            1 => g.rcx,
-            2 => g.rdx,
-            3 => g.rbx,
-            4 => self.vmcb_read(s.vmcb, vmcb::RSP),
-            5 => g.rbp,
-            6 => g.rsi,
-            7 => g.rdi,
-            8 => g.r8,
-            9 => g.r9,
-            10 => g.r10,
-            11 => g.r11,
-            12 => g.r12,
-            13 => g.r13,
-            14 => g.r14,
-            _ => g.r15,
-        };
+        let reg = |n: u8| self.gpr(s, n);
         let fs = self.vmcb_read(s.vmcb, vmcb::FS + 8);
         let gs = self.vmcb_read(s.vmcb, vmcb::GS + 8);
         Some(op.linear(reg, rip, fs, gs))

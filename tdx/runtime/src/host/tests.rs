@@ -225,6 +225,49 @@ fn kernels_and_initramfs_are_recognised_and_checked_at_create() {
 }
 
 #[test]
+fn disk_images_are_recognised_copied_per_td_and_checked_at_create() {
+    let mut e = host();
+    let h = &mut e.host;
+    upload_image(h, "fw", &synthetic_tdvf_image()).unwrap();
+    // An ext2 superblock's magic, and an MBR boot signature: both disks.
+    let mut ext2 = vec![0u8; 8192];
+    ext2[1080..1082].copy_from_slice(&[0x53, 0xEF]);
+    assert_eq!(
+        upload_image(h, "root", &ext2).unwrap().kind,
+        ImageKind::Disk
+    );
+    let mut mbr = vec![0u8; 4096];
+    mbr[510..512].copy_from_slice(&[0x55, 0xAA]);
+    assert_eq!(upload_image(h, "mbr", &mbr).unwrap().kind, ImageKind::Disk);
+    // Not whole sectors, or no partition table or file system: not an image at all.
+    let mut ragged = ext2.clone();
+    ragged.push(0);
+    assert!(matches!(
+        upload_image(h, "ragged", &ragged),
+        Err(HostError::InvalidImage(_))
+    ));
+    let with_disk = |disk: &str| {
+        let mut s = spec("d", "fw", None);
+        s.disk = Some(String::from(disk));
+        s
+    };
+    assert!(matches!(
+        h.create_td(with_disk("fw"), 0),
+        Err(HostError::InvalidSpec { field: "disk", .. })
+    ));
+    assert!(matches!(
+        h.create_td(with_disk("missing"), 0),
+        Err(HostError::ImageNotFound)
+    ));
+    let disk_pages = |h: &Host| h.pool().stats().used_by(MemoryUse::TdDisk);
+    assert_eq!(disk_pages(h), 0, "refused creates copy nothing");
+    h.create_td(with_disk("root"), 0).unwrap();
+    assert_eq!(disk_pages(h), 2, "the TD's own copy of the 8 KiB disk");
+    destroy_all(h);
+    assert_eq!(disk_pages(h), 0, "given back with the TD");
+}
+
+#[test]
 fn image_upload_validates_and_accounts() {
     let mut e = host();
     let h = &mut e.host;

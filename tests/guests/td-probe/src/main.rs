@@ -16,7 +16,9 @@
 //! The hostile variant (the flag byte at the image base set by the packer) then tries what a
 //! misbehaving guest does: every unknown TDCALL leaf up to 64, unknown TDVMCALLs, port and
 //! MMIO accesses where nothing is, an exit storm, accepting memory the TD does not have, and
-//! a triple fault.
+//! a triple fault. Its TD has a second vCPU, which spins from the reset vector on without a
+//! single exit, so the host must take the CPU back from it to run anything else on that
+//! runner and to end the TD.
 //!
 //! Start: 32-bit flat protected mode at 0xFFFFFFF0 with paging off (TDX module 1.5
 //! `tdh_vp_init.c`). The entry builds identity page tables for the low 4 GiB (2 MiB pages) in
@@ -56,6 +58,10 @@ global_asm!(
     .code32
     .global entry32
 entry32:
+    /* Every vCPU starts here, RSI its index. vCPU 0 runs the probe; any other (only the
+       hostile TD has one) spins without a single exit, with paging still off. */
+    testl %esi, %esi
+    jnz spin_without_exits
     /* Zero TempMem's first 0x8000 bytes: PML4, PDPT, four PDs, shared PDPT and PD. */
     movl $0x800000, %edi
     xorl %eax, %eax
@@ -94,6 +100,9 @@ entry32:
     orl $0x80000000, %eax
     movl %eax, %cr0
     ljmp $0x08, $entry64
+
+spin_without_exits:
+    jmp spin_without_exits
 
     .code64
 entry64:
@@ -480,9 +489,11 @@ fn wait_for_tick() {
 
 fn checks() {
     let [status, gpaw, _attr, counts, index, _] = tdcall(1, 0, 0, 0, 0);
+    // The hostile variant's TD has a second, spinning vCPU.
+    let vcpus = 1 + u64::from(hostile_mode());
     check(
-        "TDG.VP.INFO: GPA width 48, vCPU 0 of 1",
-        status == 0 && gpaw & 0x3F == 48 && index == 0 && counts & 0xFFFF_FFFF == 1,
+        "TDG.VP.INFO: GPA width 48, vCPU 0 of the TD's (1, or 2 when hostile)",
+        status == 0 && gpaw & 0x3F == 48 && index == 0 && counts & 0xFFFF_FFFF == vcpus,
         gpaw,
     );
     let tdx = cpuid(0x21);
@@ -648,9 +659,15 @@ fn checks() {
     wrmsr(0x6E0, now + tsc_hz / 500);
     let armed = rdmsr(0x6E0);
     wait_for_tick();
+    // The deadline reads back until it fires, then as 0 (Intel SDM vol. 3A 11.5.4.1): a vCPU
+    // that lost its CPU for the 2 ms between the write and the read sees 0.
     check(
         "the TSC-deadline timer wakes a halted vCPU",
-        has_deadline && tsc_hz > 0 && mode == 0 && armed > now && TICKED.load(Ordering::Acquire),
+        has_deadline
+            && tsc_hz > 0
+            && mode == 0
+            && (armed > now || armed == 0)
+            && TICKED.load(Ordering::Acquire),
         armed,
     );
 }
@@ -690,6 +707,12 @@ fn hostile() {
     accept(0x7FFF_FFFF_F000, 0);
 }
 
+/// Whether this is the hostile variant.
+fn hostile_mode() -> bool {
+    // SAFETY: reads the flag byte the packer sets.
+    unsafe { core::ptr::read_volatile(&raw const MODE) != 0 }
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn probe_main() -> ! {
     load_idt();
@@ -700,8 +723,7 @@ extern "C" fn probe_main() -> ! {
     out_byte(0x3F8, b'0' + (n / 10) as u8);
     out_byte(0x3F8, b'0' + (n % 10) as u8);
     print(" checks passed\n");
-    // SAFETY: reads the flag byte the packer sets.
-    if unsafe { core::ptr::read_volatile(&raw const MODE) } != 0 {
+    if hostile_mode() {
         hostile();
     }
     // A triple fault: no IDT, then a breakpoint.

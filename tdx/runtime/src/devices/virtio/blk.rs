@@ -23,8 +23,19 @@ pub const DEVICE_ID: u16 = 2;
 /// Bytes per sector.
 pub const SECTOR: u64 = 512;
 
+/// VIRTIO_BLK_F_SIZE_MAX: one data buffer holds at most [`SIZE_MAX`] bytes.
+const F_SIZE_MAX: u64 = 1 << 1;
+/// VIRTIO_BLK_F_SEG_MAX: a request has at most [`SEG_MAX`] data buffers.
+const F_SEG_MAX: u64 = 1 << 2;
 /// VIRTIO_BLK_F_FLUSH.
 const F_FLUSH: u64 = 1 << 9;
+
+/// The largest data buffer the device takes. With [`SEG_MAX`] it bounds one request to
+/// 896 KiB, and one notification (a full queue) to 224 MiB of copying: the work a guest can
+/// make its runner do in one exit.
+pub const SIZE_MAX: u32 = 64 << 10;
+/// The most data buffers in a request: a chain holds the header and the status too.
+pub const SEG_MAX: u32 = super::queue::MAX_CHAIN as u32 - 2;
 
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
@@ -178,7 +189,9 @@ impl VirtioBlk {
         let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
         let sector = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
         let mut written = 0u32;
+        let oversized = data.len() > SEG_MAX as usize || data.iter().any(|b| b.len > SIZE_MAX);
         let result = match kind {
+            _ if oversized => S_IOERR,
             T_IN | T_OUT => {
                 let writes_guest = kind == T_IN;
                 let mut offset = sector.checked_mul(SECTOR);
@@ -233,7 +246,7 @@ impl VirtioBackend for VirtioBlk {
     }
 
     fn features(&self) -> u64 {
-        F_FLUSH
+        F_SIZE_MAX | F_SEG_MAX | F_FLUSH
     }
 
     fn queue_count(&self) -> usize {
@@ -241,9 +254,12 @@ impl VirtioBackend for VirtioBlk {
     }
 
     fn read_config(&self, offset: u64, size: AccessSize) -> u64 {
-        // Capacity in sectors (§5.2.4), the only field without a feature bit.
-        let capacity = (self.disk.len() / SECTOR).to_le_bytes();
-        super::slice_le(&capacity, offset as usize, size)
+        // §5.2.4: capacity in sectors, size_max, seg_max.
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&(self.disk.len() / SECTOR).to_le_bytes());
+        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        config[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
+        super::slice_le(&config, offset as usize, size)
     }
 
     fn process(&mut self, _index: usize, queue: &mut Queue, mem: &dyn DmaMemory) -> bool {

@@ -1,7 +1,7 @@
 //! The virtio-blk function as a driver sees it: discovery through configuration space,
 //! feature negotiation, queue setup, requests and MSI-X messages.
 
-use super::blk::{Disk, VirtioBlk};
+use super::blk::{self, Disk, VirtioBlk};
 use super::queue::tests::{FlatMemory, offer, put_desc};
 use super::*;
 use crate::devices::pci::{PciBarWindow, PciConfigPorts};
@@ -34,17 +34,17 @@ struct Rig {
 }
 
 impl Rig {
-    /// A block device over a 64 KiB disk whose sector `n` starts with byte `n`.
+    /// A block device over a 128 KiB disk whose sector `n` starts with byte `n`.
     fn new() -> Rig {
         let phys: Arc<dyn PhysMemory> = Arc::new(SparseMemory::default());
         let pool = Arc::new(MemoryPool::new(Hpa(0x100_0000), 0x100_0000).unwrap());
-        let image: Vec<Hpa> = (0..16).map(|i| Hpa(0x4000_0000 + i * 4096)).collect();
+        let image: Vec<Hpa> = (0..32).map(|i| Hpa(0x4000_0000 + i * 4096)).collect();
         for (i, p) in image.iter().enumerate() {
             for s in 0..8u64 {
                 phys.write(p.add(s * 512), &[(i as u64 * 8 + s) as u8]);
             }
         }
-        let disk = Disk::copy_of(phys, pool.clone(), &image, 64 << 10).unwrap();
+        let disk = Disk::copy_of(phys, pool.clone(), &image, 128 << 10).unwrap();
         let mem = Arc::new(FlatMemory::new(0x20000));
         let msgs = Arc::new(Messages::default());
         let f = Arc::new(VirtioPci::new(
@@ -167,7 +167,9 @@ fn a_read_fills_the_buffer_returns_it_used_and_sends_the_queue_message() {
     let r = Rig::new();
     r.bring_up();
     assert_eq!(r.rd(0x12, AccessSize::Word), 1, "one queue");
-    assert_eq!(r.rd(DEVICE, AccessSize::Qword), 128, "capacity in sectors");
+    assert_eq!(r.rd(DEVICE, AccessSize::Qword), 256, "capacity in sectors");
+    assert_eq!(r.rd(DEVICE + 8, AccessSize::Dword), 64 << 10, "size_max");
+    assert_eq!(r.rd(DEVICE + 12, AccessSize::Dword), 14, "seg_max");
     r.request(0, 0, 9, 1024);
     assert_eq!(r.mem.get(0x9000, 1), [0], "status OK");
     assert_eq!(r.mem.get(0x8000, 1), [9]);
@@ -187,11 +189,16 @@ fn writes_stay_in_the_tds_copy_and_reads_past_the_end_fail() {
     r.mem.put(0x8000, &[0; 512]);
     r.request(1, 0, 3, 512);
     assert_eq!(r.mem.get(0x8000, 2), [0x5A, 0x5A], "read back");
-    r.request(2, 0, 127, 1024);
+    r.request(2, 0, 255, 1024);
     assert_eq!(r.mem.get(0x9000, 1), [1], "IOERR past the end");
     r.request(3, 0x99, 0, 512);
     assert_eq!(r.mem.get(0x9000, 1), [2], "UNSUPP");
-    assert_eq!(r.msgs.0.lock().len(), 4);
+    // A buffer over size_max is refused before anything is copied.
+    r.mem.put(0x8000, &[0x77; 4]);
+    r.request(4, 0, 0, blk::SIZE_MAX + 512);
+    assert_eq!(r.mem.get(0x9000, 1), [1], "IOERR for an oversized buffer");
+    assert_eq!(r.mem.get(0x8000, 4), [0x77; 4], "nothing copied");
+    assert_eq!(r.msgs.0.lock().len(), 5);
 }
 
 #[test]
@@ -231,7 +238,7 @@ fn features_the_device_did_not_offer_are_refused() {
 #[test]
 fn the_disk_returns_its_pages_to_the_pool_when_dropped() {
     let r = Rig::new();
-    assert_eq!(r.pool.stats().used_by(MemoryUse::TdDisk), 16);
+    assert_eq!(r.pool.stats().used_by(MemoryUse::TdDisk), 32);
     let Rig { window, pool, .. } = r;
     drop(window);
     assert_eq!(pool.stats().used_by(MemoryUse::TdDisk), 0);
