@@ -25,10 +25,19 @@ pub struct LinuxGuest {
     pub kernel: PathBuf,
     /// A statically linked busybox for the initramfs.
     pub busybox: PathBuf,
-    /// The kernel's virtio-blk driver (built as a module in Debian's cloud kernel),
-    /// decompressed for busybox's `insmod`.
-    pub virtio_blk: PathBuf,
+    /// The drivers the test's init loads, each built as a module in Debian's cloud kernel
+    /// and decompressed for busybox's `insmod`, in load order: `(file name, path)` for
+    /// [`GUEST_MODULES`].
+    pub modules: Vec<(&'static str, PathBuf)>,
 }
+
+/// The kernel modules the test's init loads (paths under `lib/modules/<version>/`): input
+/// events (evdev), for the power button; the ACPI power button; the virtio disk.
+pub const GUEST_MODULES: [&str; 3] = [
+    "kernel/drivers/input/evdev.ko",
+    "kernel/drivers/acpi/button.ko",
+    "kernel/drivers/block/virtio_blk.ko",
+];
 
 /// Installs the Debian package `package` when `program` is missing (`xz`, `mke2fs`: both
 /// in every Debian install, but a minimal container may lack them).
@@ -174,19 +183,20 @@ pub fn ensure(ws: &Workspace) -> Result<LinuxGuest> {
                     .is_some_and(|n| n.starts_with("vmlinuz-"))
             })
     };
-    let virtio_blk = |dir: &Path| {
-        decompressed_module(
-            dir,
-            "kernel/drivers/block/virtio_blk.ko",
-            &dir.join("virtio_blk.ko"),
-        )
+    let modules = |dir: &Path| -> Result<Vec<(&'static str, PathBuf)>> {
+        GUEST_MODULES
+            .iter()
+            .map(|relative| {
+                let name = relative.rsplit('/').next().unwrap_or(relative);
+                Ok((name, decompressed_module(dir, relative, &dir.join(name))?))
+            })
+            .collect()
     };
     if let (Some(kernel), true) = (find_kernel(), busybox.is_file()) {
-        let virtio_blk = virtio_blk(&dir)?;
         return Ok(LinuxGuest {
             kernel,
             busybox,
-            virtio_blk,
+            modules: modules(&dir)?,
         });
     }
     std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
@@ -208,11 +218,10 @@ pub fn ensure(ws: &Workspace) -> Result<LinuxGuest> {
     fetch(&dir, "busybox-static", None)?;
     let kernel =
         find_kernel().ok_or(ImageError::BadResponse("the kernel package has no vmlinuz"))?;
-    let virtio_blk = virtio_blk(&dir)?;
     Ok(LinuxGuest {
         kernel,
         busybox,
-        virtio_blk,
+        modules: modules(&dir)?,
     })
 }
 

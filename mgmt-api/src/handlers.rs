@@ -569,7 +569,7 @@ fn write_host_metrics(doc: &mut Exposition, host: &tdx_runtime::host::Host) {
     .sample("tdx_hkids_free", &[], info.hkids_free);
 
     type Counter = fn(&tdx_runtime::host::TdInfo) -> u64;
-    let per_td: [(&str, MetricType, &str, Counter); 8] = [
+    let per_td: [(&str, MetricType, &str, Counter); 10] = [
         (
             "tdx_td_exits_total",
             MetricType::Counter,
@@ -599,6 +599,18 @@ fn write_host_metrics(doc: &mut Exposition, host: &tdx_runtime::host::Host) {
             MetricType::Counter,
             "MapGPA conversions handled.",
             |t| t.counters.conversions,
+        ),
+        (
+            "tdx_td_shared_conversion_bytes_total",
+            MetricType::Counter,
+            "Bytes MapGPA converted from private to shared.",
+            |t| t.counters.shared_conversion_bytes,
+        ),
+        (
+            "tdx_td_shared_conversion_nanoseconds_total",
+            MetricType::Counter,
+            "Time the vCPUs spent out of the TD converting memory to shared (exit to reply).",
+            |t| t.counters.shared_conversion_ns,
         ),
         (
             "tdx_td_demotions_total",

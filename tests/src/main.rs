@@ -154,7 +154,7 @@ const DEFAULTS_CHECKS: &[Check] = &[
         run: probe_check,
     },
     Check {
-        name: "Debian's 6.12 cloud kernel boots as a 2-vCPU TD through OVMF.fd, mounts its virtio disk, powers off; a panicking one ends",
+        name: "Debian's 6.12 cloud kernel boots as a 2-vCPU TD through OVMF.fd, mounts its virtio disk, talks over its virtio console, stops gracefully through its power button; a panicking one ends",
         run: linux_td_check,
     },
 ];

@@ -587,6 +587,16 @@ pub fn probe_guests(
 
 /// What the Linux TD's init prints (to the kernel log, which the console shows).
 pub const LINUX_INIT_MARKER: &str = "TDX-LINUX-INIT-MARKER";
+/// What the Linux TD's init writes to the virtio console (`hvc0`).
+pub const LINUX_HVC_TEXT: &str = "written to hvc0, the virtio console";
+/// What it prints when it waits for a line from the virtio console.
+pub const LINUX_HVC_WAIT: &str = "init: reading a line from hvc0";
+/// The line the test types into the console for it.
+pub const LINUX_HVC_INPUT: &str = "typed through the console API\r";
+/// What the Linux TD's init prints when it waits for the power button.
+pub const LINUX_BUTTON_WAIT: &str = "init: waiting for the power button";
+/// What it prints when the button was pressed, before it powers off.
+pub const LINUX_BUTTON_PRESSED: &str = "init: power button pressed, powering off";
 /// The text of the file the test puts on the Linux TD's disk.
 pub const LINUX_DISK_TEXT: &str = "read from the TD's virtio disk";
 
@@ -606,36 +616,60 @@ pub fn linux_td(
     let firmware = read(std::path::Path::new(OVMF_PATH))?;
     let kernel = read(&guest.kernel)?;
     let busybox = read(&guest.busybox)?;
-    let virtio_blk = read(&guest.virtio_blk)?;
+    let modules = guest
+        .modules
+        .iter()
+        .map(|(name, path)| Ok((*name, read(path)?)))
+        .collect::<Result<Vec<_>, String>>()?;
     let disk = appliance_image::linux_guest::ext2_image(
         scratch,
         &[("greeting.txt", LINUX_DISK_TEXT.as_bytes())],
         4,
     )
     .map_err(|e| format!("the test disk: {e}"))?;
-    // The init loads the virtio-blk module (a module in Debian's cloud kernel), mounts the
-    // disk and prints what it read there, with the CPUs Linux brought up.
+    // The init loads the drivers that are modules in Debian's cloud kernel (input events,
+    // the ACPI power button, virtio-blk), mounts the disk and prints what it read there,
+    // with the CPUs Linux brought up. Then it does what a distribution's power-key handler
+    // (systemd-logind, acpid) does: waits for the power button's key event, unmounts and
+    // powers off.
+    let insmods: String = modules
+        .iter()
+        .map(|(name, _)| format!("/bin/busybox insmod /{name}\n"))
+        .collect();
     let init = format!(
         "#!/bin/busybox sh\n\
          /bin/busybox mkdir -p /proc /dev /sys /mnt\n\
          /bin/busybox mount -t proc proc /proc\n\
          /bin/busybox mount -t devtmpfs dev /dev\n\
          /bin/busybox mount -t sysfs sys /sys\n\
-         /bin/busybox insmod /virtio_blk.ko\n\
+         {insmods}\
          for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; /bin/busybox sleep 1; done\n\
          /bin/busybox mount -t ext2 -o ro /dev/vda /mnt\n\
          echo \"{LINUX_INIT_MARKER}: init is pid $$ on $(/bin/busybox uname -r), \
          CPUs online $(/bin/busybox cat /sys/devices/system/cpu/online), \
          disk says: $(/bin/busybox cat /mnt/greeting.txt)\" > /dev/kmsg\n\
          /bin/busybox grep virtio0-req /proc/interrupts > /dev/kmsg\n\
+         echo \"{LINUX_HVC_TEXT}\" > /dev/hvc0\n\
+         echo \"{LINUX_HVC_WAIT}\" > /dev/kmsg\n\
+         read -r line < /dev/hvc0\n\
+         echo \"init: hvc0 read: $line\" > /dev/kmsg\n\
+         for e in /sys/class/input/event*; do \
+         /bin/busybox grep -q 'Power Button' $e/device/name && key=/dev/input/${{e##*/}}; done\n\
+         echo \"{LINUX_BUTTON_WAIT}\" > /dev/kmsg\n\
+         /bin/busybox dd if=$key of=/dev/null bs=24 count=1 2>/dev/null\n\
+         echo \"{LINUX_BUTTON_PRESSED}\" > /dev/kmsg\n\
+         /bin/busybox umount /mnt\n\
          /bin/busybox poweroff -f\n"
     );
-    let initrd = appliance_image::linux_guest::cpio_newc(&[
+    let mut files: Vec<(&str, u32, &[u8])> = vec![
         ("bin", 0o40755, b""),
         ("bin/busybox", 0o100755, &busybox),
-        ("virtio_blk.ko", 0o100644, &virtio_blk),
         ("init", 0o100755, init.as_bytes()),
-    ]);
+    ];
+    for (name, bytes) in &modules {
+        files.push((name, 0o100644, bytes));
+    }
+    let initrd = appliance_image::linux_guest::cpio_newc(&files);
     let mut op = Operator::open(port, token, io_timeout, openapi)?;
     let pool = op.pool()?;
     let since = op.last_event_id()?;
@@ -654,7 +688,11 @@ pub fn linux_td(
         "disk": "lx-disk", "cmdline": "console=ttyS0 rdinit=/init", "attributes": "0x10000000",
         "vcpus": 2, "memory_mib": 512
     });
-    let (text, boot_s, since) = run_linux_td(&mut op, &spec, since)?;
+    let steps = [
+        (LINUX_HVC_WAIT, ConsoleStep::Type(LINUX_HVC_INPUT)),
+        (LINUX_BUTTON_WAIT, ConsoleStep::Stop),
+    ];
+    let (text, boot_s, since) = run_linux_td(&mut op, &spec, since, &steps)?;
     let marker = format!(
         "{LINUX_INIT_MARKER}: init is pid 1 on 6.12.95+deb12-cloud-amd64, CPUs online 0-1, \
          disk says: {LINUX_DISK_TEXT}"
@@ -665,6 +703,13 @@ pub fn linux_td(
         // The disk's request queue interrupts through MSI-X.
         "PCI-MSIX-0000:00:03.0",
         &marker,
+        // The virtio console carried output and the typed line.
+        LINUX_HVC_TEXT,
+        "init: hvc0 read: typed through the console API",
+        // The graceful stop pressed the power button, and the guest powered itself off.
+        "ACPI: button: Power Button [PWRB]",
+        LINUX_BUTTON_PRESSED,
+        "reboot: Power down",
     ] {
         if !text.contains(needle) {
             return Err(format!("the console lacks {needle:?}:\n{text}"));
@@ -677,7 +722,7 @@ pub fn linux_td(
         "cmdline": "console=ttyS0 init=/nonexistent panic=1", "attributes": "0x10000000",
         "vcpus": 1, "memory_mib": 512
     });
-    let (text, panic_s, _) = run_linux_td(&mut op, &spec, since)?;
+    let (text, panic_s, _) = run_linux_td(&mut op, &spec, since, &[])?;
     if !text.contains("Kernel panic - not syncing") {
         return Err(format!(
             "the panicking TD's console lacks the panic:\n{text}"
@@ -690,15 +735,30 @@ pub fn linux_td(
     op.expect_pool_whole(&pool)?;
     Ok(format!(
         "Debian's kernel ran as a TD with 2 vCPUs (TDX memory encryption active, both CPUs \
-         online), mounted its virtio disk (MSI-X), printed the file's text and powered off \
-         {boot_s:.1} s after start; with init=/nonexistent it panicked and its reboot ended \
-         the TD after {panic_s:.1} s; pool whole"
+         online), mounted its virtio disk (MSI-X), printed the file's text, wrote to and read \
+         a typed line from its virtio console, and powered off when a graceful stop pressed \
+         its power button, {boot_s:.1} s after start; with init=/nonexistent it panicked and \
+         its reboot ended the TD after {panic_s:.1} s; pool whole"
     ))
 }
 
-/// Creates the TD `spec`, starts it and waits until it stops; returns its console, the
-/// seconds from start to stop and the last event seen. Deletes the TD.
-fn run_linux_td(op: &mut Operator, spec: &Value, since: u64) -> Result<(String, f64, u64), String> {
+/// What the test does to a running Linux TD once its console shows a text.
+enum ConsoleStep<'a> {
+    /// Types the text into the console (`POST …/console`).
+    Type(&'a str),
+    /// Stops the TD gracefully (`POST …/stop`, no `force`).
+    Stop,
+}
+
+/// Creates the TD `spec`, starts it, runs `steps` (each once its console shows the step's
+/// text, in order) and waits until it stops. Returns its console, the seconds from start to
+/// stop and the last event seen. Deletes the TD.
+fn run_linux_td(
+    op: &mut Operator,
+    spec: &Value,
+    since: u64,
+    steps: &[(&str, ConsoleStep<'_>)],
+) -> Result<(String, f64, u64), String> {
     let response = op.post_json("/v1/tds", spec, &[])?;
     expect(&response, 201, "create the Linux TD")?;
     let id = json_body(&response)?["id"].clone();
@@ -711,6 +771,30 @@ fn run_linux_td(op: &mut Operator, spec: &Value, since: u64) -> Result<(String, 
         expect(&response, 200, "Linux TD console")?;
         Ok(response.body_text())
     };
+    for (needle, step) in steps {
+        loop {
+            let text = console(op)?;
+            if text.contains(needle) {
+                break;
+            }
+            if started.elapsed() > STEP_TIMEOUT {
+                return Err(format!("the console never showed {needle:?}:\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        match step {
+            ConsoleStep::Type(text) => {
+                let path = format!("/v1/tds/{id}/console");
+                let response = op.post_json(&path, &json!({ "input": text }), &[])?;
+                expect(&response, 200, "type into the Linux TD's console")?;
+            }
+            ConsoleStep::Stop => {
+                let path = format!("/v1/tds/{id}/stop");
+                let response = op.post_json(&path, &json!({}), &[])?;
+                expect(&response, 202, "graceful stop of the Linux TD")?;
+            }
+        }
+    }
     let since = match op.follow_events(since, "stopped", |e| is_state_event(e, &id, "stopped")) {
         Ok(since) => since,
         Err(e) => {

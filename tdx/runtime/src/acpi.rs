@@ -7,10 +7,12 @@
 //! appends the multiprocessor wake-up structure to the MADT.
 //!
 //! Contents (ACPI 6.4): a MADT with one Processor Local APIC per vCPU (APIC ID = vCPU
-//! index) and no interrupt controllers besides; a hardware-reduced FADT (a TD has no legacy
-//! interrupt controller for an SCI) whose sleep control register is a byte in the PIIX4
-//! power-management block TDVF programs at 0xB000, and no FACS; a DSDT that only says how
-//! to enter S5 (sleep type 0). Sans-IO.
+//! index) and one I/O APIC (GSIs 0–23, at 0xFEC00000); a hardware-reduced FADT (no SCI and
+//! no fixed power button: a TD has no legacy interrupt controller to route them) whose sleep
+//! control register is a byte in the PIIX4 power-management block TDVF programs at 0xB000,
+//! and no FACS; a DSDT that says how to enter S5 (sleep type 0) and describes the PCI root
+//! bridge and the power button (a Generic Event Device on GSI [`POWER_BUTTON_GSI`]).
+//! Sans-IO.
 
 use alloc::vec::Vec;
 
@@ -18,6 +20,10 @@ use alloc::vec::Vec;
 const PM_BASE: u32 = 0xB000;
 /// The hardware-reduced sleep control register (a byte in the PM block).
 const SLEEP_CONTROL: u32 = PM_BASE + crate::devices::acpi_pm::SLEEP_CONTROL_OFFSET as u32;
+
+/// The I/O APIC input of the power button's Generic Event Device: the first pin past the
+/// ISA interrupts, so no legacy IRQ's default routing applies to it.
+pub const POWER_BUTTON_GSI: u32 = 16;
 
 /// Loader commands (QEMU `BiosLinkerLoaderEntry`, 128 bytes each).
 const LOADER_ALLOCATE: u32 = 1;
@@ -127,10 +133,10 @@ fn aml_name(name: &[u8; 4], value: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The PCI root bridge `\_SB.PCI0` (PNP0A03, segment 0, bus 0) with the resources it
-/// decodes: bus 0, the configuration ports, the rest of the I/O space and the 32-bit memory
-/// window `[window_base, window_end)` (resource descriptors: ACPI 6.5 §6.4.3.5). Linux scans
-/// PCI only under the root bridges ACPI describes.
+/// The PCI root bridge `PCI0` (PNP0A03, segment 0, bus 0) with the resources it decodes:
+/// bus 0, the configuration ports, the rest of the I/O space and the 32-bit memory window
+/// `[window_base, window_end)` (resource descriptors: ACPI 6.5 §6.4.3.5). Linux scans PCI
+/// only under the root bridges ACPI describes.
 fn pci_root_aml(window_base: u64, window_end: u64) -> Vec<u8> {
     let mut crs = Vec::new();
     // WordBusNumber: producer, min/max fixed, bus 0..0.
@@ -153,18 +159,51 @@ fn pci_root_aml(window_base: u64, window_end: u64) -> Vec<u8> {
     for v in [0u32, base, end, 0, end - base + 1] {
         crs.extend_from_slice(&v.to_le_bytes());
     }
-    // End tag.
-    crs.extend_from_slice(&[0x79, 0x00]);
-    let mut buffer_body = alloc::vec![0x0A, crs.len() as u8];
-    buffer_body.extend_from_slice(&crs);
     let mut device = b"PCI0".to_vec();
     // EisaId ("PNP0A03").
     device.extend(aml_name(b"_HID", &[0x0C, 0x41, 0xD0, 0x0A, 0x03]));
     device.extend(aml_name(b"_UID", &[0x00]));
-    device.extend(aml_name(b"_CRS", &aml_pkg(&[0x11], &buffer_body)));
-    let mut scope = b"_SB_".to_vec();
-    scope.extend(aml_pkg(&[0x5B, 0x82], &device));
-    aml_pkg(&[0x10], &scope)
+    device.extend(aml_name(b"_CRS", &aml_resources(&crs)));
+    aml_pkg(&[0x5B, 0x82], &device)
+}
+
+/// `ResourceTemplate () { descriptors }`: a buffer of the descriptors and the end tag.
+fn aml_resources(descriptors: &[u8]) -> Vec<u8> {
+    let mut body = alloc::vec![0x0A, descriptors.len() as u8 + 2];
+    body.extend_from_slice(descriptors);
+    body.extend_from_slice(&[0x79, 0x00]);
+    aml_pkg(&[0x11], &body)
+}
+
+/// The power button of a hardware-reduced platform (ACPI 6.5 §4.8.2.2.1.2, §5.6.9): the
+/// control-method button `PWRB` (PNP0C0C) and the Generic Event Device `GED0` (ACPI0013)
+/// whose interrupt is global system interrupt `gsi` (edge, active high) and whose `_EVT`
+/// notifies the button with 0x80 (pressed). The host presses it by pulsing `gsi` on the
+/// I/O APIC; the guest's button driver turns the notification into KEY_POWER.
+fn power_button_aml(gsi: u32) -> Vec<u8> {
+    let mut button = b"PWRB".to_vec();
+    // EisaId ("PNP0C0C").
+    button.extend(aml_name(b"_HID", &[0x0C, 0x41, 0xD0, 0x0C, 0x0C]));
+    button.extend(aml_name(b"_UID", &[0x00]));
+    let mut ged = b"GED0".to_vec();
+    let mut hid = alloc::vec![0x0D];
+    hid.extend_from_slice(b"ACPI0013\0");
+    ged.extend(aml_name(b"_HID", &hid));
+    ged.extend(aml_name(b"_UID", &[0x00]));
+    // Extended Interrupt: consumer, edge, active high, exclusive; one interrupt.
+    let mut interrupt = alloc::vec![0x89, 0x06, 0x00, 0x03, 0x01];
+    interrupt.extend_from_slice(&gsi.to_le_bytes());
+    ged.extend(aml_name(b"_CRS", &aml_resources(&interrupt)));
+    // Method (_EVT, 1) { Notify (\_SB.PWRB, 0x80) }
+    let mut method = b"_EVT".to_vec();
+    method.push(0x01);
+    method.extend_from_slice(&[0x86, b'\\', 0x2E]);
+    method.extend_from_slice(b"_SB_PWRB");
+    method.extend_from_slice(&[0x0A, 0x80]);
+    ged.extend(aml_pkg(&[0x14], &method));
+    let mut out = aml_pkg(&[0x5B, 0x82], &button);
+    out.extend(aml_pkg(&[0x5B, 0x82], &ged));
+    out
 }
 
 /// The tables of a TD with `vcpus` vCPUs (APIC IDs 0..vcpus) whose PCI memory window is
@@ -177,7 +216,10 @@ pub fn build(vcpus: u32, pci_window: (u64, u64)) -> AcpiFiles {
     let mut aml = alloc::vec![
         0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
     ];
-    aml.extend(pci_root_aml(pci_window.0, pci_window.1));
+    let mut scope = b"_SB_".to_vec();
+    scope.extend(pci_root_aml(pci_window.0, pci_window.1));
+    scope.extend(power_button_aml(POWER_BUTTON_GSI));
+    aml.extend(aml_pkg(&[0x10], &scope));
     header(&mut tables, b"DSDT", 36 + aml.len() as u32, 2);
     tables.extend_from_slice(&aml);
     align8(&mut tables);
@@ -221,9 +263,9 @@ pub fn build(vcpus: u32, pci_window: (u64, u64)) -> AcpiFiles {
     debug_assert_eq!(fadt.len(), 276);
     tables.extend_from_slice(&fadt);
     align8(&mut tables);
-    // MADT: local APIC address, no 8259s, one Processor Local APIC per vCPU.
+    // MADT: local APIC address, no 8259s, one Processor Local APIC per vCPU, the I/O APIC.
     let madt_at = tables.len() as u32;
-    let madt_len = 44 + 8 * vcpus;
+    let madt_len = 44 + 8 * vcpus + 12;
     header(&mut tables, b"APIC", madt_len, 5);
     tables.extend_from_slice(&0xFEE0_0000u32.to_le_bytes());
     tables.extend_from_slice(&0u32.to_le_bytes());
@@ -232,6 +274,10 @@ pub fn build(vcpus: u32, pci_window: (u64, u64)) -> AcpiFiles {
         tables.extend_from_slice(&[0, 8, id8, id8]);
         tables.extend_from_slice(&1u32.to_le_bytes()); // enabled
     }
+    // I/O APIC: ID 0, its address, GSI base 0.
+    tables.extend_from_slice(&[1, 12, 0, 0]);
+    tables.extend_from_slice(&(crate::devices::ioapic::IOAPIC_BASE as u32).to_le_bytes());
+    tables.extend_from_slice(&0u32.to_le_bytes());
     align8(&mut tables);
     // XSDT: FADT, MADT.
     let xsdt_at = tables.len() as u32;
@@ -299,10 +345,12 @@ mod tests {
         assert_eq!(u32_at(&f.tables, fadt + 76), 0xB008, "PM timer");
         let madt = fadt + 280;
         assert_eq!(&f.tables[madt..madt + 4], b"APIC");
-        assert_eq!(u32_at(&f.tables, madt + 4), 44 + 16);
+        assert_eq!(u32_at(&f.tables, madt + 4), 44 + 16 + 12);
         assert_eq!(&f.tables[madt + 44..madt + 48], &[0, 8, 0, 0]);
         assert_eq!(&f.tables[madt + 52..madt + 56], &[0, 8, 1, 1]);
-        let xsdt = madt + 64;
+        assert_eq!(&f.tables[madt + 60..madt + 62], &[1, 12], "I/O APIC");
+        assert_eq!(u32_at(&f.tables, madt + 64), 0xFEC0_0000);
+        let xsdt = madt + 72;
         assert_eq!(&f.tables[xsdt..xsdt + 4], b"XSDT");
         assert_eq!(f.tables.len(), xsdt + 52);
         assert_eq!(&f.rsdp[0..8], b"RSD PTR ");
@@ -338,9 +386,39 @@ mod tests {
         assert_eq!(u32_at(dsdt, mem + 14), 0xFBFF_FFFF);
         assert_eq!(u32_at(dsdt, mem + 22), 0x7C00_0000);
         assert_eq!(
-            &dsdt[dsdt.len() - 2..],
+            &dsdt[mem + 26..mem + 28],
             &[0x79, 0x00],
             "end tag closes _CRS"
+        );
+    }
+
+    #[test]
+    fn the_dsdt_has_a_power_button_behind_a_generic_event_device() {
+        let f = build(1, (0x8000_0000, 0xFC00_0000));
+        let dsdt = &f.tables[..u32_at(&f.tables, 4) as usize];
+        let find = |needle: &[u8]| dsdt.windows(needle.len()).position(|w| w == needle);
+        // DeviceOp, then a PkgLength of one byte or of two (bits 7:6 of the first = 1).
+        let is_device = |name: usize| {
+            dsdt[name - 3..name - 1] == [0x5B, 0x82]
+                || dsdt[name - 4..name - 2] == [0x5B, 0x82] && dsdt[name - 2] >> 6 == 1
+        };
+        let button = find(b"PWRB").expect("PWRB");
+        assert!(is_device(button));
+        assert!(find(&[b'_', b'H', b'I', b'D', 0x0C, 0x41, 0xD0, 0x0C, 0x0C]).is_some());
+        assert!(is_device(find(b"GED0").expect("GED0")));
+        assert!(find(b"ACPI0013\0").is_some());
+        let irq = find(&[0x89, 0x06, 0x00, 0x03, 0x01]).expect("Interrupt descriptor");
+        assert_eq!(u32_at(dsdt, irq + 5), POWER_BUTTON_GSI);
+        assert_eq!(&dsdt[irq + 9..irq + 11], &[0x79, 0x00]);
+        // Method (_EVT, 1) { Notify (\_SB.PWRB, 0x80) }, the last term of the table.
+        let method = find(b"_EVT").expect("_EVT");
+        assert_eq!(dsdt[method - 2], 0x14);
+        assert_eq!(usize::from(dsdt[method - 1]), dsdt.len() - method + 1);
+        assert_eq!(
+            &dsdt[method + 4..],
+            &[
+                0x01, 0x86, b'\\', 0x2E, b'_', b'S', b'B', b'_', b'P', b'W', b'R', b'B', 0x0A, 0x80
+            ]
         );
     }
 }

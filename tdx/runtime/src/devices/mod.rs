@@ -12,6 +12,7 @@
 pub mod acpi_pm;
 pub mod cmos;
 pub mod fw_cfg;
+pub mod ioapic;
 pub mod lapic;
 pub mod pci;
 pub mod serial;
@@ -75,6 +76,14 @@ impl AccessSize {
 pub trait DeviceClock: Send + Sync {
     /// Nanoseconds since an arbitrary fixed origin.
     fn now_ns(&self) -> u64;
+}
+
+/// Where a device's interrupt messages go (MSI-X entries, I/O APIC redirections): the
+/// platform turns `address`/`data` into an interrupt for a vCPU (the x86 MSI format: Intel
+/// SDM vol. 3A §11.11, destination APIC ID in address bits 19:12, vector in data bits 7:0).
+pub trait MsiSink: Send + Sync {
+    /// Delivers one message.
+    fn signal(&self, address: u64, data: u32);
 }
 
 /// A device behind a port-I/O range. `offset` is relative to the range's first port.

@@ -14,9 +14,11 @@ use tdx_abi::Gpa;
 
 use crate::devices::PortIoBus;
 use crate::devices::fw_cfg::{FW_CFG_BASE, FW_CFG_PORTS, FwCfg, StoredFile};
+use crate::devices::ioapic::{IOAPIC_BASE, IOAPIC_MMIO_BYTES, IoApic};
 use crate::devices::pci::{PciBarDevice, PciBarWindow};
 use crate::devices::virtio::VirtioPci;
 use crate::devices::virtio::blk::{Disk, VirtioBlk};
+use crate::devices::virtio::console::{ConsoleInput, VirtioConsole};
 use crate::pool::{MemoryPool, MemoryUse};
 
 /// Control pages of a TD being created.
@@ -191,6 +193,8 @@ fn alloc_control(
 
 /// PCI slot (device number on bus 0) of a TD's virtio disk.
 const VIRTIO_BLK_SLOT: u8 = 3;
+/// The PCI slot of a kernel-booting TD's virtio console.
+const VIRTIO_CONSOLE_SLOT: u8 = 4;
 /// End of the 32-bit PCI memory window (exclusive): where the firmware's flash, the I/O
 /// APIC and the local APIC ranges start on a PC.
 const PCI_WINDOW_END: u64 = 0xFC00_0000;
@@ -525,14 +529,43 @@ impl Host {
                 vcpus.clone(),
             ))
         });
-        let pci_functions: Vec<_> = disk
+        let virtio_console = spec.linux.as_ref().map(|_| {
+            let input = Arc::new(ConsoleInput::default());
+            let device = Arc::new(VirtioPci::new(
+                Box::new(VirtioConsole::new(console.clone(), input.clone())),
+                shared_ept.clone(),
+                vcpus.clone(),
+            ));
+            (device, input)
+        });
+        let virtio_functions: Vec<(u8, Arc<VirtioPci>)> = disk
+            .map(|d| (VIRTIO_BLK_SLOT, d))
+            .into_iter()
+            .chain(
+                virtio_console
+                    .as_ref()
+                    .map(|(d, _)| (VIRTIO_CONSOLE_SLOT, d.clone())),
+            )
+            .collect();
+        let pci_functions: Vec<_> = virtio_functions
             .iter()
-            .map(|d| (VIRTIO_BLK_SLOT, 0, d.config()))
+            .map(|(slot, d)| (*slot, 0, d.config()))
             .collect();
         let mut mmio = MmioBus::new();
-        if let Some(d) = disk {
+        let ioapic = spec.linux.as_ref().map(|_| {
+            let ioapic = Arc::new(IoApic::new(vcpus.clone()));
+            if let Err(e) = mmio.insert(Gpa(IOAPIC_BASE), IOAPIC_MMIO_BYTES, ioapic.clone()) {
+                log::error!("host: I/O APIC not placed: {e}");
+            }
+            ioapic
+        });
+        if !virtio_functions.is_empty() {
             let base = pci_window_base(parts.ram_split);
-            let window = PciBarWindow::new(base, alloc::vec![d as Arc<dyn PciBarDevice>]);
+            let bars = virtio_functions
+                .into_iter()
+                .map(|(_, d)| d as Arc<dyn PciBarDevice>)
+                .collect();
+            let window = PciBarWindow::new(base, bars);
             if let Err(e) = mmio.insert(Gpa(base), PCI_WINDOW_END - base, Arc::new(window)) {
                 log::error!("host: PCI window not placed: {e}");
             }
@@ -560,6 +593,8 @@ impl Host {
             uart,
             power,
             mmio,
+            virtio_console,
+            ioapic,
             console,
             counters: TdCounterCells::default(),
             outcome: spin::Mutex::new(None),

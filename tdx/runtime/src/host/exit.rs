@@ -135,6 +135,8 @@ pub(crate) struct ExitContext<'a> {
     pub(crate) now_ns: u64,
     /// The platform's TSC and ticks per millisecond at the exit ([`super::Platform::tsc`]).
     pub(crate) platform_tsc: (u64, u64),
+    /// The platform, for time taken by the handling itself.
+    pub(crate) platform: &'a dyn super::Platform,
 }
 
 impl ExitContext<'_> {
@@ -451,6 +453,13 @@ impl ExitContext<'_> {
             td.backing.set_shared(first, last, false);
         }
         td.counters.conversions.fetch_add(1, Ordering::Relaxed);
+        if to_shared {
+            let c = &td.counters;
+            c.shared_conversion_bytes
+                .fetch_add(chunk, Ordering::Relaxed);
+            let spent = self.platform.now_ns().saturating_sub(self.now_ns);
+            c.shared_conversion_ns.fetch_add(spent, Ordering::Relaxed);
+        }
         if chunk < size {
             Reply::retry((start + chunk) | (gpa.0 & shared_mask))
         } else {

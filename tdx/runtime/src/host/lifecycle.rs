@@ -80,9 +80,11 @@ impl Host {
         Ok(Transition::Started)
     }
 
-    /// Stops a TD. Graceful: asks the guest — every vCPU that halts (an idle guest, or a
-    /// declared workload that has finished) powers off — and forces the rest after
-    /// `timeout_ms`. Forced: stop entering now and kick the vCPUs out.
+    /// Stops a TD. Graceful: asks the guest and forces the TD off after `timeout_ms` if it
+    /// has not gone. A TD that boots a kernel is asked through its ACPI power button (the
+    /// guest powers off when it is ready); a firmware-only TD, which has no button, treats
+    /// every vCPU that halts (an idle guest, or a declared workload that has finished) as
+    /// powered off. Forced: stop entering now and kick the vCPUs out.
     pub fn stop_td(
         &mut self,
         id: TdId,
@@ -102,10 +104,12 @@ impl Host {
                 if mode.force {
                     td.shared.halt();
                 } else {
-                    td.shared
-                        .run
-                        .store(RUN_GRACEFUL, core::sync::atomic::Ordering::SeqCst);
-                    td.shared.vcpus.kick_all();
+                    if !td.shared.press_power_button() {
+                        td.shared
+                            .run
+                            .store(RUN_GRACEFUL, core::sync::atomic::Ordering::SeqCst);
+                        td.shared.vcpus.kick_all();
+                    }
                     td.stop_deadline = Some(now_ms.saturating_add(mode.timeout_ms));
                 }
                 self.apply(id, TdEvent::RequestStop, now_ms)?;

@@ -367,7 +367,7 @@ impl TdVcpus {
 /// address 0xFEExxxxx with the destination ID in bits 19:12, the vector in data bits 7:0),
 /// posted, and the vCPU woken or kicked so that it takes the interrupt. Other formats and the
 /// reserved vectors 0–15 are dropped.
-impl crate::devices::virtio::MsiSink for TdVcpus {
+impl crate::devices::MsiSink for TdVcpus {
     fn signal(&self, address: u64, data: u32) {
         let vector = (data & 0xFF) as u8;
         if address >> 20 != 0xFEE || vector < 16 {

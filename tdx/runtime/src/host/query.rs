@@ -3,9 +3,9 @@
 use super::*;
 
 impl Host {
-    /// Types `bytes` into TD `id`'s console (its UART's receive queue); returns how many fit
-    /// (the queue holds at most [`crate::devices::serial::RX_QUEUE_BYTES`]). Only a running
-    /// TD takes input.
+    /// Types `bytes` into TD `id`'s consoles (the UART and, for a kernel-booting TD, the
+    /// virtio console; [`TdShared::type_input`]); returns how many fit (each holds a few KiB
+    /// of backlog). Only a running TD takes input.
     pub fn type_console(&self, id: TdId, bytes: &[u8]) -> Result<usize, HostError> {
         let td = self.tds.get(&id).ok_or(HostError::TdNotFound(id))?;
         let state = td.lifecycle.state();
@@ -15,7 +15,7 @@ impl Host {
                 action: "type into the console of",
             });
         }
-        Ok(td.shared.uart.type_input(bytes))
+        Ok(td.shared.type_input(bytes))
     }
 
     /// Host-wide information.
@@ -87,6 +87,8 @@ impl Host {
             faults: s.faults,
             busy_retries: s.retries_busy + s.zap_busy_retries + ld(&c.busy_retries),
             conversions: ld(&c.conversions),
+            shared_conversion_bytes: ld(&c.shared_conversion_bytes),
+            shared_conversion_ns: ld(&c.shared_conversion_ns),
             demotions: s.demotions,
             leaked_pages: td.leaked_pages + s.leaked_pages_4k + s.leaked_sept_pages,
             console_bytes: td.shared.console.total(),

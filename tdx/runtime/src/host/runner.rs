@@ -388,6 +388,7 @@ impl Runner {
                     now_ms: now,
                     now_ns: self.clock.now_ns(),
                     platform_tsc: self.clock.tsc(),
+                    platform: &*self.clock,
                 };
                 match exit.handle(exit_reason) {
                     AfterExit::Continue(reply) => *v.answer.lock() = reply.answer(&regs),

@@ -9,6 +9,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use crate::devices::acpi_pm::PowerRequests;
 use crate::devices::lapic::LocalApic;
 use crate::devices::serial::Serial16550;
+use crate::devices::virtio::console::ConsoleInput;
 use crate::devices::{MmioBus, PortIoBus};
 use crate::sept::{BugReport, SeptManager};
 use tdx_abi::Hpa;
@@ -251,6 +252,10 @@ pub struct TdCounterCells {
     pub ept_violations: AtomicU64,
     /// MapGPA conversions handled.
     pub conversions: AtomicU64,
+    /// Bytes converted from private to shared.
+    pub shared_conversion_bytes: AtomicU64,
+    /// Nanoseconds vCPUs spent out of the TD for those conversions (exit to the reply).
+    pub shared_conversion_ns: AtomicU64,
     /// VP.ENTER or control-path BUSY retries.
     pub busy_retries: AtomicU64,
 }
@@ -281,6 +286,13 @@ pub struct TdShared {
     pub power: Arc<PowerRequests>,
     /// The TD's MMIO devices (addresses without the shared bit).
     pub mmio: MmioBus,
+    /// The virtio console of a TD that boots a kernel (`hvc0`; its output goes to
+    /// [`TdShared::console`]) and the input waiting for it; `None` for firmware-only TDs.
+    pub virtio_console: Option<(Arc<crate::devices::virtio::VirtioPci>, Arc<ConsoleInput>)>,
+    /// The I/O APIC (also on [`TdShared::mmio`]) of a TD that boots a kernel with the host's
+    /// ACPI tables, which put the power button on its pin
+    /// [`POWER_BUTTON_GSI`](crate::acpi::POWER_BUTTON_GSI); `None` for firmware-only TDs.
+    pub ioapic: Option<Arc<crate::devices::ioapic::IoApic>>,
     /// Counters.
     pub counters: TdCounterCells,
     /// First guest outcome.
@@ -305,6 +317,29 @@ impl TdShared {
             }
         }
         self.halt();
+    }
+
+    /// Types `bytes` into the TD's consoles: the UART's receive queue and, once its driver
+    /// runs, the virtio console's; returns how many bytes the emptier of the two took (each
+    /// holds a bounded backlog, and a guest reads the one it uses).
+    pub fn type_input(&self, bytes: &[u8]) -> usize {
+        let mut taken = self.uart.type_input(bytes);
+        if let Some((device, input)) = &self.virtio_console {
+            taken = taken.max(input.push(bytes));
+            device.run_queue(crate::devices::virtio::console::RX_QUEUE);
+        }
+        taken
+    }
+
+    /// Presses the TD's ACPI power button; false if it has none.
+    pub fn press_power_button(&self) -> bool {
+        match &self.ioapic {
+            Some(ioapic) => {
+                ioapic.pulse(crate::acpi::POWER_BUTTON_GSI as usize);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stops entry for good and kicks every vCPU out.

@@ -92,6 +92,10 @@ pub struct TdCounters {
     pub busy_retries: u64,
     /// MapGPA conversions handled.
     pub conversions: u64,
+    /// Bytes converted from private to shared.
+    pub shared_conversion_bytes: u64,
+    /// Nanoseconds the vCPUs spent out of the TD for those conversions.
+    pub shared_conversion_ns: u64,
     /// 2 MiB pages demoted.
     pub demotions: u64,
     /// Pages deliberately leaked after an unrecoverable error.

@@ -13,22 +13,23 @@
 //! | 0x4000 | MSI-X table |
 //! | 0x5000 | MSI-X pending-bit array |
 //!
-//! The device type behind it is a [`VirtioBackend`] (block, …). A notification runs the
+//! The device type behind it is a [`VirtioBackend`] (block, console). A notification runs the
 //! queue at once, on the vCPU that wrote it; completions are signalled through the queue's
 //! MSI-X entry, as a message the host delivers to a vCPU's APIC (a posted interrupt on TDX).
 //! The device offers VIRTIO_F_VERSION_1 and VIRTIO_F_ACCESS_PLATFORM (§6.1): a TD's driver
 //! must then use DMA addresses in memory it shared, which is all the device can reach.
 
 pub mod blk;
+pub mod console;
 pub mod queue;
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use super::AccessSize;
 use super::fw_cfg::DmaMemory;
 use super::pci::{ConfigSpace, PciBarDevice, SharedConfig};
+use super::{AccessSize, MsiSink};
 use queue::{MAX_QUEUE_SIZE, Queue};
 
 /// "No MSI-X vector" in `config_msix_vector` / `queue_msix_vector`.
@@ -58,14 +59,6 @@ const MSIX_CAP: u8 = 0x84;
 /// Device status bits (§2.1).
 const STATUS_FEATURES_OK: u8 = 8;
 const STATUS_DRIVER_OK: u8 = 4;
-
-/// Where a device's MSI-X messages go: the platform turns `address`/`data` into an interrupt
-/// for a vCPU (the x86 MSI format: destination APIC ID in address bits 19:12, vector in data
-/// bits 7:0).
-pub trait MsiSink: Send + Sync {
-    /// Delivers one message.
-    fn signal(&self, address: u64, data: u32);
-}
 
 /// A virtio device type behind the PCI transport.
 pub trait VirtioBackend: Send {
@@ -155,6 +148,14 @@ impl VirtioPci {
                 backend,
             }),
         }
+    }
+
+    /// Serves queue `index` as a guest notification would: the host calls it when a device
+    /// has something for the guest (console input) outside of any notification. Nothing
+    /// happens before the driver has set DRIVER_OK.
+    pub fn run_queue(&self, index: usize) {
+        let mut r = self.regs.lock();
+        self.notify(&mut r, index);
     }
 
     /// The function's configuration space (for the configuration ports).
@@ -298,7 +299,7 @@ impl VirtioPci {
         if r.status & STATUS_DRIVER_OK == 0 {
             return;
         }
-        let Some(mut q) = r.queues.get(index).copied() else {
+        let Some(mut q) = r.queues.get(index).copied().filter(|q| q.enabled) else {
             return;
         };
         if r.backend.process(index, &mut q, &*self.mem) {

@@ -6,6 +6,7 @@ use super::queue::tests::{FlatMemory, offer, put_desc};
 use super::*;
 use crate::devices::pci::{PciBarWindow, PciConfigPorts};
 use crate::devices::{MmioDevice, PortIoDevice};
+use crate::host::td::ConsoleRing;
 use crate::pool::{MemoryPool, MemoryUse};
 use alloc::vec;
 use tdx_abi::Hpa;
@@ -45,22 +46,24 @@ impl Rig {
             }
         }
         let disk = Disk::copy_of(phys, pool.clone(), &image, 128 << 10).unwrap();
+        Rig::around(Box::new(VirtioBlk::new(disk)), pool).0
+    }
+
+    /// The function of `backend` at 00:03.0, and the function itself.
+    fn around(backend: Box<dyn VirtioBackend>, pool: Arc<MemoryPool>) -> (Rig, Arc<VirtioPci>) {
         let mem = Arc::new(FlatMemory::new(0x20000));
         let msgs = Arc::new(Messages::default());
-        let f = Arc::new(VirtioPci::new(
-            Box::new(VirtioBlk::new(disk)),
-            mem.clone(),
-            msgs.clone(),
-        ));
+        let f = Arc::new(VirtioPci::new(backend, mem.clone(), msgs.clone()));
         let ports = PciConfigPorts::new(vec![(3, 0, f.config())]);
-        let window = PciBarWindow::new(BAR, vec![f as Arc<dyn PciBarDevice>]);
-        Rig {
+        let window = PciBarWindow::new(BAR, vec![f.clone() as Arc<dyn PciBarDevice>]);
+        let rig = Rig {
             window,
             ports,
             mem,
             msgs,
             pool,
-        }
+        };
+        (rig, f)
     }
 
     fn cfg_read(&self, reg: u8, size: AccessSize) -> u64 {
@@ -85,6 +88,12 @@ impl Rig {
 
     /// What Linux's virtio_pci_modern does up to DRIVER_OK, with MSI-X vector 1 for queue 0.
     fn bring_up(&self) {
+        self.bring_up_queues(&[(DESC, AVAIL, USED)]);
+    }
+
+    /// [`Rig::bring_up`] with queues 0, 1, … at `(desc, avail, used)`, 8 entries each, all
+    /// on MSI-X vector 1.
+    fn bring_up_queues(&self, queues: &[(u64, u64, u64)]) {
         // The BAR, sized and placed, and memory decoding on.
         self.cfg_write(0x10, AccessSize::Dword, 0xFFFF_FFFF);
         assert_eq!(self.cfg_read(0x10, AccessSize::Dword), 0xFFFF_8000);
@@ -106,14 +115,16 @@ impl Rig {
         self.wr(0x0C, AccessSize::Dword, 3);
         self.wr(0x14, AccessSize::Byte, 1 | 2 | 8);
         assert_eq!(self.rd(0x14, AccessSize::Byte), 11, "features accepted");
-        self.wr(0x16, AccessSize::Word, 0);
-        self.wr(0x18, AccessSize::Word, 8);
-        self.wr(0x1A, AccessSize::Word, 1);
-        self.wr(0x20, AccessSize::Dword, DESC);
-        self.wr(0x24, AccessSize::Dword, 0);
-        self.wr(0x28, AccessSize::Qword, AVAIL);
-        self.wr(0x30, AccessSize::Qword, USED);
-        self.wr(0x1C, AccessSize::Word, 1);
+        for (index, &(desc, avail, used)) in queues.iter().enumerate() {
+            self.wr(0x16, AccessSize::Word, index as u64);
+            self.wr(0x18, AccessSize::Word, 8);
+            self.wr(0x1A, AccessSize::Word, 1);
+            self.wr(0x20, AccessSize::Dword, desc);
+            self.wr(0x24, AccessSize::Dword, 0);
+            self.wr(0x28, AccessSize::Qword, avail);
+            self.wr(0x30, AccessSize::Qword, used);
+            self.wr(0x1C, AccessSize::Word, 1);
+        }
         self.wr(0x14, AccessSize::Byte, 1 | 2 | 8 | 4);
     }
 
@@ -242,4 +253,79 @@ fn the_disk_returns_its_pages_to_the_pool_when_dropped() {
     let Rig { window, pool, .. } = r;
     drop(window);
     assert_eq!(pool.stats().used_by(MemoryUse::TdDisk), 0);
+}
+
+/// The console's queues: receive (0) and transmit (1).
+const RX: (u64, u64, u64) = (0x1000, 0x2000, 0x3000);
+const TX: (u64, u64, u64) = (0x4000, 0x5000, 0x6000);
+
+#[test]
+fn the_console_sends_what_the_guest_transmits_to_the_console_ring() {
+    let output = Arc::new(ConsoleRing::new(4096));
+    let input = Arc::new(console::ConsoleInput::default());
+    let pool = Arc::new(MemoryPool::new(Hpa(0x100_0000), 0x10_0000).unwrap());
+    let (r, _) = Rig::around(
+        Box::new(console::VirtioConsole::new(output.clone(), input)),
+        pool,
+    );
+    assert_eq!(
+        r.cfg_read(0x00, AccessSize::Dword),
+        0x1043_1AF4,
+        "virtio console"
+    );
+    r.bring_up_queues(&[RX, TX]);
+    assert_eq!(r.rd(0x12, AccessSize::Word), 2, "two queues");
+    // Two buffers in one chain, and a device-writable one that is not output.
+    r.mem.put(0x8000, b"hello, ");
+    r.mem.put(0x8100, b"hvc0\n");
+    put_desc(&r.mem, TX.0, 0, 0x8000, 7, 1, 1);
+    put_desc(&r.mem, TX.0, 1, 0x8100, 5, 1, 2);
+    put_desc(&r.mem, TX.0, 2, 0x8200, 16, 2, 0);
+    offer(&r.mem, TX.1, 8, 0, 0);
+    r.wr(NOTIFY + 4, AccessSize::Word, 1);
+    assert_eq!(output.read(0, 100).1, b"hello, hvc0\n");
+    assert_eq!(r.mem.get(TX.2 + 2, 2), [1, 0], "returned used");
+    assert_eq!(*r.msgs.0.lock(), [(0xFEE0_1000, 0x41)]);
+    // A buffer longer than the cap is cut at it.
+    put_desc(&r.mem, TX.0, 3, 0x8000, console::TX_BUFFER_MAX + 4096, 0, 0);
+    offer(&r.mem, TX.1, 8, 1, 3);
+    r.wr(NOTIFY + 4, AccessSize::Word, 1);
+    assert_eq!(output.total(), 12 + u64::from(console::TX_BUFFER_MAX));
+}
+
+#[test]
+fn console_input_waits_for_receive_buffers_and_is_delivered_once() {
+    let output = Arc::new(ConsoleRing::new(4096));
+    let input = Arc::new(console::ConsoleInput::default());
+    let pool = Arc::new(MemoryPool::new(Hpa(0x100_0000), 0x10_0000).unwrap());
+    let (r, f) = Rig::around(
+        Box::new(console::VirtioConsole::new(output, input.clone())),
+        pool,
+    );
+    // Input before the driver runs waits.
+    assert_eq!(input.push(b"ls"), 2);
+    f.run_queue(console::RX_QUEUE);
+    r.bring_up_queues(&[RX, TX]);
+    // The guest offers a 4-byte receive buffer: the waiting input lands in it.
+    put_desc(&r.mem, RX.0, 0, 0x9000, 4, 2, 0);
+    offer(&r.mem, RX.1, 8, 0, 0);
+    r.wr(NOTIFY, AccessSize::Word, 0);
+    assert_eq!(r.mem.get(0x9000, 2), *b"ls");
+    assert_eq!(r.mem.get(RX.2 + 8, 4), [2, 0, 0, 0], "2 bytes written");
+    assert!(input.is_empty());
+    // Input after the buffers are offered goes out when the host runs the queue; what does
+    // not fit waits for the next buffer.
+    put_desc(&r.mem, RX.0, 1, 0x9100, 4, 2, 0);
+    offer(&r.mem, RX.1, 8, 1, 1);
+    r.msgs.0.lock().clear();
+    assert_eq!(input.push(b" -l\n!"), 5);
+    f.run_queue(console::RX_QUEUE);
+    assert_eq!(r.mem.get(0x9100, 4), *b" -l\n");
+    assert_eq!(input.len(), 1);
+    assert_eq!(*r.msgs.0.lock(), [(0xFEE0_1000, 0x41)]);
+    // The backlog is bounded.
+    assert_eq!(
+        input.push(&[b'x'; console::INPUT_BYTES]),
+        console::INPUT_BYTES - 1
+    );
 }
