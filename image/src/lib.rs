@@ -12,6 +12,7 @@
 pub mod appconfig;
 pub mod bench_api;
 pub mod bench_guest;
+pub mod bench_linux;
 pub mod build;
 pub mod cli;
 pub mod deps;

@@ -3,7 +3,8 @@
 //! `cargo bench -p tdx-runtime --bench <name>` (`td`, `sept`) and streams its output, and
 //! `cargo xtask bench api` boots the image and measures the management API
 //! ([`appliance_image::bench_api`]), `cargo xtask bench guest` boots Debian's OVMF.fd as a TD
-//! and directly ([`appliance_image::bench_guest`]).
+//! and directly ([`appliance_image::bench_guest`]), `cargo xtask bench linux` does the same
+//! with Debian's cloud kernel ([`appliance_image::bench_linux`]).
 
 use std::process::{Command, ExitCode};
 
@@ -17,6 +18,9 @@ fn main() -> ExitCode {
         }
         if name == "guest" {
             return bench_guest();
+        }
+        if name == "linux" {
+            return bench_linux();
         }
         return bench(name);
     }
@@ -42,6 +46,18 @@ fn bench_guest() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("xtask bench guest: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo xtask bench linux`: Debian's cloud kernel as a TD against a direct QEMU boot.
+fn bench_linux() -> ExitCode {
+    let ws = appliance_image::workspace::Workspace::locate();
+    match appliance_image::bench_linux::run(&ws) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask bench linux: {err}");
             ExitCode::FAILURE
         }
     }

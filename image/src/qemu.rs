@@ -137,6 +137,10 @@ impl Qemu {
             // faulting in the guest's own tables.
             .args(["-cpu", "qemu64,+rdrand,+svm,+npt,phys-bits=48"])
             .args(["-m", &config.memory_mib.to_string()])
+            // All of the appliance's RAM backed from the start, as on a server: otherwise the
+            // first touch of each page (a TD accepting its memory) costs a page fault in
+            // the host kernel, ten times the software module's own zeroing of it.
+            .arg("-mem-prealloc")
             .args(["-smp", &config.cpus.to_string()])
             .args(["-display", "none", "-monitor", "none", "-no-reboot"])
             .args(["-serial", "stdio"])

@@ -508,6 +508,18 @@ fn write_host_metrics(doc: &mut Exposition, host: &tdx_runtime::host::Host) {
             "#VMEXITs the software module's guest engine handled, all TDs.",
         )
         .sample("tdx_guest_vmexits_total", &[], exits.exits);
+        doc.family(
+            "tdx_guest_accepted_bytes_total",
+            MetricType::Counter,
+            "Bytes the guests' TDG.MEM.PAGE.ACCEPT calls accepted, all TDs.",
+        )
+        .sample("tdx_guest_accepted_bytes_total", &[], exits.accepted_bytes);
+        doc.family(
+            "tdx_guest_accept_nanoseconds_total",
+            MetricType::Counter,
+            "Time those accepts took as the guests saw it: from the TDCALL's first exit (through the host's PAGE.AUG when the page was missing) to its completion, all TDs.",
+        )
+        .sample("tdx_guest_accept_nanoseconds_total", &[], exits.accept_ns);
         if let Some(median) = exits.median_overhead_ns() {
             doc.family(
                 "tdx_guest_exit_overhead_median_ns",
@@ -603,7 +615,7 @@ fn write_host_metrics(doc: &mut Exposition, host: &tdx_runtime::host::Host) {
         (
             "tdx_td_shared_conversion_bytes_total",
             MetricType::Counter,
-            "Bytes MapGPA converted from private to shared.",
+            "Bytes of mapped private memory MapGPA converted to shared.",
             |t| t.counters.shared_conversion_bytes,
         ),
         (

@@ -93,6 +93,11 @@ pub struct GuestExitStats {
     pub exits: u64,
     /// Histogram of the time outside the guest per exit.
     pub overhead_buckets: [u64; 64],
+    /// Bytes the guests' TDG.MEM.PAGE.ACCEPT calls accepted.
+    pub accepted_bytes: u64,
+    /// Nanoseconds those accepts took, each from the TDCALL's first #VMEXIT (the host's
+    /// PAGE.AUG included when the page was missing) to its completion.
+    pub accept_ns: u64,
 }
 
 impl GuestExitStats {
@@ -100,6 +105,8 @@ impl GuestExitStats {
     pub const EMPTY: GuestExitStats = GuestExitStats {
         exits: 0,
         overhead_buckets: [0; 64],
+        accepted_bytes: 0,
+        accept_ns: 0,
     };
 
     /// The median time outside the guest per exit (ns, the upper edge of its bucket), if

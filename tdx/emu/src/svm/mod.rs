@@ -41,7 +41,7 @@
 //!   SEPT_VE_DISABLE (48).
 //! * **CPUID** is otherwise answered by the module (vendor GenuineIntel, leaf 1 with the
 //!   x2APIC, TSC-deadline and hypervisor bits, leaf 0xB topology, leaf 0x15 the 25 MHz
-//!   crystal, leaf 0x21 "IntelTDX    ").
+//!   crystal, leaf 0x16 the TSC's frequency as base and maximum, leaf 0x21 "IntelTDX    ").
 //! * **Interrupts**: the host posts vectors ([`EmulatedModule::post_interrupt`], the posted-
 //!   interrupt request bits of hardware); the engine merges them into the virtual-APIC page
 //!   ([`apic`]: TPR, PPR, EOI, ISR, IRR, the x2APIC registers TDX keeps in the CPU; the rest,
@@ -319,6 +319,8 @@ struct PagingShim {
 pub struct ExitStatsCells {
     exits: AtomicU64,
     buckets: [AtomicU64; 64],
+    accepted_bytes: AtomicU64,
+    accept_ns: AtomicU64,
 }
 
 impl ExitStatsCells {
@@ -327,7 +329,14 @@ impl ExitStatsCells {
         ExitStatsCells {
             exits: AtomicU64::new(0),
             buckets: [const { AtomicU64::new(0) }; 64],
+            accepted_bytes: AtomicU64::new(0),
+            accept_ns: AtomicU64::new(0),
         }
+    }
+
+    fn record_accept(&self, bytes: u64, ns: u64) {
+        self.accepted_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.accept_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     fn record(&self, outside_ns: u64) {
@@ -340,6 +349,8 @@ impl ExitStatsCells {
         GuestExitStats {
             exits: self.exits.load(Ordering::Relaxed),
             overhead_buckets: core::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            accepted_bytes: self.accepted_bytes.load(Ordering::Relaxed),
+            accept_ns: self.accept_ns.load(Ordering::Relaxed),
         }
     }
 }
@@ -360,6 +371,9 @@ pub struct SvmVcpu {
     shim: Option<PagingShim>,
     /// TSC at the last #VMEXIT, while the time until the next VMRUN counts as exit overhead.
     exited_at: Option<u64>,
+    /// The GPA of a TDG.MEM.PAGE.ACCEPT that left for the host to add the page, and the TSC
+    /// of its first #VMEXIT.
+    accept_since: Option<(u64, u64)>,
     /// TDG.VP.CPUIDVE.SET: every CPUID raises #VE at CPL 0 (bit 0) and CPL 3 (bit 1).
     cpuid_ve: u64,
 }
@@ -585,6 +599,7 @@ impl EmulatedModule {
             apic: VirtualApicPage::default(),
             shim,
             exited_at: None,
+            accept_since: None,
             cpuid_ve: 0,
         })
     }
@@ -615,10 +630,7 @@ impl EmulatedModule {
             }
             self.deliver_interrupt(s, vcpu);
             if let Some(at) = s.exited_at.take() {
-                let ticks = cpu.tsc().saturating_sub(at);
-                let ns = u128::from(ticks) * 1_000_000 / u128::from(cpu.tsc_per_ms().max(1));
-                self.exit_stats
-                    .record(u64::try_from(ns).unwrap_or(u64::MAX));
+                self.exit_stats.record(ns_since(cpu, at));
             }
             cpu.run(s.vmcb, &mut s.regs);
             s.exited_at = Some(cpu.tsc());
@@ -662,7 +674,7 @@ impl EmulatedModule {
             vmcb::EXIT_VINTR => {}
             vmcb::EXIT_NPF => return Ok(self.nested_fault(td, tree, vcpu, s)),
             vmcb::EXIT_EXCEPTION_UD => {
-                if let Some((reason, out)) = self.tdcall(td, tree, vcpu, s) {
+                if let Some((reason, out)) = self.tdcall(td, tree, vcpu, s, cpu) {
                     return Ok(Next::Exit(reason, out));
                 }
             }
@@ -1267,6 +1279,7 @@ impl EmulatedModule {
         tree: &SeptTree,
         vcpu: &Vcpu,
         s: &mut SvmVcpu,
+        cpu: &dyn GuestCpu,
     ) -> Option<(u64, Regs)> {
         let mut bytes = [0u8; 4];
         let fetched = self.fetch(tree, s, &mut bytes);
@@ -1382,8 +1395,17 @@ impl EmulatedModule {
                     self.tdcall_status(s, TdxStatus::OPERAND_INVALID);
                     return None;
                 };
+                let exited_at = s.exited_at.unwrap_or_else(|| cpu.tsc());
                 match self.guest_accept(td, tree, gpa, level) {
-                    super::guest::AcceptOutcome::Done => self.tdcall_status(s, TdxStatus::SUCCESS),
+                    super::guest::AcceptOutcome::Done => {
+                        let since = match s.accept_since.take() {
+                            Some((at_gpa, since)) if at_gpa == gpa.0 => since,
+                            _ => exited_at,
+                        };
+                        self.exit_stats
+                            .record_accept(level.size(), ns_since(cpu, since));
+                        self.tdcall_status(s, TdxStatus::SUCCESS);
+                    }
                     super::guest::AcceptOutcome::SizeMismatch => {
                         self.tdcall_status(s, TdxStatus::PAGE_SIZE_MISMATCH);
                     }
@@ -1392,6 +1414,9 @@ impl EmulatedModule {
                     }
                     // The host adds the page; the TDCALL runs again on re-entry.
                     super::guest::AcceptOutcome::Exit(_) => {
+                        if !matches!(s.accept_since, Some((at_gpa, _)) if at_gpa == gpa.0) {
+                            s.accept_since = Some((gpa.0, exited_at));
+                        }
                         let out = Regs {
                             rcx: exit::QUAL_WRITE,
                             rdx: exit::EXT_QUAL_TYPE_ACCEPT
@@ -1590,6 +1615,14 @@ impl EmulatedModule {
                 let ratio = (tsc_hz + CRYSTAL_HZ / 2) / CRYSTAL_HZ;
                 (1, ratio as u32, CRYSTAL_HZ as u32, 0)
             }
+            // Processor frequency: base and maximum at the TSC's rate, 100 MHz bus, as the CPU
+            // reports them. Linux takes its CPU frequency from here; without it, it calibrates
+            // against the PIT, which a TD lacks: 100,000 port reads (each a #VE and a
+            // TDVMCALL) before it gives up.
+            0x16 => {
+                let mhz = (cpu.tsc_per_ms() / 1000) as u32;
+                (mhz, mhz, 100, 0)
+            }
             // "IntelTDX    ".
             0x21 => (0, 0x6574_6E49, 0x2020_2020, 0x5844_546C),
             // Max extended leaf; LAHF; long mode, NX, syscall; 48-bit addresses.
@@ -1603,6 +1636,13 @@ impl EmulatedModule {
         s.regs.rcx = u64::from(c);
         s.regs.rdx = u64::from(d);
     }
+}
+
+/// Nanoseconds from TSC `since` to now on `cpu`.
+fn ns_since(cpu: &dyn GuestCpu, since: u64) -> u64 {
+    let ticks = cpu.tsc().saturating_sub(since);
+    let ns = u128::from(ticks) * 1_000_000 / u128::from(cpu.tsc_per_ms().max(1));
+    u64::try_from(ns).unwrap_or(u64::MAX)
 }
 
 /// Fills `r` with a TD exit of `reason` (status 0) and the given registers.

@@ -424,7 +424,18 @@ impl ExitContext<'_> {
             // Attribute first, so a racing fault cannot map the GFNs again.
             td.backing.set_shared(first, last, true);
             match td.sept.unmap_private(Gfn(first)..Gfn(last)) {
-                Ok(_) => {}
+                Ok(removed) => {
+                    let bytes = removed.removed_4k * PageLevel::L4K.size()
+                        + removed.removed_2m * PageLevel::L2M.size()
+                        + removed.removed_1g * PageLevel::L1G.size();
+                    if bytes > 0 {
+                        let c = &td.counters;
+                        c.shared_conversion_bytes
+                            .fetch_add(bytes, Ordering::Relaxed);
+                        let spent = self.platform.now_ns().saturating_sub(self.now_ns);
+                        c.shared_conversion_ns.fetch_add(spent, Ordering::Relaxed);
+                    }
+                }
                 Err(SeptError::Bugged(r)) => {
                     td.set_outcome(GuestOutcome::Bugged(BugCause::Sept(r)));
                     return Reply::DONE;
@@ -453,13 +464,6 @@ impl ExitContext<'_> {
             td.backing.set_shared(first, last, false);
         }
         td.counters.conversions.fetch_add(1, Ordering::Relaxed);
-        if to_shared {
-            let c = &td.counters;
-            c.shared_conversion_bytes
-                .fetch_add(chunk, Ordering::Relaxed);
-            let spent = self.platform.now_ns().saturating_sub(self.now_ns);
-            c.shared_conversion_ns.fetch_add(spent, Ordering::Relaxed);
-        }
         if chunk < size {
             Reply::retry((start + chunk) | (gpa.0 & shared_mask))
         } else {

@@ -23,7 +23,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use tdx_abi::TdxStatus;
 use tdx_abi::seamcall::{Regs, Seamcall, TdxModule};
@@ -56,10 +56,18 @@ enum Turn {
     Skipped,
     /// The vCPU ran and may run again at once.
     Ran,
-    /// The vCPU ran and gave the CPU back (a host interrupt: the time slice, a kick, a
-    /// spin-wait), or its entry must be retried.
+    /// The vCPU gave the CPU back or must retry its entry (parked, BUSY).
     Yielded,
+    /// A host interrupt ended the vCPU's entry (the time slice, a kick) or it spin-waited
+    /// (PAUSE): it gives the CPU back.
+    Preempted,
 }
+
+/// Turns a vCPU that spent a whole slice in one entry lets the runner's other vCPUs go
+/// first. Such a vCPU polls memory without exits (TDVF's application processors wait for
+/// their mailbox that way): at equal turns it would take half of a CPU its busy siblings
+/// need. Two such vCPUs still alternate, as both wait out their penalties.
+const SPIN_PENALTY_TURNS: u8 = 3;
 
 /// A [`Seamcall`] handle that issues each call on a runner's CPU through its mailbox (the
 /// hardware module's per-CPU leaves once a runner loop occupies the CPU), so typed wrappers
@@ -131,6 +139,8 @@ pub struct Runner {
     mail: spin::Mutex<Regs>,
     /// When the vCPU at `cursor` got the CPU (ns, the platform clock).
     slice_start_ns: AtomicU64,
+    /// Entries the vCPU at `cursor` made in its slice.
+    slice_entries: AtomicU32,
 }
 
 impl Runner {
@@ -153,6 +163,7 @@ impl Runner {
             mail_state: AtomicU8::new(MAIL_EMPTY),
             mail: spin::Mutex::new(Regs::default()),
             slice_start_ns: AtomicU64::new(0),
+            slice_entries: AtomicU32::new(0),
         }
     }
 
@@ -269,34 +280,55 @@ impl Runner {
             }
             slots.len()
         };
-        // The vCPU at the cursor keeps the CPU until its slice ends or it stops running.
+        // The vCPU at the cursor keeps the CPU until its slice ends or it stops running. A
+        // first pass passes over vCPUs serving a spin penalty; if nothing else could run, a
+        // second pass ignores the penalties.
         let start = self.cursor.load(Ordering::Relaxed);
-        for k in 0..n {
-            let i = (start + k) % n;
-            let Some(slot) = self.slots.lock().get(i).cloned() else {
-                break;
-            };
-            if k > 0 {
-                self.slice_start_ns
-                    .store(self.clock.now_ns(), Ordering::Relaxed);
-            }
-            let next = match self.turn(&slot) {
-                Turn::Skipped => continue,
-                Turn::Ran => {
-                    let used = self
-                        .clock
-                        .now_ns()
-                        .saturating_sub(self.slice_start_ns.load(Ordering::Relaxed));
-                    if used < VCPU_SLICE_NS { i } else { i + 1 }
+        for pass in 0..2 {
+            for k in 0..n {
+                let i = (start + k) % n;
+                let Some(slot) = self.slots.lock().get(i).cloned() else {
+                    break;
+                };
+                let penalty = slot.td.vcpus.vcpus.get(slot.vcpu).map(|v| &v.spin_penalty);
+                if pass == 0
+                    && let Some(p) = penalty
+                    && p.load(Ordering::Relaxed) > 0
+                {
+                    p.fetch_sub(1, Ordering::Relaxed);
+                    continue;
                 }
-                Turn::Yielded => i + 1,
-            };
-            if next != i {
-                self.slice_start_ns
-                    .store(self.clock.now_ns(), Ordering::Relaxed);
+                if k > 0 || pass > 0 {
+                    self.start_slice();
+                }
+                let turn = self.turn(&slot);
+                if !matches!(turn, Turn::Skipped) {
+                    self.slice_entries.fetch_add(1, Ordering::Relaxed);
+                }
+                let used = self
+                    .clock
+                    .now_ns()
+                    .saturating_sub(self.slice_start_ns.load(Ordering::Relaxed));
+                let next = match turn {
+                    Turn::Skipped => continue,
+                    Turn::Ran if used < VCPU_SLICE_NS => i,
+                    Turn::Ran | Turn::Yielded => i + 1,
+                    Turn::Preempted => {
+                        // One entry ran the whole slice: a spin without exits.
+                        let spun = self.slice_entries.load(Ordering::Relaxed) == 1
+                            && used >= VCPU_SLICE_NS;
+                        if spun && let Some(p) = penalty {
+                            p.store(SPIN_PENALTY_TURNS, Ordering::Relaxed);
+                        }
+                        i + 1
+                    }
+                };
+                if next != i {
+                    self.start_slice();
+                }
+                self.cursor.store(next, Ordering::Relaxed);
+                return RunnerPoll::Busy;
             }
-            self.cursor.store(next, Ordering::Relaxed);
-            return RunnerPoll::Busy;
         }
         RunnerPoll::Idle {
             sleep_ms: self.idle_sleep_ms(),
@@ -322,6 +354,13 @@ impl Runner {
             }
         }
         sleep
+    }
+
+    /// Starts a new slice (for the vCPU the runner turns to).
+    fn start_slice(&self) {
+        self.slice_start_ns
+            .store(self.clock.now_ns(), Ordering::Relaxed);
+        self.slice_entries.store(0, Ordering::Relaxed);
     }
 
     /// Runs one entry of the slot's vCPU if it may run.
@@ -396,7 +435,7 @@ impl Runner {
                         self.park(td, v);
                     }
                 }
-                if yielded { Turn::Yielded } else { Turn::Ran }
+                if yielded { Turn::Preempted } else { Turn::Ran }
             }
         }
     }

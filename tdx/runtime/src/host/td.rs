@@ -62,6 +62,9 @@ pub struct VcpuShared {
     pub msrs: spin::Mutex<MsrFile>,
     /// The x2APIC registers the host emulates for it (timer, LVTs, ICR; x2APIC ID = index).
     pub lapic: spin::Mutex<LocalApic>,
+    /// Turns its runner gives the other vCPUs first, because it spent its last slice in
+    /// one entry that only the slice's end interrupted (only its runner touches it).
+    pub spin_penalty: AtomicU8,
 }
 
 impl VcpuShared {
@@ -81,6 +84,7 @@ impl VcpuShared {
             answer: spin::Mutex::new(TdvmcallAnswer::default()),
             msrs: spin::Mutex::new(MsrFile::new(index)),
             lapic: spin::Mutex::new(LocalApic::new(index)),
+            spin_penalty: AtomicU8::new(0),
         }
     }
 
@@ -252,7 +256,9 @@ pub struct TdCounterCells {
     pub ept_violations: AtomicU64,
     /// MapGPA conversions handled.
     pub conversions: AtomicU64,
-    /// Bytes converted from private to shared.
+    /// Bytes of mapped private memory that MapGPA converted to shared (S-EPT leaves
+    /// removed; ranges the guest never accepted, such as MMIO, cost nothing and are left
+    /// out).
     pub shared_conversion_bytes: AtomicU64,
     /// Nanoseconds vCPUs spent out of the TD for those conversions (exit to the reply).
     pub shared_conversion_ns: AtomicU64,

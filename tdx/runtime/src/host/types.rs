@@ -92,7 +92,7 @@ pub struct TdCounters {
     pub busy_retries: u64,
     /// MapGPA conversions handled.
     pub conversions: u64,
-    /// Bytes converted from private to shared.
+    /// Bytes of mapped private memory converted to shared.
     pub shared_conversion_bytes: u64,
     /// Nanoseconds the vCPUs spent out of the TD for those conversions.
     pub shared_conversion_ns: u64,
