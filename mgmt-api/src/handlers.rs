@@ -382,8 +382,9 @@ pub fn console(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
     )
 }
 
-/// `POST /v1/tds/{id}/console`: types `input` into a running TD's console; 200 with how many
-/// bytes the UART's receive queue took, 409 when the TD is not running.
+/// `POST /v1/tds/{id}/console`: types `input` into a running TD's consoles (the UART, and a
+/// Linux TD's virtio console); 200 with how many bytes were taken, 409 when the TD is not
+/// running.
 pub fn type_console(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
     let id = td_id(call)?;
     let request = dto::parse_strict_json::<dto::ConsoleInput>(call.body, &[])?;

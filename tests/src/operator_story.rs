@@ -587,6 +587,8 @@ pub fn probe_guests(
 
 /// What the Linux TD's init prints (to the kernel log, which the console shows).
 pub const LINUX_INIT_MARKER: &str = "TDX-LINUX-INIT-MARKER";
+/// What the Linux TD's init writes to the UART from user space (`ttyS0`, interrupt-driven).
+pub const LINUX_TTY_TEXT: &str = "written to ttyS0 from user space";
 /// What the Linux TD's init writes to the virtio console (`hvc0`).
 pub const LINUX_HVC_TEXT: &str = "written to hvc0, the virtio console";
 /// What it prints when it waits for a line from the virtio console.
@@ -642,17 +644,22 @@ pub fn linux_td(
          /bin/busybox mount -t proc proc /proc\n\
          /bin/busybox mount -t devtmpfs dev /dev\n\
          /bin/busybox mount -t sysfs sys /sys\n\
+         exec 3<>/dev/ttyS0\n\
          {insmods}\
          for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; /bin/busybox sleep 1; done\n\
          /bin/busybox mount -t ext2 -o ro /dev/vda /mnt\n\
          echo \"{LINUX_INIT_MARKER}: init is pid $$ on $(/bin/busybox uname -r), \
          CPUs online $(/bin/busybox cat /sys/devices/system/cpu/online), \
          disk says: $(/bin/busybox cat /mnt/greeting.txt)\" > /dev/kmsg\n\
-         /bin/busybox grep virtio0-req /proc/interrupts > /dev/kmsg\n\
+         /bin/busybox grep -E 'virtio0-req|ttyS0' /proc/interrupts | \
+         while read -r irq; do echo \"$irq\" > /dev/kmsg; done\n\
+         echo \"{LINUX_TTY_TEXT}\" >&3\n\
          echo \"{LINUX_HVC_TEXT}\" > /dev/hvc0\n\
          echo \"{LINUX_HVC_WAIT}\" > /dev/kmsg\n\
          read -r line < /dev/hvc0\n\
          echo \"init: hvc0 read: $line\" > /dev/kmsg\n\
+         read -r line <&3\n\
+         echo \"init: ttyS0 read: $line\" > /dev/kmsg\n\
          for e in /sys/class/input/event*; do \
          /bin/busybox grep -q 'Power Button' $e/device/name && key=/dev/input/${{e##*/}}; done\n\
          echo \"{LINUX_BUTTON_WAIT}\" > /dev/kmsg\n\
@@ -703,9 +710,13 @@ pub fn linux_td(
         // The disk's request queue interrupts through MSI-X.
         "PCI-MSIX-0000:00:03.0",
         &marker,
-        // The virtio console carried output and the typed line.
+        // The virtio console and the UART (its interrupts through the I/O APIC) carried
+        // user-space output and the typed line.
         LINUX_HVC_TEXT,
         "init: hvc0 read: typed through the console API",
+        LINUX_TTY_TEXT,
+        "init: ttyS0 read: typed through the console API",
+        "IO-APIC   4-edge      ttyS0",
         // The graceful stop pressed the power button, and the guest powered itself off.
         "ACPI: button: Power Button [PWRB]",
         LINUX_BUTTON_PRESSED,
@@ -736,7 +747,7 @@ pub fn linux_td(
     Ok(format!(
         "Debian's kernel ran as a TD with 2 vCPUs (TDX memory encryption active, both CPUs \
          online), mounted its virtio disk (MSI-X), printed the file's text, wrote to and read \
-         a typed line from its virtio console, and powered off when a graceful stop pressed \
+         a typed line from its virtio console and its UART, and powered off when a graceful stop pressed \
          its power button, {boot_s:.1} s after start; with init=/nonexistent it panicked and \
          its reboot ended the TD after {panic_s:.1} s; pool whole"
     ))

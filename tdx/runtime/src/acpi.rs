@@ -175,6 +175,23 @@ fn aml_resources(descriptors: &[u8]) -> Vec<u8> {
     aml_pkg(&[0x11], &body)
 }
 
+/// The first serial port `COM1` (PNP0501) at its I/O ports 0x3F8–0x3FF with ISA IRQ 4
+/// (edge, active high), so that Linux's PnP layer routes its interrupt through the I/O APIC:
+/// the table of legacy ports names IRQ 4, which a platform without a legacy PIC leaves
+/// unrouted.
+fn com1_aml() -> Vec<u8> {
+    let mut device = b"COM1".to_vec();
+    // EisaId ("PNP0501").
+    device.extend(aml_name(b"_HID", &[0x0C, 0x41, 0xD0, 0x05, 0x01]));
+    device.extend(aml_name(b"_UID", &[0x01]));
+    // IO (Decode16, 0x3F8, 0x3F8, 1, 8), IRQNoFlags () {4}.
+    let crs = [
+        0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08, 0x22, 0x10, 0x00,
+    ];
+    device.extend(aml_name(b"_CRS", &aml_resources(&crs)));
+    aml_pkg(&[0x5B, 0x82], &device)
+}
+
 /// The power button of a hardware-reduced platform (ACPI 6.5 §4.8.2.2.1.2, §5.6.9): the
 /// control-method button `PWRB` (PNP0C0C) and the Generic Event Device `GED0` (ACPI0013)
 /// whose interrupt is global system interrupt `gsi` (edge, active high) and whose `_EVT`
@@ -218,6 +235,7 @@ pub fn build(vcpus: u32, pci_window: (u64, u64)) -> AcpiFiles {
     ];
     let mut scope = b"_SB_".to_vec();
     scope.extend(pci_root_aml(pci_window.0, pci_window.1));
+    scope.extend(com1_aml());
     scope.extend(power_button_aml(POWER_BUTTON_GSI));
     aml.extend(aml_pkg(&[0x10], &scope));
     header(&mut tables, b"DSDT", 36 + aml.len() as u32, 2);

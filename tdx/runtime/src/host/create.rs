@@ -193,6 +193,8 @@ fn alloc_control(
 
 /// PCI slot (device number on bus 0) of a TD's virtio disk.
 const VIRTIO_BLK_SLOT: u8 = 3;
+/// COM1's ISA interrupt, an I/O APIC pin of the same number (the MADT overrides none).
+const COM1_IRQ: usize = 4;
 /// The PCI slot of a kernel-booting TD's virtio console.
 const VIRTIO_CONSOLE_SLOT: u8 = 4;
 /// End of the 32-bit PCI memory window (exclusive): where the firmware's flash, the I/O
@@ -521,7 +523,16 @@ impl Host {
         let seam_counters = parts.seam_counters.clone();
         let console = Arc::new(ConsoleRing::new(self.config.console_ring_bytes));
         let power = Arc::new(PowerRequests::default());
-        let uart = Arc::new(Serial16550::new(console.clone()));
+        // A TD that boots a kernel gets the I/O APIC its ACPI tables describe, with COM1 on
+        // ISA IRQ 4 and the power button on it.
+        let ioapic = spec
+            .linux
+            .as_ref()
+            .map(|_| Arc::new(IoApic::new(vcpus.clone())));
+        let uart = Arc::new(match &ioapic {
+            Some(ioapic) => Serial16550::with_interrupt(console.clone(), ioapic.clone(), COM1_IRQ),
+            None => Serial16550::new(console.clone()),
+        });
         let disk = parts.disk.lock().take().map(|disk| {
             Arc::new(VirtioPci::new(
                 Box::new(VirtioBlk::new(disk)),
@@ -552,13 +563,11 @@ impl Host {
             .map(|(slot, d)| (*slot, 0, d.config()))
             .collect();
         let mut mmio = MmioBus::new();
-        let ioapic = spec.linux.as_ref().map(|_| {
-            let ioapic = Arc::new(IoApic::new(vcpus.clone()));
-            if let Err(e) = mmio.insert(Gpa(IOAPIC_BASE), IOAPIC_MMIO_BYTES, ioapic.clone()) {
-                log::error!("host: I/O APIC not placed: {e}");
-            }
-            ioapic
-        });
+        if let Some(ioapic) = &ioapic
+            && let Err(e) = mmio.insert(Gpa(IOAPIC_BASE), IOAPIC_MMIO_BYTES, ioapic.clone())
+        {
+            log::error!("host: I/O APIC not placed: {e}");
+        }
         if !virtio_functions.is_empty() {
             let base = pci_window_base(parts.ram_split);
             let bars = virtio_functions
