@@ -1610,18 +1610,14 @@ impl EmulatedModule {
                 n => (0, 0, (n & 0xFF) as u32, id),
             },
             // TSC / crystal ratio over the 25 MHz crystal.
-            0x15 => {
-                let tsc_hz = cpu.tsc_per_ms().saturating_mul(1000);
-                let ratio = (tsc_hz + CRYSTAL_HZ / 2) / CRYSTAL_HZ;
-                (1, ratio as u32, CRYSTAL_HZ as u32, 0)
-            }
-            // Processor frequency: base and maximum at the TSC's rate, 100 MHz bus, as the CPU
-            // reports them. Linux takes its CPU frequency from here; without it, it calibrates
+            0x15 => (1, tsc_crystal_ratio(cpu) as u32, CRYSTAL_HZ as u32, 0),
+            // Processor frequency: base and maximum at the TSC's rate as leaf 0x15 gives it,
+            // 100 MHz bus, as the CPU reports them. Linux takes its CPU frequency from here; without it, it calibrates
             // against the PIT, which a TD lacks: 100,000 port reads (each a #VE and a
             // TDVMCALL) before it gives up.
             0x16 => {
-                let mhz = (cpu.tsc_per_ms() / 1000) as u32;
-                (mhz, mhz, 100, 0)
+                let mhz = tsc_crystal_ratio(cpu) * (CRYSTAL_HZ / 1_000_000);
+                (mhz as u32, mhz as u32, 100, 0)
             }
             // "IntelTDX    ".
             0x21 => (0, 0x6574_6E49, 0x2020_2020, 0x5844_546C),
@@ -1636,6 +1632,12 @@ impl EmulatedModule {
         s.regs.rcx = u64::from(c);
         s.regs.rdx = u64::from(d);
     }
+}
+
+/// The TSC's rate over the crystal's (CPUID 0x15), rounded to the nearest.
+fn tsc_crystal_ratio(cpu: &dyn GuestCpu) -> u64 {
+    let tsc_hz = cpu.tsc_per_ms().saturating_mul(1000);
+    (tsc_hz + CRYSTAL_HZ / 2) / CRYSTAL_HZ
 }
 
 /// Nanoseconds from TSC `since` to now on `cpu`.

@@ -653,6 +653,19 @@ fn checks() {
     let has_deadline = cpuid(1)[2] & 1 << 24 != 0;
     let [denominator, numerator, crystal, _] = cpuid(0x15);
     let tsc_hz = u64::from(crystal) * u64::from(numerator) / u64::from(denominator.max(1));
+    // CPUID 0x16: base and maximum frequency at the TSC's rate (MHz), a 100 MHz bus, and a
+    // maximum basic leaf that reaches it; Linux takes its CPU frequency from here instead
+    // of calibrating against a PIT.
+    let freq = cpuid(0x16);
+    let tsc_mhz = tsc_hz / 1_000_000;
+    check(
+        "CPUID 0x16 gives the TSC's frequency as base and maximum",
+        cpuid(0)[0] >= 0x16
+            && u64::from(freq[0]) == tsc_mhz
+            && freq[1] == freq[0]
+            && freq[2] == 100,
+        u64::from(freq[0]),
+    );
     let mode = apic_write(0x832, 2 << 17 | u64::from(TIMER_VECTOR));
     // SAFETY: RDTSC reads the time-stamp counter.
     let now = unsafe { core::arch::x86_64::_rdtsc() };
