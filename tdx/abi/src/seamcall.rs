@@ -32,6 +32,7 @@ pub struct Regs {
     pub rbx: u64,
     pub rsi: u64,
     pub rdi: u64,
+    pub rbp: u64,
 }
 
 impl Regs {
@@ -52,6 +53,7 @@ impl Regs {
             rbx: 0,
             rsi: 0,
             rdi: 0,
+            rbp: 0,
         }
     }
 }
@@ -63,7 +65,8 @@ impl Regs {
 /// GetTdVmCallInfo). KVM does the same: its TDH.VP.ENTER arguments are the previous exit's
 /// outputs, updated by the TDVMCALL handler (Linux `arch/x86/kvm/vmx/tdx.c`, `vp_enter_args`),
 /// and the module copies back exactly the guest-selected RDX–R15 (TDX module 1.5
-/// `tdh_vp_enter.c`; RBP cannot be selected under NO_RBP_MOD, `tdg_vp_vmcall.c`);
+/// `tdh_vp_enter.c`; RBP too, which the host does not forbid: it leaves NO_RBP_MOD clear,
+/// `tdg_vp_vmcall.c`);
 /// guests rely on it (TDVF's relocated mailbox loop keeps the mailbox address in RBX across
 /// a TDVMCALL that exposes RBX).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
@@ -73,6 +76,7 @@ pub struct TdvmcallAnswer {
     pub rbx: u64,
     pub rsi: u64,
     pub rdi: u64,
+    pub rbp: u64,
     pub r8: u64,
     pub r9: u64,
     pub r10: u64,
@@ -92,6 +96,7 @@ impl TdvmcallAnswer {
             rbx: exit.rbx,
             rsi: exit.rsi,
             rdi: exit.rdi,
+            rbp: exit.rbp,
             r8: exit.r8,
             r9: exit.r9,
             r10: exit.r10,
@@ -479,6 +484,7 @@ pub trait TdxModule: Seamcall {
         r.rbx = answer.rbx;
         r.rsi = answer.rsi;
         r.rdi = answer.rdi;
+        r.rbp = answer.rbp;
         r.r8 = answer.r8;
         r.r9 = answer.r9;
         r.r10 = answer.r10;

@@ -183,9 +183,11 @@ impl HardwareModule {
 
 /// The SEAMCALL entry path around one instruction: `$insn` is `seamcall` itself or, in the
 /// tests, a call to a fake leaf with the module's register contract. Every general-purpose
-/// register is loaded from the [`Regs`] block at `$args` and stored back to it; RBX and RBP
-/// (which the compiler reserves, and which TDH.VP.ENTER overwrites with guest values or
-/// zeroes) are pushed first and popped last; RDI carries the block's address in and is
+/// register is loaded from the [`Regs`] block at `$args` and stored back to it, RBP included
+/// (a TDVMCALL may expose it: the host leaves NO_RBP_MOD clear, so that guests whose
+/// TDVMCALL mask selects RBP, as TDVF's does, work); RBX and RBP (which the compiler
+/// reserves, and which TDH.VP.ENTER overwrites with guest values or zeroes) are pushed
+/// first and popped last; RDI carries the block's address in and is
 /// reloaded from the stack afterwards; the flags are returned (CF is VMfailInvalid). XMM0–15
 /// are declared clobbered: TDH.VP.ENTER returns with the TD's vector state scrubbed (TDX
 /// module 1.5 `td_exit.c`), and Rust's calling convention keeps no XMM register across the
@@ -210,6 +212,7 @@ macro_rules! seam_entry {
             "mov r15, [rdi + {r15}]",
             "mov rbx, [rdi + {rbx}]",
             "mov rsi, [rdi + {rsi}]",
+            "mov rbp, [rdi + {rbp}]",
             "mov rdi, [rdi + {rdi}]",
             $insn,
             "pushfq",
@@ -228,6 +231,7 @@ macro_rules! seam_entry {
             "mov [rdi + {r15}], r15",
             "mov [rdi + {rbx}], rbx",
             "mov [rdi + {rsi}], rsi",
+            "mov [rdi + {rbp}], rbp",
             "pop rax",
             "mov [rdi + {rdi}], rax",
             "pop rax",
@@ -248,6 +252,7 @@ macro_rules! seam_entry {
             rbx = const core::mem::offset_of!(Regs, rbx),
             rsi = const core::mem::offset_of!(Regs, rsi),
             rdi = const core::mem::offset_of!(Regs, rdi),
+            rbp = const core::mem::offset_of!(Regs, rbp),
             $($operand = sym $sym,)*
             inout("rdi") $args => _,
             out("rax") flags,
@@ -348,12 +353,14 @@ mod tests {
     use super::*;
 
     // A fake leaf with the TDX module's register contract for TDH.VP.ENTER: it writes every
-    // general-purpose register the block reads back (RBX, RSI, RDI with "guest" values as a
-    // TDVMCALL exit does), zeroes RBP as an asynchronous exit does, scribbles over XMM0–15,
-    // and sets CF when it is called with RAX = 0xCF (VMfailInvalid).
+    // general-purpose register the block reads back (RBX, RSI, RDI, RBP with "guest" values
+    // as a TDVMCALL exit does; RBP = the RBP it was entered with + 0x5B, which proves the
+    // block passed the host's RBP in), scribbles over XMM0–15, and sets CF when it is called
+    // with RAX = 0xCF (VMfailInvalid).
     core::arch::global_asm!(
         ".global tdx_hw_fake_leaf",
         "tdx_hw_fake_leaf:",
+        "mov r8, rbp",
         "cmp rax, 0xCF",
         "mov rax, 0xA0A0",
         "mov rcx, 0xC1C1",
@@ -361,7 +368,7 @@ mod tests {
         "mov rbx, 0xB3B3",
         "mov rsi, 0x5151",
         "mov rdi, 0xD1D1",
-        "mov rbp, 0",
+        "lea rbp, [r8 + 0x5B]",
         "mov r8, 0x0808",
         "mov r9, 0x0909",
         "mov r10, 0x1010",
@@ -421,10 +428,12 @@ mod tests {
         let mut regs = Regs {
             rax: 2,
             rcx: 0x1234_0000,
+            rbp: 0xBB00,
             ..Regs::default()
         };
         let _ = fake_seamcall(&mut regs);
         let expected = Regs {
+            rbp: 0xBB5B,
             rax: 0xA0A0,
             rcx: 0xC1C1,
             rdx: 0xD2D2,

@@ -62,8 +62,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use tdx_abi::exit;
 use tdx_abi::seamcall::Regs;
 use tdx_abi::software::{GuestExitStats, exit_overhead_bucket};
-use tdx_abi::td_params::attributes;
-use tdx_abi::{Gpa, Hpa, PageLevel, SeptState, TdxStatus};
+use tdx_abi::td_params::{attributes, config_flags};
+use tdx_abi::{Gpa, Hpa, OperandId, PageLevel, SeptState, TdxStatus};
 use tdx_svm::GuestRegisters;
 
 use self::apic::VirtualApicPage;
@@ -1130,6 +1130,9 @@ impl EmulatedModule {
         if take(7) {
             g.rdi = r.rdi;
         }
+        if take(5) {
+            g.rbp = r.rbp;
+        }
         for (bit, (dst, src)) in [
             (8, (&mut g.r8, r.r8)),
             (9, (&mut g.r9, r.r9)),
@@ -1290,6 +1293,18 @@ impl EmulatedModule {
         let leaf = self.vmcb_read(s.vmcb, vmcb::RAX);
         match leaf {
             TDG_VP_VMCALL => {
+                // RCX: the GPR mask in 15:0 (RAX, RCX and RSP cannot be exposed, nor RBP
+                // under NO_RBP_MOD) and the XMM mask in 31:16; 63:32 reserved (TDX module 1.5
+                // `tdg_vp_vmcall.c`).
+                let no_rbp_mod = td
+                    .cfg
+                    .get()
+                    .is_some_and(|c| c.params.config_flags & config_flags::NO_RBP_MOD != 0);
+                let refused = 1 | 1 << 1 | 1 << 4 | if no_rbp_mod { 1 << 5 } else { 0 };
+                if s.regs.rcx & refused != 0 || s.regs.rcx >> 32 != 0 {
+                    self.tdcall_status(s, TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX));
+                    return None;
+                }
                 let mask = s.regs.rcx & 0xFFFF_FFFF;
                 self.advance(s, 4);
                 s.pending = Pending::Vmcall { mask };
@@ -1297,6 +1312,7 @@ impl EmulatedModule {
                 let pick = |bit: u32, v: u64| if mask & (1 << bit) != 0 { v } else { 0 };
                 let out = Regs {
                     rcx: mask,
+                    rbp: pick(5, g.rbp),
                     rdx: pick(2, g.rdx),
                     rbx: pick(3, g.rbx),
                     rsi: pick(6, g.rsi),

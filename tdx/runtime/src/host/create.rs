@@ -278,13 +278,18 @@ impl Host {
 
     /// TD_PARAMS (Intel TDX Module ABI specification, TDH.MNG.INIT) from the spec and the
     /// module's limits: the requested attributes, the XFAM bits the module requires, 4-level
-    /// EPT (GPAW 48) with write-back memory type, `NO_RBP_MOD` as KVM sets it (Linux
-    /// `arch/x86/kvm/vmx/tdx.c`, `setup_tdparams()`), and every configurable CPUID bit left 0.
+    /// EPT (GPAW 48) with write-back memory type, and every configurable CPUID bit left 0.
+    ///
+    /// `NO_RBP_MOD` stays clear, unlike KVM (Linux `arch/x86/kvm/vmx/tdx.c`,
+    /// `setup_tdparams()`): under it the module refuses a TDG.VP.VMCALL that exposes RBP
+    /// (TDX module 1.5 `tdg_vp_vmcall.c`), and TDVF's TDVMCALLs do (edk2's mask 0xFFEC, in
+    /// Debian's OVMF.fd). The SEAMCALL entry path saves the host's RBP itself and carries
+    /// the guest's through [`Regs::rbp`](tdx_abi::seamcall::Regs).
     pub(super) fn td_params(&self, spec: &TdSpec) -> TdParams {
         let mut p = TdParams::basic(spec.attributes, spec.vcpus as u16);
         p.xfam = self.limits.xfam_fixed1 & self.limits.xfam_fixed0;
         p.eptp_controls = EPTP_MEMTYPE_WB | (3 << 3);
-        p.config_flags = config_flags::NO_RBP_MOD;
+        p.config_flags = 0;
         p.cpuid_values = alloc::vec![[0u32; 4]; self.limits.cpuid_config.len()];
         p
     }

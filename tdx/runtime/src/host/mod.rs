@@ -318,7 +318,7 @@ use crate::sept::{Gpaw, SeptBackends, SeptConfig, SeptManager, TdSeptInfo};
 use crate::td::lifecycle::{TdEvent, TdLifecycle};
 use crate::tdvf::{BuildPlan, SectionPlacement, TdMemoryLayout};
 use tdx_abi::seamcall::TdxModule;
-use tdx_abi::td_params::{EPTP_MEMTYPE_WB, TdParams, config_flags};
+use tdx_abi::td_params::{EPTP_MEMTYPE_WB, TdParams};
 use tdx_abi::{Hkid, PAGE_SIZE_4K};
 
 use bringup::{CpuCallError, CpuCaller, CpuOp, ModuleLimits};

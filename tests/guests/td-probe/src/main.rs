@@ -237,6 +237,26 @@ fn tdvmcall(leaf: u64, r12: u64, r13: u64, r14: u64, r15: u64) -> [u64; 6] {
     [r10, r11, a12, a13, a14, a15]
 }
 
+/// TDG.VP.VMCALL GetTdVmCallInfo exposing RBP as well as R10–R15 (RCX mask 0xFC20, TDVF's
+/// choice includes RBP too); returns R10 and RBP after it.
+fn tdvmcall_exposing_rbp(rbp: u64) -> (u64, u64) {
+    let (r10, rbp_after): (u64, u64);
+    // SAFETY: TDG.VP.VMCALL exchanges registers with the host; RBP, which the compiler may
+    // use, is saved on the stack around it and restored.
+    unsafe {
+        asm!("push rbp",
+            "mov rbp, {rbp_in}",
+            ".byte 0x66, 0x0f, 0x01, 0xcc",
+            "mov {rbp_out}, rbp",
+            "pop rbp",
+            rbp_in = in(reg) rbp, rbp_out = lateout(reg) rbp_after,
+            inout("rax") 0u64 => _, inout("rcx") 0xFC20u64 => _, inout("r10") 0u64 => r10,
+            inout("r11") VMCALL_GET_INFO => _, inout("r12") 0u64 => _, inout("r13") 0u64 => _,
+            inout("r14") 0u64 => _, inout("r15") 0u64 => _);
+    }
+    (r10, rbp_after)
+}
+
 const VMCALL_CPUID: u64 = 10;
 const VMCALL_HLT: u64 = 12;
 const VMCALL_IO: u64 = 30;
@@ -513,6 +533,21 @@ fn checks() {
         "TDG.VP.VEINFO.GET without a #VE: TDX_NO_VALID_VE_INFO",
         none == 0xC000_0704_0000_0000,
         none,
+    );
+    // TDG.VP.VMCALL's mask may not expose RAX, RCX or RSP (TDX module 1.5 `tdg_vp_vmcall.c`).
+    let refused = tdcall(0, 1 << 4 | 0xFC00, 0, 0, 0)[0];
+    check(
+        "TDG.VP.VMCALL exposing RSP: TDX_OPERAND_INVALID on RCX",
+        refused == 0xC000_0100_0000_0001,
+        refused,
+    );
+    // The host leaves NO_RBP_MOD clear, so a TDVMCALL may expose RBP (TDVF's does), and the
+    // host hands back what it got.
+    let (status, rbp) = tdvmcall_exposing_rbp(0x5EED_0BB0);
+    check(
+        "a TDVMCALL exposing RBP keeps it",
+        status == 0 && rbp == 0x5EED_0BB0,
+        rbp,
     );
     let bad = tdcall(99, 0, 0, 0, 0)[0];
     check(
