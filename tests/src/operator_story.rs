@@ -587,7 +587,9 @@ pub fn probe_guests(
 
 /// What the Linux TD's init prints (to the kernel log, which the console shows).
 pub const LINUX_INIT_MARKER: &str = "TDX-LINUX-INIT-MARKER";
-/// What the Linux TD's init writes to the UART from user space (`ttyS0`, interrupt-driven).
+/// What the Linux TD's init writes to the UART from user space (`ttyS0`, interrupt-driven),
+/// then waits a second: the interrupt-driven output drains meanwhile, while the kernel's own
+/// console output and the virtio console's would interleave with it in the TD's console.
 pub const LINUX_TTY_TEXT: &str = "written to ttyS0 from user space";
 /// What the Linux TD's init writes to the virtio console (`hvc0`).
 pub const LINUX_HVC_TEXT: &str = "written to hvc0, the virtio console";
@@ -653,13 +655,14 @@ pub fn linux_td(
          disk says: $(/bin/busybox cat /mnt/greeting.txt)\" > /dev/kmsg\n\
          /bin/busybox grep -E 'virtio0-req|ttyS0' /proc/interrupts | \
          while read -r irq; do echo \"$irq\" > /dev/kmsg; done\n\
-         echo \"{LINUX_TTY_TEXT}\" >&3\n\
          echo \"{LINUX_HVC_TEXT}\" > /dev/hvc0\n\
          echo \"{LINUX_HVC_WAIT}\" > /dev/kmsg\n\
          read -r line < /dev/hvc0\n\
          echo \"init: hvc0 read: $line\" > /dev/kmsg\n\
          read -r line <&3\n\
          echo \"init: ttyS0 read: $line\" > /dev/kmsg\n\
+         echo \"{LINUX_TTY_TEXT}\" >&3\n\
+         /bin/busybox sleep 1\n\
          for e in /sys/class/input/event*; do \
          /bin/busybox grep -q 'Power Button' $e/device/name && key=/dev/input/${{e##*/}}; done\n\
          echo \"{LINUX_BUTTON_WAIT}\" > /dev/kmsg\n\

@@ -111,11 +111,15 @@ impl ConfigSpace {
 /// registers (the PIIX4 PM function and its I/O block).
 pub type SharedConfig = Arc<spin::Mutex<ConfigSpace>>;
 
-/// Configuration mechanism #1 over a set of bus-0 functions.
+/// Configuration mechanism #1 over a set of bus-0 functions. A byte access to 0xCF9,
+/// inside the address register's ports, is the PIIX's reset control register instead
+/// (Intel 82371AB datasheet §4.1.17), which [`PciConfigPorts::with_reset_control`] plugs in.
 pub struct PciConfigPorts {
     address: AtomicU32,
     /// `(device << 3 | function, config)`.
     functions: Vec<(u8, SharedConfig)>,
+    /// The device behind byte accesses to 0xCF9.
+    reset_control: Option<Arc<dyn PortIoDevice>>,
 }
 
 impl PciConfigPorts {
@@ -127,6 +131,15 @@ impl PciConfigPorts {
                 .into_iter()
                 .map(|(d, f, c)| ((d & 0x1F) << 3 | (f & 7), c))
                 .collect(),
+            reset_control: None,
+        }
+    }
+
+    /// The same bus with `device` answering byte accesses to 0xCF9.
+    pub fn with_reset_control(self, device: Arc<dyn PortIoDevice>) -> Self {
+        PciConfigPorts {
+            reset_control: Some(device),
+            ..self
         }
     }
 
@@ -150,6 +163,10 @@ impl PortIoDevice for PciConfigPorts {
     fn read(&self, offset: u16, size: AccessSize) -> u64 {
         match offset {
             0 if size == AccessSize::Dword => u64::from(self.address.load(Ordering::Relaxed)),
+            1 if size == AccessSize::Byte => self
+                .reset_control
+                .as_ref()
+                .map_or(size.all_ones(), |rc| rc.read(0, size)),
             4..=7 => match self.selected() {
                 Some((config, reg)) => {
                     let byte = (offset - 4) as u8;
@@ -166,6 +183,11 @@ impl PortIoDevice for PciConfigPorts {
             0 if size == AccessSize::Dword => {
                 self.address
                     .store((value & 0xFFFF_FFFF) as u32, Ordering::Relaxed);
+            }
+            1 if size == AccessSize::Byte => {
+                if let Some(rc) = &self.reset_control {
+                    rc.write(0, size, value);
+                }
             }
             4..=7 => {
                 if let Some((config, reg)) = self.selected() {
@@ -283,6 +305,26 @@ mod tests {
         bus.insert(PCI_CONFIG_BASE, PCI_CONFIG_PORTS, Arc::new(ports))
             .unwrap();
         (bus, pm)
+    }
+
+    #[test]
+    fn a_byte_write_to_0xcf9_reaches_the_reset_control_register() {
+        use crate::devices::acpi_pm::{PowerRequests, RESET_CONTROL_PORT, ResetControl};
+        let power = Arc::new(PowerRequests::default());
+        let ports =
+            PciConfigPorts::new(alloc::vec![(0, 0, i440fx_host_bridge())]).with_reset_control(
+                Arc::new(ResetControl::new(RESET_CONTROL_PORT, power.clone())),
+            );
+        let mut bus = PortIoBus::new();
+        bus.insert(PCI_CONFIG_BASE, PCI_CONFIG_PORTS, Arc::new(ports))
+            .unwrap();
+        // The configuration address register still takes dwords at 0xCF8.
+        bus.write(0xCF8, AccessSize::Dword, address(0, 0, 0));
+        assert_eq!(bus.read(0xCFC, AccessSize::Dword), 0x1237_8086);
+        bus.write(0xCF9, AccessSize::Byte, 0x02);
+        assert!(!power.reset_requested(), "bit 2 clear: no reset");
+        bus.write(0xCF9, AccessSize::Byte, 0x06);
+        assert!(power.reset_requested());
     }
 
     fn address(dev: u32, func: u32, reg: u32) -> u64 {

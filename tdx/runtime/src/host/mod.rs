@@ -812,12 +812,16 @@ fn td_port_devices(
         (1, 3, pm_function.clone()),
     ];
     functions.extend(more_functions);
-    let devices: [(u16, u16, Arc<dyn PortIoDevice>); 6] = [
+    let reset_control = Arc::new(ResetControl::new(
+        acpi_pm::RESET_CONTROL_PORT,
+        power.clone(),
+    ));
+    let devices: [(u16, u16, Arc<dyn PortIoDevice>); 5] = [
         (COM1_BASE, UART_PORTS, uart.clone()),
         (
             pci::PCI_CONFIG_BASE,
             pci::PCI_CONFIG_PORTS,
-            Arc::new(pci::PciConfigPorts::new(functions)),
+            Arc::new(pci::PciConfigPorts::new(functions).with_reset_control(reset_control)),
         ),
         (
             PIIX4_PM_BASE,
@@ -838,14 +842,6 @@ fn td_port_devices(
             acpi_pm::KBD_COMMAND_PORT,
             1,
             Arc::new(ResetControl::new(acpi_pm::KBD_COMMAND_PORT, power.clone())),
-        ),
-        (
-            acpi_pm::RESET_CONTROL_PORT,
-            1,
-            Arc::new(ResetControl::new(
-                acpi_pm::RESET_CONTROL_PORT,
-                power.clone(),
-            )),
         ),
     ];
     let mut io = PortIoBus::new();
