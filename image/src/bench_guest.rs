@@ -76,14 +76,14 @@ fn cpu_percent(pid: u32, window: Duration) -> Result<f64> {
 }
 
 /// A metric's value from a Prometheus text page (first sample of `name` without labels).
-fn metric(page: &str, name: &str) -> Option<f64> {
+pub(crate) fn metric(page: &str, name: &str) -> Option<f64> {
     page.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The unsigned integer member `key` of a flat JSON object (the first occurrence).
-fn json_u64(body: &str, key: &str) -> Option<u64> {
+pub(crate) fn json_u64(body: &str, key: &str) -> Option<u64> {
     let at = body.find(&format!("\"{key}\":"))? + key.len() + 3;
     let digits: String = body[at..]
         .chars()
@@ -93,9 +93,10 @@ fn json_u64(body: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn get_text(connection: &mut Connection, path: &str) -> Result<String> {
+/// The body of a `GET path` that must answer 200.
+pub(crate) fn get_text(connection: &mut Connection, path: &str) -> Result<String> {
     let response = request(connection, "GET", path, None, b"")?;
-    expect(&response, 200, "GET during the guest bench")?;
+    expect(&response, 200, "GET during a bench")?;
     Ok(response.body_text())
 }
 
@@ -188,29 +189,67 @@ fn direct_boot(qemu: &std::path::Path) -> Result<f64> {
             program: qemu.display().to_string(),
             source,
         })?;
-    let mut out = child
-        .stdout
-        .take()
-        .ok_or(ImageError::BadResponse("no QEMU stdout"))?;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    let result = loop {
-        match out.read(&mut buf) {
-            Ok(0) | Err(_) => break Err(ImageError::BadResponse("QEMU ended before Shell>")),
-            Ok(n) => {
-                seen.extend_from_slice(&buf[..n]);
-                if String::from_utf8_lossy(&seen).contains(PROMPT) {
-                    break Ok(started.elapsed().as_secs_f64());
-                }
-                if started.elapsed() > SHELL_TIMEOUT {
-                    break Err(ImageError::BadResponse("no Shell> from the direct boot"));
-                }
-            }
-        }
+    let result = match watch_output(&mut child, SHELL_TIMEOUT, |text| text.contains(PROMPT)) {
+        Watched::Matched(_) => Ok(started.elapsed().as_secs_f64()),
+        Watched::TimedOut(_) => Err(ImageError::BadResponse("no Shell> from the direct boot")),
+        Watched::Ended(_) => Err(ImageError::BadResponse("QEMU ended before Shell>")),
     };
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// How watching a process's output ended; each carries the output seen.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Watched {
+    /// `done` said so.
+    Matched(String),
+    /// The timeout passed first.
+    TimedOut(String),
+    /// The output ended first (the process exited).
+    Ended(String),
+}
+
+/// Reads `child`'s stdout until `done` accepts all the text so far, the output ends, or
+/// `timeout` passes. A thread reads, so that a process that stops printing (a crashed guest)
+/// cannot hold the caller past the timeout.
+pub(crate) fn watch_output(
+    child: &mut std::process::Child,
+    timeout: Duration,
+    mut done: impl FnMut(&str) -> bool,
+) -> Watched {
+    let started = Instant::now();
+    let Some(mut out) = child.stdout.take() else {
+        return Watched::Ended(String::new());
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let text = |seen: &[u8]| String::from_utf8_lossy(seen).into_owned();
+        match rx.recv_timeout(timeout.saturating_sub(started.elapsed())) {
+            Ok(chunk) => {
+                seen.extend_from_slice(&chunk);
+                let so_far = text(&seen);
+                if done(&so_far) {
+                    return Watched::Matched(so_far);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Watched::TimedOut(text(&seen));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Watched::Ended(text(&seen));
+            }
+        }
+    }
 }
 
 /// The final line.
@@ -289,6 +328,32 @@ mod tests {
         assert_eq!(json_u64(r#"{"id":17,"name":"x"}"#, "id"), Some(17));
         assert_eq!(json_u64(r#"{"id": 3}"#, "id"), Some(3));
         assert_eq!(json_u64(r#"{"name":"x"}"#, "id"), None);
+    }
+
+    #[test]
+    fn output_is_watched_until_a_match_its_end_or_the_timeout() {
+        let spawn = |script: &str| {
+            Command::new("sh")
+                .args(["-c", script])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("sh")
+        };
+        let mut child = spawn("echo booting; echo 'Shell> '; sleep 5");
+        let seen = watch_output(&mut child, Duration::from_secs(4), |t| t.contains(PROMPT));
+        assert!(matches!(&seen, Watched::Matched(t) if t.starts_with("booting")));
+        let _ = child.kill();
+        let mut child = spawn("echo panic");
+        let seen = watch_output(&mut child, Duration::from_secs(4), |t| t.contains(PROMPT));
+        assert_eq!(seen, Watched::Ended("panic\n".into()));
+        // A process that prints nothing more cannot hold the watcher past its timeout.
+        let mut child = spawn("echo quiet; sleep 5");
+        let seen = watch_output(&mut child, Duration::from_millis(300), |t| {
+            t.contains(PROMPT)
+        });
+        assert_eq!(seen, Watched::TimedOut("quiet\n".into()));
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

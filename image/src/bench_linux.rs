@@ -24,12 +24,12 @@
 //! Last line:
 //! `linux: td_boot_s=A direct_boot_s=B ratio=C accept_mib_per_s=D mapgpa_mib_per_s=E blk_read_mib_per_s=F`
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::bench_api::{IO_TIMEOUT, OVMF_PATH, boot_appliance, expect, request};
+use crate::bench_guest::{Watched, get_text, json_u64, metric, watch_output};
 use crate::error::{ImageError, Result};
 use crate::http::Connection;
 use crate::linux_guest::{self, LinuxGuest};
@@ -177,12 +177,6 @@ fn guest_files(ws: &Workspace, guest: &LinuxGuest) -> Result<GuestFiles> {
     })
 }
 
-fn get_text(c: &mut Connection, path: &str) -> Result<String> {
-    let response = request(c, "GET", path, None, b"")?;
-    expect(&response, 200, "GET during the Linux bench")?;
-    Ok(response.body_text())
-}
-
 /// The value of the per-TD metric `name` for TD `id` in a Prometheus page.
 fn td_metric(page: &str, name: &str, id: u64) -> Option<f64> {
     let label = format!("id=\"{id}\"");
@@ -240,16 +234,7 @@ fn run_td(port: u16, cmdline: &str, name: &str) -> Result<TdRun> {
         spec.as_bytes(),
     )?;
     expect(&response, 201, "create the Linux TD")?;
-    let body = response.body_text();
-    let id = body
-        .split("\"id\":")
-        .nth(1)
-        .and_then(|r| {
-            r.split(|ch: char| !ch.is_ascii_digit())
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
+    let id = json_u64(&response.body_text(), "id")
         .ok_or(ImageError::BadResponse("create without an id"))?;
     let td_path = format!("/v1/tds/{id}");
     let console_path = format!("/v1/tds/{id}/console?offset=0");
@@ -380,48 +365,18 @@ fn direct_boot_once(
                 source,
             })
         })?;
-    let mut out = child
-        .stdout
-        .take()
-        .ok_or(DirectBoot::Failed(ImageError::BadResponse(
-            "no QEMU stdout",
-        )))?;
-    // A reader thread, so that a guest that stops printing (a crashed kernel) cannot hold
-    // the bench past the timeout.
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
+    let watched = watch_output(&mut child, STEP_TIMEOUT, |text| {
+        text.contains(MARKER) || text.contains("Kernel panic")
     });
-    let mut seen = Vec::new();
-    let result = loop {
-        let left = STEP_TIMEOUT.saturating_sub(started.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(chunk) => {
-                seen.extend_from_slice(&chunk);
-                let text = String::from_utf8_lossy(&seen);
-                if text.contains(MARKER) {
-                    break Ok(started.elapsed().as_secs_f64());
-                }
-                if text.contains("Kernel panic") {
-                    break Err(DirectBoot::KernelCrashed);
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                break Err(DirectBoot::Failed(ImageError::BadResponse(
-                    "no marker from the direct boot",
-                )));
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                break Err(DirectBoot::Failed(ImageError::BadResponse(
-                    "QEMU ended before the marker",
-                )));
-            }
-        }
+    let result = match watched {
+        Watched::Matched(text) if text.contains(MARKER) => Ok(started.elapsed().as_secs_f64()),
+        Watched::Matched(_) => Err(DirectBoot::KernelCrashed),
+        Watched::TimedOut(_) => Err(DirectBoot::Failed(ImageError::BadResponse(
+            "no marker from the direct boot",
+        ))),
+        Watched::Ended(_) => Err(DirectBoot::Failed(ImageError::BadResponse(
+            "QEMU ended before the marker",
+        ))),
     };
     let _ = child.kill();
     let _ = child.wait();
@@ -465,11 +420,7 @@ fn delete_td(c: &mut Connection, td_path: &str) -> Result<()> {
 
 /// The software module's accept counters (bytes, ns) from a metrics page.
 fn accept_counters(page: &str) -> (f64, f64) {
-    let value = |name: &str| {
-        page.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
+    let value = |name| metric(page, name).unwrap_or(0.0);
     (
         value("tdx_guest_accepted_bytes_total"),
         value("tdx_guest_accept_nanoseconds_total"),

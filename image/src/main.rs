@@ -8,56 +8,43 @@
 
 use std::process::{Command, ExitCode};
 
+/// A bench that boots the image: its name and its runner.
+type ImageBench = (
+    &'static str,
+    fn(&appliance_image::workspace::Workspace) -> appliance_image::error::Result<()>,
+);
+
+/// `cargo xtask bench <name>` for the benches that boot the image: the API, Debian's OVMF.fd
+/// as a TD against a direct QEMU boot, and Debian's cloud kernel likewise.
+const IMAGE_BENCHES: [ImageBench; 3] = [
+    ("api", appliance_image::bench_api::run),
+    ("guest", appliance_image::bench_guest::run),
+    ("linux", appliance_image::bench_linux::run),
+];
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [cmd, name] = args.as_slice()
         && cmd == "bench"
     {
-        if name == "api" {
-            return bench_api();
-        }
-        if name == "guest" {
-            return bench_guest();
-        }
-        if name == "linux" {
-            return bench_linux();
-        }
-        return bench(name);
+        return match IMAGE_BENCHES.iter().find(|(n, _)| n == name) {
+            Some((name, run)) => image_bench(name, *run),
+            None => bench(name),
+        };
     }
     ExitCode::from(appliance_image::cli::main_with_args(&args))
 }
 
-/// `cargo xtask bench api`: boot the image, measure the API over the forwarded port.
-fn bench_api() -> ExitCode {
+/// Runs the image bench `name`; its report goes to stdout, an error to stderr.
+fn image_bench(
+    name: &str,
+    run: fn(&appliance_image::workspace::Workspace) -> appliance_image::error::Result<()>,
+) -> ExitCode {
     let ws = appliance_image::workspace::Workspace::locate();
-    match appliance_image::bench_api::run(&ws) {
+    match run(&ws) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("xtask bench api: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `cargo xtask bench guest`: Debian's OVMF.fd as a TD against a direct QEMU boot.
-fn bench_guest() -> ExitCode {
-    let ws = appliance_image::workspace::Workspace::locate();
-    match appliance_image::bench_guest::run(&ws) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("xtask bench guest: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `cargo xtask bench linux`: Debian's cloud kernel as a TD against a direct QEMU boot.
-fn bench_linux() -> ExitCode {
-    let ws = appliance_image::workspace::Workspace::locate();
-    match appliance_image::bench_linux::run(&ws) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("xtask bench linux: {err}");
+            eprintln!("xtask bench {name}: {err}");
             ExitCode::FAILURE
         }
     }
