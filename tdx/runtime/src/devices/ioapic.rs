@@ -232,4 +232,36 @@ mod tests {
         write_reg(&apic, 0x10 + 18, 0x52);
         assert_eq!(sink.0.lock().len(), 1);
     }
+
+    #[test]
+    fn any_register_a_guest_names_is_answered_without_harm() {
+        let sink = Arc::new(Messages::default());
+        let apic = IoApic::new(sink.clone());
+        for reg in 0..=0xFFu8 {
+            write_reg(&apic, reg, 0xFFFF_FFFF);
+            let _ = read_reg(&apic, reg);
+        }
+        // Registers past the table read as zero; the version cannot be written.
+        assert_eq!(read_reg(&apic, 0x40), 0);
+        assert_eq!(read_reg(&apic, 0xFF), 0);
+        assert_eq!(read_reg(&apic, 1), 0x0017_0020);
+        // Offsets other than IOREGSEL and IOWIN read as zero and drop writes.
+        for offset in [0x04, 0x20, 0x40, 0xFFC, 0x1000] {
+            apic.write(offset, AccessSize::Dword, 0x1234);
+            assert_eq!(apic.read(offset, AccessSize::Dword), 0);
+        }
+        // The all-ones entries are masked: pulses are held (pins past the last do nothing),
+        // and unmasking a pin sends its one held edge, for the TD's sink to judge.
+        for pin in 0..IOAPIC_PINS + 8 {
+            apic.pulse(pin);
+        }
+        assert!(sink.0.lock().is_empty());
+        write_reg(&apic, 0x10, 0x30);
+        write_reg(&apic, 0x10, 0x30);
+        assert_eq!(
+            *sink.0.lock(),
+            [(0xFEEF_F000, 0x30)],
+            "one edge, to APIC 0xFF"
+        );
+    }
 }

@@ -8,9 +8,9 @@
 //! [`RX_QUEUE`] after adding input, and the guest's own notification on that queue (new
 //! buffers) delivers what is still waiting.
 //!
-//! One transmit buffer is copied up to [`TX_BUFFER_MAX`] bytes (Linux's `hvc` writes at
-//! most a page at a time); the rest of a larger buffer is dropped, so a notification costs
-//! its runner at most a queue's worth of that.
+//! One transmit chain is copied up to [`TX_CHAIN_MAX`] bytes, over all its buffers (Linux's
+//! `hvc` writes at most a page at a time); the rest is dropped, so a notification costs its
+//! runner at most a queue's worth of that (4 MiB).
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
@@ -29,8 +29,8 @@ pub const RX_QUEUE: usize = 0;
 const TX_QUEUE: usize = 1;
 /// Bytes of input held for the guest; input beyond it is refused.
 pub const INPUT_BYTES: usize = 4096;
-/// Bytes taken from one transmit buffer.
-pub const TX_BUFFER_MAX: u32 = 16 << 10;
+/// Bytes taken from one transmit chain.
+pub const TX_CHAIN_MAX: u32 = 16 << 10;
 
 /// Input for the guest, shared by the host (which adds) and the device (which delivers).
 #[derive(Default)]
@@ -68,11 +68,14 @@ impl VirtioConsole {
         VirtioConsole { output, input }
     }
 
-    /// Copies the device-readable buffers of a transmit chain to the console.
+    /// Copies the device-readable buffers of a transmit chain to the console, at most
+    /// [`TX_CHAIN_MAX`] bytes in all.
     fn transmit(&self, buffers: &[Buffer], mem: &dyn DmaMemory) {
         let mut chunk = [0u8; 512];
+        let mut budget = u64::from(TX_CHAIN_MAX);
         for b in buffers.iter().filter(|b| !b.device_writes) {
-            let len = u64::from(b.len.min(TX_BUFFER_MAX));
+            let len = u64::from(b.len).min(budget);
+            budget -= len;
             let mut done = 0u64;
             while done < len {
                 let n = (len - done).min(chunk.len() as u64) as usize;

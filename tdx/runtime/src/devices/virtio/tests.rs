@@ -287,10 +287,16 @@ fn the_console_sends_what_the_guest_transmits_to_the_console_ring() {
     assert_eq!(r.mem.get(TX.2 + 2, 2), [1, 0], "returned used");
     assert_eq!(*r.msgs.0.lock(), [(0xFEE0_1000, 0x41)]);
     // A buffer longer than the cap is cut at it.
-    put_desc(&r.mem, TX.0, 3, 0x8000, console::TX_BUFFER_MAX + 4096, 0, 0);
+    put_desc(&r.mem, TX.0, 3, 0x8000, console::TX_CHAIN_MAX + 4096, 0, 0);
     offer(&r.mem, TX.1, 8, 1, 3);
     r.wr(NOTIFY + 4, AccessSize::Word, 1);
-    assert_eq!(output.total(), 12 + u64::from(console::TX_BUFFER_MAX));
+    assert_eq!(output.total(), 12 + u64::from(console::TX_CHAIN_MAX));
+    // The cap holds for a chain as a whole: two buffers of the cap's size give one cap.
+    put_desc(&r.mem, TX.0, 4, 0x8000, console::TX_CHAIN_MAX, 1, 5);
+    put_desc(&r.mem, TX.0, 5, 0x8000, console::TX_CHAIN_MAX, 0, 0);
+    offer(&r.mem, TX.1, 8, 2, 4);
+    r.wr(NOTIFY + 4, AccessSize::Word, 1);
+    assert_eq!(output.total(), 12 + 2 * u64::from(console::TX_CHAIN_MAX));
 }
 
 #[test]
