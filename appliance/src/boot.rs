@@ -16,7 +16,7 @@ use appliance::ratelimit::RateLimit;
 use appliance::runtime::Runtime;
 use appliance::startup::AddressEvent;
 use log::{Level, error, info, warn};
-use mgmt_api::{Api, BearerToken};
+use mgmt_api::{Api, BearerToken, Role};
 use uefi::prelude::*;
 
 use crate::platform::config_file::{self, Fetched};
@@ -48,12 +48,15 @@ fn main() -> Status {
     let (mut config, source) = load_configuration();
     log::set_max_level(config.log_level);
     info!("configuration from {source}: {}", Summary(&config));
-    let token_source = match config.api_token {
-        Some(_) => TokenSource::Configured,
-        None => {
-            config.api_token = Some(generate_token());
-            TokenSource::Generated
+    let token_source = if config.api_tokens.count(Role::Admin) > 0 {
+        TokenSource::Configured
+    } else {
+        // A fresh random token cannot collide with a configured one (they are checked
+        // for duplicates); were it to, the set stays without it and the console says so.
+        if let Err(err) = config.api_tokens.insert(generate_token(), Role::Admin) {
+            error!("the generated admin token was not accepted: {err}");
         }
+        TokenSource::Generated
     };
     let tick = core::time::Duration::from_micros(config.timer_tick_us);
     match platform::timer::shorten_tick(tick) {
@@ -85,10 +88,9 @@ fn main() -> Status {
         config.server.port,
         config.server.listeners
     );
-    let mut api = Api::new(now_ms()).with_host_info(config.host_info(&source, token_source));
-    if let Some(token) = config.api_token.clone() {
-        api = api.with_token(token);
-    }
+    let mut api = Api::new(now_ms())
+        .with_host_info(config.host_info(&source, token_source))
+        .with_tokens(config.api_tokens.clone());
     match crate::host_init::bring_up(&config) {
         Ok(host) => api = api.with_host(host),
         Err(reason) => {

@@ -7,8 +7,11 @@
 //! ```toml
 //! [api]
 //! port = 8080                 # TCP port of the management API, 1-65535
-//! token = "..."               # bearer token (RFC 6750 b64token, 1-256 chars);
-//!                             # absent: generated at boot and printed once on the console
+//! token = "..."               # admin bearer token (RFC 6750 b64token, 1-256 chars)
+//! tokens = [                  # more tokens, each with its role: "admin" (every call)
+//!   { token = "...", role = "reader" },  # or "reader" (GET calls only)
+//! ]                           # no admin token in either key: one is generated at
+//!                             # boot and printed once on the console
 //! [network]
 //! mode = "dhcp"               # "dhcp" or "static"
 //! address = "10.0.2.15/24"    # static only (required): address/prefix length
@@ -34,7 +37,7 @@ use core::net::Ipv4Addr;
 use core::ops::Range;
 
 use log::LevelFilter;
-use mgmt_api::{BearerToken, HostInfo, Limits, TokenError};
+use mgmt_api::{BearerToken, HostInfo, Limits, Role, TokenError, TokenSet, TokenSetError};
 use net::{Ipv4Config, ServerConfig};
 use toml::de::{DeTable, DeValue};
 
@@ -75,8 +78,9 @@ pub struct ApplianceConfig {
     pub server: ServerConfig,
     /// HTTP limits of the management API.
     pub api_limits: Limits,
-    /// The API's bearer token; `None` until one is configured or generated at boot.
-    pub api_token: Option<BearerToken>,
+    /// The API's bearer tokens with their roles (`api.token` is an admin token); an admin
+    /// token is generated at boot when none is configured.
+    pub api_tokens: TokenSet,
     /// Memory set aside for TDs (taken into account by the TD runtime).
     pub td_memory: TdMemory,
     /// Global log level (smoltcp is capped at Info regardless).
@@ -98,7 +102,7 @@ impl Default for ApplianceConfig {
                 ..ServerConfig::default()
             },
             api_limits: Limits::default(),
-            api_token: None,
+            api_tokens: TokenSet::new(),
             td_memory: TdMemory::Auto,
             log_level: LevelFilter::Info,
             idle: IdlePolicy::default(),
@@ -151,6 +155,15 @@ pub enum Problem {
     /// `api.token` is not a usable token.
     #[error("{0}")]
     BadToken(TokenError),
+    /// A token cannot join the token list (listed twice, too many).
+    #[error("{0}")]
+    BadTokenList(TokenSetError),
+    /// An `api.tokens` entry's role is not `admin` or `reader`.
+    #[error("must be \"admin\" or \"reader\"")]
+    BadRole,
+    /// An `api.tokens` entry lacks a required key.
+    #[error("each entry needs `{0}`")]
+    MissingTokenKey(&'static str),
     /// `network.mode` is neither `dhcp` nor `static`.
     #[error("must be \"dhcp\" or \"static\"")]
     BadMode,
@@ -285,7 +298,8 @@ impl TokenSource {
 }
 
 /// The keys of each section, as listed in error messages.
-const API_KEYS: &str = "port, token";
+const API_KEYS: &str = "port, token, tokens";
+const TOKEN_ENTRY_KEYS: &str = "token, role";
 const NETWORK_KEYS: &str = "mode, address, gateway";
 const TD_KEYS: &str = "memory_mib";
 const LOG_KEYS: &str = "level";
@@ -342,6 +356,87 @@ impl Checker<'_> {
                 self.wrong_type(key, value, "an integer");
                 None
             }
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// Validates `text` as a token and adds it to `tokens` with `role`.
+    fn add_token(
+        &mut self,
+        tokens: &mut TokenSet,
+        key: &str,
+        value: &Value<'_>,
+        text: &str,
+        role: Role,
+    ) {
+        let problem = match BearerToken::new(text) {
+            Ok(token) => match tokens.insert(token, role) {
+                Ok(()) => return,
+                Err(err) => Problem::BadTokenList(err),
+            },
+            Err(err) => Problem::BadToken(err),
+        };
+        self.error(Some(&value.span()), Some(key), problem);
+    }
+}
+
+/// `api.tokens`: an array of `{ token = "...", role = "admin" | "reader" }` tables (inline,
+/// or written as `[[api.tokens]]` sections).
+fn parse_token_list(checker: &mut Checker<'_>, tokens: &mut TokenSet, key: &str, list: &Value<'_>) {
+    let Some(entries) = list.get_ref().as_array() else {
+        checker.wrong_type(key, list, "an array of { token, role } tables");
+        return;
+    };
+    for entry in entries.iter() {
+        let Some(table) = entry.get_ref().as_table() else {
+            checker.wrong_type(key, entry, "a { token, role } table");
+            continue;
+        };
+        let mut text = None;
+        let mut role = None;
+        for (name, value) in table {
+            let dotted = format!("{key}.{}", name.get_ref());
+            match &**name.get_ref() {
+                "token" => text = checker.string(&dotted, value).map(|t| (t, value)),
+                "role" => {
+                    if let Some(name) = checker.string(&dotted, value) {
+                        role = Role::parse(name);
+                        if role.is_none() {
+                            checker.error(Some(&value.span()), Some(&dotted), Problem::BadRole);
+                        }
+                    }
+                }
+                _ => checker.error(
+                    Some(&name.span()),
+                    Some(&dotted),
+                    Problem::UnknownKey {
+                        known: TOKEN_ENTRY_KEYS,
+                    },
+                ),
+            }
+        }
+        let has_role = table.iter().any(|(name, _)| &**name.get_ref() == "role");
+        match (text, role) {
+            (Some((text, value)), Some(role)) => {
+                checker.add_token(tokens, &format!("{key}.token"), value, text, role);
+            }
+            (None, _) if !table.iter().any(|(name, _)| &**name.get_ref() == "token") => {
+                checker.error(
+                    Some(&entry.span()),
+                    Some(key),
+                    Problem::MissingTokenKey("token"),
+                );
+            }
+            (_, None) if !has_role => {
+                checker.error(
+                    Some(&entry.span()),
+                    Some(key),
+                    Problem::MissingTokenKey("role"),
+                );
+            }
+            // A wrong token or role was reported where it was read.
+            _ => {}
         }
     }
 }
@@ -417,15 +512,17 @@ pub fn parse_config(bytes: &[u8]) -> Result<ApplianceConfig, ConfigErrors> {
                 }
                 ("api", "token") => {
                     if let Some(text) = checker.string(&dotted, value) {
-                        match BearerToken::new(text) {
-                            Ok(token) => config.api_token = Some(token),
-                            Err(err) => checker.error(
-                                Some(&value.span()),
-                                Some(&dotted),
-                                Problem::BadToken(err),
-                            ),
-                        }
+                        checker.add_token(
+                            &mut config.api_tokens,
+                            &dotted,
+                            value,
+                            text,
+                            Role::Admin,
+                        );
                     }
+                }
+                ("api", "tokens") => {
+                    parse_token_list(&mut checker, &mut config.api_tokens, &dotted, value)
                 }
                 ("network", "mode") => network.mode = Some(value),
                 ("network", "address") => network.address = Some(value),
@@ -713,13 +810,15 @@ impl fmt::Display for Summary<'_> {
         let config = self.0;
         write!(
             f,
-            "network {}, API port {}, token {}, TD memory {}, log level {}",
+            "network {}, API port {}, {} admin and {} reader token(s){}, TD memory {}, log level {}",
             ShowIpv4(&config.server.ipv4),
             config.server.port,
-            if config.api_token.is_some() {
-                "configured"
+            config.api_tokens.count(Role::Admin),
+            config.api_tokens.count(Role::Reader),
+            if config.api_tokens.count(Role::Admin) == 0 {
+                " (an admin token is generated)"
             } else {
-                "to be generated"
+                ""
             },
             config.td_memory,
             config.log_level.as_str().to_ascii_lowercase(),
@@ -757,7 +856,7 @@ mod tests {
         );
         assert_eq!(config.log_level, LevelFilter::Info);
         assert_eq!(config.td_memory, TdMemory::Auto);
-        assert!(config.api_token.is_none());
+        assert!(config.api_tokens.is_empty());
     }
 
     #[test]
@@ -766,7 +865,7 @@ mod tests {
             let config = parse(text);
             assert_eq!(config.server.ipv4, Ipv4Config::Dhcp);
             assert_eq!(config.server.port, 8080);
-            assert!(config.api_token.is_none());
+            assert!(config.api_tokens.is_empty());
         }
     }
 
@@ -789,8 +888,8 @@ mod tests {
         );
         assert_eq!(config.server.port, 18080);
         assert_eq!(
-            config.api_token.as_ref().map(BearerToken::as_str),
-            Some("s3cr3t-token")
+            config.api_tokens.role_of(b"s3cr3t-token"),
+            Some(Role::Admin)
         );
         assert_eq!(
             config.server.ipv4,
@@ -804,8 +903,77 @@ mod tests {
         assert_eq!(config.log_level, LevelFilter::Debug);
         assert_eq!(
             Summary(&config).to_string(),
-            "network static 10.0.2.15/24 via 10.0.2.2, API port 18080, token configured, \
-             TD memory 4096 MiB, log level debug"
+            "network static 10.0.2.15/24 via 10.0.2.2, API port 18080, 1 admin and 0 reader \
+             token(s), TD memory 4096 MiB, log level debug"
+        );
+    }
+
+    #[test]
+    fn scoped_tokens_parse_inline_and_as_sections() {
+        let inline = parse(
+            "[api]\n\
+             token = \"boss\"\n\
+             tokens = [{ token = \"viewer\", role = \"reader\" }, { role = \"admin\", token = \"ops\" }]\n",
+        );
+        let sections = parse(
+            "[api]\ntoken = \"boss\"\n\
+             [[api.tokens]]\ntoken = \"viewer\"\nrole = \"reader\"\n\
+             [[api.tokens]]\ntoken = \"ops\"\nrole = \"admin\"\n",
+        );
+        for config in [inline, sections] {
+            assert_eq!(config.api_tokens.role_of(b"boss"), Some(Role::Admin));
+            assert_eq!(config.api_tokens.role_of(b"viewer"), Some(Role::Reader));
+            assert_eq!(config.api_tokens.role_of(b"ops"), Some(Role::Admin));
+            assert_eq!(config.api_tokens.role_of(b"nobody"), None);
+            assert!(
+                Summary(&config)
+                    .to_string()
+                    .contains("2 admin and 1 reader token(s),")
+            );
+        }
+        let readers_only = parse("api.tokens = [{ token = \"v\", role = \"reader\" }]\n");
+        assert!(
+            Summary(&readers_only)
+                .to_string()
+                .contains("0 admin and 1 reader token(s) (an admin token is generated)")
+        );
+    }
+
+    #[test]
+    fn bad_token_lists_name_the_entry_and_the_problem() {
+        assert_eq!(
+            errors("[api]\ntokens = \"abc\"\n"),
+            ["line 2, api.tokens: expected an array of { token, role } tables, found a string"]
+        );
+        assert_eq!(
+            errors("[api]\ntokens = [\"abc\"]\n"),
+            ["line 2, api.tokens: expected a { token, role } table, found a string"]
+        );
+        assert_eq!(
+            errors("[api]\ntokens = [{ token = \"a\", role = \"root\" }]\n"),
+            ["line 2, api.tokens.role: must be \"admin\" or \"reader\""]
+        );
+        assert_eq!(
+            errors("[api]\ntokens = [{ token = \"a\" }]\n"),
+            ["line 2, api.tokens: each entry needs `role`"]
+        );
+        assert_eq!(
+            errors("[api]\ntokens = [{ role = \"admin\" }]\n"),
+            ["line 2, api.tokens: each entry needs `token`"]
+        );
+        assert_eq!(
+            errors("[api]\ntokens = [{ token = \"a\", role = \"admin\", name = \"x\" }]\n"),
+            ["line 2, api.tokens.name: unknown key (this section knows: token, role)"]
+        );
+        assert_eq!(
+            errors("[api]\ntoken = \"same\"\ntokens = [{ token = \"same\", role = \"reader\" }]\n"),
+            ["line 3, api.tokens.token: the same token is listed twice"]
+        );
+        assert_eq!(
+            errors("[api]\ntokens = [{ token = \"a b\", role = \"reader\" }]\n"),
+            [
+                "line 2, api.tokens.token: character 2 of the token is not one of A-Z a-z 0-9 - . _ ~ + / (or `=` at the end)"
+            ]
         );
     }
 
@@ -840,7 +1008,7 @@ mod tests {
     fn unknown_sections_and_keys_name_line_and_key() {
         assert_eq!(
             errors("[api]\nport = 8080\nprot = 1\n"),
-            ["line 3, api.prot: unknown key (this section knows: port, token)"]
+            ["line 3, api.prot: unknown key (this section knows: port, token, tokens)"]
         );
         assert_eq!(
             errors("\n[apl]\nport = 1\n"),

@@ -4,9 +4,9 @@
 //! Routes are data ([`ROUTES`]): method, pattern, [`Access`], the body the route takes
 //! ([`BodyKind`]) and its [`Endpoint`]. Everything that can be decided from the request head
 //! is decided in [`Handler::admit`], before any body byte is read: unknown paths (404),
-//! wrong methods (405), missing or wrong credentials on [`Access::Bearer`] routes (401, see
-//! [`crate::auth`]), a wrong `Content-Type` (415), an image larger than the configured limit
-//! (413). Only [`Access::Public`] routes answer without a token.
+//! wrong methods (405), missing or wrong credentials (401, see [`crate::auth`]), a `reader`
+//! token on an [`Access::Admin`] route (403), a wrong `Content-Type` (415), an image larger
+//! than the configured limit (413). Only [`Access::Public`] routes answer without a token.
 //!
 //! # Long work never blocks the poll loop
 //! Every handler returns at once. Building a TD, a graceful stop and a teardown are jobs the
@@ -29,7 +29,7 @@ use alloc::string::String;
 
 use tdx_runtime::host::Host;
 
-use crate::auth::{self, BearerToken};
+use crate::auth::{self, BearerToken, Role, TokenSet};
 use crate::error::{ApiError, ErrorCode};
 use crate::handlers;
 use crate::metrics::{HttpCounters, NO_METHOD, PROTOCOL_ROUTE, UNMATCHED_ROUTE};
@@ -55,78 +55,78 @@ const fn route(
     }
 }
 
-use Access::{Bearer, Public};
+use Access::{Admin, Public, Reader};
 use BodyKind::{Json, None as NoBody, OptionalJson};
 use Method::{Delete, Get, Post, Put};
 
 /// The route table (the OpenAPI document lists exactly these; a test checks it).
 pub const ROUTES: &[RouteSpec] = &[
     route(Get, "/v1/health", Public, NoBody, handlers::health),
-    route(Get, "/v1/host", Bearer, NoBody, handlers::host),
-    route(Get, "/v1/images", Bearer, NoBody, handlers::list_images),
+    route(Get, "/v1/host", Reader, NoBody, handlers::host),
+    route(Get, "/v1/images", Reader, NoBody, handlers::list_images),
     route(
         Get,
         "/v1/images/{name}",
-        Bearer,
+        Reader,
         NoBody,
         handlers::get_image,
     ),
     RouteSpec {
         method: Put,
         pattern: "/v1/images/{name}",
-        access: Bearer,
+        access: Admin,
         body: BodyKind::OctetStream,
         endpoint: Endpoint::ImageUpload,
     },
     route(
         Delete,
         "/v1/images/{name}",
-        Bearer,
+        Admin,
         NoBody,
         handlers::delete_image,
     ),
-    route(Get, "/v1/tds", Bearer, NoBody, handlers::list_tds),
-    route(Post, "/v1/tds", Bearer, Json, handlers::create_td),
-    route(Get, "/v1/tds/{id}", Bearer, NoBody, handlers::get_td),
-    route(Delete, "/v1/tds/{id}", Bearer, NoBody, handlers::delete_td),
+    route(Get, "/v1/tds", Reader, NoBody, handlers::list_tds),
+    route(Post, "/v1/tds", Admin, Json, handlers::create_td),
+    route(Get, "/v1/tds/{id}", Reader, NoBody, handlers::get_td),
+    route(Delete, "/v1/tds/{id}", Admin, NoBody, handlers::delete_td),
     route(
         Post,
         "/v1/tds/{id}/start",
-        Bearer,
+        Admin,
         OptionalJson,
         handlers::start_td,
     ),
     route(
         Post,
         "/v1/tds/{id}/stop",
-        Bearer,
+        Admin,
         OptionalJson,
         handlers::stop_td,
     ),
     route(
         Get,
         "/v1/tds/{id}/measurement",
-        Bearer,
+        Reader,
         NoBody,
         handlers::measurement,
     ),
     route(
         Get,
         "/v1/tds/{id}/console",
-        Bearer,
+        Reader,
         NoBody,
         handlers::console,
     ),
     route(
         Post,
         "/v1/tds/{id}/console",
-        Bearer,
+        Admin,
         Json,
         handlers::type_console,
     ),
-    route(Get, "/v1/events", Bearer, NoBody, handlers::events),
-    route(Get, "/v1/metrics", Bearer, NoBody, handlers::metrics),
-    route(Get, "/v1/openapi.json", Bearer, NoBody, handlers::openapi),
+    route(Get, "/v1/events", Reader, NoBody, handlers::events),
+    route(Get, "/v1/metrics", Reader, NoBody, handlers::metrics),
+    route(Get, "/v1/openapi.json", Reader, NoBody, handlers::openapi),
 ];
 
 impl Api {
@@ -149,7 +149,7 @@ impl Api {
         Self {
             router,
             start_ms,
-            token: None,
+            tokens: TokenSet::new(),
             setup: HostInfo::default(),
             host: None,
             host_failure: None,
@@ -166,10 +166,19 @@ impl Api {
         }
     }
 
-    /// Requires `token` on every non-public route.
+    /// Accepts `token` as an `admin` token (every route); a token already accepted keeps
+    /// its role.
     #[must_use]
     pub fn with_token(mut self, token: BearerToken) -> Self {
-        self.token = Some(token);
+        // Only a duplicate or a full set refuses it; either way the token is not added.
+        let _ = self.tokens.insert(token, Role::Admin);
+        self
+    }
+
+    /// Accepts exactly `tokens`, each with its role (replacing any accepted before).
+    #[must_use]
+    pub fn with_tokens(mut self, tokens: TokenSet) -> Self {
+        self.tokens = tokens;
         self
     }
 
@@ -366,11 +375,8 @@ impl Handler for Api {
                 return Admission::Reject(self.finish(req.method(), UNMATCHED_ROUTE, resp));
             }
         };
-        let checked = match spec.access {
-            Access::Bearer => auth::authorize(req, self.token.as_ref()),
-            Access::Public => Ok(()),
-        }
-        .and_then(|()| check_body(req, spec.body).map_err(|err| err.to_response()));
+        let checked = auth::authorize(req, &self.tokens, spec.access)
+            .and_then(|()| check_body(req, spec.body).map_err(|err| err.to_response()));
         let admission = match checked {
             Err(resp) => Err(resp),
             Ok(()) => match spec.endpoint {

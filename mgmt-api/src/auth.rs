@@ -4,16 +4,23 @@
 //! token is compared in constant time and a missing or wrong one is answered 401 with a
 //! `WWW-Authenticate: Bearer realm="tdx-appliance"` challenge and the usual JSON error body.
 //!
+//! Each token has a [`Role`]: `admin` may call everything, `reader` only the routes that
+//! change nothing ([`Access::Reader`], the GET routes; typing into a console is a POST). A
+//! reader's call to an [`Access::Admin`] route is answered 403 `forbidden` with an
+//! `insufficient_scope` challenge (RFC 6750 §3.1).
+//!
 //! The comparison is written here rather than taken from a crate: it is a dozen lines, and
 //! the property that matters (the time depends only on the length of what the client sent,
 //! never on the secret's bytes or length) is easier to see than to check in a dependency.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::request::Request;
 use crate::response::Response;
+use crate::state::Access;
 
 /// The realm named in every `WWW-Authenticate` challenge.
 pub const REALM: &str = "tdx-appliance";
@@ -111,6 +118,106 @@ impl fmt::Debug for BearerToken {
     }
 }
 
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// GET routes only: state, consoles, events, metrics; no console input.
+    Reader,
+    /// Every route.
+    Admin,
+}
+
+impl Role {
+    /// `"reader"` or `"admin"`, as written in `appliance.toml`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Reader => "reader",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// The role named `text` (`"reader"` or `"admin"`, exactly).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "reader" => Some(Self::Reader),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+
+    /// Whether this role may call a route with `access`.
+    pub const fn may(self, access: Access) -> bool {
+        match access {
+            Access::Public | Access::Reader => true,
+            Access::Admin => matches!(self, Self::Admin),
+        }
+    }
+}
+
+/// Longest token list accepted (a bound on the per-request comparison work).
+pub const MAX_TOKENS: usize = 64;
+
+/// Why a token cannot join a [`TokenSet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenSetError {
+    /// The same token is already in the set (with either role).
+    #[error("the same token is listed twice")]
+    Duplicate,
+    /// The set already holds [`MAX_TOKENS`].
+    #[error("at most {MAX_TOKENS} tokens are accepted")]
+    Full,
+}
+
+/// The tokens the API accepts, each with its role. Empty = every protected route is
+/// refused (the API fails closed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenSet {
+    entries: Vec<(BearerToken, Role)>,
+}
+
+impl TokenSet {
+    /// No tokens.
+    pub const fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+
+    /// Adds `token` with `role`.
+    pub fn insert(&mut self, token: BearerToken, role: Role) -> Result<(), TokenSetError> {
+        if self.entries.iter().any(|(known, _)| known.0 == token.0) {
+            return Err(TokenSetError::Duplicate);
+        }
+        if self.entries.len() >= MAX_TOKENS {
+            return Err(TokenSetError::Full);
+        }
+        self.entries.push((token, role));
+        Ok(())
+    }
+
+    /// Whether no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// How many tokens have `role`.
+    pub fn count(&self, role: Role) -> usize {
+        self.entries.iter().filter(|(_, r)| *r == role).count()
+    }
+
+    /// The role of the token `presented` is, if any. Every token is compared (no early
+    /// exit), so the time depends on the number of tokens and `presented.len()` only.
+    pub fn role_of(&self, presented: &[u8]) -> Option<Role> {
+        let mut found = None;
+        for (token, role) in &self.entries {
+            if token.matches(presented) {
+                found = Some(*role);
+            }
+        }
+        found
+    }
+}
+
 /// What a request's `Authorization` header field says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credentials<'a> {
@@ -141,24 +248,49 @@ pub fn credentials<'a>(req: &Request<'a>) -> Credentials<'a> {
     }
 }
 
-/// Checks a request against `token`. `None` (no token configured) refuses every request:
-/// the API fails closed.
-pub fn authorize(req: &Request<'_>, token: Option<&BearerToken>) -> Result<(), Response> {
-    match (credentials(req), token) {
-        (Credentials::Bearer(presented), Some(token)) if token.matches(presented) => Ok(()),
-        (Credentials::Missing, _) => Err(unauthorized(
-            "this endpoint needs `Authorization: Bearer <token>`",
-            None,
-        )),
-        (Credentials::Malformed, _) => Err(unauthorized(
-            "the Authorization header is not `Bearer <token>`",
-            Some("invalid_request"),
-        )),
-        (Credentials::Bearer(_), _) => Err(unauthorized(
+/// Checks a request for a route with `access` against `tokens`: 401 without a known token
+/// (an empty set refuses every request: the API fails closed), 403 when the token's role
+/// may not call the route.
+pub fn authorize(req: &Request<'_>, tokens: &TokenSet, access: Access) -> Result<(), Response> {
+    if access == Access::Public {
+        return Ok(());
+    }
+    let role = match credentials(req) {
+        Credentials::Missing => {
+            return Err(unauthorized(
+                "this endpoint needs `Authorization: Bearer <token>`",
+                None,
+            ));
+        }
+        Credentials::Malformed => {
+            return Err(unauthorized(
+                "the Authorization header is not `Bearer <token>`",
+                Some("invalid_request"),
+            ));
+        }
+        Credentials::Bearer(presented) => tokens.role_of(presented),
+    };
+    match role {
+        None => Err(unauthorized(
             "the bearer token is not valid",
             Some("invalid_token"),
         )),
+        Some(role) if role.may(access) => Ok(()),
+        Some(_) => Err(forbidden()),
     }
+}
+
+/// The 403 answer to a `reader` token on an `admin` route.
+pub fn forbidden() -> Response {
+    Response::error(&ApiError::new(
+        ErrorCode::Forbidden,
+        "this token has the `reader` role, which may only read (GET); this call needs an \
+         `admin` token",
+    ))
+    .with_header(
+        "WWW-Authenticate",
+        alloc::format!("Bearer realm=\"{REALM}\", error=\"insufficient_scope\""),
+    )
 }
 
 /// A 401 answer with its `WWW-Authenticate` challenge (`error` per RFC 6750 §3.1).
@@ -268,18 +400,26 @@ mod tests {
         }
     }
 
+    fn tokens(list: &[(&str, Role)]) -> TokenSet {
+        let mut set = TokenSet::new();
+        for (text, role) in list {
+            set.insert(BearerToken::new(text).unwrap(), *role).unwrap();
+        }
+        set
+    }
+
     #[test]
     fn authorize_answers_401_with_a_challenge() {
-        let token = BearerToken::new("good").unwrap();
+        let token = tokens(&[("good", Role::Admin)]);
         let ok = request_with(Some("Bearer good"));
-        assert!(authorize(&Request::new(&ok), Some(&token)).is_ok());
+        assert!(authorize(&Request::new(&ok), &token, Access::Admin).is_ok());
         for (auth, error) in [
             (None, None),
             (Some("Bearer bad"), Some("invalid_token")),
             (Some("Basic Z29vZA=="), Some("invalid_request")),
         ] {
             let h = request_with(auth);
-            let resp = authorize(&Request::new(&h), Some(&token)).unwrap_err();
+            let resp = authorize(&Request::new(&h), &token, Access::Reader).unwrap_err();
             assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
             let challenge = resp.header("www-authenticate").unwrap();
             assert!(challenge.starts_with("Bearer realm=\"tdx-appliance\""));
@@ -295,6 +435,58 @@ mod tests {
     #[test]
     fn without_a_configured_token_everything_is_refused() {
         let h = request_with(Some("Bearer anything"));
-        assert!(authorize(&Request::new(&h), None).is_err());
+        for access in [Access::Reader, Access::Admin] {
+            let resp = authorize(&Request::new(&h), &TokenSet::new(), access).unwrap_err();
+            assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
+        }
+        assert!(authorize(&Request::new(&h), &TokenSet::new(), Access::Public).is_ok());
+    }
+
+    #[test]
+    fn a_reader_may_read_and_is_refused_403_elsewhere() {
+        let set = tokens(&[("boss", Role::Admin), ("viewer", Role::Reader)]);
+        let admin = request_with(Some("Bearer boss"));
+        let reader = request_with(Some("Bearer viewer"));
+        for access in [Access::Public, Access::Reader, Access::Admin] {
+            assert!(authorize(&Request::new(&admin), &set, access).is_ok());
+        }
+        assert!(authorize(&Request::new(&reader), &set, Access::Reader).is_ok());
+        let resp = authorize(&Request::new(&reader), &set, Access::Admin).unwrap_err();
+        assert_eq!(resp.status, StatusCode::FORBIDDEN);
+        let challenge = resp.header("www-authenticate").unwrap();
+        assert!(challenge.contains("insufficient_scope"), "{challenge}");
+        let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(body["code"], "forbidden");
+        assert!(body["message"].as_str().unwrap().contains("reader"));
+    }
+
+    #[test]
+    fn token_sets_refuse_duplicates_and_bound_their_size() {
+        let mut set = tokens(&[("one", Role::Reader)]);
+        let again = BearerToken::new("one").unwrap();
+        assert_eq!(
+            set.insert(again, Role::Admin),
+            Err(TokenSetError::Duplicate)
+        );
+        for index in 1..MAX_TOKENS {
+            let token = BearerToken::new(&format!("t{index}")).unwrap();
+            set.insert(token, Role::Reader).unwrap();
+        }
+        let extra = BearerToken::new("extra").unwrap();
+        assert_eq!(set.insert(extra, Role::Admin), Err(TokenSetError::Full));
+        assert_eq!(set.count(Role::Reader), MAX_TOKENS);
+        assert_eq!(set.count(Role::Admin), 0);
+        assert_eq!(set.role_of(b"t5"), Some(Role::Reader));
+        assert_eq!(set.role_of(b"t"), None);
+    }
+
+    #[test]
+    fn roles_parse_only_their_exact_names() {
+        assert_eq!(Role::parse("admin"), Some(Role::Admin));
+        assert_eq!(Role::parse("reader"), Some(Role::Reader));
+        for text in ["Admin", "read", "", "admin "] {
+            assert_eq!(Role::parse(text), None, "{text}");
+        }
+        assert_eq!(Role::Reader.as_str(), "reader");
     }
 }

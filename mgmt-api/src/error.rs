@@ -21,6 +21,8 @@ pub enum ErrorCode {
     BadRequest,
     /// 401: missing or wrong credentials.
     Unauthorized,
+    /// 403: the credentials are valid but their role may not make this call.
+    Forbidden,
     /// 404: no resource at this path.
     NotFound,
     /// 405: the path exists but not with this method.
@@ -68,9 +70,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code (the OpenAPI document lists the same set).
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::BadRequest,
         Self::Unauthorized,
+        Self::Forbidden,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::RequestTimeout,
@@ -99,6 +102,7 @@ impl ErrorCode {
         match self {
             Self::BadRequest => "bad_request",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
@@ -128,6 +132,7 @@ impl ErrorCode {
         match self {
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,

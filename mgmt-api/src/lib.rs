@@ -72,7 +72,7 @@ pub mod server;
 pub mod state;
 pub mod uri;
 
-pub use auth::{BearerToken, TokenError};
+pub use auth::{BearerToken, Role, TokenError, TokenSet, TokenSetError};
 pub use error::{ApiError, ErrorCode};
 pub use request::{Method, Request, RequestId, Version};
 pub use response::{Response, StatusCode};

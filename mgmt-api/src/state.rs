@@ -9,7 +9,7 @@ use alloc::string::String;
 use serde::Serialize;
 use tdx_runtime::host::{Host, TdId, TdSpec, UploadId};
 
-use crate::auth::BearerToken;
+use crate::auth::TokenSet;
 use crate::error::ApiError;
 use crate::metrics::HttpCounters;
 use crate::request::{Method, Request, RequestId};
@@ -73,8 +73,11 @@ pub enum BodyKind {
 pub enum Access {
     /// Anyone (health only).
     Public,
-    /// Clients presenting the configured bearer token (see [`crate::auth`]).
-    Bearer,
+    /// Clients presenting any configured token, `reader` or `admin` (see [`crate::auth`]).
+    /// Only routes that change nothing (GET) are `Reader` routes.
+    Reader,
+    /// Clients presenting an `admin` token.
+    Admin,
 }
 
 /// One row of the route table.
@@ -193,7 +196,7 @@ pub(crate) enum InFlight {
 pub struct Api {
     pub(crate) router: Router<&'static RouteSpec>,
     pub(crate) start_ms: u64,
-    pub(crate) token: Option<BearerToken>,
+    pub(crate) tokens: TokenSet,
     pub(crate) setup: HostInfo,
     pub(crate) host: Option<Host>,
     pub(crate) host_failure: Option<String>,

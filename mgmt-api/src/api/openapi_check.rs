@@ -143,6 +143,13 @@ fn routes_and_document_agree() {
                 "{} documents 401",
                 spec.pattern
             );
+            assert_eq!(
+                op["responses"]["403"].is_object(),
+                spec.access == Access::Admin,
+                "{} {} documents 403 exactly when it needs an admin token",
+                spec.method.as_str(),
+                spec.pattern
+            );
         }
         let body = op.get("requestBody");
         let media = body

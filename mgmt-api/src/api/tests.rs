@@ -244,7 +244,7 @@ fn health_needs_no_token_and_reports_module_kind() {
 #[test]
 fn every_protected_route_needs_the_token() {
     let mut client = Client::new(api_with_host());
-    for spec in ROUTES.iter().filter(|r| r.access == Access::Bearer) {
+    for spec in ROUTES.iter().filter(|r| r.access != Access::Public) {
         let path = spec.pattern.replace("{id}", "1").replace("{name}", "img");
         for auth in [
             "",
@@ -268,6 +268,60 @@ fn every_protected_route_needs_the_token() {
         }
     }
     assert!(client.api().http_count(Method::Get, "/v1/tds", 401) >= 3);
+}
+
+#[test]
+fn only_routes_that_change_nothing_are_open_to_readers() {
+    for spec in ROUTES {
+        let reads = spec.method == Method::Get;
+        assert_eq!(
+            spec.access == Access::Admin,
+            !reads,
+            "{} {}",
+            spec.method.as_str(),
+            spec.pattern
+        );
+    }
+}
+
+#[test]
+fn a_reader_token_reads_and_gets_403_on_every_admin_route() {
+    let mut tokens = crate::auth::TokenSet::new();
+    let admin = BearerToken::new(TOKEN).unwrap();
+    tokens.insert(admin, crate::auth::Role::Admin).unwrap();
+    let reader = BearerToken::new("look-only").unwrap();
+    tokens.insert(reader, crate::auth::Role::Reader).unwrap();
+    let mut client = Client::new(api_with_host().with_tokens(tokens));
+    let before = json(&client.get("/v1/tds"));
+    for spec in ROUTES.iter().filter(|r| r.access != Access::Public) {
+        let path = spec.pattern.replace("{id}", "1").replace("{name}", "img");
+        let raw = format!(
+            "{} {path} HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer look-only\r\n\
+             Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}",
+            spec.method.as_str()
+        );
+        let raw = if spec.method == Method::Get {
+            format!("GET {path} HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer look-only\r\n\r\n")
+        } else {
+            raw
+        };
+        let r = client.raw(raw.as_bytes());
+        let what = format!("{} {path}", spec.method.as_str());
+        if spec.access == Access::Admin {
+            assert_eq!(r[0].status, 403, "{what}");
+            assert_eq!(r[0].code(), "forbidden", "{what}");
+            let challenge = r[0].header("www-authenticate").unwrap();
+            assert!(challenge.contains("insufficient_scope"), "{challenge}");
+        } else {
+            assert!(
+                ![401, 403].contains(&r[0].status),
+                "{what}: {}",
+                r[0].status
+            );
+        }
+    }
+    // The refused calls changed nothing.
+    assert_eq!(json(&client.get("/v1/tds")), before);
 }
 
 #[test]
