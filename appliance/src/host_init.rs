@@ -27,6 +27,10 @@ const MIB: u64 = 1 << 20;
 const M2: u64 = 2 * MIB;
 /// Smallest TD memory worth bringing the runtime up for.
 const MIN_TD_MEMORY: u64 = 64 * MIB;
+/// Heap set aside per API connection for its HTTP and TLS state beyond the socket buffers:
+/// an 8 KiB request head, a pipelined backlog of small responses, TLS record buffers of
+/// 16 KiB each way.
+const CONNECTION_STATE_BYTES: u64 = 96 * 1024;
 
 /// Free conventional memory in bytes, from the firmware's memory map.
 fn free_memory() -> u64 {
@@ -70,7 +74,11 @@ pub fn bring_up(config: &ApplianceConfig) -> Result<Host, String> {
             MIN_TD_MEMORY / MIB
         ));
     }
-    let heap_bytes = 16 * MIB + td_bytes / 32;
+    // The heap also holds the API's connections: every socket's buffers, and per
+    // connection the HTTP (and TLS) state, bounded by `CONNECTION_STATE_BYTES`.
+    let network_bytes = config.server.max_buffer_memory() as u64
+        + config.server.sanitized().max_sockets() as u64 * CONNECTION_STATE_BYTES;
+    let heap_bytes = 16 * MIB + td_bytes / 32 + network_bytes.next_multiple_of(MIB);
     heap::init(heap_bytes as usize).map_err(|e| {
         format!(
             "cannot reserve the {} MiB heap: {:?}",

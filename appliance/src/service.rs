@@ -58,6 +58,10 @@ impl net::Service for ApiService {
             mgmt_api::ConnState::Abort => net::ConnState::Abort,
         }
     }
+
+    fn waiting_since(&self, conn: &Connection) -> Option<u64> {
+        conn.waiting_since()
+    }
 }
 
 #[cfg(test)]

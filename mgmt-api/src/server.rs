@@ -48,7 +48,7 @@ impl Default for Limits {
             max_headers: 64,
             max_body_bytes: 1024 * 1024,
             idle_timeout_ms: 30_000,
-            head_timeout_ms: 30_000,
+            head_timeout_ms: 10_000,
             max_pipelined: 16,
         }
     }
@@ -289,6 +289,18 @@ impl Connection {
         } else {
             ConnState::Open
         }
+    }
+
+    /// Since when the connection has only been waiting for a request: `Some` while no
+    /// request is in progress and nothing is left to send (from the first byte of a partial
+    /// head, or from the last activity when nothing was received), `None` while a request
+    /// is being read, handled (a long poll) or answered, or the connection is closing.
+    pub fn waiting_since(&self) -> Option<u64> {
+        let idle = matches!(self.phase, Phase::Head)
+            && self.output().is_empty()
+            && !self.closing
+            && !self.aborted;
+        idle.then(|| self.head_started_ms.unwrap_or(self.last_activity_ms))
     }
 
     /// Responses written but not yet completely sent.

@@ -28,12 +28,16 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 /// by [`ServerConfig::idle_timeout_ms`]).
 pub const CLOSE_TIMEOUT_MS: u64 = 5_000;
 
-/// At most this many sockets per configured listener exist at once (listening plus
-/// connected), see [`ServerConfig::max_sockets`].
-pub const SOCKETS_PER_LISTENER: usize = 2;
+/// A connection is shed to make room only after waiting this long (see
+/// [`NetStack`](crate::NetStack), "Shedding"), so a client is never reset during its own
+/// handshake or before it could send its first request.
+pub const SHED_GRACE_MS: u64 = 1_000;
 
 /// Largest accepted [`ServerConfig::listeners`]; larger values are lowered.
 pub const MAX_LISTENERS: usize = 256;
+
+/// Largest accepted [`ServerConfig::max_connections`]; larger values are lowered.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Smallest per-socket buffer accepted; smaller values are raised to it.
 pub const MIN_SOCKET_BUFFER: usize = 1024;
@@ -51,6 +55,12 @@ pub struct ServerConfig {
     /// Sockets kept listening at all times, i.e. how many clients may connect at once
     /// without waiting for the next poll (default 8).
     pub listeners: usize,
+    /// Connections (handshaking, open or closing) held at once while all `listeners` keep
+    /// listening (default 256): a connection that stays open (a long poll) costs one of
+    /// these, not a listener. Beyond it, waiting connections are shed to keep the listeners
+    /// open, and when none can be shed the listeners themselves are taken, up to
+    /// `listeners + max_connections` connections.
+    pub max_connections: usize,
     /// A connection that moves no byte either way for this long is aborted (default 30 s).
     pub idle_timeout_ms: u64,
     /// Receive buffer per socket in bytes (default 64 KiB). It bounds the TCP window.
@@ -66,6 +76,7 @@ impl Default for ServerConfig {
             ipv4: Ipv4Config::Dhcp,
             port: 8080,
             listeners: 8,
+            max_connections: 256,
             idle_timeout_ms: 30_000,
             rx_buffer: 64 * 1024,
             tx_buffer: 64 * 1024,
@@ -74,11 +85,12 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// Upper bound on TCP sockets (listening plus connected):
-    /// `listeners * SOCKETS_PER_LISTENER`. When every socket is connected, new connection
-    /// attempts are refused with a RST until one closes.
+    /// Upper bound on TCP sockets (listening plus connected): `listeners +
+    /// max_connections`. When every connection slot is taken, waiting connections are shed
+    /// to keep the listeners open (see [`NetStack`](crate::NetStack)); when none is waiting,
+    /// new connection attempts are refused with a RST until one closes.
     pub fn max_sockets(&self) -> usize {
-        self.listeners.saturating_mul(SOCKETS_PER_LISTENER)
+        self.listeners.saturating_add(self.max_connections)
     }
 
     /// Memory the TCP socket buffers can take at most: `max_sockets * (rx + tx)`.
@@ -90,13 +102,15 @@ impl ServerConfig {
 
     /// The configuration [`NetStack::new`](crate::NetStack::new) actually uses: buffers
     /// clamped to [`MIN_SOCKET_BUFFER`]..=[`MAX_SOCKET_BUFFER`], `listeners` to
-    /// [`MAX_LISTENERS`], `prefix_len` to 32 and `idle_timeout_ms` to at least 1.
+    /// [`MAX_LISTENERS`], `max_connections` to 1..=[`MAX_CONNECTIONS`], `prefix_len` to 32
+    /// and `idle_timeout_ms` to at least 1.
     pub fn sanitized(&self) -> Self {
         let mut sane = *self;
         sane.rx_buffer = sane.rx_buffer.clamp(MIN_SOCKET_BUFFER, MAX_SOCKET_BUFFER);
         sane.tx_buffer = sane.tx_buffer.clamp(MIN_SOCKET_BUFFER, MAX_SOCKET_BUFFER);
         sane.idle_timeout_ms = sane.idle_timeout_ms.max(1);
         sane.listeners = sane.listeners.min(MAX_LISTENERS);
+        sane.max_connections = sane.max_connections.clamp(1, MAX_CONNECTIONS);
         if let Ipv4Config::Static { prefix_len, .. } = &mut sane.ipv4 {
             *prefix_len = (*prefix_len).min(32);
         }
@@ -124,8 +138,9 @@ mod tests {
         assert_eq!(config.ipv4, Ipv4Config::Dhcp);
         assert_eq!(config.port, 8080);
         assert_eq!(config.listeners, 8);
-        assert_eq!(config.max_sockets(), 16);
-        assert_eq!(config.max_buffer_memory(), 16 * 128 * 1024);
+        assert_eq!(config.max_connections, 256);
+        assert_eq!(config.max_sockets(), 264);
+        assert_eq!(config.max_buffer_memory(), 264 * 128 * 1024);
         assert_eq!(config.sanitized(), config);
     }
 
@@ -141,13 +156,19 @@ mod tests {
             rx_buffer: 0,
             tx_buffer: usize::MAX,
             listeners: usize::MAX,
+            max_connections: usize::MAX,
             ..ServerConfig::default()
         };
         let sane = config.sanitized();
         assert_eq!(sane.rx_buffer, MIN_SOCKET_BUFFER);
         assert_eq!(sane.tx_buffer, MAX_SOCKET_BUFFER);
         assert_eq!(sane.idle_timeout_ms, 1);
-        assert_eq!(sane.max_sockets(), MAX_LISTENERS * SOCKETS_PER_LISTENER);
+        assert_eq!(sane.max_sockets(), MAX_LISTENERS + MAX_CONNECTIONS);
+        let none = ServerConfig {
+            max_connections: 0,
+            ..ServerConfig::default()
+        };
+        assert_eq!(none.sanitized().max_connections, 1);
         assert!(matches!(
             sane.ipv4,
             Ipv4Config::Static { prefix_len: 32, .. }

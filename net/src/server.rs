@@ -4,13 +4,23 @@
 //! # Listener pool
 //! [`ServerConfig::listeners`] sockets listen on the port at all times. When one receives a
 //! SYN it joins the connection table and a new listening socket replaces it (checked after
-//! every received frame, so a burst of SYNs finds listeners), as long as the total number of
-//! sockets stays within [`ServerConfig::max_sockets`] (`listeners * 2`). With every socket
-//! connected, further connection attempts get a RST until one closes. Sockets of finished
-//! connections are kept and reused as listening sockets (socket memory grows to the
-//! high-water mark of concurrent connections and stays there, bounded by
+//! every received frame, so a burst of SYNs finds listeners), as long as the sockets stay
+//! within [`ServerConfig::max_sockets`] (`listeners + max_connections`). Sockets of finished connections are kept
+//! and reused as listening sockets (socket memory grows to the high-water mark of
+//! concurrent connections and stays there, bounded by
 //! [`ServerConfig::max_buffer_memory`]), so steady-state serving allocates nothing in the
 //! stack beyond the per-connection service state (one `Box` per connection).
+//!
+//! # Shedding
+//! When the table is full and listeners are missing, the stack resets (RST) connections
+//! that are only waiting, to reopen the listeners: half-open ones and those the service
+//! reports as waiting for a request ([`Service::waiting_since`]), the longest-waiting
+//! first, one per missing listener, and only once they have waited
+//! [`SHED_GRACE_MS`](crate::config::SHED_GRACE_MS). Connections busy with a request (a body being read, a
+//! response being written, a long poll) are never shed; with only those, new connection
+//! attempts get a RST until one closes. So clients that hold sockets without completing
+//! requests cannot lock out one that sends a request at once. The socket of a shed
+//! connection becomes a listener after this poll's egress has sent the RST.
 //!
 //! # Connection lifecycle
 //! A connection is handed to the service ([`Service::open`]) once its handshake completes.
@@ -46,7 +56,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress};
 
 use crate::addr::{self, Ipv4Settings};
-use crate::config::{Ipv4Config, ServerConfig};
+use crate::config::{Ipv4Config, SHED_GRACE_MS, ServerConfig};
 use crate::io::peer_fin_received;
 use crate::nic::{Nic, NicDevice};
 use crate::service::{ConnState, Service};
@@ -81,6 +91,10 @@ struct Connection {
     peer_closed: bool,
     closing: bool,
     fin_sent: bool,
+    /// When the SYN arrived (the waiting time of a half-open connection).
+    opened_ms: u64,
+    /// Reset to make room; its socket is reaped after this poll's egress.
+    shed: bool,
 }
 
 impl Connection {
@@ -93,6 +107,26 @@ impl Connection {
             peer_closed: false,
             closing: false,
             fin_sent: false,
+            opened_ms: now_ms,
+            shed: false,
+        }
+    }
+
+    /// Since when the connection has only been waiting (see the module's "Shedding"), or
+    /// `None` when it must not be shed.
+    fn waiting_since<S>(&self, service: &S) -> Option<u64>
+    where
+        S: Service,
+        S::Conn: 'static,
+    {
+        if self.shed || self.closing {
+            return None;
+        }
+        match &self.app {
+            None => Some(self.opened_ms),
+            Some(app) => app
+                .downcast_ref::<S::Conn>()
+                .and_then(|app| service.waiting_since(app)),
         }
     }
 
@@ -206,6 +240,7 @@ impl<N: Nic> NetStack<N> {
             None => false,
         };
         self.promote_listeners(now_ms);
+        progressed |= self.shed_waiting(service, now_ms);
         progressed |= self.serve(now_ms, service);
         self.egress(now);
         self.reap();
@@ -306,6 +341,43 @@ impl<N: Nic> NetStack<N> {
             }
         }
         self.replenish_listeners();
+    }
+
+    /// When the connection table is full and listeners are missing, resets the
+    /// longest-waiting connections, one per missing listener (see "Shedding").
+    fn shed_waiting<S>(&mut self, service: &S, now_ms: u64) -> bool
+    where
+        S: Service,
+        S::Conn: 'static,
+    {
+        let pending = self.connections.iter().filter(|conn| conn.shed).count();
+        let live = self.connections.len() - pending;
+        if self.listeners.len() + live < self.config.max_sockets() {
+            return false; // `replenish_listeners` has room
+        }
+        let missing = self
+            .config
+            .listeners
+            .saturating_sub(self.listeners.len() + pending);
+        let mut shed_any = false;
+        for _ in 0..missing {
+            let victim = self
+                .connections
+                .iter()
+                .enumerate()
+                .filter_map(|(index, conn)| conn.waiting_since(service).map(|t| (t, index)))
+                .filter(|(since, _)| now_ms.saturating_sub(*since) >= SHED_GRACE_MS)
+                .min();
+            let Some((_, index)) = victim else { break };
+            let Some(conn) = self.connections.get_mut(index) else {
+                break;
+            };
+            conn.shed = true;
+            self.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+            self.stats.connections_shed += 1;
+            shed_any = true;
+        }
+        shed_any
     }
 
     /// Opens listening sockets until `listeners` listen or the socket limit is reached,

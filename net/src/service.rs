@@ -27,6 +27,16 @@ pub trait Service {
     fn on_peer_closed(&mut self, conn: &mut Self::Conn, now_ms: u64);
     /// Called every poll for every live connection.
     fn poll(&mut self, conn: &mut Self::Conn, now_ms: u64) -> ConnState;
+
+    /// Since when `conn` has been waiting for a request it has not completed (between
+    /// requests, or with part of one received), or `None` while it is busy with one
+    /// (reading its body, answering it, holding a long poll). When every socket is in use,
+    /// the server resets waiting connections to make room, the longest-waiting first;
+    /// busy ones are never shed. Default: always busy (never shed).
+    fn waiting_since(&self, conn: &Self::Conn) -> Option<u64> {
+        let _ = conn;
+        None
+    }
 }
 
 /// What a [`Service`] wants done with a connection.

@@ -25,6 +25,9 @@ pub struct NetStats {
     /// Connections aborted because the service returned [`ConnState::Abort`](crate::ConnState::Abort)
     /// (or its state had an unexpected type).
     pub connections_aborted: u64,
+    /// Connections reset to make room for new ones when every socket was in use (see
+    /// [`NetStack`](crate::NetStack), "Shedding"); accepted ones also count as closed.
+    pub connections_shed: u64,
     /// Payload bytes received and given to the service.
     pub bytes_received: u64,
     /// Payload bytes taken from the service into TCP send buffers.

@@ -477,9 +477,9 @@ fn incomplete_head_times_out_with_408() {
     let mut server = api_server();
     let mut conn = server.open(0);
     server.on_receive(&mut conn, b"GET /v1/health HTTP/1.1\r\n", 1_000);
-    assert_eq!(server.poll(&mut conn, 30_999), ConnState::Open);
+    assert_eq!(server.poll(&mut conn, 10_999), ConnState::Open);
     assert!(conn.output().is_empty());
-    assert_eq!(server.poll(&mut conn, 31_000), ConnState::CloseAfterFlush);
+    assert_eq!(server.poll(&mut conn, 11_000), ConnState::CloseAfterFlush);
     let r = parse_responses(conn.output()).unwrap();
     assert_eq!(r[0].status, 408);
     assert_eq!(r[0].code(), "request_timeout");
@@ -675,6 +675,47 @@ impl Handler for Echo {
         self.protocol_errors
             .push((req.map(|r| r.path().to_string()), status.as_u16()));
     }
+}
+
+#[test]
+fn waiting_since_reports_only_connections_without_a_request_in_progress() {
+    let mut server = Server::new(Echo::default(), Limits::default());
+    let mut conn = server.open(100);
+    assert_eq!(
+        conn.waiting_since(),
+        Some(100),
+        "new: waiting since it opened"
+    );
+    server.on_receive(&mut conn, b"GET /later HTTP/1.1\r\n", 200);
+    assert_eq!(server.poll(&mut conn, 300), ConnState::Open);
+    assert_eq!(
+        conn.waiting_since(),
+        Some(200),
+        "partial head: since its first byte"
+    );
+    server.on_receive(&mut conn, b"Host: a\r\n\r\n", 400);
+    assert_eq!(server.poll(&mut conn, 400), ConnState::Open);
+    assert_eq!(
+        conn.waiting_since(),
+        None,
+        "a deferred reply (long poll) is busy"
+    );
+    server.handler_mut().released = true;
+    assert_eq!(server.poll(&mut conn, 500), ConnState::Open);
+    assert!(!conn.output().is_empty());
+    assert_eq!(conn.waiting_since(), None, "a response is being sent");
+    conn.consume_output(usize::MAX);
+    server.on_receive(
+        &mut conn,
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab",
+        600,
+    );
+    assert_eq!(server.poll(&mut conn, 600), ConnState::Open);
+    assert_eq!(conn.waiting_since(), None, "a body is being read");
+    server.on_receive(&mut conn, b"cd", 700);
+    assert_eq!(server.poll(&mut conn, 700), ConnState::Open);
+    conn.consume_output(usize::MAX);
+    assert_eq!(conn.waiting_since(), Some(700), "idle between requests");
 }
 
 /// An `on_protocol_error` report: (path of the parsed head, status).

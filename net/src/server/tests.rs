@@ -13,7 +13,7 @@ use smoltcp::wire::{
 };
 
 use super::*;
-use crate::config::{CLOSE_TIMEOUT_MS, HANDSHAKE_TIMEOUT_MS};
+use crate::config::{CLOSE_TIMEOUT_MS, HANDSHAKE_TIMEOUT_MS, SHED_GRACE_MS};
 use crate::io::{TcpIoError, TcpStream};
 use crate::testkit::{Peer, QueueNic};
 
@@ -189,6 +189,56 @@ impl Service for Silent {
         } else {
             ConnState::Open
         }
+    }
+}
+
+/// Echoes like [`Echo`]; a connection is "waiting" (sheddable) since it opened until it
+/// receives a `B`, then busy for good.
+#[derive(Default)]
+struct Patient {
+    echo: Echo,
+}
+
+struct PatientConn {
+    echo: EchoConn,
+    opened_ms: u64,
+    busy: bool,
+}
+
+impl Service for Patient {
+    type Conn = PatientConn;
+
+    fn open(&mut self, now_ms: u64) -> PatientConn {
+        PatientConn {
+            echo: self.echo.open(now_ms),
+            opened_ms: now_ms,
+            busy: false,
+        }
+    }
+
+    fn on_receive(&mut self, conn: &mut PatientConn, data: &[u8], now_ms: u64) {
+        conn.busy |= data.contains(&b'B');
+        self.echo.on_receive(&mut conn.echo, data, now_ms);
+    }
+
+    fn output<'c>(&self, conn: &'c PatientConn) -> &'c [u8] {
+        self.echo.output(&conn.echo)
+    }
+
+    fn on_sent(&mut self, conn: &mut PatientConn, n: usize) {
+        self.echo.on_sent(&mut conn.echo, n);
+    }
+
+    fn on_peer_closed(&mut self, conn: &mut PatientConn, now_ms: u64) {
+        self.echo.on_peer_closed(&mut conn.echo, now_ms);
+    }
+
+    fn poll(&mut self, conn: &mut PatientConn, now_ms: u64) -> ConnState {
+        self.echo.poll(&mut conn.echo, now_ms)
+    }
+
+    fn waiting_since(&self, conn: &PatientConn) -> Option<u64> {
+        (!conn.busy).then_some(conn.opened_ms)
     }
 }
 
@@ -441,7 +491,11 @@ fn eight_concurrent_clients_are_all_served() {
 
 #[test]
 fn socket_limit_refuses_extra_clients_until_one_closes() {
-    let mut sim = Sim::new(Echo::default(), static_config());
+    let config = ServerConfig {
+        max_connections: 8,
+        ..static_config()
+    };
+    let mut sim = Sim::new(Echo::default(), config);
     let max = sim.stack.config().max_sockets();
     assert_eq!(max, 16);
     let handles: Vec<_> = (0..max).map(|_| sim.connect()).collect();
@@ -469,6 +523,134 @@ fn socket_limit_refuses_extra_clients_until_one_closes() {
     let handle = echo_roundtrip(&mut sim, b"seventeenth");
     assert_eq!(sim.peer.socket(handle).state(), State::Established);
     assert_eq!(sim.stack.stats().connections_accepted, 17);
+}
+
+/// Opens `count` connections one after another (10 ms apart, so each waited longer than
+/// the next) and waits until all are established.
+fn open_in_order<S: Service>(sim: &mut Sim<S>, count: usize) -> Vec<SocketHandle>
+where
+    S::Conn: 'static,
+{
+    let mut handles = Vec::new();
+    for _ in 0..count {
+        let handle = sim.connect();
+        assert!(sim.run_until(5_000, |sim| sim.peer.socket(handle).state()
+            == State::Established));
+        sim.now += 10;
+        handles.push(handle);
+    }
+    handles
+}
+
+#[test]
+fn a_full_table_sheds_the_longest_waiting_connections_to_keep_listening() {
+    let config = ServerConfig {
+        listeners: 2,
+        max_connections: 4,
+        ..static_config()
+    };
+    let mut sim = Sim::new(Patient::default(), config);
+    let handles = open_in_order(&mut sim, 4);
+    // The two oldest become busy: they must survive.
+    for &handle in &handles[..2] {
+        assert_eq!(sim.client(handle).write(b"B"), Ok(1));
+    }
+    sim.settle();
+    assert_eq!(sim.stack.listener_count(), 2);
+    assert_eq!(sim.stack.stats().connections_shed, 0);
+    sim.now += SHED_GRACE_MS;
+
+    // Two more take the listeners; the two longest-waiting (handles 2 and 3) are reset so
+    // that two sockets listen again.
+    let late = open_in_order(&mut sim, 2);
+    sim.settle();
+    assert_eq!(sim.stack.stats().connections_shed, 2);
+    assert_eq!(sim.stack.listener_count(), 2);
+    for &handle in &handles[2..] {
+        assert_eq!(sim.peer.socket(handle).state(), State::Closed, "shed");
+    }
+    for &handle in handles[..2].iter().chain(&late) {
+        assert_eq!(sim.peer.socket(handle).state(), State::Established);
+    }
+    // A new client is served at once (it is the newest, so it is not the next victim).
+    let mut sim_echo = Vec::new();
+    let fresh = sim.connect();
+    assert!(sim.run_until(5_000, |sim| sim.peer.socket(fresh).may_send()));
+    assert_eq!(sim.client(fresh).write(b"hello"), Ok(5));
+    assert!(sim.run_until(5_000, |sim| {
+        let _ = sim.drain(fresh, &mut sim_echo);
+        sim_echo.len() == 5
+    }));
+    assert!(sim.stack.connection_count() <= sim.stack.config().max_sockets());
+}
+
+#[test]
+fn busy_connections_are_never_shed() {
+    let config = ServerConfig {
+        listeners: 1,
+        max_connections: 2,
+        ..static_config()
+    };
+    let mut sim = Sim::new(Patient::default(), config);
+    let handles = open_in_order(&mut sim, 3);
+    for &handle in &handles {
+        assert_eq!(sim.client(handle).write(b"B"), Ok(1));
+    }
+    sim.settle();
+    assert_eq!(sim.stack.listener_count(), 0, "every socket is busy");
+    let refused = sim.connect();
+    assert!(sim.run_until(5_000, |sim| sim.peer.socket(refused).state()
+        == State::Closed));
+    assert_eq!(sim.stack.stats().connections_shed, 0);
+    for &handle in &handles {
+        assert_eq!(sim.peer.socket(handle).state(), State::Established);
+    }
+}
+
+#[test]
+fn a_half_open_connection_is_shed_to_make_room() {
+    let config = ServerConfig {
+        listeners: 1,
+        max_connections: 1,
+        ..static_config()
+    };
+    let mut sim = Sim::new(Patient::default(), config);
+    let busy = open_in_order(&mut sim, 1)[0];
+    assert_eq!(sim.client(busy).write(b"B"), Ok(1));
+    sim.settle();
+    assert_eq!(sim.stack.listener_count(), 1);
+    let settled = sim.stack.stats().connections_shed;
+
+    // A SYN whose handshake never completes (the server's replies are swallowed) takes the
+    // last socket; it is the only waiting connection, so it is shed.
+    let half_open = sim.connect();
+    sim.peer.poll(sim.now); // SYN
+    sim.stack.poll(sim.now, &mut sim.service); // SYN-ACK; the listener is promoted
+    let syn_ms = sim.now;
+    while sim.stack.stats().connections_shed == settled {
+        while sim.peer.device.nic().take_raw().is_some() {}
+        sim.now += 100;
+        sim.stack.poll(sim.now, &mut sim.service);
+        assert!(sim.now - syn_ms <= SHED_GRACE_MS + 200, "not shed in time");
+    }
+    assert!(sim.now - syn_ms >= SHED_GRACE_MS, "shed during its grace");
+    sim.now += 1;
+    sim.stack.poll(sim.now, &mut sim.service);
+    while sim.peer.device.nic().take_raw().is_some() {}
+    sim.peer.sockets.remove(half_open);
+    assert_eq!(sim.stack.stats().connections_shed, 1);
+    assert_eq!(sim.stack.listener_count(), 1, "listening again");
+    assert_eq!(sim.stack.stats().connections_accepted, 1, "never accepted");
+
+    let mut echoed = Vec::new();
+    let fresh = sim.connect();
+    assert!(sim.run_until(5_000, |sim| sim.peer.socket(fresh).may_send()));
+    assert_eq!(sim.client(fresh).write(b"hi"), Ok(2));
+    assert!(sim.run_until(5_000, |sim| {
+        let _ = sim.drain(fresh, &mut echoed);
+        echoed.len() == 2
+    }));
+    assert_eq!(sim.peer.socket(busy).state(), State::Established);
 }
 
 #[test]
