@@ -143,9 +143,10 @@ pub fn bring_up(config: &ApplianceConfig) -> Result<Host, String> {
     );
     let (used, free_heap) = heap::usage();
     info!(
-        "heap: {} KiB used, {} KiB free",
+        "heap: {} KiB used, {} KiB free, at {:#x?}",
         used / 1024,
-        free_heap / 1024
+        free_heap / 1024,
+        heap::range()
     );
     Ok(host)
 }

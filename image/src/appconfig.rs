@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use appliance::config::{ApplianceConfig, parse_config};
-use mgmt_api::BearerToken;
+use mgmt_api::{BearerToken, Role};
 use net::Ipv4Config;
 
 use crate::error::{ImageError, Result};
@@ -20,9 +20,12 @@ pub const TEMPLATE: &str = r#"# appliance.toml: configuration of the TDX host ap
 
 [api]
 # port = 8080              # TCP port of the management API (1-65535)
-# token = "..."            # bearer token (A-Z a-z 0-9 - . _ ~ + /, up to 256 characters);
-                           # without one, a random token is generated at every boot and
-                           # printed once on the console
+# token = "..."            # admin bearer token (A-Z a-z 0-9 - . _ ~ + /, up to 256
+                           # characters)
+# tokens = [               # more tokens, each with its role: "admin" may call everything,
+#   { token = "...", role = "reader" },  # "reader" only GET (no console input)
+# ]                        # without any admin token, a random one is generated at every
+                           # boot and printed once on the console
 
 [network]
 # mode = "dhcp"            # "dhcp" or "static"
@@ -55,7 +58,7 @@ pub struct ComposedConfig {
     pub api_port: u16,
     /// The static address it sets, if any (QEMU forwards the host port there).
     pub static_address: Option<Ipv4Addr>,
-    /// The token it sets, if any (else the appliance generates one at boot).
+    /// An admin token it sets, if any (else the appliance generates one at boot).
     pub token: Option<String>,
 }
 
@@ -72,7 +75,10 @@ impl ComposedConfig {
                 Ipv4Config::Static { address, .. } => Some(Ipv4Addr::from(address)),
                 Ipv4Config::Dhcp => None,
             },
-            token: config.api_token.map(|token| token.as_str().to_string()),
+            token: config
+                .api_tokens
+                .first_with(Role::Admin)
+                .map(|token| token.as_str().to_string()),
             text,
         })
     }

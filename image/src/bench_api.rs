@@ -3,9 +3,17 @@
 //! measures `GET /v1/health` and `GET /v1/tds` over several concurrent keep-alive
 //! connections through the forwarded port for a fixed time.
 //!
-//! Output: per-route lines, then as the very last line
-//! `api: conns=N rps=R p50_ms=P p99_ms=Q` (requests per second over all connections; latency
-//! percentiles of single requests, both routes together).
+//! Then two more phases:
+//! - 256 keep-alive connections, all open at once (opened one after another), each
+//!   sending `GET /v1/health` in a loop for 10 s (no request may fail);
+//! - the hostile mix of [`crate::hostile`] (64 slow-header clients, 32 half-open
+//!   handshakes, 32 long polls) held for 60 s while a prober opens a fresh connection for
+//!   one `GET /v1/health` every 200 ms.
+//!
+//! Output: per-phase lines, then as the very last line
+//! `api: conns=N rps=R p50_ms=P p99_ms=Q conns256_rps=G hostile_probe_p99_ms=H` (requests
+//! per second over all connections; latency percentiles of single requests, both routes
+//! together; requests per second over 256 connections; the prober's p99).
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +39,17 @@ pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// The firmware uploaded (Debian package `ovmf`).
 pub(crate) const OVMF_PATH: &str = "/usr/share/ovmf/OVMF.fd";
+
+/// Keep-alive connections of the many-connections phase.
+pub const MANY_CONNECTIONS: usize = 256;
+/// How long the many-connections phase measures.
+const MANY_DURATION: Duration = Duration::from_secs(10);
+/// How long the hostile mix is held while the prober runs.
+pub const HOSTILE_DURATION: Duration = Duration::from_secs(60);
+/// How often the prober sends its health request.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// How long one probe may take before it counts as unanswered.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The two measured requests (alternated on every connection).
 const ROUTES: [&str; 2] = ["/v1/health", "/v1/tds"];
@@ -137,6 +156,116 @@ fn drive(port: u16, measure_from: Instant, end: Instant) -> Result<Samples> {
     }
 }
 
+/// `MANY_CONNECTIONS` keep-alive connections, each sending `GET /v1/health` in a loop:
+/// (requests answered 200 in the measured time, errors).
+///
+/// The connections are opened one after another, each answered once, before the
+/// measurement starts. Opened all at once, a few of the 256 SYNs are lost: QEMU delivers
+/// them faster than the appliance drains the 64 receive buffers OVMF's virtio-net driver
+/// keeps posted, and QEMU's user-mode network stack retries a lost SYN only after 3 s, then
+/// 6 s, 12 s (a physical NIC has rings of hundreds of buffers).
+fn many_connections(port: u16) -> Result<(usize, usize)> {
+    let mut connections = Vec::with_capacity(MANY_CONNECTIONS);
+    for _ in 0..MANY_CONNECTIONS {
+        let mut connection = Connection::open(port, IO_TIMEOUT)?;
+        let response = request(&mut connection, "GET", "/v1/health", None, b"")?;
+        expect(&response, 200, "health on a new connection")?;
+        connections.push(connection);
+    }
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(MANY_CONNECTIONS + 1));
+    let handles: Vec<_> = connections
+        .into_iter()
+        .map(|mut connection| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let end = Instant::now() + MANY_DURATION;
+                let (mut ok, mut errors) = (0usize, 0usize);
+                while Instant::now() < end {
+                    match request(&mut connection, "GET", "/v1/health", None, b"") {
+                        Ok(response) if response.status == 200 => ok += 1,
+                        _ => {
+                            errors += 1;
+                            match Connection::open(port, IO_TIMEOUT) {
+                                Ok(fresh) => connection = fresh,
+                                Err(_) => return (ok, errors),
+                            }
+                        }
+                    }
+                }
+                (ok, errors)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let mut totals = (0, 0);
+    for handle in handles {
+        let (ok, errors) = handle
+            .join()
+            .map_err(|_| ImageError::BadResponse("a bench connection panicked"))?;
+        totals.0 += ok;
+        totals.1 += errors;
+    }
+    Ok(totals)
+}
+
+/// One probe: `GET /v1/health` on a fresh connection; its latency, or `None` when it was not
+/// answered 200 within [`PROBE_TIMEOUT`].
+pub fn probe_health(port: u16) -> Option<Duration> {
+    let start = Instant::now();
+    match crate::http::get(port, "/v1/health", PROBE_TIMEOUT) {
+        Ok(response) if response.status == 200 => Some(start.elapsed()),
+        _ => None,
+    }
+}
+
+/// What the prober saw while the hostile mix held the appliance.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeReport {
+    /// Latencies of answered probes, in seconds, sorted.
+    pub answered: Vec<f64>,
+    /// Probes not answered in time.
+    pub unanswered: usize,
+    /// The hostile clients' counters at the end.
+    pub hostile: crate::hostile::HostileStats,
+}
+
+/// Holds the standard hostile mix (see [`crate::hostile`]) against the API at `port` for
+/// `duration` while `probe` runs every [`PROBE_INTERVAL`].
+pub fn probe_under_hostile_mix(
+    port: u16,
+    token: &str,
+    half_open_bytes: &[u8],
+    duration: Duration,
+    mut probe: impl FnMut() -> Option<Duration>,
+) -> ProbeReport {
+    use crate::hostile::{HostileClients, HostileCounts, spawn};
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = HostileClients::new(port, HostileCounts::STANDARD, token, half_open_bytes);
+    let hostile = spawn(clients, stop.clone());
+    // Let every hostile connection open before probing.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut report = ProbeReport::default();
+    let end = Instant::now() + duration;
+    let mut next = Instant::now();
+    while next < end {
+        match probe() {
+            Some(latency) => report.answered.push(latency.as_secs_f64()),
+            None => report.unanswered += 1,
+        }
+        next += PROBE_INTERVAL;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Ok(clients) = hostile.join() {
+        report.hostile = clients.stats();
+    }
+    report.answered.sort_by(f64::total_cmp);
+    report
+}
+
 /// The `q` quantile (0..=1) of sorted `values`, nearest rank.
 pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -154,13 +283,30 @@ fn sorted(mut values: Vec<f64>) -> Vec<f64> {
     values
 }
 
+/// What the final line reports.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Requests answered over the keep-alive connections, and the measured seconds.
+    pub requests: usize,
+    /// Their latencies, in seconds, sorted.
+    pub latencies: Vec<f64>,
+    /// Requests answered over [`MANY_CONNECTIONS`] connections in `MANY_DURATION`.
+    pub many_requests: usize,
+    /// The prober's latencies under the hostile mix, sorted.
+    pub probes: Vec<f64>,
+}
+
 /// The final line.
-pub fn summary_line(conns: usize, requests: usize, seconds: f64, all: &[f64]) -> String {
+pub fn summary_line(summary: &Summary) -> String {
+    let all = &summary.latencies;
     format!(
-        "api: conns={conns} rps={:.0} p50_ms={:.2} p99_ms={:.2}",
-        requests as f64 / seconds,
+        "api: conns={CONNECTIONS} rps={:.0} p50_ms={:.2} p99_ms={:.2} conns256_rps={:.0} \
+         hostile_probe_p99_ms={:.1}",
+        summary.requests as f64 / DURATION.as_secs_f64(),
         quantile(all, 0.50) * 1e3,
-        quantile(all, 0.99) * 1e3
+        quantile(all, 0.99) * 1e3,
+        summary.many_requests as f64 / MANY_DURATION.as_secs_f64(),
+        quantile(&summary.probes, 0.99) * 1e3,
     )
 }
 
@@ -238,7 +384,39 @@ pub fn run(ws: &Workspace) -> Result<()> {
             println!("bench api: {errors} failed requests (reconnected)");
         }
         let all = sorted(per_route.concat());
-        Ok(summary_line(CONNECTIONS, all.len(), seconds, &all))
+
+        let (many_requests, many_errors) = many_connections(port)?;
+        println!(
+            "bench api: {MANY_CONNECTIONS} keep-alive connections: {many_requests} requests in \
+             {} s, {many_errors} errors",
+            MANY_DURATION.as_secs()
+        );
+        if many_errors > 0 {
+            return Err(ImageError::BadResponse(
+                "requests over 256 connections failed (the target is none)",
+            ));
+        }
+
+        let report =
+            probe_under_hostile_mix(port, TOKEN, &[], HOSTILE_DURATION, || probe_health(port));
+        println!(
+            "bench api: hostile mix (64 slow headers, 32 half-open, 32 long polls) for {} s: \
+             {} probes answered (p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms), {} unanswered; \
+             hostile clients: {:?}",
+            HOSTILE_DURATION.as_secs(),
+            report.answered.len(),
+            quantile(&report.answered, 0.5) * 1e3,
+            quantile(&report.answered, 0.99) * 1e3,
+            quantile(&report.answered, 1.0) * 1e3,
+            report.unanswered,
+            report.hostile,
+        );
+        Ok(summary_line(&Summary {
+            requests: all.len(),
+            latencies: all,
+            many_requests,
+            probes: report.answered,
+        }))
     })();
     if outcome.is_err() {
         eprintln!("bench api: serial log:\n{}", vm.serial_log());
@@ -264,7 +442,16 @@ mod tests {
 
     #[test]
     fn summary_line_has_the_documented_shape() {
-        let line = summary_line(4, 2000, 10.0, &[0.001, 0.002, 0.003]);
-        assert_eq!(line, "api: conns=4 rps=200 p50_ms=2.00 p99_ms=3.00");
+        let line = summary_line(&Summary {
+            requests: 2000,
+            latencies: vec![0.001, 0.002, 0.003],
+            many_requests: 30_000,
+            probes: vec![0.004, 0.0123],
+        });
+        assert_eq!(
+            line,
+            "api: conns=4 rps=200 p50_ms=2.00 p99_ms=3.00 conns256_rps=3000 \
+             hostile_probe_p99_ms=12.3"
+        );
     }
 }

@@ -19,6 +19,7 @@ pub mod deps;
 pub mod disk;
 pub mod error;
 pub mod flash;
+pub mod hostile;
 pub mod http;
 pub mod linux_guest;
 pub mod netboot;

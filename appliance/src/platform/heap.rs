@@ -88,6 +88,11 @@ pub fn init(bytes: usize) -> uefi::Result<()> {
     Ok(())
 }
 
+/// The heap's address range (for the boot log); empty before [`init`].
+pub fn range() -> core::ops::Range<usize> {
+    ALLOCATOR.start.load(Ordering::Acquire)..ALLOCATOR.end.load(Ordering::Acquire)
+}
+
 /// Heap bytes in use and free (for the boot log).
 pub fn usage() -> (usize, usize) {
     let heap = ALLOCATOR.heap.lock();

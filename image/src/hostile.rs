@@ -1,0 +1,320 @@
+//! Hostile API clients, for `bench api` and the end-to-end availability test: connections that
+//! hold the appliance's sockets without ever completing a request, and dashboards that
+//! long-poll `GET /v1/events`, all driven from one thread through non-blocking sockets.
+//!
+//! - **Slow headers**: a request head sent one byte every [`SLOW_BYTE_INTERVAL`], never
+//!   finished (a slowloris client).
+//! - **Half-open handshakes**: a connection that sends the first bytes of a TLS ClientHello
+//!   (or nothing, on a plain port) and then waits.
+//! - **Long polls**: `GET /v1/events` with a `since` beyond every event, so the reply waits
+//!   its full `wait_ms`; answered polls are sent again at once.
+//!
+//! Whenever the appliance ends one of these connections (a deadline, a reset), it is opened
+//! again, so the pressure stays constant for the whole run.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::http::{Parsed, parse_response};
+
+/// How often a slow client sends its next header byte.
+pub const SLOW_BYTE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The `wait_ms` of every long poll.
+pub const LONG_POLL_WAIT_MS: u64 = 30_000;
+
+/// Timeout of every connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first bytes of a TLS 1.3 ClientHello: a handshake record header announcing 512 bytes,
+/// then the handshake header of a ClientHello announcing 508, then the legacy version. A
+/// server waits for the rest.
+pub const PARTIAL_CLIENT_HELLO: &[u8] = &[
+    0x16, 0x03, 0x01, 0x02, 0x00, // record: handshake, TLS 1.0 (as clients send), 512 bytes
+    0x01, 0x00, 0x01, 0xfc, // ClientHello, 508 bytes
+    0x03, 0x03, // legacy_version TLS 1.2
+];
+
+/// How many hostile connections of each kind to hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostileCounts {
+    /// Slow-header clients.
+    pub slow_headers: usize,
+    /// Half-open (TLS) handshakes.
+    pub half_open: usize,
+    /// Long-polling dashboards.
+    pub long_polls: usize,
+}
+
+impl HostileCounts {
+    /// The mix the issue names: 64 slow headers, 32 half-open handshakes, 32 long polls.
+    pub const STANDARD: Self = Self {
+        slow_headers: 64,
+        half_open: 32,
+        long_polls: 32,
+    };
+
+    /// All connections of the mix.
+    pub fn total(&self) -> usize {
+        self.slow_headers + self.half_open + self.long_polls
+    }
+}
+
+/// What the hostile clients saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostileStats {
+    /// Connections opened (initial ones and re-openings).
+    pub connects: u64,
+    /// Connects that failed (each is retried on the next step).
+    pub connect_failures: u64,
+    /// Connections the appliance ended (they were opened again).
+    pub ended_by_server: u64,
+    /// Long polls answered (each was sent again).
+    pub long_polls_answered: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    SlowHeaders,
+    HalfOpen,
+    LongPoll,
+}
+
+#[derive(Debug)]
+struct Client {
+    kind: Kind,
+    stream: Option<TcpStream>,
+    /// Bytes of the slow head sent so far.
+    sent: usize,
+    next_byte_at: Instant,
+    received: Vec<u8>,
+}
+
+/// The hostile clients of one run.
+#[derive(Debug)]
+pub struct HostileClients {
+    address: SocketAddr,
+    clients: Vec<Client>,
+    slow_head: Vec<u8>,
+    half_open_bytes: Vec<u8>,
+    long_poll: Vec<u8>,
+    stats: HostileStats,
+}
+
+impl HostileClients {
+    /// Clients for the API at `127.0.0.1:port`; `token` authorizes the long polls and
+    /// `half_open_bytes` is what a half-open client sends ([`PARTIAL_CLIENT_HELLO`] on a TLS
+    /// port, nothing on a plain one). Nothing connects before the first [`Self::step`].
+    pub fn new(port: u16, counts: HostileCounts, token: &str, half_open_bytes: &[u8]) -> Self {
+        let now = Instant::now();
+        let kinds = std::iter::repeat_n(Kind::SlowHeaders, counts.slow_headers)
+            .chain(std::iter::repeat_n(Kind::HalfOpen, counts.half_open))
+            .chain(std::iter::repeat_n(Kind::LongPoll, counts.long_polls));
+        let clients = kinds
+            .map(|kind| Client {
+                kind,
+                stream: None,
+                sent: 0,
+                next_byte_at: now,
+                received: Vec::new(),
+            })
+            .collect();
+        let long_poll = format!(
+            "GET /v1/events?since=18446744073709551615&wait_ms={LONG_POLL_WAIT_MS} HTTP/1.1\r\n\
+             Host: dashboard\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        Self {
+            address: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            clients,
+            slow_head: b"GET /v1/health HTTP/1.1\r\nHost: slow\r\nX-Padding: ".to_vec(),
+            half_open_bytes: half_open_bytes.to_vec(),
+            long_poll: long_poll.into_bytes(),
+            stats: HostileStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> HostileStats {
+        self.stats
+    }
+
+    /// Connections currently open.
+    pub fn open_connections(&self) -> usize {
+        self.clients.iter().filter(|c| c.stream.is_some()).count()
+    }
+
+    /// One round over every client: (re)connect, send what is due, read what arrived.
+    /// Call it every few tens of milliseconds.
+    pub fn step(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.clients.len() {
+            self.step_client(index, now);
+        }
+    }
+
+    fn step_client(&mut self, index: usize, now: Instant) {
+        let Some(client) = self.clients.get_mut(index) else {
+            return;
+        };
+        if client.stream.is_none() {
+            match connect(self.address) {
+                Ok(mut stream) => {
+                    self.stats.connects += 1;
+                    let first: &[u8] = match client.kind {
+                        Kind::SlowHeaders => &[],
+                        Kind::HalfOpen => &self.half_open_bytes,
+                        Kind::LongPoll => &self.long_poll,
+                    };
+                    if !first.is_empty() && stream.write_all(first).is_err() {
+                        self.stats.ended_by_server += 1;
+                        return;
+                    }
+                    client.stream = Some(stream);
+                    client.sent = 0;
+                    client.next_byte_at = now;
+                    client.received.clear();
+                }
+                Err(_) => {
+                    self.stats.connect_failures += 1;
+                    return;
+                }
+            }
+        }
+        let Some(stream) = client.stream.as_mut() else {
+            return;
+        };
+        let mut ended = false;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
+                Ok(n) => client
+                    .received
+                    .extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        match client.kind {
+            // Any answer to a never-finished head (408, 400) ends the client's attempt.
+            Kind::SlowHeaders | Kind::HalfOpen if !client.received.is_empty() => ended = true,
+            Kind::SlowHeaders if !ended && now >= client.next_byte_at => {
+                // Past the fixed prefix, pad forever.
+                let byte = self.slow_head.get(client.sent).copied().unwrap_or(b'a');
+                if stream.write_all(&[byte]).is_err() {
+                    ended = true;
+                }
+                client.sent += 1;
+                client.next_byte_at = now + SLOW_BYTE_INTERVAL;
+            }
+            Kind::LongPoll => {
+                while let Ok(Parsed::Complete(_, used)) = parse_response(&client.received, false) {
+                    client.received.drain(..used);
+                    self.stats.long_polls_answered += 1;
+                    if stream.write_all(&self.long_poll).is_err() {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            Kind::SlowHeaders | Kind::HalfOpen => {}
+        }
+        if ended {
+            client.stream = None;
+            self.stats.ended_by_server += 1;
+        }
+    }
+}
+
+fn connect(address: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_nonblocking(true)?;
+    Ok(stream)
+}
+
+/// Runs `clients` on a thread of their own until `stop` is set; returns them when it ends.
+pub fn spawn(
+    mut clients: HostileClients,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<HostileClients> {
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            clients.step();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        clients
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn clients_hold_connections_and_reconnect_when_the_server_ends_them() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("test I/O");
+        let port = listener.local_addr().expect("test I/O").port();
+        let counts = HostileCounts {
+            slow_headers: 2,
+            half_open: 1,
+            long_polls: 1,
+        };
+        let mut clients = HostileClients::new(port, counts, "tok", PARTIAL_CLIENT_HELLO);
+        clients.step();
+        assert_eq!(clients.open_connections(), 4);
+        let mut accepted: Vec<TcpStream> = (0..4)
+            .map(|_| listener.accept().expect("test I/O").0)
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        clients.step();
+        // Every connection sent what its kind sends first.
+        let mut firsts = Vec::new();
+        for stream in &mut accepted {
+            stream
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("test I/O");
+            let mut buf = [0u8; 512];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            firsts.push(buf[..n].to_vec());
+        }
+        assert!(
+            firsts
+                .iter()
+                .any(|f| f.starts_with(b"GET /v1/events?since="))
+        );
+        assert!(firsts.iter().any(|f| f.as_slice() == PARTIAL_CLIENT_HELLO));
+        assert_eq!(firsts.iter().filter(|f| f.as_slice() == b"G").count(), 2);
+        // The long poll is answered: it is sent again on the same connection.
+        let poll = accepted
+            .iter_mut()
+            .zip(&firsts)
+            .find(|(_, f)| f.starts_with(b"GET /v1/events"))
+            .map(|(s, _)| s)
+            .expect("test I/O");
+        poll.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            .expect("test I/O");
+        std::thread::sleep(Duration::from_millis(50));
+        clients.step();
+        let mut again = [0u8; 512];
+        let n = poll.read(&mut again).expect("test I/O");
+        assert!(again[..n].starts_with(b"GET /v1/events"));
+        assert_eq!(clients.stats().long_polls_answered, 1);
+        // The server ends everything: each client connects again.
+        drop(accepted);
+        std::thread::sleep(Duration::from_millis(50));
+        clients.step();
+        assert_eq!(clients.stats().ended_by_server, 4);
+        clients.step();
+        assert_eq!(clients.stats().connects, 8);
+        assert_eq!(clients.open_connections(), 4);
+    }
+}
