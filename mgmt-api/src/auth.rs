@@ -200,6 +200,15 @@ impl TokenSet {
         self.entries.is_empty()
     }
 
+    /// The first token with `role`, in the order they were inserted (for host tooling that
+    /// needs one to call the API with).
+    pub fn first_with(&self, role: Role) -> Option<&BearerToken> {
+        self.entries
+            .iter()
+            .find(|(_, r)| *r == role)
+            .map(|(token, _)| token)
+    }
+
     /// How many tokens have `role`.
     pub fn count(&self, role: Role) -> usize {
         self.entries.iter().filter(|(_, r)| *r == role).count()
@@ -477,6 +486,8 @@ mod tests {
         assert_eq!(set.count(Role::Reader), MAX_TOKENS);
         assert_eq!(set.count(Role::Admin), 0);
         assert_eq!(set.role_of(b"t5"), Some(Role::Reader));
+        assert_eq!(set.first_with(Role::Reader).map(BearerToken::as_str), Some("one"));
+        assert!(set.first_with(Role::Admin).is_none());
         assert_eq!(set.role_of(b"t"), None);
     }
 
