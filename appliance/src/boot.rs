@@ -8,19 +8,23 @@
 //! the network stack and the API from one loop forever, sleeping on a timer event whenever
 //! traffic stops (see `appliance::idle`).
 
+use api_tls::{TlsIdentity, TlsService};
 use appliance::config::{
-    ApplianceConfig, ConfigSource, ShowIpv4, Summary, TokenSource, parse_config,
+    ApiTls, ApplianceConfig, ConfigSource, ShowIpv4, Summary, TokenSource, parse_config,
 };
 use appliance::idle::IdleAction;
 use appliance::ratelimit::RateLimit;
 use appliance::runtime::Runtime;
+use appliance::service::{ApiService, ApiTransport};
 use appliance::startup::AddressEvent;
 use log::{Level, error, info, warn};
-use mgmt_api::{Api, BearerToken, Role};
+use mgmt_api::{Api, BearerToken, Role, TlsInfo};
 use uefi::prelude::*;
 
 use crate::platform::config_file::{self, Fetched};
-use crate::platform::{self, clock::now_ms, logger::console, snp::SnpNic, timer::SleepTimer};
+use crate::platform::{
+    self, clock::now_ms, logger::console, snp::SnpNic, timer::SleepTimer, tls_identity,
+};
 
 /// Random bytes in a generated API token (written as 64 hex characters).
 const GENERATED_TOKEN_BYTES: usize = 32;
@@ -88,8 +92,15 @@ fn main() -> Status {
         config.server.port,
         config.server.listeners
     );
+    let tls = api_tls_identity(&config);
+    let tls_info = tls.as_ref().map(|(identity, certificate_source)| TlsInfo {
+        fingerprint: alloc::format!("{}", identity.fingerprint()),
+        certificate_source,
+    });
+    let mut host_info = config.host_info(&source, token_source);
+    host_info.tls = tls_info;
     let mut api = Api::new(now_ms())
-        .with_host_info(config.host_info(&source, token_source))
+        .with_host_info(host_info)
         .with_tokens(config.api_tokens.clone());
     match crate::host_init::bring_up(&config) {
         Ok(host) => api = api.with_host(host),
@@ -98,7 +109,32 @@ fn main() -> Status {
             api.set_host_failure(reason);
         }
     }
-    let mut runtime = Runtime::new(nic, &config, api, now_ms(), seed);
+    match tls {
+        Some((identity, _)) => {
+            let tls_config = match api_tls::server_config(&identity, tls_identity::unix_now_s) {
+                Ok(tls_config) => tls_config,
+                Err(e) => halt(format_args!("TLS cannot use its certificate: {e}")),
+            };
+            let service = TlsService::new(
+                ApiService::new(api, config.api_limits.clone()),
+                tls_config,
+                config.api_limits.head_timeout_ms,
+            );
+            serve(
+                Runtime::with_service(nic, &config, service, now_ms(), seed),
+                &sleeper,
+            )
+        }
+        None => serve(Runtime::new(nic, &config, api, now_ms(), seed), &sleeper),
+    }
+}
+
+/// The main loop: polls the network and the TD host, logs address changes and frame drops,
+/// sleeps when idle. Never returns.
+fn serve<S: ApiTransport>(mut runtime: Runtime<SnpNic, S>, sleeper: &SleepTimer) -> !
+where
+    S::Conn: 'static,
+{
     let mut drop_report = RateLimit::new(DROP_REPORT_INTERVAL_MS, now_ms());
     let mut reported_drops = DropCounters::default();
     loop {
@@ -113,7 +149,7 @@ fn main() -> Status {
             None => {}
         }
         if drop_report.ready(now_ms()) {
-            let drops = DropCounters::read(&runtime);
+            let drops = DropCounters::read(runtime.stack());
             if drops != reported_drops {
                 warn!("frame drops since boot: {drops:?}");
                 reported_drops = drops;
@@ -124,6 +160,31 @@ fn main() -> Status {
             IdleAction::Sleep { ms } => sleeper.sleep_ms(ms),
         }
     }
+}
+
+/// The API's TLS identity and where it came from (`"configured"` or `"generated"`), or
+/// `None` for plain HTTP. Prints the certificate's fingerprint, as SSH prints host keys.
+fn api_tls_identity(config: &ApplianceConfig) -> Option<(TlsIdentity, &'static str)> {
+    api_tls::set_random_source(|bytes| platform::rng::secure_random_bytes(bytes).is_ok());
+    if tls_identity::init_wall_clock().is_none() {
+        warn!("tls: the firmware has no real-time clock; certificates are dated 1970");
+    }
+    let (identity, source) = match &config.api_tls {
+        ApiTls::Off => {
+            warn!("api: TLS is off (api.tls = false): the API and its tokens travel in clear text");
+            return None;
+        }
+        ApiTls::Configured(identity) => (identity.clone(), "configured"),
+        ApiTls::Generated => match tls_identity::load_or_generate() {
+            Ok((identity, _)) => (identity, "generated"),
+            Err(e) => halt(format_args!("tls: cannot generate a certificate: {e}")),
+        },
+    };
+    info!(
+        "api: HTTPS only; {source} TLS certificate SHA-256 fingerprint {}",
+        identity.fingerprint()
+    );
+    Some((identity, source))
 }
 
 /// How often a change in the drop counters may be logged.
@@ -140,9 +201,9 @@ struct DropCounters {
 }
 
 impl DropCounters {
-    fn read(runtime: &Runtime<SnpNic>) -> Self {
-        let stats = runtime.stack().stats();
-        let snp = runtime.stack().nic().errors();
+    fn read(stack: &net::NetStack<SnpNic>) -> Self {
+        let stats = stack.stats();
+        let snp = stack.nic().errors();
         Self {
             transmit_dropped: stats.transmit_dropped,
             receive_errors: stats.receive_errors,

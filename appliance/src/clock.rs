@@ -87,6 +87,34 @@ impl TscClock {
     }
 }
 
+/// Unix seconds of a UEFI `EFI_TIME` (`time_zone` in minutes from UTC, `None` = local time
+/// with no zone, taken as UTC). `None` for dates before 1970 or out of range.
+pub fn unix_seconds(
+    year: u16,
+    month: u8,
+    day: u8,
+    hour: u8,
+    minute: u8,
+    second: u8,
+    time_zone: Option<i16>,
+) -> Option<u64> {
+    if !(1970..=9999).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm, public domain description).
+    let y = i64::from(year) - i64::from(month <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let local = days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second);
+    // EFI_TIME: Localtime = UTC - TimeZone (UEFI 2.10 §8.3, GetTime).
+    let utc = local + i64::from(time_zone.unwrap_or(0)) * 60;
+    u64::try_from(utc).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +163,19 @@ mod tests {
         assert_eq!(clock.ticks_per_ms(), 1);
         assert_eq!(clock.elapsed_ms(u64::MAX), u64::MAX);
         assert_eq!(clock.elapsed_us(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn civil_dates_convert_to_unix_seconds() {
+        assert_eq!(unix_seconds(1970, 1, 1, 0, 0, 0, None), Some(0));
+        assert_eq!(
+            unix_seconds(2026, 12, 5, 21, 30, 0, Some(0)),
+            Some(1_796_506_200)
+        );
+        assert_eq!(unix_seconds(2000, 2, 29, 12, 0, 0, None), Some(951_825_600));
+        // 60 minutes ahead of UTC (UEFI TimeZone -60): local 01:00 is 00:00 UTC.
+        assert_eq!(unix_seconds(1970, 1, 2, 1, 0, 0, Some(-60)), Some(86_400));
+        assert_eq!(unix_seconds(1969, 12, 31, 0, 0, 0, None), None);
+        assert_eq!(unix_seconds(2024, 13, 1, 0, 0, 0, None), None);
     }
 }

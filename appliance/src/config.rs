@@ -12,6 +12,11 @@
 //!   { token = "...", role = "reader" },  # or "reader" (GET calls only)
 //! ]                           # no admin token in either key: one is generated at
 //!                             # boot and printed once on the console
+//! tls = true                  # HTTPS only on the API port (false: plain HTTP only)
+//! tls_certificate = """..."""  # PEM certificate chain, server certificate first, and
+//! tls_key = """..."""          # its PEM private key (both or neither); neither: a key
+//!                             # and self-signed certificate are generated at first boot
+//!                             # and kept in a UEFI variable
 //! [network]
 //! mode = "dhcp"               # "dhcp" or "static"
 //! address = "10.0.2.15/24"    # static only (required): address/prefix length
@@ -36,6 +41,7 @@ use core::fmt;
 use core::net::Ipv4Addr;
 use core::ops::Range;
 
+use api_tls::{IdentityError, TlsIdentity};
 use log::LevelFilter;
 use mgmt_api::{BearerToken, HostInfo, Limits, Role, TokenError, TokenSet, TokenSetError};
 use net::{Ipv4Config, ServerConfig};
@@ -71,6 +77,29 @@ impl fmt::Display for TdMemory {
     }
 }
 
+/// How the API port speaks.
+#[derive(Clone, Default)]
+pub enum ApiTls {
+    /// HTTPS with a key and self-signed certificate generated at first boot and kept across
+    /// reboots (the default).
+    #[default]
+    Generated,
+    /// HTTPS with the certificate chain and key from `appliance.toml`.
+    Configured(TlsIdentity),
+    /// Plain HTTP (`tls = false`).
+    Off,
+}
+
+impl fmt::Debug for ApiTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Generated => f.write_str("Generated"),
+            Self::Configured(identity) => write!(f, "Configured({:?})", identity.fingerprint()),
+            Self::Off => f.write_str("Off"),
+        }
+    }
+}
+
 /// Everything the appliance is configured with.
 #[derive(Debug, Clone)]
 pub struct ApplianceConfig {
@@ -81,6 +110,8 @@ pub struct ApplianceConfig {
     /// The API's bearer tokens with their roles (`api.token` is an admin token); an admin
     /// token is generated at boot when none is configured.
     pub api_tokens: TokenSet,
+    /// TLS on the API port.
+    pub api_tls: ApiTls,
     /// Memory set aside for TDs (taken into account by the TD runtime).
     pub td_memory: TdMemory,
     /// Global log level (smoltcp is capped at Info regardless).
@@ -103,6 +134,7 @@ impl Default for ApplianceConfig {
             },
             api_limits: Limits::default(),
             api_tokens: TokenSet::new(),
+            api_tls: ApiTls::Generated,
             td_memory: TdMemory::Auto,
             log_level: LevelFilter::Info,
             idle: IdlePolicy::default(),
@@ -161,6 +193,15 @@ pub enum Problem {
     /// An `api.tokens` entry's role is not `admin` or `reader`.
     #[error("must be \"admin\" or \"reader\"")]
     BadRole,
+    /// `api.tls_certificate`/`api.tls_key` do not make a usable TLS identity.
+    #[error("{0}")]
+    BadTls(IdentityError),
+    /// Only one of `api.tls_certificate` and `api.tls_key` is given.
+    #[error("api.tls_certificate and api.tls_key go together: give both or neither")]
+    TlsPairIncomplete,
+    /// A certificate or key is given with `tls = false`.
+    #[error("only used with api.tls = true")]
+    OnlyForTls,
     /// An `api.tokens` entry lacks a required key.
     #[error("each entry needs `{0}`")]
     MissingTokenKey(&'static str),
@@ -298,7 +339,7 @@ impl TokenSource {
 }
 
 /// The keys of each section, as listed in error messages.
-const API_KEYS: &str = "port, token, tokens";
+const API_KEYS: &str = "port, token, tokens, tls, tls_certificate, tls_key";
 const TOKEN_ENTRY_KEYS: &str = "token, role";
 const NETWORK_KEYS: &str = "mode, address, gateway";
 const TD_KEYS: &str = "memory_mib";
@@ -475,6 +516,7 @@ pub fn parse_config(bytes: &[u8]) -> Result<ApplianceConfig, ConfigErrors> {
     };
     let mut config = ApplianceConfig::default();
     let mut network = NetworkKeys::default();
+    let mut tls = TlsKeys::default();
     for (name, section) in root.get_ref() {
         let name_str: &str = name.get_ref();
         let known = match name_str {
@@ -524,6 +566,9 @@ pub fn parse_config(bytes: &[u8]) -> Result<ApplianceConfig, ConfigErrors> {
                 ("api", "tokens") => {
                     parse_token_list(&mut checker, &mut config.api_tokens, &dotted, value)
                 }
+                ("api", "tls") => tls.enabled = Some(value),
+                ("api", "tls_certificate") => tls.certificate = Some(value),
+                ("api", "tls_key") => tls.key = Some(value),
                 ("network", "mode") => network.mode = Some(value),
                 ("network", "address") => network.address = Some(value),
                 ("network", "gateway") => network.gateway = Some(value),
@@ -554,6 +599,9 @@ pub fn parse_config(bytes: &[u8]) -> Result<ApplianceConfig, ConfigErrors> {
     }
     if let Some(ipv4) = network.resolve(&mut checker) {
         config.server.ipv4 = ipv4;
+    }
+    if let Some(api_tls) = tls.resolve(&mut checker) {
+        config.api_tls = api_tls;
     }
     if checker.errors.is_empty() {
         Ok(config)
@@ -639,6 +687,81 @@ fn parse_td_memory(checker: &mut Checker<'_>, key: &str, value: &Value<'_>) -> O
         checker.error(Some(&value.span()), Some(key), Problem::BadTdMemory);
     }
     parsed
+}
+
+/// The `[api]` TLS keys, checked together because they depend on each other.
+#[derive(Default)]
+struct TlsKeys<'a, 'i> {
+    enabled: Option<&'a Value<'i>>,
+    certificate: Option<&'a Value<'i>>,
+    key: Option<&'a Value<'i>>,
+}
+
+impl TlsKeys<'_, '_> {
+    fn resolve(&self, checker: &mut Checker<'_>) -> Option<ApiTls> {
+        let enabled = match self.enabled {
+            None => true,
+            Some(value) => match value.get_ref() {
+                DeValue::Boolean(on) => *on,
+                _ => {
+                    checker.wrong_type("api.tls", value, "a boolean");
+                    return None;
+                }
+            },
+        };
+        if !enabled {
+            for (key, value) in [
+                ("api.tls_certificate", self.certificate),
+                ("api.tls_key", self.key),
+            ] {
+                if let Some(value) = value {
+                    checker.error(Some(&value.span()), Some(key), Problem::OnlyForTls);
+                }
+            }
+            return Some(ApiTls::Off);
+        }
+        let certificate = self.certificate.and_then(|value| {
+            checker
+                .string("api.tls_certificate", value)
+                .map(|t| (t, value))
+        });
+        let key = self
+            .key
+            .and_then(|value| checker.string("api.tls_key", value).map(|t| (t, value)));
+        match (certificate, key) {
+            (None, None) if self.certificate.is_none() && self.key.is_none() => {
+                Some(ApiTls::Generated)
+            }
+            (Some((certificate, value)), Some((key, _))) => {
+                match TlsIdentity::from_pem(certificate.as_bytes(), key.as_bytes()) {
+                    Ok(identity) => Some(ApiTls::Configured(identity)),
+                    Err(err) => {
+                        checker.error(
+                            Some(&value.span()),
+                            Some("api.tls_certificate"),
+                            Problem::BadTls(err),
+                        );
+                        None
+                    }
+                }
+            }
+            // A wrong type was reported where it was read.
+            _ if (self.certificate.is_some() && self.key.is_some()) => None,
+            _ => {
+                let given = self.certificate.or(self.key);
+                checker.error(
+                    given.map(|value| value.span()).as_ref(),
+                    Some(if self.certificate.is_some() {
+                        "api.tls_certificate"
+                    } else {
+                        "api.tls_key"
+                    }),
+                    Problem::TlsPairIncomplete,
+                );
+                None
+            }
+        }
+    }
 }
 
 /// The `[network]` keys, checked together because they depend on each other.
@@ -798,6 +921,7 @@ impl ApplianceConfig {
             ipv4: None,
             config_source: format!("{source}"),
             token_source: token.as_str(),
+            tls: None,
         }
     }
 }
@@ -908,6 +1032,69 @@ mod tests {
         );
     }
 
+    /// A P-256 certificate and its key made with `openssl req -x509 -newkey ec`, and another
+    /// key (test fixtures, not secrets of anything).
+    const TEST_CERTIFICATE: &str = include_str!("config/test-certificate.pem");
+    const TEST_KEY: &str = include_str!("config/test-key.pem");
+    const OTHER_KEY: &str = include_str!("config/test-other-key.pem");
+
+    fn tls_file(certificate: &str, key: &str) -> String {
+        format!(
+            "[api]\ntls_certificate = \"\"\"\n{certificate}\"\"\"\ntls_key = \"\"\"\n{key}\"\"\"\n"
+        )
+    }
+
+    #[test]
+    fn tls_is_on_with_a_generated_certificate_by_default() {
+        assert!(matches!(parse("").api_tls, ApiTls::Generated));
+        assert!(matches!(
+            parse("[api]\ntls = true\n").api_tls,
+            ApiTls::Generated
+        ));
+        assert!(matches!(parse("[api]\ntls = false\n").api_tls, ApiTls::Off));
+    }
+
+    #[test]
+    fn a_configured_certificate_and_key_are_checked_at_parse_time() {
+        let config = parse(&tls_file(TEST_CERTIFICATE, TEST_KEY));
+        let ApiTls::Configured(identity) = &config.api_tls else {
+            panic!("expected a configured identity, got {:?}", config.api_tls);
+        };
+        assert_eq!(format!("{}", identity.fingerprint()).len(), 95);
+
+        let mismatch = errors(&tls_file(TEST_CERTIFICATE, OTHER_KEY));
+        assert_eq!(mismatch.len(), 1, "{mismatch:?}");
+        assert!(
+            mismatch[0].starts_with("line 2, api.tls_certificate: "),
+            "{mismatch:?}"
+        );
+        assert!(mismatch[0].contains("key"), "{mismatch:?}");
+
+        let garbage = errors(&tls_file("not a certificate\n", TEST_KEY));
+        assert_eq!(garbage.len(), 1, "{garbage:?}");
+        assert!(garbage[0].contains("api.tls_certificate"), "{garbage:?}");
+    }
+
+    #[test]
+    fn tls_keys_must_come_in_pairs_and_only_with_tls_on() {
+        let only_certificate =
+            format!("[api]\ntls_certificate = \"\"\"\n{TEST_CERTIFICATE}\"\"\"\n");
+        assert_eq!(
+            errors(&only_certificate),
+            [
+                "line 2, api.tls_certificate: api.tls_certificate and api.tls_key go together: give both or neither"
+            ]
+        );
+        assert_eq!(
+            errors("[api]\ntls = false\ntls_key = \"x\"\n"),
+            ["line 3, api.tls_key: only used with api.tls = true"]
+        );
+        assert_eq!(
+            errors("[api]\ntls = \"yes\"\n"),
+            ["line 2, api.tls: expected a boolean, found a string"]
+        );
+    }
+
     #[test]
     fn scoped_tokens_parse_inline_and_as_sections() {
         let inline = parse(
@@ -1008,7 +1195,9 @@ mod tests {
     fn unknown_sections_and_keys_name_line_and_key() {
         assert_eq!(
             errors("[api]\nport = 8080\nprot = 1\n"),
-            ["line 3, api.prot: unknown key (this section knows: port, token, tokens)"]
+            [
+                "line 3, api.prot: unknown key (this section knows: port, token, tokens, tls, tls_certificate, tls_key)"
+            ]
         );
         assert_eq!(
             errors("\n[apl]\nport = 1\n"),

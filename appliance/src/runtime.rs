@@ -8,13 +8,14 @@ use net::{NetStack, Nic};
 
 use crate::config::ApplianceConfig;
 use crate::idle::{AdaptiveIdle, IdleAction};
-use crate::service::ApiService;
+use crate::service::{ApiService, ApiTransport};
 use crate::startup::{AddressEvent, AddressWatch};
 
-/// The appliance's network side: TCP/IP stack, management API and idle policy.
-pub struct Runtime<N: Nic> {
+/// The appliance's network side: TCP/IP stack, management API (served as `S`: plain HTTP or
+/// through TLS) and idle policy.
+pub struct Runtime<N: Nic, S: ApiTransport = ApiService> {
     stack: NetStack<N>,
-    service: ApiService,
+    service: S,
     idle: AdaptiveIdle,
     watch: AddressWatch,
 }
@@ -29,12 +30,29 @@ pub struct StepOutcome {
 }
 
 impl<N: Nic> Runtime<N> {
-    /// Builds the stack on `nic` with `config`, serving `api`; `now_ms` is the current time
-    /// since entry.
+    /// Builds the stack on `nic` with `config`, serving `api` over plain HTTP; `now_ms` is the
+    /// current time since entry.
     pub fn new(nic: N, config: &ApplianceConfig, api: Api, now_ms: u64, random_seed: u64) -> Self {
+        let service = ApiService::new(api, config.api_limits.clone());
+        Self::with_service(nic, config, service, now_ms, random_seed)
+    }
+}
+
+impl<N: Nic, S: ApiTransport> Runtime<N, S>
+where
+    S::Conn: 'static,
+{
+    /// Builds the stack on `nic` with `config`, serving the API through `service`.
+    pub fn with_service(
+        nic: N,
+        config: &ApplianceConfig,
+        service: S,
+        now_ms: u64,
+        random_seed: u64,
+    ) -> Self {
         Self {
             stack: NetStack::new(nic, config.server, now_ms, random_seed),
-            service: ApiService::new(api, config.api_limits.clone()),
+            service,
             idle: AdaptiveIdle::new(config.idle, now_ms),
             watch: AddressWatch::new(config.server.port),
         }

@@ -2,7 +2,37 @@
 //! `mgmt_api::Server<Api>` (sans-IO HTTP) to `net::Service` (what the TCP server drives).
 //! A newtype because neither trait nor type is this crate's (orphan rule).
 
+use api_tls::TlsService;
 use mgmt_api::{Api, Connection, Limits, Server};
+
+/// A `net::Service` that serves the management API: [`ApiService`] (plain HTTP) or
+/// `TlsService<ApiService>` (HTTPS). The main loop reaches the API through it.
+pub trait ApiTransport: net::Service {
+    /// The HTTP server inside.
+    fn server(&self) -> &Server<Api>;
+    /// The HTTP server inside, mutable.
+    fn server_mut(&mut self) -> &mut Server<Api>;
+}
+
+impl ApiTransport for ApiService {
+    fn server(&self) -> &Server<Api> {
+        &self.server
+    }
+
+    fn server_mut(&mut self) -> &mut Server<Api> {
+        &mut self.server
+    }
+}
+
+impl ApiTransport for TlsService<ApiService> {
+    fn server(&self) -> &Server<Api> {
+        self.inner().server()
+    }
+
+    fn server_mut(&mut self) -> &mut Server<Api> {
+        self.inner_mut().server_mut()
+    }
+}
 
 /// `net::Service` over the management API.
 pub struct ApiService {
@@ -15,16 +45,6 @@ impl ApiService {
         Self {
             server: Server::new(api, limits),
         }
-    }
-
-    /// The HTTP server inside.
-    pub fn server(&self) -> &Server<Api> {
-        &self.server
-    }
-
-    /// The HTTP server inside, mutable (to update what the API reports).
-    pub fn server_mut(&mut self) -> &mut Server<Api> {
-        &mut self.server
     }
 }
 

@@ -10,10 +10,16 @@
 //!   handshakes, 32 long polls) held for 60 s while a prober opens a fresh connection for
 //!   one `GET /v1/health` every 200 ms.
 //!
+//! It boots the appliance twice: with `api.tls = false` for the plain-HTTP anchor, then with
+//! its default HTTPS (the generated certificate, pinned by the fingerprint on the console)
+//! for the same keep-alive phase over TLS, `CONNECTIONS` clients doing nothing but full TLS
+//! handshakes for 10 s, and the two phases below.
+//!
 //! Output: per-phase lines, then as the very last line
-//! `api: conns=N rps=R p50_ms=P p99_ms=Q conns256_rps=G hostile_probe_p99_ms=H` (requests
-//! per second over all connections; latency percentiles of single requests, both routes
-//! together; requests per second over 256 connections; the prober's p99).
+//! `api: conns=4 rps=A p50_ms=B p99_ms=C tls_rps=D tls_p50_ms=E handshakes_per_s=F
+//! conns256_rps=G hostile_probe_p99_ms=H` (requests per second over all connections and
+//! latency percentiles of single requests, both routes together, plain and over TLS; full
+//! handshakes per second; requests per second over 256 HTTPS connections; the prober's p99).
 
 use std::time::{Duration, Instant};
 
@@ -232,16 +238,18 @@ pub struct ProbeReport {
 
 /// Holds the standard hostile mix (see [`crate::hostile`]) against the API at `port` for
 /// `duration` while `probe` runs every [`PROBE_INTERVAL`].
+///
+/// On a port with a pinned certificate (HTTPS) the hostile clients speak TLS too.
 pub fn probe_under_hostile_mix(
     port: u16,
     token: &str,
-    half_open_bytes: &[u8],
     duration: Duration,
     mut probe: impl FnMut() -> Option<Duration>,
 ) -> ProbeReport {
     use crate::hostile::{HostileClients, HostileCounts, spawn};
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients = HostileClients::new(port, HostileCounts::STANDARD, token, half_open_bytes);
+    let tls = crate::http::pinned_certificate(port).map(crate::http::pinned_client_config);
+    let clients = HostileClients::new(port, HostileCounts::STANDARD, token, tls);
     let hostile = spawn(clients, stop.clone());
     // Let every hostile connection open before probing.
     std::thread::sleep(Duration::from_secs(2));
@@ -283,14 +291,23 @@ fn sorted(mut values: Vec<f64>) -> Vec<f64> {
     values
 }
 
+/// What one keep-alive phase measured.
+#[derive(Debug, Clone, Default)]
+pub struct KeepAlive {
+    /// Latencies of the answered requests, in seconds, sorted (their count is the requests).
+    pub latencies: Vec<f64>,
+}
+
 /// What the final line reports.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
-    /// Requests answered over the keep-alive connections, and the measured seconds.
-    pub requests: usize,
-    /// Their latencies, in seconds, sorted.
-    pub latencies: Vec<f64>,
-    /// Requests answered over [`MANY_CONNECTIONS`] connections in `MANY_DURATION`.
+    /// The keep-alive phase over plain HTTP.
+    pub plain: KeepAlive,
+    /// The keep-alive phase over HTTPS.
+    pub tls: KeepAlive,
+    /// Full TLS handshakes completed in `DURATION`.
+    pub handshakes: usize,
+    /// Requests answered over [`MANY_CONNECTIONS`] HTTPS connections in `MANY_DURATION`.
     pub many_requests: usize,
     /// The prober's latencies under the hostile mix, sorted.
     pub probes: Vec<f64>,
@@ -298,13 +315,18 @@ pub struct Summary {
 
 /// The final line.
 pub fn summary_line(summary: &Summary) -> String {
-    let all = &summary.latencies;
+    let seconds = DURATION.as_secs_f64();
+    let plain = &summary.plain.latencies;
+    let tls = &summary.tls.latencies;
     format!(
-        "api: conns={CONNECTIONS} rps={:.0} p50_ms={:.2} p99_ms={:.2} conns256_rps={:.0} \
-         hostile_probe_p99_ms={:.1}",
-        summary.requests as f64 / DURATION.as_secs_f64(),
-        quantile(all, 0.50) * 1e3,
-        quantile(all, 0.99) * 1e3,
+        "api: conns={CONNECTIONS} rps={:.0} p50_ms={:.2} p99_ms={:.2} tls_rps={:.0} \
+         tls_p50_ms={:.2} handshakes_per_s={:.0} conns256_rps={:.0} hostile_probe_p99_ms={:.1}",
+        plain.len() as f64 / seconds,
+        quantile(plain, 0.50) * 1e3,
+        quantile(plain, 0.99) * 1e3,
+        tls.len() as f64 / seconds,
+        quantile(tls, 0.50) * 1e3,
+        summary.handshakes as f64 / seconds,
         summary.many_requests as f64 / MANY_DURATION.as_secs_f64(),
         quantile(&summary.probes, 0.99) * 1e3,
     )
@@ -313,10 +335,42 @@ pub fn summary_line(summary: &Summary) -> String {
 /// Builds the image and boots it in QEMU with the benches' token, as `name`; returns the
 /// instance, the forwarded port and the firmware files once the API answers.
 pub(crate) fn boot_appliance(ws: &Workspace, name: &str) -> Result<(Qemu, u16, Firmware)> {
+    boot_appliance_with(ws, name, None)
+}
+
+/// Like [`boot_appliance`], with `config` (an `appliance.toml` text) under the token.
+fn boot_appliance_with(
+    ws: &Workspace,
+    name: &str,
+    config: Option<&str>,
+) -> Result<(Qemu, u16, Firmware)> {
+    let file = match config {
+        Some(text) => {
+            let path = ws
+                .instances_dir()
+                .join(format!("bench-{name}-{}.toml", std::process::id()));
+            std::fs::create_dir_all(ws.instances_dir()).map_err(|source| ImageError::Io {
+                action: "create directory",
+                path: ws.instances_dir(),
+                source,
+            })?;
+            std::fs::write(&path, text).map_err(|source| ImageError::Io {
+                action: "write",
+                path: path.clone(),
+                source,
+            })?;
+            Some(path)
+        }
+        None => None,
+    };
     let composed = compose(&ConfigArgs {
-        file: None,
+        file: file.clone(),
         token: Some(TOKEN.to_string()),
-    })?;
+    });
+    if let Some(file) = &file {
+        let _ = std::fs::remove_file(file);
+    }
+    let composed = composed?;
     let image = build_appliance(ws)?;
     let firmware = deps::ensure()?;
     let port = free_port()?;
@@ -350,45 +404,34 @@ pub(crate) fn boot_appliance(ws: &Workspace, name: &str) -> Result<(Qemu, u16, F
 
 /// Runs the benchmark; prints its report.
 pub fn run(ws: &Workspace) -> Result<()> {
-    let (mut vm, port, _) = boot_appliance(ws, "api")?;
+    // Plain HTTP (`api.tls = false`): the anchor the TLS figures are compared with.
+    let (mut vm, port, _) = boot_appliance_with(ws, "api", Some("[api]\ntls = false\n"))?;
+    let plain = (|| {
+        prepare(port)?;
+        keep_alive_phase(port, "http")
+    })();
+    if plain.is_err() {
+        eprintln!("bench api: serial log:\n{}", vm.serial_log());
+    }
+    vm.kill();
+    let plain = plain?;
+
+    // HTTPS, the default: the certificate generated at first boot, pinned by its fingerprint.
+    let (mut vm, port, _) = boot_appliance(ws, "api-tls")?;
     let outcome = (|| {
         prepare(port)?;
-        let measure_from = Instant::now() + WARM_UP;
-        let end = measure_from + DURATION;
-        let handles: Vec<_> = (0..CONNECTIONS)
-            .map(|_| std::thread::spawn(move || drive(port, measure_from, end)))
-            .collect();
-        let mut per_route: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-        let mut errors = 0usize;
-        for handle in handles {
-            let samples = handle
-                .join()
-                .map_err(|_| ImageError::BadResponse("a bench connection panicked"))??;
-            errors += samples.errors;
-            for (all, mine) in per_route.iter_mut().zip(samples.latencies) {
-                all.extend(mine);
-            }
-        }
-        let seconds = DURATION.as_secs_f64();
-        for (path, values) in ROUTES.iter().zip(&per_route) {
-            let values = sorted(values.clone());
-            println!(
-                "bench api: GET {path}: {} requests, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
-                values.len(),
-                values.len() as f64 / seconds,
-                quantile(&values, 0.5) * 1e3,
-                quantile(&values, 0.99) * 1e3
-            );
-        }
-        if errors > 0 {
-            println!("bench api: {errors} failed requests (reconnected)");
-        }
-        let all = sorted(per_route.concat());
+        let tls = keep_alive_phase(port, "https")?;
+        let handshakes = handshake_phase(port)?;
+        println!(
+            "bench api: {CONNECTIONS} clients doing full TLS handshakes for {} s: {handshakes} \
+             handshakes",
+            DURATION.as_secs()
+        );
 
         let (many_requests, many_errors) = many_connections(port)?;
         println!(
-            "bench api: {MANY_CONNECTIONS} keep-alive connections: {many_requests} requests in \
-             {} s, {many_errors} errors",
+            "bench api: {MANY_CONNECTIONS} keep-alive HTTPS connections: {many_requests} \
+             requests in {} s, {many_errors} errors",
             MANY_DURATION.as_secs()
         );
         if many_errors > 0 {
@@ -397,12 +440,11 @@ pub fn run(ws: &Workspace) -> Result<()> {
             ));
         }
 
-        let report =
-            probe_under_hostile_mix(port, TOKEN, &[], HOSTILE_DURATION, || probe_health(port));
+        let report = probe_under_hostile_mix(port, TOKEN, HOSTILE_DURATION, || probe_health(port));
         println!(
-            "bench api: hostile mix (64 slow headers, 32 half-open, 32 long polls) for {} s: \
-             {} probes answered (p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms), {} unanswered; \
-             hostile clients: {:?}",
+            "bench api: hostile mix (64 slow headers, 32 half-open TLS handshakes, 32 long \
+             polls) for {} s: {} probes answered (each a new TLS connection; p50 {:.1} ms, \
+             p99 {:.1} ms, max {:.1} ms), {} unanswered; hostile clients: {:?}",
             HOSTILE_DURATION.as_secs(),
             report.answered.len(),
             quantile(&report.answered, 0.5) * 1e3,
@@ -411,9 +453,15 @@ pub fn run(ws: &Workspace) -> Result<()> {
             report.unanswered,
             report.hostile,
         );
+        if report.unanswered > 0 {
+            return Err(ImageError::BadResponse(
+                "health probes went unanswered under the hostile mix",
+            ));
+        }
         Ok(summary_line(&Summary {
-            requests: all.len(),
-            latencies: all,
+            plain,
+            tls,
+            handshakes,
             many_requests,
             probes: report.answered,
         }))
@@ -424,6 +472,74 @@ pub fn run(ws: &Workspace) -> Result<()> {
     vm.kill();
     println!("{}", outcome?);
     Ok(())
+}
+
+/// `CONNECTIONS` keep-alive connections alternating the two routes for `DURATION` after a
+/// warm-up; prints per-route lines labelled `scheme`.
+fn keep_alive_phase(port: u16, scheme: &str) -> Result<KeepAlive> {
+    let measure_from = Instant::now() + WARM_UP;
+    let end = measure_from + DURATION;
+    let handles: Vec<_> = (0..CONNECTIONS)
+        .map(|_| std::thread::spawn(move || drive(port, measure_from, end)))
+        .collect();
+    let mut per_route: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut errors = 0usize;
+    for handle in handles {
+        let samples = handle
+            .join()
+            .map_err(|_| ImageError::BadResponse("a bench connection panicked"))??;
+        errors += samples.errors;
+        for (all, mine) in per_route.iter_mut().zip(samples.latencies) {
+            all.extend(mine);
+        }
+    }
+    let seconds = DURATION.as_secs_f64();
+    for (path, values) in ROUTES.iter().zip(&per_route) {
+        let values = sorted(values.clone());
+        println!(
+            "bench api: {scheme} GET {path}: {} requests, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+            values.len(),
+            values.len() as f64 / seconds,
+            quantile(&values, 0.5) * 1e3,
+            quantile(&values, 0.99) * 1e3
+        );
+    }
+    if errors > 0 {
+        println!("bench api: {scheme}: {errors} failed requests (reconnected)");
+    }
+    Ok(KeepAlive {
+        latencies: sorted(per_route.concat()),
+    })
+}
+
+/// `CONNECTIONS` clients each opening a connection, completing a TLS handshake and closing,
+/// in a loop for `DURATION`: handshakes completed.
+fn handshake_phase(port: u16) -> Result<usize> {
+    let end = Instant::now() + DURATION;
+    let handles: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut done = 0usize;
+                while Instant::now() < end {
+                    let completed = Connection::open(port, IO_TIMEOUT)
+                        .and_then(|mut connection| connection.handshake())
+                        .is_ok_and(|chain| !chain.is_empty());
+                    if !completed {
+                        return Err(ImageError::BadResponse("a TLS handshake failed"));
+                    }
+                    done += 1;
+                }
+                Ok(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for handle in handles {
+        total += handle
+            .join()
+            .map_err(|_| ImageError::BadResponse("a bench client panicked"))??;
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -443,15 +559,20 @@ mod tests {
     #[test]
     fn summary_line_has_the_documented_shape() {
         let line = summary_line(&Summary {
-            requests: 2000,
-            latencies: vec![0.001, 0.002, 0.003],
+            plain: KeepAlive {
+                latencies: vec![0.001; 2000],
+            },
+            tls: KeepAlive {
+                latencies: vec![0.002; 1000],
+            },
+            handshakes: 500,
             many_requests: 30_000,
             probes: vec![0.004, 0.0123],
         });
         assert_eq!(
             line,
-            "api: conns=4 rps=200 p50_ms=2.00 p99_ms=3.00 conns256_rps=3000 \
-             hostile_probe_p99_ms=12.3"
+            "api: conns=4 rps=200 p50_ms=1.00 p99_ms=1.00 tls_rps=100 tls_p50_ms=2.00 \
+             handshakes_per_s=50 conns256_rps=3000 hostile_probe_p99_ms=12.3"
         );
     }
 }

@@ -17,6 +17,7 @@ use crate::build::{
 };
 use crate::deps;
 use crate::error::{ImageError, Result};
+use crate::http;
 use crate::qemu::{BootMedium, GUEST_API_PORT, Qemu, QemuConfig};
 use crate::serial::{generated_token, listening_after_ms};
 use crate::workspace::{UEFI_TARGET, Workspace, cargo_binary};
@@ -321,6 +322,26 @@ fn prepare_medium(
     })
 }
 
+/// Fetches the API's certificate over a connection that pins the fingerprint the console
+/// printed, and writes it as PEM for `curl --cacert` (the generated certificate names
+/// `localhost`); returns the file.
+fn save_api_certificate(ws: &Workspace, port: u16) -> Result<std::path::PathBuf> {
+    let mut connection = http::Connection::open(port, Duration::from_secs(15))?;
+    let chain = connection.handshake()?;
+    let leaf = chain
+        .first()
+        .ok_or(ImageError::BadResponse("the API sent no certificate"))?;
+    let path = ws
+        .instances_dir()
+        .join(format!("api-certificate-{port}.pem"));
+    std::fs::write(&path, http::certificate_pem(leaf)).map_err(|source| ImageError::Io {
+        action: "write the API certificate to",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
 /// `cargo xtask run`: build, boot, wait for the API, stream the console until Ctrl-C.
 fn run(ws: &Workspace, port: u16, medium: RunMedium, args: &ConfigArgs) -> Result<()> {
     let composed = compose(args)?;
@@ -346,7 +367,12 @@ fn run(ws: &Workspace, port: u16, medium: RunMedium, args: &ConfigArgs) -> Resul
     eprintln!("xtask: {}", vm.command_line());
     match vm.wait_ready_or_cancel(READY_TIMEOUT, &stop) {
         Ok(ready_after) => {
-            println!("API ready at http://127.0.0.1:{port}");
+            let pem = match http::pinned_certificate(port) {
+                Some(_) => Some(save_api_certificate(ws, port)?),
+                None => None,
+            };
+            let scheme = if pem.is_some() { "https" } else { "http" };
+            println!("API ready at {scheme}://127.0.0.1:{port}");
             let appliance = listening_after_ms(&vm.serial_log())
                 .map_or_else(|| "unknown".to_string(), |ms| format!("{ms} ms"));
             println!(
@@ -358,9 +384,16 @@ fn run(ws: &Workspace, port: u16, medium: RunMedium, args: &ConfigArgs) -> Resul
                 .clone()
                 .or_else(|| generated_token(&vm.serial_log()));
             match token {
-                Some(token) => println!(
-                    "try: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/v1/host"
-                ),
+                Some(token) => match &pem {
+                    Some(pem) => println!(
+                        "try: curl --cacert {} -H 'Authorization: Bearer {token}' \
+                         https://localhost:{port}/v1/host",
+                        pem.display()
+                    ),
+                    None => println!(
+                        "try: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/v1/host"
+                    ),
+                },
                 None => println!("the API token is printed on the console above"),
             }
         }

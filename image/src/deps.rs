@@ -1,4 +1,5 @@
-//! Making sure QEMU and OVMF are installed (Debian/Ubuntu packages `qemu-system-x86` and `ovmf`).
+//! Making sure QEMU and OVMF are installed (Debian/Ubuntu packages `qemu-system-x86` and `ovmf`),
+//! and the command-line TLS clients the end-to-end tests use (`curl`, `openssl`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,9 +13,11 @@ pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// OVMF variable store template; every QEMU instance gets a private copy.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-/// What a root user runs to install both.
-pub const INSTALL_COMMAND: &str =
-    "apt-get update && apt-get install -y --no-install-recommends qemu-system-x86 ovmf";
+/// Command-line TLS clients the end-to-end tests check the API's HTTPS with (independent
+/// TLS implementations: curl's and OpenSSL's).
+pub const TLS_CLIENTS: [&str; 2] = ["curl", "openssl"];
+/// What a root user runs to install everything.
+pub const INSTALL_COMMAND: &str = "apt-get update && apt-get install -y --no-install-recommends qemu-system-x86 ovmf curl openssl";
 
 /// The emulator and firmware files QEMU is booted with.
 #[derive(Debug, Clone)]
@@ -43,6 +46,9 @@ pub fn find() -> Result<Firmware, String> {
             return Err(file.to_string());
         }
     }
+    if let Some(missing) = TLS_CLIENTS.iter().find(|tool| find_in_path(tool).is_none()) {
+        return Err((*missing).to_string());
+    }
     Ok(Firmware {
         qemu,
         ovmf_code: PathBuf::from(OVMF_CODE),
@@ -68,7 +74,7 @@ pub fn ensure() -> Result<Firmware> {
             command: INSTALL_COMMAND,
         });
     }
-    eprintln!("xtask: {missing} is missing; installing QEMU and OVMF with apt-get");
+    eprintln!("xtask: {missing} is missing; installing QEMU, OVMF, curl and openssl with apt-get");
     install_with_apt()?;
     find().map_err(|missing| ImageError::InstallIncomplete { missing })
 }
@@ -89,6 +95,8 @@ fn install_with_apt() -> Result<()> {
         "--no-install-recommends",
         "qemu-system-x86",
         "ovmf",
+        "curl",
+        "openssl",
     ];
     match run_command(&mut apt_get(&install)) {
         Ok(()) => Ok(()),

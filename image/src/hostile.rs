@@ -11,10 +11,18 @@
 //!
 //! Whenever the appliance ends one of these connections (a deadline, a reset), it is opened
 //! again, so the pressure stays constant for the whole run.
+//!
+//! Against an HTTPS port ([`HostileClients::new`] with a client configuration) the slow
+//! headers and long polls speak TLS: they complete the handshake at once, then send their
+//! HTTP bytes inside TLS records as above (a slow client one record per byte).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 
 use crate::http::{Parsed, parse_response};
 
@@ -81,10 +89,86 @@ enum Kind {
     LongPoll,
 }
 
+/// A hostile client's connection: plain TCP, or TLS driven over a non-blocking socket.
+#[derive(Debug)]
+enum Link {
+    Plain(TcpStream),
+    Tls(TcpStream, Box<ClientConnection>),
+}
+
+impl Link {
+    /// Queues `bytes` (encrypted when TLS) and writes what the socket takes now.
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Plain(stream) => stream.write_all(bytes),
+            Self::Tls(stream, tls) => {
+                tls.writer().write_all(bytes)?;
+                flush_tls(stream, tls)
+            }
+        }
+    }
+
+    /// Appends what arrived (decrypted when TLS) to `into`; `Ok(true)` when the peer ended
+    /// the connection.
+    fn receive(&mut self, into: &mut Vec<u8>) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 4096];
+        match self {
+            Self::Plain(stream) => loop {
+                match stream.read(&mut chunk) {
+                    Ok(0) => return Ok(true),
+                    Ok(n) => into.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            },
+            Self::Tls(stream, tls) => {
+                let mut eof = false;
+                loop {
+                    match tls.read_tls(stream) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                tls.process_new_packets()
+                    .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))?;
+                loop {
+                    match tls.reader().read(&mut chunk) {
+                        Ok(0) => return Ok(true),
+                        Ok(n) => into.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(true),
+                        Err(e) => return Err(e),
+                    }
+                }
+                // Handshake messages and alerts to answer.
+                flush_tls(stream, tls)?;
+                Ok(eof)
+            }
+        }
+    }
+}
+
+/// Writes the TLS records waiting, as far as the non-blocking socket takes them.
+fn flush_tls(stream: &mut TcpStream, tls: &mut ClientConnection) -> std::io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 struct Client {
     kind: Kind,
-    stream: Option<TcpStream>,
+    link: Option<Link>,
     /// Bytes of the slow head sent so far.
     sent: usize,
     next_byte_at: Instant,
@@ -99,14 +183,27 @@ pub struct HostileClients {
     slow_head: Vec<u8>,
     half_open_bytes: Vec<u8>,
     long_poll: Vec<u8>,
+    /// TLS for the slow headers and long polls (an HTTPS port); `None`: plain.
+    tls: Option<Arc<ClientConfig>>,
     stats: HostileStats,
 }
 
 impl HostileClients {
-    /// Clients for the API at `127.0.0.1:port`; `token` authorizes the long polls and
-    /// `half_open_bytes` is what a half-open client sends ([`PARTIAL_CLIENT_HELLO`] on a TLS
-    /// port, nothing on a plain one). Nothing connects before the first [`Self::step`].
-    pub fn new(port: u16, counts: HostileCounts, token: &str, half_open_bytes: &[u8]) -> Self {
+    /// Clients for the API at `127.0.0.1:port`; `token` authorizes the long polls. With `tls`
+    /// (an HTTPS port) slow headers and long polls speak TLS with that configuration, and
+    /// half-open clients send [`PARTIAL_CLIENT_HELLO`]; without, everything is plain and
+    /// half-open clients send nothing. Nothing connects before the first [`Self::step`].
+    pub fn new(
+        port: u16,
+        counts: HostileCounts,
+        token: &str,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Self {
+        let half_open_bytes: &[u8] = if tls.is_some() {
+            PARTIAL_CLIENT_HELLO
+        } else {
+            &[]
+        };
         let now = Instant::now();
         let kinds = std::iter::repeat_n(Kind::SlowHeaders, counts.slow_headers)
             .chain(std::iter::repeat_n(Kind::HalfOpen, counts.half_open))
@@ -114,7 +211,7 @@ impl HostileClients {
         let clients = kinds
             .map(|kind| Client {
                 kind,
-                stream: None,
+                link: None,
                 sent: 0,
                 next_byte_at: now,
                 received: Vec::new(),
@@ -130,6 +227,7 @@ impl HostileClients {
             slow_head: b"GET /v1/health HTTP/1.1\r\nHost: slow\r\nX-Padding: ".to_vec(),
             half_open_bytes: half_open_bytes.to_vec(),
             long_poll: long_poll.into_bytes(),
+            tls,
             stats: HostileStats::default(),
         }
     }
@@ -141,7 +239,7 @@ impl HostileClients {
 
     /// Connections currently open.
     pub fn open_connections(&self) -> usize {
-        self.clients.iter().filter(|c| c.stream.is_some()).count()
+        self.clients.iter().filter(|c| c.link.is_some()).count()
     }
 
     /// One round over every client: (re)connect, send what is due, read what arrived.
@@ -157,58 +255,56 @@ impl HostileClients {
         let Some(client) = self.clients.get_mut(index) else {
             return;
         };
-        if client.stream.is_none() {
-            match connect(self.address) {
-                Ok(mut stream) => {
-                    self.stats.connects += 1;
-                    let first: &[u8] = match client.kind {
-                        Kind::SlowHeaders => &[],
-                        Kind::HalfOpen => &self.half_open_bytes,
-                        Kind::LongPoll => &self.long_poll,
-                    };
-                    if !first.is_empty() && stream.write_all(first).is_err() {
-                        self.stats.ended_by_server += 1;
-                        return;
-                    }
-                    client.stream = Some(stream);
-                    client.sent = 0;
-                    client.next_byte_at = now;
-                    client.received.clear();
+        if client.link.is_none() {
+            let link = connect(self.address).and_then(|stream| match (&self.tls, client.kind) {
+                (Some(config), Kind::SlowHeaders | Kind::LongPoll) => {
+                    let name = ServerName::try_from("localhost")
+                        .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
+                    let tls = ClientConnection::new(config.clone(), name)
+                        .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
+                    Ok(Link::Tls(stream, Box::new(tls)))
                 }
+                _ => Ok(Link::Plain(stream)),
+            });
+            let mut link = match link {
+                Ok(link) => link,
                 Err(_) => {
                     self.stats.connect_failures += 1;
                     return;
                 }
+            };
+            self.stats.connects += 1;
+            let first: &[u8] = match client.kind {
+                Kind::SlowHeaders => &[],
+                Kind::HalfOpen => &self.half_open_bytes,
+                Kind::LongPoll => &self.long_poll,
+            };
+            // A TLS client's ClientHello goes out with its first flush.
+            let sent = match &mut link {
+                Link::Tls(stream, tls) if first.is_empty() => flush_tls(stream, tls),
+                _ if first.is_empty() => Ok(()),
+                _ => link.send(first),
+            };
+            if sent.is_err() {
+                self.stats.ended_by_server += 1;
+                return;
             }
+            client.link = Some(link);
+            client.sent = 0;
+            client.next_byte_at = now;
+            client.received.clear();
         }
-        let Some(stream) = client.stream.as_mut() else {
+        let Some(link) = client.link.as_mut() else {
             return;
         };
-        let mut ended = false;
-        let mut chunk = [0u8; 4096];
-        loop {
-            match stream.read(&mut chunk) {
-                Ok(0) => {
-                    ended = true;
-                    break;
-                }
-                Ok(n) => client
-                    .received
-                    .extend_from_slice(chunk.get(..n).unwrap_or_default()),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    ended = true;
-                    break;
-                }
-            }
-        }
+        let mut ended = !matches!(link.receive(&mut client.received), Ok(false));
         match client.kind {
             // Any answer to a never-finished head (408, 400) ends the client's attempt.
             Kind::SlowHeaders | Kind::HalfOpen if !client.received.is_empty() => ended = true,
             Kind::SlowHeaders if !ended && now >= client.next_byte_at => {
                 // Past the fixed prefix, pad forever.
                 let byte = self.slow_head.get(client.sent).copied().unwrap_or(b'a');
-                if stream.write_all(&[byte]).is_err() {
+                if link.send(&[byte]).is_err() {
                     ended = true;
                 }
                 client.sent += 1;
@@ -218,7 +314,7 @@ impl HostileClients {
                 while let Ok(Parsed::Complete(_, used)) = parse_response(&client.received, false) {
                     client.received.drain(..used);
                     self.stats.long_polls_answered += 1;
-                    if stream.write_all(&self.long_poll).is_err() {
+                    if link.send(&self.long_poll).is_err() {
                         ended = true;
                         break;
                     }
@@ -227,7 +323,7 @@ impl HostileClients {
             Kind::SlowHeaders | Kind::HalfOpen => {}
         }
         if ended {
-            client.stream = None;
+            client.link = None;
             self.stats.ended_by_server += 1;
         }
     }
@@ -268,7 +364,7 @@ mod tests {
             half_open: 1,
             long_polls: 1,
         };
-        let mut clients = HostileClients::new(port, counts, "tok", PARTIAL_CLIENT_HELLO);
+        let mut clients = HostileClients::new(port, counts, "tok", None);
         clients.step();
         assert_eq!(clients.open_connections(), 4);
         let mut accepted: Vec<TcpStream> = (0..4)
@@ -291,7 +387,11 @@ mod tests {
                 .iter()
                 .any(|f| f.starts_with(b"GET /v1/events?since="))
         );
-        assert!(firsts.iter().any(|f| f.as_slice() == PARTIAL_CLIENT_HELLO));
+        assert_eq!(
+            firsts.iter().filter(|f| f.is_empty()).count(),
+            1,
+            "half-open: nothing"
+        );
         assert_eq!(firsts.iter().filter(|f| f.as_slice() == b"G").count(), 2);
         // The long poll is answered: it is sent again on the same connection.
         let poll = accepted

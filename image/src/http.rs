@@ -1,13 +1,28 @@
-//! Just enough of an HTTP/1.1 client to check the appliance from the host.
+//! Just enough of an HTTP/1.1 client to check the appliance from the host, over plain TCP or
+//! HTTPS.
+//!
+//! HTTPS: [`pin_certificate`] records, per host port, the SHA-256 fingerprint of the
+//! appliance's certificate (the console prints it at every boot; [`crate::qemu`] reads it
+//! there and pins it); every [`Connection`] to a pinned port then speaks TLS (rustls over the
+//! same pure-Rust provider as the appliance) and accepts exactly that certificate, as an SSH
+//! client accepts a known host key. Ports without a pin speak plain HTTP.
 //!
 //! Hand-written on purpose: the tests must send deliberately malformed and oversized requests
 //! and reuse one connection for several requests, which a full client library hides. Response
 //! heads are parsed by `httparse`; bodies are framed by `Content-Length` (or by the end of the
 //! connection), which is all the appliance sends.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use sha2::{Digest, Sha256};
 
 use crate::error::{ImageError, Result};
 
@@ -113,28 +128,268 @@ pub fn parse_response(buf: &[u8], at_eof: bool) -> Result<Parsed> {
     ))
 }
 
-/// A TCP connection to the appliance that reads responses one by one (keep-alive aware).
+/// A SHA-256 certificate fingerprint.
+pub type Fingerprint = [u8; 32];
+
+/// Pinned certificate fingerprints by host port.
+static PINS: Mutex<Option<HashMap<u16, Fingerprint>>> = Mutex::new(None);
+
+/// From now on, connections to `port` speak TLS and accept only the certificate whose
+/// SHA-256 is `fingerprint`.
+pub fn pin_certificate(port: u16, fingerprint: Fingerprint) {
+    let mut pins = PINS.lock().unwrap_or_else(PoisonError::into_inner);
+    pins.get_or_insert_with(HashMap::new)
+        .insert(port, fingerprint);
+}
+
+/// Connections to `port` speak plain HTTP again.
+pub fn unpin_certificate(port: u16) {
+    let mut pins = PINS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(pins) = pins.as_mut() {
+        pins.remove(&port);
+    }
+}
+
+/// The fingerprint pinned for `port`, if any.
+pub fn pinned_certificate(port: u16) -> Option<Fingerprint> {
+    let pins = PINS.lock().unwrap_or_else(PoisonError::into_inner);
+    pins.as_ref().and_then(|pins| pins.get(&port).copied())
+}
+
+/// Parses a fingerprint as the appliance prints it: 32 hex pairs separated by `:`.
+pub fn parse_fingerprint(text: &str) -> Option<Fingerprint> {
+    let mut out = [0u8; 32];
+    let mut parts = text.trim().split(':');
+    for byte in &mut out {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// The SHA-256 fingerprint of a DER certificate.
+pub fn fingerprint_of(der: &[u8]) -> Fingerprint {
+    Sha256::digest(der).into()
+}
+
+/// A DER certificate as PEM text (RFC 7468), for `curl --cacert`.
+pub fn certificate_pem(der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut base64 = String::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let bytes = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let word = (u32::from(bytes[0]) << 16) | (u32::from(bytes[1]) << 8) | u32::from(bytes[2]);
+        for index in 0..4 {
+            let sextet = (word >> (18 - 6 * index)) & 0x3f;
+            let symbol = if index <= chunk.len() {
+                ALPHABET.get(sextet as usize).copied().unwrap_or(b'=')
+            } else {
+                b'='
+            };
+            base64.push(char::from(symbol));
+        }
+    }
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in base64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+/// Accepts exactly one end-entity certificate, by fingerprint; signatures are checked with
+/// the provider's algorithms.
+#[derive(Debug)]
+struct PinnedCertificate {
+    fingerprint: Fingerprint,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if fingerprint_of(end_entity) == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A client configuration that trusts exactly the certificate with `fingerprint`.
+pub fn pinned_client_config(fingerprint: Fingerprint) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls_rustcrypto::provider());
+    let verifier = Arc::new(PinnedCertificate {
+        fingerprint,
+        provider: provider.clone(),
+    });
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|builder| {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth()
+        });
+    match config {
+        Ok(config) => Arc::new(config),
+        // The provider offers TLS 1.2 and 1.3, so the safe defaults always match it.
+        Err(e) => panic!("rustls refused its own provider's defaults: {e}"),
+    }
+}
+
+/// The byte stream under a [`Connection`].
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(stream) => stream.read(buf),
+            Self::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(stream) => stream.write(buf),
+            Self::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Plain(stream) => stream.flush(),
+            Self::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+/// A connection to the appliance that reads responses one by one (keep-alive aware), over
+/// TLS when the port has a pinned certificate.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     port: u16,
     pending: Vec<u8>,
 }
 
 impl Connection {
-    /// Connects to `127.0.0.1:port`, with `timeout` for the connect and for every read/write.
+    /// Connects to `127.0.0.1:port`, with `timeout` for the connect and for every read/write
+    /// (TLS when [`pin_certificate`] pinned the port; the handshake happens with the first
+    /// request).
     pub fn open(port: u16, timeout: Duration) -> Result<Self> {
-        let net_err = |source| ImageError::Network { port, source };
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(net_err)?;
-        stream.set_read_timeout(Some(timeout)).map_err(net_err)?;
-        stream.set_write_timeout(Some(timeout)).map_err(net_err)?;
-        stream.set_nodelay(true).map_err(net_err)?;
+        match pinned_certificate(port) {
+            Some(fingerprint) => Self::open_tls(port, timeout, pinned_client_config(fingerprint)),
+            None => Self::open_plain(port, timeout),
+        }
+    }
+
+    /// A plain TCP connection, whatever is pinned.
+    pub fn open_plain(port: u16, timeout: Duration) -> Result<Self> {
         Ok(Self {
-            stream,
+            stream: Stream::Plain(tcp(port, timeout)?),
             port,
             pending: Vec::new(),
         })
+    }
+
+    /// A TLS connection with `config` (server name `localhost`).
+    pub fn open_tls(port: u16, timeout: Duration, config: Arc<ClientConfig>) -> Result<Self> {
+        let tcp = tcp(port, timeout)?;
+        let name = ServerName::try_from("localhost")
+            .map_err(|_| ImageError::BadResponse("server name"))?;
+        let tls = ClientConnection::new(config, name)
+            .map_err(|_| ImageError::BadResponse("TLS client setup"))?;
+        Ok(Self {
+            stream: Stream::Tls(Box::new(StreamOwned::new(tls, tcp))),
+            port,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Completes the TLS handshake now (it otherwise happens with the first request);
+    /// returns the server's certificate chain (DER, end-entity first). Empty for plain TCP.
+    pub fn handshake(&mut self) -> Result<Vec<Vec<u8>>> {
+        let port = self.port;
+        let Stream::Tls(stream) = &mut self.stream else {
+            return Ok(Vec::new());
+        };
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .map_err(|source| ImageError::Network { port, source })?;
+        }
+        Ok(stream
+            .conn
+            .peer_certificates()
+            .map(|chain| chain.iter().map(|cert| cert.to_vec()).collect())
+            .unwrap_or_default())
+    }
+
+    /// The negotiated TLS version (`"TLSv1.3"`/`"TLSv1.2"`), `None` for plain TCP or before
+    /// the handshake.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        let Stream::Tls(stream) = &self.stream else {
+            return None;
+        };
+        match stream.conn.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
+            rustls::ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
+            _ => Some("other"),
+        }
     }
 
     /// Sends raw bytes.
@@ -188,12 +443,27 @@ impl Connection {
 
     /// True when the peer has closed its side (a read returns end-of-stream within `wait`).
     pub fn peer_closed(&mut self, wait: Duration) -> bool {
-        if self.stream.set_read_timeout(Some(wait)).is_err() {
+        let tcp = match &self.stream {
+            Stream::Plain(stream) => stream,
+            Stream::Tls(stream) => &stream.sock,
+        };
+        if tcp.set_read_timeout(Some(wait)).is_err() {
             return false;
         }
         let mut byte = [0u8; 1];
         matches!(self.stream.read(&mut byte), Ok(0))
     }
+}
+
+/// A TCP connection to `127.0.0.1:port` with `timeout` on connect, reads and writes.
+fn tcp(port: u16, timeout: Duration) -> Result<TcpStream> {
+    let net_err = |source| ImageError::Network { port, source };
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(net_err)?;
+    stream.set_read_timeout(Some(timeout)).map_err(net_err)?;
+    stream.set_write_timeout(Some(timeout)).map_err(net_err)?;
+    stream.set_nodelay(true).map_err(net_err)?;
+    Ok(stream)
 }
 
 /// One `GET path` on a fresh connection that is closed afterwards.
@@ -221,6 +491,28 @@ pub fn get_with_authorization(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pem_is_base64_in_64_column_lines() {
+        let pem = certificate_pem(b"Many hands make light work.");
+        assert_eq!(
+            pem,
+            "-----BEGIN CERTIFICATE-----\nTWFueSBoYW5kcyBtYWtlIGxpZ2h0IHdvcmsu\n-----END CERTIFICATE-----\n"
+        );
+        assert!(certificate_pem(b"ab").contains("\nYWI=\n"));
+        assert!(certificate_pem(b"a").contains("\nYQ==\n"));
+        let long = certificate_pem(&[0u8; 60]);
+        assert!(long.lines().all(|line| line.len() <= 64));
+    }
+
+    #[test]
+    fn fingerprints_parse_as_the_appliance_prints_them() {
+        let text = ["0A"; 32].join(":");
+        assert_eq!(parse_fingerprint(&text), Some([0x0a; 32]));
+        assert_eq!(parse_fingerprint(&["0A"; 31].join(":")), None);
+        assert_eq!(parse_fingerprint(&format!("{text}:0A")), None);
+        assert_eq!(parse_fingerprint(&text.replace("0A", "ZZ")), None);
+    }
 
     #[test]
     fn parses_a_response_with_content_length() {

@@ -21,6 +21,16 @@ use crate::deps::Firmware;
 use crate::error::{ImageError, Result};
 use crate::http;
 
+/// What the appliance prints before the API's certificate fingerprint (`appliance::boot`).
+pub const FINGERPRINT_MARKER: &str = "TLS certificate SHA-256 fingerprint ";
+
+/// The API certificate's fingerprint the console printed last (the current boot's), if any.
+pub fn api_fingerprint(serial: &str) -> Option<http::Fingerprint> {
+    let start = serial.rfind(FINGERPRINT_MARKER)? + FINGERPRINT_MARKER.len();
+    let text = serial.get(start..)?.lines().next()?;
+    http::parse_fingerprint(text.get(..95)?)
+}
+
 /// The NIC: virtio-net with `romfile=` (empty), so the firmware drives it with OVMF's own
 /// virtio-net driver (edk2 `OvmfPkg/VirtioNetDxe`, fixed descriptor rings) instead of the
 /// iPXE option ROM QEMU attaches by default. iPXE's SNP queues received frames in its own
@@ -120,6 +130,10 @@ pub struct Qemu {
     readers: Vec<JoinHandle<()>>,
     instance_dir: PathBuf,
     command_line: String,
+    /// QEMU and its arguments, to start it again on the same instance directory.
+    program: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    echo_serial: bool,
 }
 
 impl Qemu {
@@ -217,32 +231,39 @@ impl Qemu {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let command_line = describe(&command);
-        let started = Instant::now();
-        let mut child = command.spawn().map_err(|source| ImageError::Spawn {
-            program: firmware.qemu.display().to_string(),
-            source,
-        })?;
-        let captured = Arc::new(Mutex::new(Captured::default()));
-        let mut readers = Vec::new();
-        if let Some(stdout) = child.stdout.take() {
-            readers.push(spawn_serial_reader(
-                stdout,
-                Arc::clone(&captured),
-                config.echo_serial,
-            ));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            readers.push(spawn_stderr_reader(stderr, Arc::clone(&captured)));
-        }
+        let args = command.get_args().map(ToOwned::to_owned).collect();
+        let (child, captured, readers) = spawn(&mut command, config.echo_serial)?;
         Ok(Self {
             child,
             host_port: config.host_port,
-            started,
+            started: Instant::now(),
             captured,
             readers,
             instance_dir: dir.clone(),
             command_line,
+            program: firmware.qemu.clone(),
+            args,
+            echo_serial: config.echo_serial,
         })
+    }
+
+    /// Powers the machine off and on again: QEMU is stopped and started with the same
+    /// instance directory, so its disk and its UEFI variable store (NVRAM) are kept, as when
+    /// a server is power-cycled. The serial log starts afresh.
+    pub fn power_cycle(&mut self) -> Result<()> {
+        self.stop_process();
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let (child, captured, readers) = spawn(&mut command, self.echo_serial)?;
+        self.child = child;
+        self.captured = captured;
+        self.readers = readers;
+        self.started = Instant::now();
+        Ok(())
     }
 
     /// The host port forwarded to the guest API.
@@ -299,6 +320,12 @@ impl Qemu {
             // slirp accepts the host side at once and only then connects to the guest, so a
             // guest that is not listening yet shows up as a closed or silent connection:
             // keep each attempt short and retry with a fresh connection.
+            // An HTTPS appliance prints its certificate's fingerprint before it listens:
+            // pin it, so that every connection to this port speaks TLS and trusts exactly it.
+            match api_fingerprint(&self.serial_log()) {
+                Some(fingerprint) => http::pin_certificate(self.host_port, fingerprint),
+                None => http::unpin_certificate(self.host_port),
+            }
             let attempt = http::get(self.host_port, "/v1/health", Duration::from_millis(700));
             if matches!(attempt, Ok(ref response) if response.status == 200) {
                 return Ok(self.started.elapsed());
@@ -331,6 +358,10 @@ impl Qemu {
 
     /// Kills QEMU and waits for it and the reader threads to finish.
     pub fn kill(&mut self) {
+        self.stop_process();
+    }
+
+    fn stop_process(&mut self) {
         if self.exit_status().is_none() {
             let _ = self.child.kill();
         }
@@ -339,6 +370,30 @@ impl Qemu {
             let _ = reader.join();
         }
     }
+}
+
+/// A started QEMU process, what its readers capture, and the reader threads.
+type Spawned = (Child, Arc<Mutex<Captured>>, Vec<JoinHandle<()>>);
+
+/// Starts `command` (stdout: the serial console, stderr) with reader threads capturing both.
+fn spawn(command: &mut Command, echo_serial: bool) -> Result<Spawned> {
+    let mut child = command.spawn().map_err(|source| ImageError::Spawn {
+        program: command.get_program().to_string_lossy().into_owned(),
+        source,
+    })?;
+    let captured = Arc::new(Mutex::new(Captured::default()));
+    let mut readers = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        readers.push(spawn_serial_reader(
+            stdout,
+            Arc::clone(&captured),
+            echo_serial,
+        ));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        readers.push(spawn_stderr_reader(stderr, Arc::clone(&captured)));
+    }
+    Ok((child, captured, readers))
 }
 
 impl Drop for Qemu {

@@ -486,7 +486,10 @@ mod tests {
         assert_eq!(set.count(Role::Reader), MAX_TOKENS);
         assert_eq!(set.count(Role::Admin), 0);
         assert_eq!(set.role_of(b"t5"), Some(Role::Reader));
-        assert_eq!(set.first_with(Role::Reader).map(BearerToken::as_str), Some("one"));
+        assert_eq!(
+            set.first_with(Role::Reader).map(BearerToken::as_str),
+            Some("one")
+        );
         assert!(set.first_with(Role::Admin).is_none());
         assert_eq!(set.role_of(b"t"), None);
     }

@@ -34,7 +34,9 @@ use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{self, Exposition, MetricType};
 use crate::response::{CONTENT_TYPE_JSON, Response, StatusCode};
 use crate::server::Reply;
-use crate::state::{Api, Health, IdempotentCreate, InFlight, MAX_IDEMPOTENCY_KEY_LEN, RouteCall};
+use crate::state::{
+    Api, Health, IdempotentCreate, InFlight, MAX_IDEMPOTENCY_KEY_LEN, RouteCall, TlsInfo,
+};
 
 /// The OpenAPI 3.1 document served at `GET /v1/openapi.json` (kept in the repository as
 /// `mgmt-api/openapi.json`).
@@ -132,6 +134,7 @@ pub fn health(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
             version: env!("CARGO_PKG_VERSION"),
             uptime_ms: call.now_ms.saturating_sub(api.start_ms),
             module_kind: api.host.as_ref().map(|h| h.module_kind().as_str()),
+            tls: api.setup.tls.clone(),
         },
     ))
 }
@@ -153,6 +156,8 @@ pub struct HostReport<'a> {
     pub config_source: &'a str,
     /// `"configured"` or `"generated"`.
     pub token_source: &'static str,
+    /// The API's TLS certificate, `null` when the port serves plain HTTP.
+    pub tls: Option<&'a TlsInfo>,
     /// The TDX module, CPUs, memory, HKIDs and TDs; `null` while there is no host.
     pub tdx: Option<TdxHostDto>,
     /// Why there is no host (bring-up failure), `null` otherwise.
@@ -172,6 +177,7 @@ pub fn host(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
             api_port: setup.api_port,
             config_source: &setup.config_source,
             token_source: setup.token_source,
+            tls: setup.tls.as_ref(),
             tdx: api.host.as_ref().map(|h| TdxHostDto::from(&h.info())),
             tdx_failure: api.host_failure.as_deref(),
         },

@@ -78,5 +78,5 @@ pub use request::{Method, Request, RequestId, Version};
 pub use response::{Response, StatusCode};
 pub use router::{PathParams, RouteError, Router};
 pub use server::{Admission, ConnState, Connection, Handler, Limits, Reply, Server};
-pub use state::{Access, Api, ApiConfig, HostInfo};
+pub use state::{Access, Api, ApiConfig, HostInfo, TlsInfo};
 pub use uri::Query;

@@ -108,6 +108,18 @@ pub struct HostInfo {
     pub config_source: String,
     /// Whether the token was `"configured"` or `"generated"` at boot.
     pub token_source: &'static str,
+    /// TLS on the API port: `None` when it serves plain HTTP.
+    pub tls: Option<TlsInfo>,
+}
+
+/// What `GET /v1/health` and `GET /v1/host` say about the API's TLS certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TlsInfo {
+    /// SHA-256 fingerprint of the server certificate, as `openssl x509 -fingerprint
+    /// -sha256` prints it (the console prints it at every boot).
+    pub fingerprint: String,
+    /// `"generated"` (self-signed, made at first boot and kept) or `"configured"`.
+    pub certificate_source: &'static str,
 }
 
 /// Tunables of the API itself (the runtime has its own `HostConfig`).
@@ -222,4 +234,6 @@ pub struct Health {
     pub uptime_ms: u64,
     /// `"hardware"` or `"emulated"`, `null` while there is no TDX host.
     pub module_kind: Option<&'static str>,
+    /// The API's TLS certificate, `null` when the port serves plain HTTP.
+    pub tls: Option<TlsInfo>,
 }

@@ -17,7 +17,9 @@ mod openapi;
 mod operator_story;
 mod probe;
 mod svm_guest;
+mod tls;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -47,6 +49,64 @@ type CheckResult = Result<(), String>;
 const DISK_TOKEN: &str = "e2e-disk-token_2f9c";
 /// Token of the `netboot` instance's configuration file.
 const NETBOOT_TOKEN: &str = "e2e.netboot~token+7/a==";
+/// A `reader` token of the `netboot` instance.
+const READER_TOKEN: &str = "e2e-reader-only";
+
+/// The certificate and key (PEM files) the `netboot` instance is configured with, made by
+/// the OpenSSL command line once per run.
+static CONFIGURED_CERTIFICATE: std::sync::OnceLock<Result<(PathBuf, PathBuf), String>> =
+    std::sync::OnceLock::new();
+
+/// The configured certificate and key files (made on first use).
+fn configured_certificate() -> Result<(PathBuf, PathBuf), String> {
+    CONFIGURED_CERTIFICATE
+        .get_or_init(|| {
+            let dir = std::env::temp_dir();
+            let id = std::process::id();
+            let certificate = dir.join(format!("e2e-configured-{id}.crt"));
+            let key = dir.join(format!("e2e-configured-{id}.key"));
+            let output = std::process::Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                ])
+                .args(["-nodes", "-days", "30", "-subj", "/CN=localhost"])
+                .args(["-addext", "subjectAltName=DNS:localhost"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&certificate)
+                .output()
+                .map_err(|e| format!("cannot run openssl: {e}"))?;
+            if output.status.success() {
+                Ok((certificate, key))
+            } else {
+                Err(format!(
+                    "openssl req failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                ))
+            }
+        })
+        .clone()
+}
+
+/// The configuration of the `netboot` instance: its admin token, a reader token, and the
+/// certificate made by [`configured_certificate`].
+fn netboot_config() -> Result<String, String> {
+    let (certificate, key) = configured_certificate()?;
+    let read = |path: &PathBuf| std::fs::read_to_string(path).map_err(|e| e.to_string());
+    Ok(format!(
+        "[api]\ntoken = \"{NETBOOT_TOKEN}\"\n\
+         tokens = [{{ token = \"{READER_TOKEN}\", role = \"reader\" }}]\n\
+         tls_certificate = \"\"\"\n{}\"\"\"\ntls_key = \"\"\"\n{}\"\"\"\n",
+        read(&certificate)?,
+        read(&key)?
+    ))
+}
 
 /// What every check gets: the forwarded host port, the token the instance should accept
 /// and its serial console so far.
@@ -120,6 +180,10 @@ const DISK_CHECKS: &[Check] = &[
         name: "operator story: upload OVMF.fd, create (idempotent), build, start, events, MRTD, console, metrics, stop, delete, pool whole; every response matches openapi.json",
         run: operator_story_check,
     },
+    Check {
+        name: "64 slow-header clients, 32 half-open TLS handshakes and 32 long polls held 60 s: every health probe (a new TLS connection every 200 ms) is answered",
+        run: tls::every_probe_answered_under_the_hostile_mix,
+    },
 ];
 
 fn operator_story_check(target: &Target) -> CheckResult {
@@ -130,16 +194,38 @@ fn operator_story_check(target: &Target) -> CheckResult {
 }
 
 /// The `netboot` instance: configuration over TFTP.
-const NETBOOT_CHECKS: &[Check] = &[Check {
-    name: "GET /v1/host with the configured token reports the TFTP configuration and a DHCP address",
-    run: netboot_host_reports_tftp_config,
-}];
+const NETBOOT_CHECKS: &[Check] = &[
+    Check {
+        name: "GET /v1/host with the configured token reports the TFTP configuration and a DHCP address",
+        run: netboot_host_reports_tftp_config,
+    },
+    Check {
+        name: "HTTPS with the certificate from appliance.toml: curl --cacert with that file; health and host report its fingerprint",
+        run: tls::configured_certificate_via_curl,
+    },
+    Check {
+        name: "a reader token reads (GET 200) and its POST, DELETE and console input are 403 forbidden",
+        run: tls::reader_token_reads_and_is_refused_changes,
+    },
+];
 
 /// The `defaults` instance: no configuration file.
 const DEFAULTS_CHECKS: &[Check] = &[
     Check {
         name: "without a configuration file a token is generated, printed once, and accepted",
         run: generated_token_is_printed_once_and_accepted,
+    },
+    Check {
+        name: "HTTPS with the generated certificate: the console's fingerprint is what curl --cacert trusts, health and host report it",
+        run: tls::generated_certificate_via_curl,
+    },
+    Check {
+        name: "openssl s_client negotiates TLS 1.3 (and 1.2 on request); TLS 1.1 and 1.0 get an alert",
+        run: tls::openssl_sees_tls13_and_refusals,
+    },
+    Check {
+        name: "plain HTTP to the TLS port gets no HTTP answer",
+        run: tls::plain_http_gets_no_answer,
     },
     Check {
         name: "a TD runs its own code on the SVM engine: the test guest prints through TDVMCALLs and stops itself",
@@ -466,7 +552,7 @@ fn start_instances(
     let disk = scratch.join("disk.img");
     write_disk_image(&image.efi, Some(&disk_config()), &disk).map_err(|e| e.to_string())?;
     let netboot = scratch.join("netboot");
-    let netboot_config = format!("[api]\ntoken = \"{NETBOOT_TOKEN}\"\n");
+    let netboot_config = netboot_config()?;
     layout_netboot(&image.efi, Some(&netboot_config), &netboot).map_err(|e| e.to_string())?;
 
     let with = |checks: &[&'static [Check]]| -> Vec<&'static Check> {
@@ -513,6 +599,38 @@ fn start_instances(
     }
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(instances)
+}
+
+/// Power-cycles `vm` (same disk, same UEFI variable store) and checks that the appliance
+/// comes back with the certificate it generated at first boot.
+fn reboot_keeps_the_certificate(vm: &mut Qemu) -> CheckResult {
+    let before = appliance_image::qemu::api_fingerprint(&vm.serial_log())
+        .ok_or("no fingerprint on the console before the reboot")?;
+    if !vm
+        .serial_log()
+        .contains("generating a key and self-signed certificate")
+    {
+        return Err("the first boot did not generate its certificate".into());
+    }
+    vm.power_cycle().map_err(|e| e.to_string())?;
+    vm.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    let serial = vm.serial_log();
+    let after = appliance_image::qemu::api_fingerprint(&serial)
+        .ok_or("no fingerprint on the console after the reboot")?;
+    if serial.contains("generating a key and self-signed certificate") {
+        return Err("the second boot generated a new certificate".into());
+    }
+    if before != after {
+        return Err("the fingerprint changed across the reboot".into());
+    }
+    // wait_ready pinned the fingerprint: a TLS request succeeding proves the served
+    // certificate is that one.
+    let response =
+        http::get(vm.host_port(), "/v1/health", IO_TIMEOUT).map_err(|e| e.to_string())?;
+    if response.status != 200 {
+        return Err(format!("health after the reboot: {}", response.status));
+    }
+    Ok(())
 }
 
 fn fail_early(what: &str, err: &str) -> ExitCode {
@@ -624,6 +742,25 @@ fn main() -> ExitCode {
                     max.as_secs_f64() * 1e3
                 ),
                 None => println!("e2e: [disk] latency measurement failed"),
+            }
+        }
+        if name == "disk" {
+            let start = Instant::now();
+            match reboot_keeps_the_certificate(&mut instance.vm) {
+                Ok(()) => {
+                    passed += 1;
+                    println!(
+                        "ok     [{name}] a power cycle keeps the generated certificate (same fingerprint on the console and over TLS) ({} ms)",
+                        start.elapsed().as_millis()
+                    );
+                }
+                Err(reason) => {
+                    failed += 1;
+                    instance_failed = true;
+                    println!(
+                        "FAILED [{name}] a power cycle keeps the generated certificate: {reason}"
+                    );
+                }
             }
         }
         if instance_failed {

@@ -16,6 +16,7 @@ pub mod snp;
 pub mod svm;
 pub mod tdx_detect;
 pub mod timer;
+pub mod tls_identity;
 pub mod wake;
 
 use uefi::boot::{self, OpenProtocolAttributes, OpenProtocolParams, ScopedProtocol};

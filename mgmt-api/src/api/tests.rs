@@ -170,6 +170,10 @@ fn authed_api() -> Api {
             ipv4: Some("10.0.2.15/24".into()),
             config_source: "boot medium \\EFI\\BOOT\\appliance.toml".into(),
             token_source: "configured",
+            tls: Some(crate::state::TlsInfo {
+                fingerprint: ["AB"; 32].join(":"),
+                certificate_source: "generated",
+            }),
         })
 }
 
