@@ -169,6 +169,10 @@ fn flush_tls(stream: &mut TcpStream, tls: &mut ClientConnection) -> std::io::Res
 struct Client {
     kind: Kind,
     link: Option<Link>,
+    /// A connect was asked of the connector thread and has not arrived yet.
+    connecting: bool,
+    /// A connect that arrived, to be set up on the next step.
+    connected: Option<std::io::Result<TcpStream>>,
     /// Bytes of the slow head sent so far.
     sent: usize,
     next_byte_at: Instant,
@@ -178,13 +182,16 @@ struct Client {
 /// The hostile clients of one run.
 #[derive(Debug)]
 pub struct HostileClients {
-    address: SocketAddr,
     clients: Vec<Client>,
     slow_head: Vec<u8>,
     half_open_bytes: Vec<u8>,
     long_poll: Vec<u8>,
     /// TLS for the slow headers and long polls (an HTTPS port); `None`: plain.
     tls: Option<Arc<ClientConfig>>,
+    /// Asks the connector thread for a connection for a client (by index).
+    connector: std::sync::mpsc::Sender<usize>,
+    /// Connections the connector thread made, by client index.
+    arrivals: std::sync::mpsc::Receiver<(usize, std::io::Result<TcpStream>)>,
     stats: HostileStats,
 }
 
@@ -212,6 +219,8 @@ impl HostileClients {
             .map(|kind| Client {
                 kind,
                 link: None,
+                connecting: false,
+                connected: None,
                 sent: 0,
                 next_byte_at: now,
                 received: Vec::new(),
@@ -221,13 +230,25 @@ impl HostileClients {
             "GET /v1/events?since=18446744073709551615&wait_ms={LONG_POLL_WAIT_MS} HTTP/1.1\r\n\
              Host: dashboard\r\nAuthorization: Bearer {token}\r\n\r\n"
         );
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let (connector, requests) = std::sync::mpsc::channel::<usize>();
+        let (deliver, arrivals) = std::sync::mpsc::channel();
+        // Ends when `connector` is dropped with the clients.
+        std::thread::spawn(move || {
+            for index in requests {
+                if deliver.send((index, connect(address))).is_err() {
+                    return;
+                }
+            }
+        });
         Self {
-            address: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             clients,
             slow_head: b"GET /v1/health HTTP/1.1\r\nHost: slow\r\nX-Padding: ".to_vec(),
             half_open_bytes: half_open_bytes.to_vec(),
             long_poll: long_poll.into_bytes(),
             tls,
+            connector,
+            arrivals,
             stats: HostileStats::default(),
         }
     }
@@ -246,6 +267,11 @@ impl HostileClients {
     /// Call it every few tens of milliseconds.
     pub fn step(&mut self) {
         let now = Instant::now();
+        while let Ok((index, stream)) = self.arrivals.try_recv() {
+            if let Some(client) = self.clients.get_mut(index) {
+                client.connected = Some(stream);
+            }
+        }
         for index in 0..self.clients.len() {
             self.step_client(index, now);
         }
@@ -256,7 +282,16 @@ impl HostileClients {
             return;
         };
         if client.link.is_none() {
-            let link = connect(self.address).and_then(|stream| match (&self.tls, client.kind) {
+            // Connects happen on the connector thread (a connect may wait on the listen
+            // backlog of QEMU's port forward): ask for one, and take it when it arrives.
+            let Some(stream) = client.connected.take() else {
+                if !client.connecting {
+                    client.connecting = self.connector.send(index).is_ok();
+                }
+                return;
+            };
+            client.connecting = false;
+            let link = stream.and_then(|stream| match (&self.tls, client.kind) {
                 (Some(config), Kind::SlowHeaders | Kind::LongPoll) => {
                     let name = ServerName::try_from("localhost")
                         .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
@@ -355,6 +390,18 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
+    /// Steps (the connector thread connects in the background) until `done`, at most 5 s.
+    fn step_until(clients: &mut HostileClients, done: impl Fn(&HostileClients) -> bool) {
+        for _ in 0..500 {
+            clients.step();
+            if done(clients) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("not reached: {:?}", clients.stats());
+    }
+
     #[test]
     fn clients_hold_connections_and_reconnect_when_the_server_ends_them() {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("test I/O");
@@ -365,8 +412,7 @@ mod tests {
             long_polls: 1,
         };
         let mut clients = HostileClients::new(port, counts, "tok", None);
-        clients.step();
-        assert_eq!(clients.open_connections(), 4);
+        step_until(&mut clients, |c| c.open_connections() == 4);
         let mut accepted: Vec<TcpStream> = (0..4)
             .map(|_| listener.accept().expect("test I/O").0)
             .collect();
@@ -413,8 +459,40 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         clients.step();
         assert_eq!(clients.stats().ended_by_server, 4);
-        clients.step();
+        step_until(&mut clients, |c| c.open_connections() == 4);
         assert_eq!(clients.stats().connects, 8);
-        assert_eq!(clients.open_connections(), 4);
+    }
+}
+
+/// Manual check against a running appliance (not run by default):
+/// `HOSTILE_PORT=N HOSTILE_TOKEN=T cargo test -p appliance-image -- --ignored hostile_against`
+/// (an HTTPS appliance's fingerprint is read from `HOSTILE_FINGERPRINT`).
+#[cfg(test)]
+mod manual {
+    #[test]
+    #[ignore = "needs a running appliance"]
+    fn hostile_against_a_running_appliance() {
+        let port: u16 = std::env::var("HOSTILE_PORT")
+            .expect("HOSTILE_PORT")
+            .parse()
+            .expect("a port");
+        let token = std::env::var("HOSTILE_TOKEN").expect("HOSTILE_TOKEN");
+        if let Ok(text) = std::env::var("HOSTILE_FINGERPRINT") {
+            let fingerprint = crate::http::parse_fingerprint(&text).expect("a fingerprint");
+            crate::http::pin_certificate(port, fingerprint);
+        }
+        let report = crate::bench_api::probe_under_hostile_mix(
+            port,
+            &token,
+            std::time::Duration::from_secs(65),
+            || crate::bench_api::probe_health(port),
+        );
+        println!(
+            "{} answered, {} unanswered, max {:?}, {:?}",
+            report.answered.len(),
+            report.unanswered,
+            report.answered.last(),
+            report.hostile
+        );
     }
 }

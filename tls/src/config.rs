@@ -13,16 +13,17 @@ use rustls::{ServerConfig, SupportedCipherSuite};
 
 use crate::{IdentityError, TlsIdentity};
 
-/// The cipher suites offered, in preference order: the three TLS 1.3 suites
+/// The cipher suites offered, in the server's preference order (ChaCha20-Poly1305 first, see
+/// [`server_config`]): the three TLS 1.3 suites
 /// (RFC 8446 §B.4) and the three TLS 1.2 ECDHE_ECDSA AEAD suites (RFC 5289 §3.2,
 /// RFC 7905 §2). No CBC, no RSA key exchange, no non-forward-secret suites.
 pub static CIPHER_SUITES: &[SupportedCipherSuite] = &[
+    rustls_rustcrypto::TLS13_CHACHA20_POLY1305_SHA256,
     rustls_rustcrypto::TLS13_AES_128_GCM_SHA256,
     rustls_rustcrypto::TLS13_AES_256_GCM_SHA384,
-    rustls_rustcrypto::TLS13_CHACHA20_POLY1305_SHA256,
+    rustls_rustcrypto::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
     rustls_rustcrypto::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
     rustls_rustcrypto::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-    rustls_rustcrypto::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
 ];
 
 /// The RustCrypto provider (pure Rust, no_std) restricted to [`CIPHER_SUITES`]; key exchange
@@ -66,5 +67,10 @@ pub fn server_config(
             .map_err(config_error)?;
     config.max_early_data_size = 0;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The server's order decides: ChaCha20-Poly1305 first. The appliance's build has no AES
+    // instructions (the UEFI target is soft-float, the AES crates run their constant-time
+    // bitsliced software), where ChaCha20 is the faster of the two, the case RFC 7905 §1
+    // gives for it; clients prefer AES-GCM when they have AES-NI themselves.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }

@@ -61,14 +61,18 @@ fn handshake_and_echo(
 fn tls13_handshake_and_echo() {
     let (version, suite) = handshake_and_echo(&[&TLS13, &TLS12]);
     assert_eq!(version, ProtocolVersion::TLSv1_3);
-    assert_eq!(suite, CipherSuite::TLS13_AES_128_GCM_SHA256);
+    // The server's order decides (ChaCha20 first), whatever the client prefers.
+    assert_eq!(suite, CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
 }
 
 #[test]
 fn tls12_handshake_and_echo() {
     let (version, suite) = handshake_and_echo(&[&TLS12]);
     assert_eq!(version, ProtocolVersion::TLSv1_2);
-    assert_eq!(suite, CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
+    assert_eq!(
+        suite,
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+    );
 }
 
 /// A TLS 1.1 ClientHello (legacy_version 0x0302, no supported_versions extension), as in
