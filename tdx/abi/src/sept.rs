@@ -85,11 +85,25 @@ impl SeptLevelState {
     }
 }
 
-/// Bit positions of the architectural S-EPT entry the module returns in RCX.
+/// Bit positions of the S-EPT entry (`ia32e_sept_t` in intel/tdx-module
+/// `src/common/x86_defs/x86_defs.h`). The architectural entry the module returns in RCX
+/// (`set_arch_septe_details_in_vmm_regs`) carries only RWX, MT, IPAT, PS, the HPA (leaves)
+/// and SUPPRESS_VE; TDEL, HP, TDB and TDP are the module's internal bits.
 pub mod entry_bits {
+    /// Read permission (bit 0).
+    pub const R: u64 = 1 << 0;
+    /// Write permission (bit 1).
+    pub const W: u64 = 1 << 1;
+    /// Execute permission (bit 2).
+    pub const X: u64 = 1 << 2;
     /// Read/write/execute permissions (bits 2:0).
     pub const RWX: u64 = 0b111;
-    /// Leaf (page-size) bit 7 in non-PT levels.
+    /// Memory type WB (6) in bits 5:3, as every leaf is mapped.
+    pub const MT_WB: u64 = 6 << 3;
+    /// Ignore PAT (bit 6), set in every leaf.
+    pub const IPAT: u64 = 1 << 6;
+    /// Leaf (PS) bit 7: set in every leaf entry, 4 KiB ones included (part of the module's
+    /// state encoding), clear in non-leaf entries.
     pub const LEAF: u64 = 1 << 7;
     /// TDEL: per-entry lock (bit 11).
     pub const TDEL: u64 = 1 << 11;

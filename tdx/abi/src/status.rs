@@ -39,6 +39,7 @@ impl OperandId {
     pub const MAX_VCPUS: OperandId = OperandId(68);
     pub const CPUID_CONFIG: OperandId = OperandId(69);
     pub const TSC_FREQUENCY: OperandId = OperandId(70);
+    pub const NUM_L2_VMS: OperandId = OperandId(71);
     pub const PAGE: OperandId = OperandId(95);
     pub const TDMR_INFO_PA: OperandId = OperandId(96);
     pub const TDR: OperandId = OperandId(128);

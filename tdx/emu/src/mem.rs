@@ -13,6 +13,7 @@ use super::td::Td;
 use super::{EmulatedModule, LeafResult, LockMode};
 use tdx_abi::pamt::{PageType, PamtPageSize};
 use tdx_abi::seamcall::Regs;
+use tdx_abi::td_params::attributes;
 use tdx_abi::{Gpa, Leaf, OperandId, PageLevel, SeptState, TdxStatus, decode_gpa_level_operand};
 
 /// A host-held S-EPT entry lock; released on drop unless a new value was committed.
@@ -75,6 +76,10 @@ struct Located<'a> {
     _tree_lock: Option<SharexGuard<'a>>,
 }
 
+/// TDH.MEM.SEPT.RD: RDX bit 0 (`READ_L2_ATTRIBUTES_FLAG` in intel/tdx-module
+/// `src/vmm_dispatcher/api_calls/tdh_mem_sept_rd.c`) asks for the L2 attributes in R8.
+const SEPT_RD_L2_ATTRIBUTES: u64 = 1;
+
 fn pamt_size(level: PageLevel) -> PamtPageSize {
     match level {
         PageLevel::L4K => PamtPageSize::S4K,
@@ -130,9 +135,10 @@ impl EmulatedModule {
         Ok((gpa, level))
     }
 
-    /// The prologue of the S-EPT leaves taking the TDR in RDX (shared): TDR lock, TD state
-    /// check for `leaf`, GPA+level decode from RCX with the level in `min..=max`; then
-    /// RCX/RDX are zeroed (from here on they carry entry details or outputs).
+    /// The prologue of the S-EPT leaves taking the TDR in RDX (shared): RCX/RDX are zeroed
+    /// first, so every error reports zeros there unless it carries entry details (each
+    /// `tdh_mem_*.c` of intel/tdx-module clears them before its TDR check), then TDR lock,
+    /// TD state check for `leaf`, GPA+level decode from RCX with the level in `min..=max`.
     fn open_sept_leaf(
         &self,
         r: &mut Regs,
@@ -140,11 +146,12 @@ impl EmulatedModule {
         min: PageLevel,
         max: PageLevel,
     ) -> Result<(Arc<Td>, PageLock<'_>, Gpa, PageLevel), TdxStatus> {
-        let (td, tdr_lock) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
-        self.check_td_state(&td, leaf)?;
-        let (gpa, level) = self.decode_gpa(&td, r.rcx, min, max)?;
+        let (gpa_in, tdr_in) = (r.rcx, r.rdx);
         r.rcx = 0;
         r.rdx = 0;
+        let (td, tdr_lock) = self.lock_tdr(tdr_in, LockMode::Shared, OperandId::RDX)?;
+        self.check_td_state(&td, leaf)?;
+        let (gpa, level) = self.decode_gpa(&td, gpa_in, min, max)?;
         Ok((td, tdr_lock, gpa, level))
     }
 
@@ -254,15 +261,17 @@ impl EmulatedModule {
     }
 
     pub(super) fn leaf_mem_page_add(&self, r: &mut Regs) -> LeafResult {
-        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Exclusive, OperandId::RDX)?;
+        // RCX/RDX cleared before the TDR check (`tdh_mem_page_add.c`).
+        let (gpa_in, tdr_in) = (r.rcx, r.rdx);
+        r.rcx = 0;
+        r.rdx = 0;
+        let (td, _l) = self.lock_tdr(tdr_in, LockMode::Exclusive, OperandId::RDX)?;
         self.check_td_state(&td, Leaf::MemPageAdd)?;
-        let (gpa, level) = self.decode_gpa(&td, r.rcx, PageLevel::L4K, PageLevel::L4K)?;
+        let (gpa, level) = self.decode_gpa(&td, gpa_in, PageLevel::L4K, PageLevel::L4K)?;
         let page = self.lock_free_page_r8(r.r8, PamtPageSize::S4K)?;
         let source = self.check_page_hpa(r.r9, OperandId::R9)?;
         let mut data = alloc::vec![0u8; 4096];
         self.read_phys(source, &mut data, OperandId::R9)?;
-        r.rcx = 0;
-        r.rdx = 0;
         // No tree lock: the exclusive TDR lock already excludes every other S-EPT leaf.
         let loc = self.locate_entry(r, &td, gpa, level, None, |s| s == SeptState::Free)?;
         self.mem.write(page.hpa, &data);
@@ -386,18 +395,20 @@ impl EmulatedModule {
                     | SeptState::PendingBlockedW
             )
         })?;
+        // intel/tdx-module `tdh_mem_page_remove.c`: the removed page's PAMT entries are
+        // locked (busy on RCX, no entry details) before the blocked-and-tracked rule.
         let hpa = loc.entry.hpa();
-        self.check_blocked_and_tracked(&td, r, &loc.walk, loc.entry.state(), hpa)?;
         let pages = self
             .pamt
             .lock_pages(hpa, level.pages_4k(), LockMode::Exclusive)
             .map_err(|s| s.with_operand(OperandId::RCX))?;
-        let (rcx, rdx) = loc.walk.details();
+        self.check_blocked_and_tracked(&td, r, &loc.walk, loc.entry.state(), hpa)?;
         pages.set_all(PamtMeta::FREE);
         td.chldcnt.fetch_sub(1, Ordering::AcqRel);
         loc.entry.commit(sept::FREE_WORD);
-        r.rcx = rcx & !sept::TDEL;
-        r.rdx = rdx;
+        // Outputs: RCX = the removed page's HPA, RDX stays 0 (`tdh_mem_page_remove.c`).
+        r.rcx = hpa;
+        r.rdx = 0;
         Ok(TdxStatus::SUCCESS)
     }
 
@@ -526,27 +537,56 @@ impl EmulatedModule {
         Ok(TdxStatus::SUCCESS)
     }
 
+    /// TDH.MEM.SEPT.RD (intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_mem_sept_rd.c`):
+    /// RCX/RDX zeroed first; RDX bit 0 asks for the L2 attributes in R8, refused
+    /// (OPERAND_INVALID on RDX) unless the TD is a DEBUG TD; the walk (EPT_WALK_FAILED with
+    /// the entry it stopped at), the entry's host lock (busy, with the entry); on success
+    /// RCX = the architectural entry, RDX = level and state, R8 = the L2 attributes (0: the
+    /// software module has no L2 VMs).
     pub(super) fn leaf_mem_sept_rd(&self, r: &mut Regs) -> LeafResult {
-        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
+        let (gpa_in, tdr_in) = (r.rcx, r.rdx);
+        r.rcx = 0;
+        r.rdx = 0;
+        let read_l2_attributes = tdr_in & SEPT_RD_L2_ATTRIBUTES != 0;
+        let (td, _l) = self.lock_tdr(
+            tdr_in & !SEPT_RD_L2_ATTRIBUTES,
+            LockMode::Shared,
+            OperandId::RDX,
+        )?;
         self.check_td_state(&td, Leaf::MemSeptRd)?;
-        let (gpa, level) = self.decode_gpa(&td, r.rcx, PageLevel::L4K, PageLevel::L256T)?;
+        let debug = td
+            .cfg
+            .get()
+            .is_some_and(|c| c.params.attributes & attributes::DEBUG != 0);
+        if read_l2_attributes && !debug {
+            return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX));
+        }
+        let (gpa, level) = self.decode_gpa(&td, gpa_in, PageLevel::L4K, PageLevel::L256T)?;
         let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
         let _t = self.tree_lock(&td, LockMode::Shared)?;
         let w = walk_to(r, tree, gpa, level)?;
-        (r.rcx, r.rdx) = w.details();
+        // The entry is read under its host lock, as the module does.
+        let entry = EntryLock::take(&w.table, w.index).map_err(|s| sept_fail(r, &w, s))?;
+        (r.rcx, r.rdx) = w.details_of(entry.word);
+        drop(entry);
+        if read_l2_attributes {
+            r.r8 = 0;
+        }
         Ok(TdxStatus::SUCCESS)
     }
 
     pub(super) fn leaf_mr_extend(&self, r: &mut Regs) -> LeafResult {
-        let (td, _l) = self.lock_tdr(r.rdx, LockMode::Exclusive, OperandId::RDX)?;
+        // RCX/RDX cleared before the TDR check (`tdh_mr_extend.c`).
+        let (gpa_in, tdr_in) = (r.rcx, r.rdx);
+        r.rcx = 0;
+        r.rdx = 0;
+        let (td, _l) = self.lock_tdr(tdr_in, LockMode::Exclusive, OperandId::RDX)?;
         self.check_td_state(&td, Leaf::MrExtend)?;
         let cfg = td.cfg.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
-        let gpa = Gpa(r.rcx);
+        let gpa = Gpa(gpa_in);
         if !gpa.0.is_multiple_of(256) || gpa.0 >> cfg.shared_bit != 0 {
             return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX));
         }
-        r.rcx = 0;
-        r.rdx = 0;
         let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
         let w = walk_to(r, tree, gpa.align_down(PageLevel::L4K), PageLevel::L4K)?;
         if sept::state_of(w.word) != SeptState::Mapped {

@@ -22,6 +22,21 @@ pub const CPUID_CONFIG: [(u64, [u32; 4]); 2] = [
     (0x0000_0000_0000_0007, [0, 0x0000_0218, 0, 0]),
 ];
 
+/// TDX_XFAM_FIXED0: the XFAM bits a TD may ever set (intel/tdx-module
+/// `src/common/data_structures/td_control_structures.h`; MPX, bits 3 and 4, is not one).
+const TDX_XFAM_FIXED0: u64 = 0x0006_DBE7;
+
+/// The XFAM bits of the modelled CPU (XCR0 | IA32_XSS): x87, SSE, AVX, MPX, AVX-512 (k-mask,
+/// ZMM_Hi256, Hi16_ZMM), PKRU, AMX (XTILECFG, XTILEDATA).
+const CPU_XFAM: u64 = 0x0006_02FF;
+
+/// XFAM_FIXED0 as SYS.RD reports it and TDH.MNG.INIT enforces it: TDX_XFAM_FIXED0 limited to
+/// what the CPU supports (`check_xfam` in intel/tdx-module `src/common/helpers/helpers.c`).
+pub(crate) const XFAM_FIXED0: u64 = TDX_XFAM_FIXED0 & CPU_XFAM;
+
+/// XFAM_FIXED1: x87 and SSE, which every TD has (TDX_XFAM_FIXED1).
+pub(crate) const XFAM_FIXED1: u64 = 0x3;
+
 /// Module version reported (1.5.x).
 const VERSION: (u64, u64, u64) = (1, 5, 1);
 
@@ -80,8 +95,8 @@ impl EmulatedModule {
             f::TDVPS_BASE_SIZE => u64::from(l.tdvps_pages) * 4096,
             f::ATTRIBUTES_FIXED0 => attributes::SUPPORTED,
             f::ATTRIBUTES_FIXED1 => 0,
-            f::XFAM_FIXED0 => 0x0006_02FF,
-            f::XFAM_FIXED1 => 0x3,
+            f::XFAM_FIXED0 => XFAM_FIXED0,
+            f::XFAM_FIXED1 => XFAM_FIXED1,
             f::NUM_CPUID_CONFIG => cpuid_n,
             f::MAX_VCPUS_PER_TD => u64::from(l.max_vcpus_per_td),
             crate::metadata::NUM_TD_HKIDS => u64::from(self.cfg.num_hkids.saturating_sub(1)),

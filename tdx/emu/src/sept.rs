@@ -38,38 +38,41 @@ pub const fn hpa_of(w: u64) -> u64 {
     w & HPA_MASK
 }
 
-/// The architectural S-EPT entry for an internal word at `level`, as RCX reports it: RWX for
-/// present states, PS (bit 7) for leaves above 4 KiB, TDEL/HP as held, TDB for blocked states,
-/// TDP for pending states, SUPPRESS_VE for non-pending states. (The real entry packs the state
-/// into more bits; this is the subset a host can rely on.)
-pub fn arch_entry(w: u64, level: PageLevel) -> u64 {
+/// The architectural S-EPT entry for an internal word at `level`, as RCX reports it
+/// (`set_arch_septe_details_in_vmm_regs` in intel/tdx-module
+/// `src/common/memory_handlers/sept_manager.c`, masks in `sept_manager.h`):
+///
+/// * FREE: only SUPPRESS_VE (bit 63);
+/// * a leaf (PS, bit 7, set at every level, 4 KiB included: it is part of the state
+///   encoding): `SEPT_ARCH_ENTRY_LEAF_MASK`, i.e. RWX, memory type WB (bits 5:3 = 6), IPAT,
+///   PS, the HPA and SUPPRESS_VE (every state sets it: `sept_set_leaf_no_lock_internal`,
+///   `sept_update_state`). RWX is all-ones for MAPPED (TDH.MEM.PAGE.ADD,
+///   TDG.MEM.PAGE.ACCEPT), R and X for BLOCKEDW (TDH.EXPORT.BLOCKW clears W) and zero for
+///   PENDING (TDH.MEM.PAGE.AUG maps with no permissions) and the blocked states
+///   (`block_sept_entry` in `tdh_mem_range_block.c`);
+/// * a non-leaf entry (NL_MAPPED, NL_BLOCKED) and REMOVED: `SEPT_ARCH_ENTRY_NON_LEAF_MASK`,
+///   i.e. only RWX and PS (0): all-ones when mapped (`sept_set_mapped_non_leaf`), zero when
+///   blocked; the S-EPT page's HPA is not reported.
+///
+/// The module's internal bits (TDEL, HP, TDB, TDP, the state encoding beyond IPAT/PS) never
+/// appear. The accept counter a partly accepted 2 MiB PENDING entry keeps in bits 20:12 is
+/// not modelled (always 0).
+pub fn arch_entry(w: u64, _level: PageLevel) -> u64 {
+    use entry_bits::{IPAT, LEAF, MT_WB, R, RWX, SUPPRESS_VE, X};
     let s = state_of(w);
-    let mut e = w & (HPA_MASK | TDEL | HP);
     match s {
-        SeptState::Free | SeptState::Removed => {
-            e &= !HPA_MASK;
+        SeptState::Free => SUPPRESS_VE,
+        SeptState::NlMapped => RWX,
+        SeptState::NlBlocked | SeptState::Removed => 0,
+        _ => {
+            let rwx = match s {
+                SeptState::Mapped => RWX,
+                SeptState::BlockedW => R | X,
+                _ => 0,
+            };
+            rwx | MT_WB | IPAT | LEAF | (w & HPA_MASK) | SUPPRESS_VE
         }
-        SeptState::Mapped | SeptState::NlMapped => e |= entry_bits::RWX,
-        _ => {}
     }
-    if s.is_leaf() && level != PageLevel::L4K {
-        e |= entry_bits::LEAF;
-    }
-    if matches!(
-        s,
-        SeptState::Blocked | SeptState::PendingBlocked | SeptState::NlBlocked
-    ) {
-        e |= entry_bits::TDB;
-    }
-    if matches!(
-        s,
-        SeptState::Pending | SeptState::PendingBlocked | SeptState::PendingBlockedW
-    ) {
-        e |= entry_bits::TDP;
-    } else {
-        e |= entry_bits::SUPPRESS_VE;
-    }
-    e
 }
 
 /// One S-EPT page: 512 entries.
@@ -129,9 +132,13 @@ impl WalkResult {
         // The index is always < 512 (computed from 9 address bits).
         &self.table.entries[self.index & 511]
     }
-    /// RCX/RDX values describing this entry.
+    /// RCX/RDX values describing this entry as it is now.
     pub fn details(&self) -> (u64, u64) {
-        let w = self.entry().load(Ordering::Acquire);
+        self.details_of(self.entry().load(Ordering::Acquire))
+    }
+    /// RCX/RDX values describing this entry when its word is `w`: the architectural entry
+    /// and the level/state word (`set_arch_septe_details_in_vmm_regs`).
+    pub fn details_of(&self, w: u64) -> (u64, u64) {
         (
             arch_entry(w, self.level),
             SeptLevelState::new(self.level as u8, state_of(w)).0,

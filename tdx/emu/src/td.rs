@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use super::guest::GuestState;
 use super::lock::Sharex;
 use super::pamt::{PageLock, PamtMeta};
-use super::platform::CPUID_CONFIG;
+use super::platform::{CPUID_CONFIG, XFAM_FIXED0, XFAM_FIXED1};
 use super::sept::{self, SeptTable, SeptTree};
 use super::{EmulatedModule, KotState, LeafResult, LockMode};
 use crate::metadata::{td as tf, vcpu as vf};
@@ -154,7 +154,8 @@ impl Td {
 pub(crate) struct Vcpu {
     pub tdvpr: u64,
     pub td: Arc<Td>,
-    pub index: u32,
+    /// VCPU_INDEX, assigned by TDH.VP.INIT.
+    pub index: AtomicU32,
     pub tdcx_count: AtomicU32,
     /// The TDCX pages, in TDH.VP.ADDCX order (the SVM engine keeps the vCPU's VMCB in the
     /// first one and its VMSAVE area in the VMCB).
@@ -175,7 +176,23 @@ pub(crate) struct Vcpu {
     pub guest: spin::Mutex<GuestState>,
 }
 
+impl Vcpu {
+    /// VCPU_INDEX (0 until TDH.VP.INIT).
+    pub fn index(&self) -> u32 {
+        self.index.load(Ordering::Acquire)
+    }
+}
+
 pub(crate) const NO_LP: u64 = u64::MAX;
+
+/// TDCS pages the real module takes beyond its minimum, for L2 VMs: MAX_NUM_TDCS_PAGES (9)
+/// minus MIN_NUM_TDCS_PAGES (6) (intel/tdx-module
+/// `src/common/data_structures/td_control_structures.h`).
+const TDCS_L2_PAGES: u32 = 3;
+
+/// MAX_L2_VMS: MAX_VMS (4) minus the L1 VM (intel/tdx-module
+/// `src/common/data_structures/tdx_tdvps.h`).
+const MAX_L2_VMS: u8 = 3;
 
 /// Calls `f(gpa, level, word)` for every leaf entry of the tree.
 pub(crate) fn for_each_leaf(tree: &SeptTree, mut f: impl FnMut(Gpa, PageLevel, u64)) {
@@ -202,15 +219,30 @@ pub(crate) fn for_each_leaf(tree: &SeptTree, mut f: impl FnMut(Gpa, PageLevel, u
     visit(tree, &tree.root, tree.top_level(), 0, &mut f);
 }
 
-/// Which op-states a leaf is allowed in (`seamcall_state_lookup`, migration states omitted).
+/// Which op-states a leaf is allowed in: the UNINITIALIZED, INITIALIZED and RUNNABLE columns
+/// of `seamcall_state_lookup` (intel/tdx-module `include/auto_gen/op_state_lookup.c`, indexed
+/// by the leaf numbers of `include/tdx_api_defs.h`); the migration op-states are not modelled.
+/// A leaf the table does not list never reaches the op-state check.
 fn op_state_allowed(leaf: Leaf, s: OpState) -> bool {
     use Leaf::*;
-    match leaf {
-        MngInit => s == OpState::Uninitialized,
-        MemPageAdd | MrExtend | MrFinalize => s == OpState::Initialized,
-        VpEnter => s == OpState::Runnable,
-        _ => s != OpState::Uninitialized,
-    }
+    // [uninitialized, initialized, runnable]
+    let allowed: [bool; 3] = match leaf {
+        // [0] TDH.VP.ENTER: only after TDH.MR.FINALIZE.
+        VpEnter => [false, false, true],
+        // [1] TDH.MNG.ADDCX, [21] TDH.MNG.INIT: only before TDH.MNG.INIT.
+        MngAddCx | MngInit => [true, false, false],
+        // [2] PAGE.ADD, [4] VP.ADDCX, [10] VP.CREATE, [16] MR.EXTEND, [17] MR.FINALIZE,
+        // [22] VP.INIT: only between TDH.MNG.INIT and TDH.MR.FINALIZE.
+        MemPageAdd | VpAddCx | VpCreate | MrExtend | MrFinalize | VpInit => [false, true, false],
+        // [18] TDH.VP.FLUSH: any op-state.
+        VpFlush => [true, true, true],
+        // [3] SEPT.ADD, [6] PAGE.AUG (allowed before finalize too), [7] RANGE.BLOCK,
+        // [11] MNG.RD, [13] MNG.WR, [15] DEMOTE, [23] PROMOTE, [25] SEPT.RD, [26] VP.RD,
+        // [29] PAGE.REMOVE, [30] SEPT.REMOVE, [38] TRACK, [39] RANGE.UNBLOCK, [43] VP.WR:
+        // once initialized.
+        _ => [false, true, true],
+    };
+    allowed[s as usize]
 }
 
 impl EmulatedModule {
@@ -236,19 +268,21 @@ impl EmulatedModule {
         td.chldcnt.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// `check_state_map_tdcs_and_lock`: lifecycle KEYS_CONFIGURED, TDCS allocated, op-state
-    /// allowed for `leaf`.
+    /// `check_state_map_tdcs_and_lock` (intel/tdx-module `src/common/helpers/helpers.c`):
+    /// lifecycle KEYS_CONFIGURED (any other lifecycle state, before key configuration as well
+    /// as after TDH.MNG.VPFLUSHDONE, is `TDX_TD_KEYS_NOT_CONFIGURED`:
+    /// `check_td_in_correct_build_state`), TDCS allocated (`TDX_TDCS_NOT_ALLOCATED`), op-state
+    /// allowed for `leaf` (`TDX_OP_STATE_INCORRECT` with no operand ID: only a busy op-state
+    /// lock names `OPERAND_ID_OP_STATE`).
     pub(super) fn check_td_state(&self, td: &Td, leaf: Leaf) -> Result<(), TdxStatus> {
-        match td.lifecycle() {
-            Lifecycle::KeysConfigured => {}
-            Lifecycle::HkidAssigned => return Err(TdxStatus::TD_KEYS_NOT_CONFIGURED),
-            _ => return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT),
+        if td.lifecycle() != Lifecycle::KeysConfigured {
+            return Err(TdxStatus::TD_KEYS_NOT_CONFIGURED);
         }
         if td.tdcs_count.load(Ordering::Acquire) < self.cfg.limits.tdcs_pages {
             return Err(TdxStatus::TDCS_NOT_ALLOCATED);
         }
         if !op_state_allowed(leaf, td.op_state()) {
-            return Err(TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE));
+            return Err(TdxStatus::OP_STATE_INCORRECT);
         }
         Ok(())
     }
@@ -329,63 +363,120 @@ impl EmulatedModule {
     }
 
     pub(super) fn leaf_mng_addcx(&self, r: &mut Regs) -> LeafResult {
+        // Order and statuses of intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_mng_add_cx.c`.
         let (td, _l) = self.lock_tdr(r.rdx, LockMode::Exclusive, OperandId::RDX)?;
-        match td.lifecycle() {
-            Lifecycle::KeysConfigured => {}
-            Lifecycle::HkidAssigned => return Err(TdxStatus::TD_KEYS_NOT_CONFIGURED),
-            _ => return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT),
+        // Any lifecycle state but KEYS_CONFIGURED: TDX_TD_KEYS_NOT_CONFIGURED.
+        if td.lifecycle() != Lifecycle::KeysConfigured {
+            return Err(TdxStatus::TD_KEYS_NOT_CONFIGURED);
         }
-        if td.op_state() != OpState::Uninitialized {
-            return Err(TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE));
-        }
-        if td.tdcs_count.load(Ordering::Acquire) >= self.cfg.limits.tdcs_pages {
-            return Err(TdxStatus::TDCX_NUM_INCORRECT.with_operand(OperandId::RCX));
+        // The module takes up to MAX_NUM_TDCS_PAGES (the minimum plus the pages of L2 VMs);
+        // beyond that TDX_TDCX_NUM_INCORRECT, with no operand ID.
+        let count = td.tdcs_count.load(Ordering::Acquire);
+        if count >= self.cfg.limits.tdcs_pages + TDCS_L2_PAGES {
+            return Err(TdxStatus::TDCX_NUM_INCORRECT);
         }
         let (_, page) = self.lock_free_page_rcx(r.rcx)?;
+        if count >= self.cfg.limits.tdcs_pages {
+            // A page beyond the minimum: OP_STATE exists now and is checked against the
+            // ADDCX row of `seamcall_state_lookup` (TDX_OP_STATE_INCORRECT, no operand ID).
+            if !op_state_allowed(Leaf::MngAddCx, td.op_state()) {
+                return Err(TdxStatus::OP_STATE_INCORRECT);
+            }
+            // Extra TDCS pages only serve L2 VMs (TD partitioning), which the software
+            // module does not model.
+            return Err(TdxStatus::TDCX_NUM_INCORRECT);
+        }
         self.adopt_child_page(&page, &td, PageType::Tdcx);
         td.tdcs_pages.lock().push(page.hpa.0);
         td.tdcs_count.fetch_add(1, Ordering::AcqRel);
         Ok(TdxStatus::SUCCESS)
     }
 
-    fn validate_td_params(&self, p: &TdParams) -> Result<(), TdxStatus> {
+    /// TD_PARAMS checks of TDH.MNG.INIT in the module's order
+    /// (`read_and_set_td_configurations` and `read_and_set_cpuid_configurations` in intel/tdx-module
+    /// `src/vmm_dispatcher/api_calls/tdh_mng_init.c`; the helpers in
+    /// `src/common/helpers/helpers.c`). `raw` is the TD_PARAMS page, for the reserved fields.
+    fn validate_td_params(
+        &self,
+        p: &TdParams,
+        raw: &[u8; TD_PARAMS_SIZE],
+    ) -> Result<(), TdxStatus> {
         let inv = |op| Err(TdxStatus::OPERAND_INVALID.with_operand(op));
-        if p.reserved_nonzero {
-            return inv(OperandId::RDX);
-        }
-        if p.attributes & !attributes::SUPPORTED != 0 {
+        let zero = |range: core::ops::Range<usize>| raw[range].iter().all(|&b| b == 0);
+        // `verify_td_attributes`: only the bits the module supports (ATTRIBUTES_FIXED0), and
+        // a MIGRATABLE TD can be neither DEBUG nor use PERFMON.
+        if p.attributes & !attributes::SUPPORTED != 0
+            || (p.attributes & attributes::MIGRATABLE != 0
+                && p.attributes & (attributes::DEBUG | attributes::PERFMON) != 0)
+        {
             return inv(OperandId::ATTRIBUTES);
         }
-        let (xfam0, xfam1) = (0x0006_02FFu64, 0x3u64);
-        if p.xfam & !xfam0 != 0 || p.xfam & xfam1 != xfam1 {
+        // `check_xfam`: allowed bits (TDX_XFAM_FIXED0 and the platform's XCR0/XSS), the
+        // fixed-1 bits (x87, SSE), and the all-or-nothing groups: AVX-512 (k-mask, ZMM_Hi256,
+        // Hi16_ZMM; needs AVX), CET (user, supervisor), AMX (XTILECFG, XTILEDATA).
+        let bit = |n: u32| p.xfam >> n & 1;
+        if p.xfam & !XFAM_FIXED0 != 0
+            || p.xfam & XFAM_FIXED1 != XFAM_FIXED1
+            || (bit(5) == 1 && bit(2) == 0)
+            || bit(5) != bit(6)
+            || bit(5) != bit(7)
+            || bit(11) != bit(12)
+            || bit(17) != bit(18)
+        {
             return inv(OperandId::XFAM);
         }
+        // MAX_VCPUS: not 0 (the module's only rule); the software module also caps it.
         if p.max_vcpus == 0 || p.max_vcpus > self.cfg.limits.max_vcpus_per_td {
             return inv(OperandId::MAX_VCPUS);
         }
-        if p.num_l2_vms != 0 {
-            return inv(OperandId(71));
+        // NUM_L2_VMS: at most MAX_L2_VMS (3); with L2 VMs the TD needs TDCS pages the
+        // software module never takes (it has no TD partitioning), so 1..=3 fails the
+        // `is_required_tdcs_allocated` check (the minimum was checked with the TD state).
+        if p.num_l2_vms > MAX_L2_VMS {
+            return inv(OperandId::NUM_L2_VMS);
         }
+        if p.num_l2_vms != 0 {
+            return Err(TdxStatus::TDCS_NOT_ALLOCATED);
+        }
+        // reserved_0 (4 bytes at 0x14).
+        if !zero(0x14..0x18) {
+            return inv(OperandId::RDX);
+        }
+        // `verify_td_config_flags`: only the defined CONFIG_FLAGS bits.
+        if p.config_flags & !config_flags::ALL != 0 {
+            return inv(OperandId::EXEC_CONTROLS);
+        }
+        // `verify_and_set_td_eptp_controls`: memory type WB, page-walk length 4 or 5 (the
+        // modelled platform has 5-level EPT and a MAXPA of at least MIN_PA_FOR_PML5), no A/D
+        // or supervisor-shadow-stack control, no address, reserved bits clear; GPAW (shared
+        // bit 51) needs 5 levels, reported on EPTP_CONTROLS, not on CONFIG_FLAGS.
         let levels = p.ept_levels();
         if p.eptp_controls & 7 != EPTP_MEMTYPE_WB
             || p.eptp_controls & !0x3F != 0
             || !(levels == 4 || levels == 5)
+            || (p.config_flags & config_flags::GPAW != 0 && levels != 5)
         {
             return inv(OperandId::EPTP_CONTROLS);
         }
-        if p.config_flags & !config_flags::ALL != 0
-            || (p.config_flags & config_flags::GPAW != 0 && levels != 5)
-        {
-            return inv(OperandId::EXEC_CONTROLS);
-        }
-        // 100 MHz .. 10 GHz in units of 25 MHz.
+        // VIRT_TSC_FREQUENCY_MIN..=MAX: 100 MHz .. 10 GHz in units of 25 MHz
+        // (`td_control_structures.h`).
         if !(4..=400).contains(&p.tsc_frequency) {
             return inv(OperandId::TSC_FREQUENCY);
         }
+        // reserved_1 (38 bytes at 0x2A), MSR_CONFIG_CTLS bits 7:1, reserved_2 (24 bytes at
+        // 0xE8).
+        if !zero(0x2A..0x50) || p.msr_config_ctls & !1 != 0 || !zero(0xE8..0x100) {
+            return inv(OperandId::RDX);
+        }
+        // CPUID_CONFIG: only bits the module reports as configurable.
         for (value, (_, mask)) in p.cpuid_values.iter().zip(CPUID_CONFIG.iter()) {
             if value.iter().zip(mask.iter()).any(|(v, m)| v & !m != 0) {
                 return inv(OperandId::CPUID_CONFIG);
             }
+        }
+        // reserved_3: every byte after the configurable CPUID leaves' slots.
+        if !zero(0x100 + 16 * CPUID_CONFIG.len()..TD_PARAMS_SIZE) {
+            return inv(OperandId::RDX);
         }
         Ok(())
     }
@@ -399,7 +490,7 @@ impl EmulatedModule {
         let mut buf = [0u8; TD_PARAMS_SIZE];
         self.read_phys(r.rdx, &mut buf, OperandId::RDX)?;
         let params = TdParams::from_bytes(&buf, CPUID_CONFIG.len());
-        self.validate_td_params(&params)?;
+        self.validate_td_params(&params, &buf)?;
         let levels = params.ept_levels() as u8;
         let shared_bit = params.shared_bit();
         td.tree.call_once(|| SeptTree::new(levels));
@@ -416,27 +507,19 @@ impl EmulatedModule {
         Ok(TdxStatus::SUCCESS)
     }
 
+    /// TDH.VP.CREATE (intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_vp_create.c`): TDR
+    /// (RDX) shared, TD state (op-state INITIALIZED only), the new TDVPR (RCX). The vCPU gets
+    /// its index and is counted against MAX_VCPUS by TDH.VP.INIT, not here.
     pub(super) fn leaf_vp_create(&self, r: &mut Regs) -> LeafResult {
         let (td, _l) = self.lock_tdr(r.rdx, LockMode::Shared, OperandId::RDX)?;
         self.check_td_state(&td, Leaf::VpCreate)?;
         let (hpa, page) = self.lock_free_page_rcx(r.rcx)?;
-        let max = td
-            .cfg
-            .get()
-            .map(|c| u32::from(c.params.max_vcpus))
-            .unwrap_or(0);
-        let index = td
-            .num_vcpus
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .map_err(|_| TdxStatus::MAX_VCPUS_EXCEEDED)?;
         self.adopt_child_page(&page, &td, PageType::Tdvpr);
         td.vcpus.lock().push(hpa);
         let vcpu = Vcpu {
             tdvpr: hpa,
             td: td.clone(),
-            index,
+            index: AtomicU32::new(0),
             tdcx_count: AtomicU32::new(0),
             tdcx_pages: spin::Mutex::new(Vec::new()),
             svm: spin::Mutex::new(None),
@@ -445,7 +528,7 @@ impl EmulatedModule {
             epoch: AtomicU64::new(0),
             kick: AtomicBool::new(false),
             init_rcx: AtomicU64::new(0),
-            x2apic: AtomicU64::new(u64::from(index)),
+            x2apic: AtomicU64::new(0),
             pir: [const { AtomicU64::new(0) }; 4],
             shared_eptp: AtomicU64::new(0),
             scratch: AtomicU64::new(0),
@@ -455,6 +538,10 @@ impl EmulatedModule {
         Ok(TdxStatus::SUCCESS)
     }
 
+    /// TDH.VP.ADDCX (intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_vp_addcx.c`): TDVPR
+    /// (RDX) exclusive, TD state (op-state INITIALIZED only), vCPU not yet initialized
+    /// (`TDX_VCPU_STATE_INCORRECT`), room for another TDCX page (`TDX_TDCX_NUM_INCORRECT`, no
+    /// operand ID), the new page (RCX).
     pub(super) fn leaf_vp_addcx(&self, r: &mut Regs) -> LeafResult {
         let (vcpu, _v, _t) = self.lock_tdvpr(r.rdx, LockMode::Exclusive, OperandId::RDX)?;
         self.check_td_state(&vcpu.td, Leaf::VpAddCx)?;
@@ -462,7 +549,7 @@ impl EmulatedModule {
             return Err(TdxStatus::VCPU_STATE_INCORRECT);
         }
         if vcpu.tdcx_count.load(Ordering::Acquire) + 1 >= self.cfg.limits.tdvps_pages {
-            return Err(TdxStatus::TDCX_NUM_INCORRECT.with_operand(OperandId::RCX));
+            return Err(TdxStatus::TDCX_NUM_INCORRECT);
         }
         let (_, page) = self.lock_free_page_rcx(r.rcx)?;
         self.adopt_child_page(&page, &vcpu.td, PageType::Tdcx);
@@ -471,16 +558,23 @@ impl EmulatedModule {
         Ok(TdxStatus::SUCCESS)
     }
 
+    /// TDH.VP.INIT (intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_vp_init.c`): TDVPR
+    /// (RCX) exclusive, TD state (op-state INITIALIZED only), every TDVPS page added
+    /// (`map_tdvps` fails: `TDX_TDCX_NUM_INCORRECT`, no operand ID), vCPU not yet
+    /// initialized (`TDX_VCPU_STATE_INCORRECT`), then the vCPU index is the TD's vCPU count
+    /// before this call, refused with `TDX_MAX_VCPUS_EXCEEDED` at TD_PARAMS.MAX_VCPUS.
+    /// Version 1 (x2APIC ID in R8, the TOPOLOGY_ENUM feature, later than the 1.5.01 source)
+    /// checks the ID before the index is taken.
     pub(super) fn leaf_vp_init(&self, version: u8, r: &mut Regs) -> LeafResult {
         let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
         self.check_td_state(&vcpu.td, Leaf::VpInit)?;
-        if vcpu.tdcx_count.load(Ordering::Acquire) + 1 != self.cfg.limits.tdvps_pages {
-            return Err(TdxStatus::TDCX_NUM_INCORRECT.with_operand(OperandId::RCX));
+        if vcpu.tdcx_count.load(Ordering::Acquire) + 1 < self.cfg.limits.tdvps_pages {
+            return Err(TdxStatus::TDCX_NUM_INCORRECT);
         }
         if vcpu.initialized.load(Ordering::Acquire) {
             return Err(TdxStatus::VCPU_STATE_INCORRECT);
         }
-        if version >= 1 {
+        let x2apic = if version >= 1 {
             let x2apic = r.r8;
             let dup = vcpu.td.vcpus.lock().iter().any(|&other| {
                 other != vcpu.tdvpr
@@ -492,8 +586,26 @@ impl EmulatedModule {
             if dup || x2apic > u64::from(u32::MAX) {
                 return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::R8));
             }
-            vcpu.x2apic.store(x2apic, Ordering::Release);
-        }
+            Some(x2apic)
+        } else {
+            None
+        };
+        let td = &vcpu.td;
+        let max = td
+            .cfg
+            .get()
+            .map(|c| u32::from(c.params.max_vcpus))
+            .unwrap_or(0);
+        let index = td
+            .num_vcpus
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| TdxStatus::MAX_VCPUS_EXCEEDED)?;
+        vcpu.index.store(index, Ordering::Release);
+        // Version 0: the x2APIC ID is the vCPU index.
+        vcpu.x2apic
+            .store(x2apic.unwrap_or(u64::from(index)), Ordering::Release);
         vcpu.init_rcx.store(r.rdx, Ordering::Release);
         vcpu.initialized.store(true, Ordering::Release);
         Ok(TdxStatus::SUCCESS)
@@ -587,8 +699,16 @@ impl EmulatedModule {
         Ok(TdxStatus::SUCCESS)
     }
 
+    /// TDH.PHYMEM.PAGE.RECLAIM (intel/tdx-module
+    /// `src/vmm_dispatcher/api_calls/tdh_phymem_page_reclaim.c`): RCX, RDX, R8 and the
+    /// reserved R9–R11 are cleared first; once the page's PAMT entry is locked and is neither
+    /// NDA nor reserved, RCX = its page type, RDX = its owner, R8 = its PAMT size, and they
+    /// stay so on every later error (misaligned large page, TDR busy, lifecycle not
+    /// TEARDOWN, a TDR with children) as on success.
     pub(super) fn leaf_phymem_page_reclaim(&self, r: &mut Regs) -> LeafResult {
-        let hpa = self.check_page_hpa(r.rcx, OperandId::RCX)?;
+        let page_in = r.rcx;
+        (r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11) = (0, 0, 0, 0, 0, 0);
+        let hpa = self.check_page_hpa(page_in, OperandId::RCX)?;
         let first = self
             .pamt
             .lock_pages(hpa, 1, LockMode::Exclusive)
@@ -597,6 +717,9 @@ impl EmulatedModule {
         if matches!(meta.page_type, PageType::Nda | PageType::Rsvd) {
             return Err(TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX));
         }
+        r.rcx = meta.page_type.raw();
+        r.rdx = meta.owner.0;
+        r.r8 = meta.size.raw();
         let pages = meta.size.pages_4k();
         if !hpa.is_multiple_of(pages * 4096) {
             return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX));
@@ -655,9 +778,6 @@ impl EmulatedModule {
                 td.chldcnt.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        r.rcx = meta.page_type.raw();
-        r.rdx = meta.owner.0;
-        r.r8 = meta.size.raw();
         Ok(TdxStatus::SUCCESS)
     }
 
@@ -753,7 +873,7 @@ impl EmulatedModule {
     fn vcpu_field(&self, v: &Vcpu, id: u64) -> Result<u64, TdxStatus> {
         Ok(match id {
             vf::VCPU_STATE => u64::from(v.initialized.load(Ordering::Acquire)),
-            vf::VCPU_INDEX => u64::from(v.index),
+            vf::VCPU_INDEX => u64::from(v.index()),
             vf::VCPU_EPOCH => v.epoch.load(Ordering::Acquire),
             vf::ASSOCIATED_LP => v.assoc_lp.load(Ordering::Acquire),
             vf::INIT_RCX => v.init_rcx.load(Ordering::Acquire),

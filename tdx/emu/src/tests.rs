@@ -484,13 +484,11 @@ fn operand_checks_give_exact_operand_ids() {
         st(regs(Leaf::MemPageAug, G | 1, td.tdr.0, page.0 + 0x1000)),
         TdxStatus::OPERAND_INVALID.with_operand(OperandId::R8)
     );
-    // PAGE.ADD after finalize: op state.
+    // PAGE.ADD after finalize: op state, with no operand ID (`check_state_map_tdcs_and_lock`
+    // in intel/tdx-module `src/common/helpers/helpers.c`).
     let mut r = regs(Leaf::MemPageAdd, G, td.tdr.0, page.0);
     r.r9 = page.0;
-    assert_eq!(
-        st(r),
-        TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE)
-    );
+    assert_eq!(st(r), TdxStatus::OP_STATE_INCORRECT);
 }
 
 #[test]
@@ -716,10 +714,9 @@ fn td_params_are_validated_by_mng_init() {
             .module
             .call(regs(Leaf::MngAddCx, extra.0, tdr.0, 0))
             .unwrap_err();
-        assert_eq!(
-            e.status,
-            TdxStatus::TDCX_NUM_INCORRECT.with_operand(OperandId::RCX)
-        );
+        // A TDCS page beyond the minimum before MNG.INIT: only L2 VMs use those (not
+        // modelled); TDX_TDCX_NUM_INCORRECT has no operand ID (`tdh_mng_add_cx.c`).
+        assert_eq!(e.status, TdxStatus::TDCX_NUM_INCORRECT);
         let mut params = TdParams::basic(0, 4);
         mutate(&mut params);
         let pa = p.alloc_page().unwrap();
@@ -740,10 +737,7 @@ fn td_params_are_validated_by_mng_init() {
             .module
             .call(regs(Leaf::MngInit, tdr.0, pa.0, 0))
             .unwrap_err();
-        assert_eq!(
-            e.status,
-            TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE)
-        );
+        assert_eq!(e.status, TdxStatus::OP_STATE_INCORRECT);
         // Tear this TD down so the KeyID is free again.
         p.module
             .call(regs(Leaf::MngVpFlushDone, tdr.0, 0, 0))
@@ -757,6 +751,266 @@ fn td_params_are_validated_by_mng_init() {
     }
 }
 
+/// The op-state gate of the vCPU build, TD build and run leaves: the UNINITIALIZED,
+/// INITIALIZED and RUNNABLE columns of `seamcall_state_lookup` (intel/tdx-module
+/// `include/auto_gen/op_state_lookup.c`); a refused call answers `TDX_OP_STATE_INCORRECT`
+/// with no operand ID (`check_any_td_state_map_tdcs_and_lock`, `src/common/helpers/helpers.c`)
+/// and changes nothing.
+#[test]
+fn op_state_gates_build_and_run_leaves() {
+    let p = Platform::new();
+    let m = &p.module;
+    let op_state = |r: Regs| m.call(r).map(drop).map_err(|e| e.status);
+    let refused = Err(TdxStatus::OP_STATE_INCORRECT);
+
+    // UNINITIALIZED (TDCS allocated, no MNG.INIT): VP.CREATE, PAGE.AUG, PAGE.ADD,
+    // MR.FINALIZE and VP.ENTER's neighbours are refused.
+    let tdr = p.alloc_page().unwrap();
+    m.call(regs(Leaf::MngCreate, tdr.0, 41, 0)).unwrap();
+    m.call(regs(Leaf::MngKeyConfig, tdr.0, 0, 0)).unwrap();
+    for _ in 0..super::EmuLimits::default().tdcs_pages {
+        let cx = p.alloc_page().unwrap();
+        m.call(regs(Leaf::MngAddCx, cx.0, tdr.0, 0)).unwrap();
+    }
+    let page = p.alloc_page().unwrap();
+    assert_eq!(op_state(regs(Leaf::VpCreate, page.0, tdr.0, 0)), refused);
+    assert_eq!(op_state(regs(Leaf::MrFinalize, tdr.0, 0, 0)), refused);
+    assert_eq!(op_state(regs(Leaf::MemPageAug, G, tdr.0, page.0)), refused);
+    let mut add = regs(Leaf::MemPageAdd, G, tdr.0, page.0);
+    add.r9 = page.0;
+    assert_eq!(op_state(add), refused);
+    assert_eq!(
+        m.pamt_entry(page).unwrap().page_type,
+        tdx_abi::pamt::PageType::Nda
+    );
+
+    // INITIALIZED: the vCPU build leaves and PAGE.AUG (`seamcall_state_lookup[6]` allows
+    // it before finalize) work; VP.ENTER, MNG.INIT and another MNG.ADDCX do not.
+    let td = p
+        .create_td(&TdOptions {
+            vcpus: 1,
+            max_vcpus: 4,
+            ..TdOptions::default()
+        })
+        .unwrap();
+    let half = p.alloc_page().unwrap();
+    m.call(regs(Leaf::VpCreate, half.0, td.tdr.0, 0)).unwrap();
+    let cx = p.alloc_page().unwrap();
+    m.call(regs(Leaf::VpAddCx, cx.0, half.0, 0)).unwrap();
+    assert_eq!(
+        TdxStatus(enter(&p, td.vcpus[0].tdvpr, 0, 0).rax),
+        TdxStatus::OP_STATE_INCORRECT
+    );
+    let params = p.alloc_page().unwrap();
+    p.mem.write(
+        params,
+        &tdx_abi::td_params::TdParams::basic(0, 4).to_bytes(),
+    );
+    assert_eq!(
+        op_state(regs(Leaf::MngInit, td.tdr.0, params.0, 0)),
+        refused
+    );
+    let extra_cx = p.alloc_page().unwrap();
+    assert_eq!(
+        op_state(regs(Leaf::MngAddCx, extra_cx.0, td.tdr.0, 0)),
+        refused
+    );
+    let aug_page = p.alloc_page().unwrap();
+    p.aug(&td, Gpa(4 * G), PageLevel::L4K, aug_page).unwrap();
+    assert_eq!(
+        state(&p, &td, Gpa(4 * G), PageLevel::L4K),
+        SeptState::Pending
+    );
+    p.add_page(&td, Gpa(G), &[7; 4096], true).unwrap();
+    p.finalize(&td).unwrap();
+
+    // RUNNABLE: VP.CREATE, VP.ADDCX, VP.INIT, PAGE.ADD, MR.EXTEND, MR.FINALIZE refused;
+    // VP.ENTER and PAGE.AUG work.
+    let late = p.alloc_page().unwrap();
+    assert_eq!(op_state(regs(Leaf::VpCreate, late.0, td.tdr.0, 0)), refused);
+    assert_eq!(op_state(regs(Leaf::VpAddCx, late.0, half.0, 0)), refused);
+    assert_eq!(op_state(regs(Leaf::VpInit, half.0, 0, 0)), refused);
+    let mut add = regs(Leaf::MemPageAdd, G + 4096, td.tdr.0, late.0);
+    add.r9 = late.0;
+    assert_eq!(op_state(add), refused);
+    assert_eq!(op_state(regs(Leaf::MrExtend, G, td.tdr.0, 0)), refused);
+    assert_eq!(op_state(regs(Leaf::MrFinalize, td.tdr.0, 0, 0)), refused);
+    assert_eq!(
+        op_state(regs(Leaf::MngInit, td.tdr.0, params.0, 0)),
+        refused
+    );
+    assert_eq!(
+        m.pamt_entry(late).unwrap().page_type,
+        tdx_abi::pamt::PageType::Nda
+    );
+    let aug_page2 = p.alloc_page().unwrap();
+    p.aug(&td, Gpa(4 * G + 4096), PageLevel::L4K, aug_page2)
+        .unwrap();
+    set_steps(&p, td.vcpus[0].tdvpr, vec![]);
+    let r = enter(&p, td.vcpus[0].tdvpr, 0, 0);
+    assert_ne!(TdxStatus(r.rax), TdxStatus::OP_STATE_INCORRECT);
+    assert!(!TdxStatus(r.rax).is_error(), "{:#x}", r.rax);
+    m.check_invariants().unwrap();
+}
+
+/// Lifecycle gate of the leaves that check the TD's build state: any lifecycle state but
+/// KEYS_CONFIGURED (here: after TDH.MNG.VPFLUSHDONE) answers `TDX_TD_KEYS_NOT_CONFIGURED`
+/// (`check_td_in_correct_build_state` in intel/tdx-module `src/common/helpers/helpers.c`;
+/// TDH.MNG.ADDCX the same in `tdh_mng_add_cx.c`).
+#[test]
+fn blocked_td_answers_keys_not_configured() {
+    let p = Platform::new();
+    let m = &p.module;
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    m.call(regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0)).unwrap();
+    let page = p.alloc_page().unwrap();
+    let keys = Err(TdxStatus::TD_KEYS_NOT_CONFIGURED);
+    let call = |r: Regs| m.call(r).map(drop).map_err(|e| e.status);
+    assert_eq!(call(regs(Leaf::VpCreate, page.0, td.tdr.0, 0)), keys);
+    assert_eq!(call(regs(Leaf::MngAddCx, page.0, td.tdr.0, 0)), keys);
+    assert_eq!(call(regs(Leaf::MrFinalize, td.tdr.0, 0, 0)), keys);
+    assert_eq!(call(regs(Leaf::VpInit, td.vcpus[0].tdvpr.0, 0, 0)), keys);
+    assert_eq!(
+        TdxStatus(enter(&p, td.vcpus[0].tdvpr, 0, 0).rax),
+        TdxStatus::TD_KEYS_NOT_CONFIGURED
+    );
+}
+
+/// TD_PARAMS rules of TDH.MNG.INIT and their precedence, as `read_and_set_td_configurations`
+/// and `read_and_set_cpuid_configurations` (intel/tdx-module
+/// `src/vmm_dispatcher/api_calls/tdh_mng_init.c`) and the helpers `verify_td_attributes`,
+/// `check_xfam`, `verify_and_set_td_eptp_controls` (`src/common/helpers/helpers.c`) check
+/// them; TDX_XFAM_FIXED0 from `td_control_structures.h`, OPERAND_ID_NUM_L2_VMS (71) from
+/// `include/auto_gen/tdx_error_codes_defs.h`.
+#[test]
+fn td_params_rules_and_precedence() {
+    use tdx_abi::td_params::{TD_PARAMS_SIZE, TdParams, attributes, config_flags};
+    let p = Platform::new();
+    let m = &p.module;
+    let pa = p.alloc_page().unwrap();
+    // MNG.INIT of a fresh TD (KeyID 42, torn down again) with TD_PARAMS `bytes`.
+    let init = |bytes: &[u8; TD_PARAMS_SIZE]| -> Result<(), TdxStatus> {
+        let tdr = p.alloc_page().unwrap();
+        m.call(regs(Leaf::MngCreate, tdr.0, 42, 0)).unwrap();
+        m.call(regs(Leaf::MngKeyConfig, tdr.0, 0, 0)).unwrap();
+        for _ in 0..super::EmuLimits::default().tdcs_pages {
+            let cx = p.alloc_page().unwrap();
+            m.call(regs(Leaf::MngAddCx, cx.0, tdr.0, 0)).unwrap();
+        }
+        p.mem.write(pa, bytes);
+        let result = m
+            .call(regs(Leaf::MngInit, tdr.0, pa.0, 0))
+            .map(drop)
+            .map_err(|e| e.status);
+        m.call(regs(Leaf::MngVpFlushDone, tdr.0, 0, 0)).unwrap();
+        m.call(Regs::for_leaf(Leaf::PhymemCacheWb, 0)).unwrap();
+        m.call(regs(Leaf::MngKeyFreeId, tdr.0, 0, 0)).unwrap();
+        result
+    };
+    let with = |f: &dyn Fn(&mut TdParams)| {
+        let mut t = TdParams::basic(attributes::SEPT_VE_DISABLE, 4);
+        f(&mut t);
+        t.to_bytes()
+    };
+    let invalid = |op| Err(TdxStatus::OPERAND_INVALID.with_operand(op));
+    // One rule each.
+    let cases: Vec<([u8; TD_PARAMS_SIZE], Result<(), TdxStatus>)> = vec![
+        // A MIGRATABLE TD can be neither DEBUG nor PERFMON.
+        (
+            with(&|t| t.attributes |= attributes::MIGRATABLE | attributes::DEBUG),
+            invalid(OperandId::ATTRIBUTES),
+        ),
+        (
+            with(&|t| t.attributes |= attributes::MIGRATABLE | attributes::PERFMON),
+            invalid(OperandId::ATTRIBUTES),
+        ),
+        (with(&|t| t.attributes |= attributes::MIGRATABLE), Ok(())),
+        // MPX (bit 3) is outside TDX_XFAM_FIXED0; AVX-512 needs AVX and all three parts;
+        // AMX needs both parts.
+        (with(&|t| t.xfam |= 1 << 3), invalid(OperandId::XFAM)),
+        (with(&|t| t.xfam |= 0b111 << 5), invalid(OperandId::XFAM)),
+        (with(&|t| t.xfam |= 0x64), invalid(OperandId::XFAM)),
+        (with(&|t| t.xfam |= 0xE4), Ok(())),
+        (with(&|t| t.xfam |= 1 << 17), invalid(OperandId::XFAM)),
+        (with(&|t| t.xfam |= 0b11 << 17), Ok(())),
+        // NUM_L2_VMS: above 3 invalid; 1..=3 would need TDCS pages for L2 VMs.
+        (with(&|t| t.num_l2_vms = 4), invalid(OperandId::NUM_L2_VMS)),
+        (
+            with(&|t| t.num_l2_vms = 1),
+            Err(TdxStatus::TDCS_NOT_ALLOCATED),
+        ),
+        // EPTP_CONTROLS: WB, 4 or 5 levels, no A/D, no address; GPAW needs 5 levels and is
+        // reported on EPTP_CONTROLS.
+        (
+            with(&|t| t.eptp_controls = EPTP_WB | (2 << 3)),
+            invalid(OperandId::EPTP_CONTROLS),
+        ),
+        (
+            with(&|t| t.eptp_controls |= 1 << 6),
+            invalid(OperandId::EPTP_CONTROLS),
+        ),
+        (
+            with(&|t| t.eptp_controls |= 0x1000),
+            invalid(OperandId::EPTP_CONTROLS),
+        ),
+        (
+            with(&|t| t.config_flags |= config_flags::GPAW),
+            invalid(OperandId::EPTP_CONTROLS),
+        ),
+        (
+            with(&|t| {
+                t.config_flags |= config_flags::GPAW;
+                t.eptp_controls = EPTP_WB | (4 << 3);
+            }),
+            Ok(()),
+        ),
+        (
+            with(&|t| t.config_flags |= 1 << 3),
+            invalid(OperandId::EXEC_CONTROLS),
+        ),
+        // MSR_CONFIG_CTLS bits 7:1 are reserved.
+        (with(&|t| t.msr_config_ctls = 2), invalid(OperandId::RDX)),
+    ];
+    for (i, (bytes, expected)) in cases.iter().enumerate() {
+        assert_eq!(init(bytes), *expected, "case {i}");
+    }
+    // Reserved bytes, by region, and where each one ranks.
+    let patch = |base: [u8; TD_PARAMS_SIZE], at: usize| {
+        let mut b = base;
+        b[at] = 1;
+        b
+    };
+    let ok = with(&|_| {});
+    for at in [0x14, 0x2A, 0x4F, 0xE8, 0xFF, 0x100 + 16 * 2, 0x3FF] {
+        assert_eq!(
+            init(&patch(ok, at)),
+            invalid(OperandId::RDX),
+            "byte {at:#x}"
+        );
+    }
+    // reserved_0 comes after ATTRIBUTES but before CONFIG_FLAGS.
+    let bad_attr = with(&|t| t.attributes |= 1 << 5);
+    assert_eq!(init(&patch(bad_attr, 0x14)), invalid(OperandId::ATTRIBUTES));
+    let bad_flags = with(&|t| t.config_flags |= 1 << 3);
+    assert_eq!(init(&patch(bad_flags, 0x14)), invalid(OperandId::RDX));
+    // reserved_1 before CPUID_CONFIG; reserved_3 after it.
+    let bad_cpuid = with(&|t| t.cpuid_values = vec![[1, 0, 0, 0]]);
+    assert_eq!(init(&patch(bad_cpuid, 0x2A)), invalid(OperandId::RDX));
+    assert_eq!(
+        init(&patch(bad_cpuid, 0x3FF)),
+        invalid(OperandId::CPUID_CONFIG)
+    );
+    // EPTP_CONTROLS before TSC_FREQUENCY.
+    let both = with(&|t| {
+        t.eptp_controls = EPTP_WB | (2 << 3);
+        t.tsc_frequency = 1;
+    });
+    assert_eq!(init(&both), invalid(OperandId::EPTP_CONTROLS));
+    m.check_invariants().unwrap();
+}
+
+const EPTP_WB: u64 = tdx_abi::td_params::EPTP_MEMTYPE_WB;
+
 #[test]
 fn vcpu_creation_limits_and_states() {
     let p = Platform::new();
@@ -767,10 +1021,21 @@ fn vcpu_creation_limits_and_states() {
             ..TdOptions::default()
         })
         .unwrap();
+    // MAX_VCPUS is enforced by TDH.VP.INIT, which assigns the vCPU index; TDH.VP.CREATE
+    // does not count vCPUs (intel/tdx-module `tdh_vp_create.c`, `tdh_vp_init.c`).
     let extra = p.alloc_page().unwrap();
+    p.module
+        .call(regs(Leaf::VpCreate, extra.0, td.tdr.0, 0))
+        .unwrap();
+    for _ in 1..super::EmuLimits::default().tdvps_pages {
+        let cx = p.alloc_page().unwrap();
+        p.module
+            .call(regs(Leaf::VpAddCx, cx.0, extra.0, 0))
+            .unwrap();
+    }
     let e = p
         .module
-        .call(regs(Leaf::VpCreate, extra.0, td.tdr.0, 0))
+        .call(regs(Leaf::VpInit, extra.0, 0, 0))
         .unwrap_err();
     assert_eq!(e.status, TdxStatus::MAX_VCPUS_EXCEEDED);
     // VP.INIT twice.
@@ -781,12 +1046,9 @@ fn vcpu_creation_limits_and_states() {
         p.module.call(r).unwrap_err().status,
         TdxStatus::VCPU_STATE_INCORRECT
     );
-    // VP.ENTER before finalize.
+    // VP.ENTER before finalize (`seamcall_state_lookup[TDH_VP_ENTER_LEAF]`).
     let r = enter(&p, td.vcpus[0].tdvpr, 0, 0);
-    assert_eq!(
-        TdxStatus(r.rax),
-        TdxStatus::OP_STATE_INCORRECT.with_operand(OperandId::OP_STATE)
-    );
+    assert_eq!(TdxStatus(r.rax), TdxStatus::OP_STATE_INCORRECT);
     // VP.RD / VP.WR.
     use crate::metadata::vcpu as vf;
     let mut r = regs(Leaf::VpRd, td.vcpus[1].tdvpr.0, vf::VCPU_INDEX, 0);
@@ -1096,14 +1358,16 @@ fn teardown_order_is_enforced() {
         TdxStatus::LIFECYCLE_STATE_INCORRECT
     );
     p.module.call(flushdone).unwrap();
-    // AUG after VPFLUSHDONE: lifecycle.
+    // AUG after VPFLUSHDONE: the lifecycle is no longer KEYS_CONFIGURED, which
+    // `check_td_in_correct_build_state` (intel/tdx-module `src/common/helpers/helpers.c`)
+    // reports as TDX_TD_KEYS_NOT_CONFIGURED.
     let page2 = p.alloc_page().unwrap();
     assert_eq!(
         err(p
             .module
             .mem_page_aug(td.tdr, Gpa(G + 4096), PageLevel::L4K, page2))
         .status,
-        TdxStatus::LIFECYCLE_STATE_INCORRECT
+        TdxStatus::TD_KEYS_NOT_CONFIGURED
     );
     // FREEID before CACHE.WB on every package.
     assert_eq!(
@@ -1260,14 +1524,262 @@ fn promote_refuses_non_uniform_children() {
     p.module.check_invariants().unwrap();
 }
 
+/// TDH.MEM.SEPT.RD's outputs per state: RCX = the architectural entry, RDX = level and
+/// state (`set_arch_septe_details_in_vmm_regs` in intel/tdx-module
+/// `src/common/memory_handlers/sept_manager.c`; masks in `sept_manager.h`; leaf values from
+/// `sept_set_leaf_no_lock_internal` and `block_sept_entry` in `tdh_mem_range_block.c`).
+#[test]
+fn sept_rd_reports_the_architectural_entry() {
+    use tdx_abi::sept::entry_bits::{IPAT, LEAF, MT_WB, RWX, SUPPRESS_VE};
+    let p = Platform::new();
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    let mapped = p.add_page(&td, Gpa(G), &[1; 4096], false).unwrap();
+    p.finalize(&td).unwrap();
+    let rd = |gpa: Gpa, level: PageLevel| p.module.mem_sept_rd(td.tdr, gpa, level).unwrap();
+    let ls = |level: u8, s: SeptState| SeptLevelState::new(level, s);
+    // Every leaf: WB, IPAT, PS (4 KiB included), the HPA, SUPPRESS_VE; RWX only if MAPPED.
+    let leaf = |hpa: Hpa, rwx: u64| rwx | MT_WB | IPAT | LEAF | hpa.0 | SUPPRESS_VE;
+    assert_eq!(
+        rd(Gpa(G), PageLevel::L4K),
+        (leaf(mapped, RWX), ls(0, SeptState::Mapped))
+    );
+    // FREE: SUPPRESS_VE only.
+    assert_eq!(
+        rd(Gpa(G + 4096), PageLevel::L4K),
+        (SUPPRESS_VE, ls(0, SeptState::Free))
+    );
+    // Non-leaf: RWX, no HPA.
+    assert_eq!(
+        rd(Gpa(G), PageLevel::L2M),
+        (RWX, ls(1, SeptState::NlMapped))
+    );
+    // PENDING (AUG maps with no permissions), 4 KiB and 2 MiB.
+    let pending = p.alloc_page().unwrap();
+    p.aug(&td, Gpa(G + 4096), PageLevel::L4K, pending).unwrap();
+    assert_eq!(
+        rd(Gpa(G + 4096), PageLevel::L4K),
+        (leaf(pending, 0), ls(0, SeptState::Pending))
+    );
+    let big = p.alloc_2m().unwrap();
+    p.aug(&td, Gpa(8 * G), PageLevel::L2M, big).unwrap();
+    assert_eq!(
+        rd(Gpa(8 * G), PageLevel::L2M),
+        (leaf(big, 0), ls(1, SeptState::Pending))
+    );
+    // Blocked states drop RWX; a blocked non-leaf entry reports nothing but its state.
+    p.module
+        .mem_range_block(td.tdr, Gpa(G), PageLevel::L4K)
+        .unwrap();
+    assert_eq!(
+        rd(Gpa(G), PageLevel::L4K),
+        (leaf(mapped, 0), ls(0, SeptState::Blocked))
+    );
+    p.module
+        .mem_range_block(td.tdr, Gpa(G + 4096), PageLevel::L4K)
+        .unwrap();
+    assert_eq!(
+        rd(Gpa(G + 4096), PageLevel::L4K),
+        (leaf(pending, 0), ls(0, SeptState::PendingBlocked))
+    );
+    p.ensure_sept_path(&td, Gpa(12 * G), PageLevel::L4K)
+        .unwrap();
+    p.module
+        .mem_range_block(td.tdr, Gpa(12 * G), PageLevel::L2M)
+        .unwrap();
+    assert_eq!(
+        rd(Gpa(12 * G), PageLevel::L2M),
+        (0, ls(1, SeptState::NlBlocked))
+    );
+    // A busy tree lock is reported before the walk: RCX/RDX stay zero.
+    let e = {
+        let _h = p
+            .module
+            .hold_lock(LockTarget::SeptTree(td.tdr), LockMode::Exclusive)
+            .unwrap();
+        err(p.module.mem_sept_rd(td.tdr, Gpa(G), PageLevel::L4K))
+    };
+    assert_eq!(
+        e.status,
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::SEPT_TREE)
+    );
+    assert_eq!((e.rcx, e.rdx), (0, 0));
+    p.module.check_invariants().unwrap();
+}
+
+/// TDH.MEM.SEPT.RD clears RCX/RDX before anything else, and RDX bit 0 (read the L2
+/// attributes) is refused for a non-DEBUG TD (intel/tdx-module `tdh_mem_sept_rd.c`).
+#[test]
+fn sept_rd_error_outputs_and_l2_attributes_flag() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    // A bad TDR: OPERAND_INVALID on RDX with RCX/RDX cleared.
+    let mut r = regs(
+        Leaf::MemSeptRd,
+        gpa_level_operand(Gpa(0), PageLevel::L2M),
+        0x123,
+        0,
+    );
+    p.module.seamcall(&mut r);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX)
+    );
+    assert_eq!((r.rcx, r.rdx), (0, 0));
+    // The L2-attributes flag on a non-DEBUG TD.
+    let mut r = regs(
+        Leaf::MemSeptRd,
+        gpa_level_operand(Gpa(0), PageLevel::L2M),
+        td.tdr.0 | 1,
+        0,
+    );
+    p.module.seamcall(&mut r);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RDX)
+    );
+    assert_eq!((r.rcx, r.rdx), (0, 0));
+    // A DEBUG TD may ask: R8 = 0 (no L2 VMs).
+    let dbg = p
+        .runnable_td(&TdOptions {
+            attributes: tdx_abi::td_params::attributes::DEBUG
+                | tdx_abi::td_params::attributes::SEPT_VE_DISABLE,
+            ..TdOptions::default()
+        })
+        .unwrap();
+    p.ensure_sept_path(&dbg, Gpa(0), PageLevel::L4K).unwrap();
+    let mut r = regs(
+        Leaf::MemSeptRd,
+        gpa_level_operand(Gpa(0), PageLevel::L2M),
+        dbg.tdr.0 | 1,
+        0xdead,
+    );
+    p.module.seamcall(&mut r);
+    assert_eq!(TdxStatus(r.rax), TdxStatus::SUCCESS);
+    assert_eq!(r.r8, 0);
+    assert_eq!(SeptLevelState(r.rdx).state(), Some(SeptState::NlMapped));
+}
+
+/// TDH.MEM.PAGE.REMOVE's outputs (intel/tdx-module `tdh_mem_page_remove.c`): on success
+/// RCX = the removed page's HPA and RDX = 0; a state error carries the entry (RCX) and its
+/// level/state (RDX).
+#[test]
+fn page_remove_outputs() {
+    use tdx_abi::sept::entry_bits::{IPAT, LEAF, MT_WB, SUPPRESS_VE};
+    let p = Platform::new();
+    let td = runnable(&p);
+    let gpa = Gpa(4 * G);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
+    let remove = regs(
+        Leaf::MemPageRemove,
+        gpa_level_operand(gpa, PageLevel::L4K),
+        td.tdr.0,
+        0,
+    );
+    // Not blocked: the PENDING entry's details.
+    let mut r = remove;
+    p.module.seamcall(&mut r);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::GPA_RANGE_NOT_BLOCKED.with_operand(OperandId::RCX)
+    );
+    assert_eq!(r.rcx, page.0 | MT_WB | IPAT | LEAF | SUPPRESS_VE);
+    assert_eq!(r.rdx, SeptLevelState::new(0, SeptState::Pending).0);
+    // The PAMT lock of the page is taken before the blocked check: busy, no details.
+    {
+        let _h = p
+            .module
+            .hold_lock(LockTarget::Page(page), LockMode::Shared)
+            .unwrap();
+        let mut r = remove;
+        p.module.seamcall(&mut r);
+        assert_eq!(
+            TdxStatus(r.rax),
+            TdxStatus::OPERAND_BUSY.with_operand(OperandId::RCX)
+        );
+        assert_eq!((r.rcx, r.rdx), (0, 0));
+    }
+    p.module
+        .mem_range_block(td.tdr, gpa, PageLevel::L4K)
+        .unwrap();
+    p.module.mem_track(td.tdr).unwrap();
+    let mut r = remove;
+    p.module.seamcall(&mut r);
+    assert_eq!(TdxStatus(r.rax), TdxStatus::SUCCESS);
+    assert_eq!((r.rcx, r.rdx), (page.0, 0));
+    p.module.check_invariants().unwrap();
+}
+
+/// TDH.PHYMEM.PAGE.RECLAIM's outputs (intel/tdx-module `tdh_phymem_page_reclaim.c`):
+/// RCX/RDX/R8 and R9–R11 cleared first; page type, owner and size in RCX/RDX/R8 as soon as
+/// the page is known to be a TD page, so also with TDX_LIFECYCLE_STATE_INCORRECT and
+/// TDX_TD_ASSOCIATED_PAGES_EXIST; a free page reports zeros.
+#[test]
+fn page_reclaim_outputs() {
+    use tdx_abi::pamt::PageType;
+    let p = Platform::new();
+    let td = runnable(&p);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, Gpa(4 * G), PageLevel::L4K, page).unwrap();
+    let reclaim = |hpa: Hpa| {
+        let mut r = regs(Leaf::PhymemPageReclaim, hpa.0, 0x11, 0x22);
+        (r.r9, r.r10, r.r11) = (0x33, 0x44, 0x55);
+        p.module.seamcall(&mut r);
+        r
+    };
+    // TD alive: lifecycle error, with the page's metadata.
+    let r = reclaim(page);
+    assert_eq!(TdxStatus(r.rax), TdxStatus::LIFECYCLE_STATE_INCORRECT);
+    assert_eq!(
+        (r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11),
+        (PageType::Reg.raw(), td.tdr.0, 0, 0, 0, 0)
+    );
+    // A free page: PAGE_METADATA_INCORRECT, nothing reported.
+    let free = p.alloc_page().unwrap();
+    let r = reclaim(free);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::PAGE_METADATA_INCORRECT.with_operand(OperandId::RCX)
+    );
+    assert_eq!((r.rcx, r.rdx, r.r8, r.r9), (0, 0, 0, 0));
+    // Tear down up to KEY.FREEID, then the TDR before its children.
+    for v in &td.vcpus {
+        let _ = p.module.call(regs(Leaf::VpFlush, v.tdvpr.0, 0, 0));
+    }
+    p.module
+        .call(regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0))
+        .unwrap();
+    p.module
+        .call(Regs::for_leaf(Leaf::PhymemCacheWb, 0))
+        .unwrap();
+    p.module
+        .call(regs(Leaf::MngKeyFreeId, td.tdr.0, 0, 0))
+        .unwrap();
+    let r = reclaim(td.tdr);
+    assert_eq!(TdxStatus(r.rax), TdxStatus::TD_ASSOCIATED_PAGES_EXIST);
+    assert_eq!((r.rcx, r.rdx, r.r8), (PageType::Tdr.raw(), td.tdr.0, 0));
+    let r = reclaim(page);
+    assert_eq!(TdxStatus(r.rax), TdxStatus::SUCCESS);
+    assert_eq!(
+        (r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11),
+        (PageType::Reg.raw(), td.tdr.0, 0, 0, 0, 0)
+    );
+}
+
 #[test]
 fn sept_remove_returns_the_page_after_blocking_and_tracking() {
     let p = Platform::new();
     let td = runnable(&p);
     let gpa = Gpa(8 * G);
-    p.ensure_sept_path(&td, gpa, PageLevel::L4K).unwrap();
+    p.ensure_sept_path(&td, gpa, PageLevel::L2M).unwrap();
+    let table = p.alloc_page().unwrap();
+    p.module
+        .mem_sept_add(td.tdr, gpa, PageLevel::L2M, table)
+        .unwrap();
+    // SEPT.RD does not report a non-leaf entry's HPA: only RWX and PS
+    // (`SEPT_ARCH_ENTRY_NON_LEAF_MASK`, intel/tdx-module `sept_manager.h`).
     let (entry, _) = p.module.mem_sept_rd(td.tdr, gpa, PageLevel::L2M).unwrap();
-    let table = Hpa(entry & 0x000F_FFFF_FFFF_F000);
+    assert_eq!(entry, tdx_abi::sept::entry_bits::RWX);
     let e = err(p.module.mem_sept_remove(td.tdr, gpa, PageLevel::L2M));
     assert_eq!(
         e.status,

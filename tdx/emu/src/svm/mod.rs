@@ -538,7 +538,7 @@ impl EmulatedModule {
         let (cr0, cr3, cr4) = (0x31, 0, 0x40);
         // The paging shim: an identity page directory of 4 MiB pages (present, writable,
         // user, large) at a free GPA next to the TD's initial pages.
-        let shim = match (shim_pages, self.shim_slot(tree, vcpu.index)) {
+        let shim = match (shim_pages, self.shim_slot(tree, vcpu.index())) {
             (Some((pd, pt)), Some((npt_page, npt_index, slot))) => {
                 let mut dir = [0u8; 4096];
                 for (i, e) in dir.chunks_exact_mut(4).enumerate() {
@@ -588,7 +588,7 @@ impl EmulatedModule {
             rcx: init_rcx,
             r8: init_rcx,
             rdx: u64::from(TD_CPUID1_EAX),
-            rsi: u64::from(vcpu.index),
+            rsi: u64::from(vcpu.index()),
             ..GuestRegisters::default()
         };
         Ok(SvmVcpu {
@@ -1339,7 +1339,7 @@ impl EmulatedModule {
                 g.rcx = gpaw;
                 g.rdx = attrs;
                 g.r8 = num | max << 32;
-                g.r9 = u64::from(vcpu.index);
+                g.r9 = u64::from(vcpu.index());
                 g.r10 = 0;
                 g.r11 = 0;
                 self.tdcall_status(s, TdxStatus::SUCCESS);
@@ -1590,7 +1590,7 @@ impl EmulatedModule {
     fn cpuid(&self, s: &mut SvmVcpu, vcpu: &Vcpu, cpu: &dyn GuestCpu) {
         let leaf = self.vmcb_read(s.vmcb, vmcb::RAX) & 0xFFFF_FFFF;
         let subleaf = s.regs.rcx & 0xFFFF_FFFF;
-        let id = vcpu.index;
+        let id = vcpu.index();
         let (a, b, c, d): (u32, u32, u32, u32) = match leaf {
             // Max basic leaf 0x21, "GenuineIntel".
             0 => (0x21, 0x756E_6547, 0x6C65_746E, 0x4965_6E69),

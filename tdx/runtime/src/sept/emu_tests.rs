@@ -185,9 +185,13 @@ fn assert_agree(t: &EmuTd, gfns: core::ops::Range<u64>) {
                     .mem_sept_rd(t.td.tdr, m.gfn.gpa(), level)
                     .expect("SEPT.RD non-leaf");
             let meta = t.p.module.pamt_entry(hpa).expect("PAMT");
-            if raw & HPA_MASK != hpa.0
+            // The module reports a non-leaf entry as RWX and PS only, without the S-EPT
+            // page's HPA (`SEPT_ARCH_ENTRY_NON_LEAF_MASK`, intel/tdx-module
+            // `src/common/memory_handlers/sept_manager.h`): the page is checked in PAMT.
+            if raw != tdx_abi::sept::entry_bits::RWX
                 || ls.state() != Some(SeptState::NlMapped)
                 || meta.page_type != PageType::Ept
+                || meta.owner != t.td.tdr
             {
                 bad.push(m);
             }
