@@ -54,9 +54,6 @@ pub const ENCRYPT_CHUNK: usize = 16 * 1024;
 /// against a bug looping forever).
 const MAX_STEPS: usize = 4_096;
 
-/// How many times to ask rustls for more alert bytes after an error.
-const MAX_ALERT_STEPS: usize = 8;
-
 /// Counters since the service was created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TlsStats {
@@ -330,31 +327,23 @@ impl<C> TlsConn<C> {
         }
     }
 
-    /// After a rustls error: collects the fatal alert rustls queued (it is handed out as
-    /// `EncodeTlsData` by the next `process_tls_records` calls). The received bytes are
-    /// dropped first: fed again, the offending record would make rustls raise (and queue an
-    /// alert for) the same error a second time.
+    /// After a rustls error: collects the fatal alert rustls queued, with one more call.
+    /// rustls hands a queued record out (`EncodeTlsData`) before it looks at the input
+    /// again, and it must see the received bytes exactly as it left them (its handshake
+    /// deframer remembers how far into them it got: a shorter buffer would be sliced out of
+    /// range). Nothing more is asked: a further call would parse the offending record
+    /// again and raise the error, and send an alert, a second time.
     fn flush_alert(&mut self) {
-        self.incoming.clear();
-        let Some(tls) = self.tls.as_mut() else {
-            return;
-        };
-        for _ in 0..MAX_ALERT_STEPS {
-            let UnbufferedStatus { discard: _, state } = tls.process_tls_records(&mut []);
-            let more = match state {
-                Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    append_with(&mut self.outgoing, 64, |buf| data.encode(buf), encode_size).is_ok()
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => {
-                    transmit.done();
-                    true
-                }
-                _ => false,
-            };
-            if !more {
-                return;
+        if let Some(tls) = self.tls.as_mut() {
+            let UnbufferedStatus { discard: _, state } =
+                tls.process_tls_records(&mut self.incoming);
+            if let Ok(ConnectionState::EncodeTlsData(mut data)) = state {
+                // A failure leaves the connection without its alert; it ends either way.
+                let _ = append_with(&mut self.outgoing, 64, |buf| data.encode(buf), encode_size);
             }
         }
+        // The connection is over: nothing received is used any more.
+        self.incoming.clear();
     }
 }
 

@@ -351,3 +351,30 @@ proptest! {
         prop_assert!(out.len() < 64 * 1024);
     }
 }
+
+/// Found by the `tls_api_request` fuzz target: a handshake message split across records
+/// (rustls keeps the first part, and how far into the buffer it got) followed by a record
+/// rustls refuses. Collecting the alert with the received bytes dropped made rustls slice
+/// its buffer out of range (a panic, i.e. a reset of the appliance).
+#[test]
+fn an_error_inside_a_fragmented_handshake_message_sends_one_alert_and_ends() {
+    let mut service = echo_service(TIMEOUT_MS);
+    let mut conn = service.open(0);
+    let fragment = [
+        0x16, 0x03, 0x01, 0x00, 0x08, // handshake record, 8 bytes
+        0x01, 0x00, 0x01, 0xfc, // ClientHello of 508 bytes: only its start follows
+        0x03, 0x03, 0x00, 0x00,
+    ];
+    let refused = [0xff, 0x03, 0x03, 0x00, 0x01, 0x00]; // unknown content type
+    service.on_receive(&mut conn, &fragment, 1);
+    assert_eq!(service.poll(&mut conn, 1), ConnState::Open);
+    service.on_receive(&mut conn, &refused, 2);
+    assert_eq!(service.poll(&mut conn, 2), ConnState::CloseAfterFlush);
+    let out = service.output(&conn).to_vec();
+    assert!(out.first() == Some(&0x15), "an alert record: {out:02x?}");
+    assert_eq!(service.stats().handshakes_failed, 1);
+    // More input changes nothing.
+    service.on_receive(&mut conn, &refused, 3);
+    let _ = service.poll(&mut conn, 3);
+    assert_eq!(service.stats().handshakes_failed, 1);
+}
