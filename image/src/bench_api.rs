@@ -170,7 +170,7 @@ fn drive(port: u16, measure_from: Instant, end: Instant) -> Result<Samples> {
 /// them faster than the appliance drains the 64 receive buffers OVMF's virtio-net driver
 /// keeps posted, and QEMU's user-mode network stack retries a lost SYN only after 3 s, then
 /// 6 s, 12 s (a physical NIC has rings of hundreds of buffers).
-fn many_connections(port: u16) -> Result<(usize, usize)> {
+pub(crate) fn many_connections(port: u16) -> Result<(usize, usize)> {
     let mut connections = Vec::with_capacity(MANY_CONNECTIONS);
     for _ in 0..MANY_CONNECTIONS {
         let mut connection = Connection::open(port, IO_TIMEOUT)?;

@@ -78,6 +78,8 @@ pub struct HostileStats {
     pub connect_failures: u64,
     /// Connections the appliance ended (they were opened again).
     pub ended_by_server: u64,
+    /// Of those, long polls (each restarts its wait).
+    pub long_polls_ended: u64,
     /// Long polls answered (each was sent again).
     pub long_polls_answered: u64,
 }
@@ -360,6 +362,9 @@ impl HostileClients {
         if ended {
             client.link = None;
             self.stats.ended_by_server += 1;
+            if client.kind == Kind::LongPoll {
+                self.stats.long_polls_ended += 1;
+            }
         }
     }
 }
@@ -480,6 +485,12 @@ mod manual {
         if let Ok(text) = std::env::var("HOSTILE_FINGERPRINT") {
             let fingerprint = crate::http::parse_fingerprint(&text).expect("a fingerprint");
             crate::http::pin_certificate(port, fingerprint);
+        }
+        if std::env::var("HOSTILE_AFTER_256").is_ok() {
+            println!(
+                "256 connections first: {:?}",
+                crate::bench_api::many_connections(port)
+            );
         }
         let report = crate::bench_api::probe_under_hostile_mix(
             port,
