@@ -15,7 +15,7 @@ use appliance::config::{
 use appliance::idle::IdleAction;
 use appliance::ratelimit::RateLimit;
 use appliance::runtime::Runtime;
-use appliance::service::{ApiService, ApiTransport};
+use appliance::service::{ApiService, ApiTransport, HttpsWithHealthPort};
 use appliance::startup::AddressEvent;
 use log::{Level, error, info, warn};
 use mgmt_api::{Api, BearerToken, Role, TlsInfo};
@@ -104,9 +104,9 @@ fn main() -> Status {
         .with_tokens(config.api_tokens.clone());
     match crate::host_init::bring_up(&config) {
         Ok(host) => api = api.with_host(host),
-        Err(reason) => {
-            error!("no TD host: {reason}");
-            api.set_host_failure(reason);
+        Err(failure) => {
+            error!("no TD host: {}", failure.reason);
+            api.set_host_failure_with_steps(failure.reason, failure.steps);
         }
     }
     match tls {
@@ -120,10 +120,20 @@ fn main() -> Status {
                 tls_config,
                 config.api_limits.head_timeout_ms,
             );
-            serve(
-                Runtime::with_service(nic, &config, service, now_ms(), seed),
-                &sleeper,
-            )
+            match config.server.second_port {
+                Some(health_port) => {
+                    info!("api: plain HTTP on port {health_port} answers GET /v1/health only");
+                    let service = HttpsWithHealthPort::new(service, health_port);
+                    serve(
+                        Runtime::with_service(nic, &config, service, now_ms(), seed),
+                        &sleeper,
+                    )
+                }
+                None => serve(
+                    Runtime::with_service(nic, &config, service, now_ms(), seed),
+                    &sleeper,
+                ),
+            }
         }
         None => serve(Runtime::new(nic, &config, api, now_ms(), seed), &sleeper),
     }

@@ -13,6 +13,8 @@
 //! ]                           # no admin token in either key: one is generated at
 //!                             # boot and printed once on the console
 //! tls = true                  # HTTPS only on the API port (false: plain HTTP only)
+//! health_port = 8081          # with TLS: also a plain-HTTP port answering only
+//!                             # GET /v1/health, for load balancers (default: none)
 //! tls_certificate = """..."""  # PEM certificate chain, server certificate first, and
 //! tls_key = """..."""          # its PEM private key (both or neither); neither: a key
 //!                             # and self-signed certificate are generated at first boot
@@ -199,6 +201,9 @@ pub enum Problem {
     /// Only one of `api.tls_certificate` and `api.tls_key` is given.
     #[error("api.tls_certificate and api.tls_key go together: give both or neither")]
     TlsPairIncomplete,
+    /// `api.health_port` equals `api.port`.
+    #[error("must differ from api.port (the health port serves plain HTTP beside it)")]
+    HealthPortIsApiPort,
     /// A certificate or key is given with `tls = false`.
     #[error("only used with api.tls = true")]
     OnlyForTls,
@@ -339,7 +344,7 @@ impl TokenSource {
 }
 
 /// The keys of each section, as listed in error messages.
-const API_KEYS: &str = "port, token, tokens, tls, tls_certificate, tls_key";
+const API_KEYS: &str = "port, token, tokens, tls, tls_certificate, tls_key, health_port";
 const TOKEN_ENTRY_KEYS: &str = "token, role";
 const NETWORK_KEYS: &str = "mode, address, gateway";
 const TD_KEYS: &str = "memory_mib";
@@ -567,6 +572,7 @@ pub fn parse_config(bytes: &[u8]) -> Result<ApplianceConfig, ConfigErrors> {
                     parse_token_list(&mut checker, &mut config.api_tokens, &dotted, value)
                 }
                 ("api", "tls") => tls.enabled = Some(value),
+                ("api", "health_port") => tls.health_port = Some(value),
                 ("api", "tls_certificate") => tls.certificate = Some(value),
                 ("api", "tls_key") => tls.key = Some(value),
                 ("network", "mode") => network.mode = Some(value),
@@ -602,6 +608,9 @@ pub fn parse_config(bytes: &[u8]) -> Result<ApplianceConfig, ConfigErrors> {
     }
     if let Some(api_tls) = tls.resolve(&mut checker) {
         config.api_tls = api_tls;
+    }
+    if let Some(value) = tls.health_port {
+        config.server.second_port = parse_health_port(&mut checker, &config, value);
     }
     if checker.errors.is_empty() {
         Ok(config)
@@ -689,10 +698,30 @@ fn parse_td_memory(checker: &mut Checker<'_>, key: &str, value: &Value<'_>) -> O
     parsed
 }
 
+/// `api.health_port`: a port other than `api.port`, only with TLS on (without TLS the API
+/// port answers plain health checks itself).
+fn parse_health_port(
+    checker: &mut Checker<'_>,
+    config: &ApplianceConfig,
+    value: &Value<'_>,
+) -> Option<u16> {
+    let key = "api.health_port";
+    let port = checker.integer(key, value)?;
+    let problem = match u16::try_from(port) {
+        Ok(0) | Err(_) => Problem::BadPort,
+        Ok(port) if port == config.server.port => Problem::HealthPortIsApiPort,
+        Ok(_) if matches!(config.api_tls, ApiTls::Off) => Problem::OnlyForTls,
+        Ok(port) => return Some(port),
+    };
+    checker.error(Some(&value.span()), Some(key), problem);
+    None
+}
+
 /// The `[api]` TLS keys, checked together because they depend on each other.
 #[derive(Default)]
 struct TlsKeys<'a, 'i> {
     enabled: Option<&'a Value<'i>>,
+    health_port: Option<&'a Value<'i>>,
     certificate: Option<&'a Value<'i>>,
     key: Option<&'a Value<'i>>,
 }
@@ -1076,6 +1105,28 @@ mod tests {
     }
 
     #[test]
+    fn a_health_port_is_a_second_port_beside_tls() {
+        let config = parse("[api]\nport = 8443\nhealth_port = 8081\n");
+        assert_eq!(config.server.port, 8443);
+        assert_eq!(config.server.second_port, Some(8081));
+        assert_eq!(parse("").server.second_port, None);
+        assert_eq!(
+            errors("[api]\nhealth_port = 8080\n"),
+            [
+                "line 2, api.health_port: must differ from api.port (the health port serves plain HTTP beside it)"
+            ]
+        );
+        assert_eq!(
+            errors("[api]\ntls = false\nhealth_port = 8081\n"),
+            ["line 3, api.health_port: only used with api.tls = true"]
+        );
+        assert_eq!(
+            errors("[api]\nhealth_port = 0\n"),
+            ["line 2, api.health_port: must be a TCP port from 1 to 65535"]
+        );
+    }
+
+    #[test]
     fn tls_keys_must_come_in_pairs_and_only_with_tls_on() {
         let only_certificate =
             format!("[api]\ntls_certificate = \"\"\"\n{TEST_CERTIFICATE}\"\"\"\n");
@@ -1196,7 +1247,7 @@ mod tests {
         assert_eq!(
             errors("[api]\nport = 8080\nprot = 1\n"),
             [
-                "line 3, api.prot: unknown key (this section knows: port, token, tokens, tls, tls_certificate, tls_key)"
+                "line 3, api.prot: unknown key (this section knows: port, token, tokens, tls, tls_certificate, tls_key, health_port)"
             ]
         );
         assert_eq!(

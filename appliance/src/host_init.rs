@@ -1,6 +1,7 @@
 //! Brings the TD runtime up at boot: reserve the TD memory, detect TDX, initialize the
 //! module (hardware or the software module over the reserved range) and the vCPU runners on
-//! the application processors, and say which module runs.
+//! the application processors, and say which module runs. Each step is recorded
+//! ([`BringupLog`]) for `GET /v1/host`, also when bring-up fails.
 //!
 //! TD memory size: `td_memory` from the configuration, or by default most of the free RAM
 //! (what the firmware's memory map shows as conventional memory) minus a margin for the
@@ -11,13 +12,16 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 
 use appliance::config::{ApplianceConfig, TdMemory};
 use log::{info, warn};
 use tdx_abi::Hpa;
 use tdx_abi::phys::PhysMemory;
 use tdx_emu::{EmuConfig, EmuLimits, EmulatedModule};
-use tdx_runtime::host::{Host, HostConfig, HostModule, Platform, PlatformMemory};
+use tdx_runtime::host::{
+    BringupLog, BringupStage, BringupStep, Host, HostConfig, HostModule, Platform, PlatformMemory,
+};
 use uefi::boot::{self, AllocateType, MemoryType};
 use uefi::mem::memory_map::MemoryMap;
 
@@ -58,8 +62,28 @@ fn reserve(bytes: u64) -> Result<(u64, u64), String> {
     Ok((aligned, bytes))
 }
 
-/// Brings the runtime up; the error says why there is no TD host.
-pub fn bring_up(config: &ApplianceConfig) -> Result<Host, String> {
+/// Why there is no TD host, with the bring-up steps up to the failure (and those not
+/// reached), for `GET /v1/host`.
+pub struct BringupFailure {
+    /// What failed, for the log and the API's 503 answers.
+    pub reason: String,
+    /// Every step, in order.
+    pub steps: Vec<BringupStep>,
+}
+
+/// Records `stage` as failed with `reason`, lists the steps not reached, and gives both back.
+fn fail(mut log: BringupLog, stage: BringupStage, reason: String) -> BringupFailure {
+    log.failed(stage, reason.clone());
+    log.skip_remaining();
+    BringupFailure {
+        reason,
+        steps: log.into_steps(),
+    }
+}
+
+/// Brings the runtime up, recording each step; the error says why there is no TD host.
+pub fn bring_up(config: &ApplianceConfig) -> Result<Host, BringupFailure> {
+    let mut log = BringupLog::new();
     let free = free_memory();
     let td_bytes = match config.td_memory {
         TdMemory::Mib(mib) => mib * MIB,
@@ -67,53 +91,94 @@ pub fn bring_up(config: &ApplianceConfig) -> Result<Host, String> {
     } / M2
         * M2;
     if td_bytes < MIN_TD_MEMORY {
-        return Err(format!(
+        let reason = format!(
             "not enough memory for TDs ({} MiB free, {} MiB for TDs; need {} MiB)",
             free / MIB,
             td_bytes / MIB,
             MIN_TD_MEMORY / MIB
-        ));
+        );
+        return Err(fail(log, BringupStage::TdMemory, reason));
     }
     // The heap also holds the API's connections: every socket's buffers, and per
     // connection the HTTP (and TLS) state, bounded by `CONNECTION_STATE_BYTES`.
     let network_bytes = config.server.max_buffer_memory() as u64
         + config.server.sanitized().max_sockets() as u64 * CONNECTION_STATE_BYTES;
     let heap_bytes = 16 * MIB + td_bytes / 32 + network_bytes.next_multiple_of(MIB);
-    heap::init(heap_bytes as usize).map_err(|e| {
-        format!(
+    if let Err(e) = heap::init(heap_bytes as usize) {
+        let reason = format!(
             "cannot reserve the {} MiB heap: {:?}",
             heap_bytes / MIB,
             e.status()
-        )
-    })?;
-    let (base, size) = reserve(td_bytes)?;
+        );
+        return Err(fail(log, BringupStage::Heap, reason));
+    }
+    log.ok(
+        BringupStage::Heap,
+        format!(
+            "{} MiB heap ({} MiB for the network and API connections)",
+            heap_bytes / MIB,
+            network_bytes.div_ceil(MIB)
+        ),
+    );
+    let (base, size) = match reserve(td_bytes) {
+        Ok(r) => r,
+        Err(reason) => return Err(fail(log, BringupStage::TdMemory, reason)),
+    };
     info!(
         "TD memory: {} MiB at {base:#x} ({} MiB free at boot), heap {} MiB",
         size / MIB,
         free / MIB,
         heap_bytes / MIB
     );
+    log.ok(
+        BringupStage::TdMemory,
+        format!(
+            "{} MiB of TD memory at {base:#x} ({} MiB free at boot)",
+            size / MIB,
+            free / MIB
+        ),
+    );
     // SAFETY: `[base, base + size)` was just allocated with AllocatePages for the runtime
     // alone (inside the allocation, after 2 MiB alignment), is never freed, and firmware
     // identity-maps it.
     let phys: Arc<dyn PhysMemory> = Arc::new(unsafe { ReservedMemory::new(base, size) });
     let platform = Arc::new(MpPlatform::new());
+    let (status, detail) = platform.topology_step();
+    log.record(BringupStage::CpuTopology, status, detail);
     if let Err(e) = crate::platform::wake::install() {
         warn!("runner CPUs spin when idle: no wake-up interrupt ({e:?})");
     }
-    let module = match tdx_detect::detect() {
+    let why_software = match tdx_detect::detect() {
         Ok(p) => {
             warn!(
                 "TDX hardware detected ({} KeyIDs from {}), but enabling VMX on every CPU is not \
                  implemented: using the EMULATED TDX module",
                 p.num_hkids, p.hkid_start
             );
-            emulated(platform.as_ref(), base, size, &phys)?
+            log.ok(
+                BringupStage::TdxDetect,
+                format!(
+                    "TDX hardware: SEAMRR enabled, TME active, {} TDX KeyIDs from {}",
+                    p.num_hkids, p.hkid_start
+                ),
+            );
+            "TDX hardware is present, but enabling VMX on every CPU is not implemented yet"
         }
         Err(why) => {
             warn!("no TDX hardware ({why}): using the EMULATED (software) TDX module");
-            emulated(platform.as_ref(), base, size, &phys)?
+            log.failed(BringupStage::TdxDetect, format!("no TDX hardware: {why}"));
+            "there is no usable TDX hardware"
         }
+    };
+    let module = match emulated(platform.as_ref(), base, size, &phys) {
+        Ok((module, engine)) => {
+            log.ok(
+                BringupStage::Module,
+                format!("the EMULATED (software) TDX module, as {why_software}; {engine}"),
+            );
+            module
+        }
+        Err(reason) => return Err(fail(log, BringupStage::Module, reason)),
     };
     let host_config = HostConfig {
         memory: PlatformMemory {
@@ -124,13 +189,17 @@ pub fn bring_up(config: &ApplianceConfig) -> Result<Host, String> {
         },
         ..HostConfig::default()
     };
-    let host = Host::new(
+    let host = Host::new_recorded(
         module,
         phys,
         platform.clone() as Arc<dyn Platform>,
         host_config,
+        &mut log,
     )
-    .map_err(|e| format!("TDX module bring-up failed: {e}"))?;
+    .map_err(|e| BringupFailure {
+        reason: format!("TDX module bring-up failed: {e}"),
+        steps: log.clone().into_steps(),
+    })?;
     let info = host.info();
     info!(
         "TD host ready: {} module ({}), {} CPUs, {} vCPU runners, {} KeyIDs, {} MiB pool",
@@ -156,12 +225,13 @@ const EMU_HKID_START: u16 = 16;
 /// KeyIDs of the software module (one is the global KeyID).
 const EMU_HKIDS: u16 = 64;
 
+/// The software module over the TD memory, and a sentence on what runs its vCPUs.
 fn emulated(
     platform: &MpPlatform,
     base: u64,
     size: u64,
     phys: &Arc<dyn PhysMemory>,
-) -> Result<HostModule, String> {
+) -> Result<(HostModule, &'static str), String> {
     let module = EmulatedModule::new(
         EmuConfig {
             phys_base: Hpa(base),
@@ -176,15 +246,19 @@ fn emulated(
         phys.clone(),
     )
     .map_err(|e| format!("software TDX module: {e}"))?;
-    match crate::platform::svm::SvmGuestCpu::new() {
+    let engine = match crate::platform::svm::SvmGuestCpu::new() {
         Some(cpu) => {
             info!("software TDX module: vCPUs run their own code on SVM with nested paging");
             module.attach_guest_cpu(Arc::new(cpu));
+            "vCPUs run their own code on SVM with nested paging"
         }
-        None => warn!(
-            "software TDX module: no SVM with nested paging on this CPU; vCPUs run declared \
-             workloads only"
-        ),
-    }
-    Ok(HostModule::Software(module.hooks()))
+        None => {
+            warn!(
+                "software TDX module: no SVM with nested paging on this CPU; vCPUs run declared \
+                 workloads only"
+            );
+            "no SVM with nested paging on this CPU: vCPUs run declared workloads only"
+        }
+    };
+    Ok((HostModule::Software(module.hooks()), engine))
 }

@@ -80,6 +80,9 @@ pub struct QemuConfig {
     pub cpus: u32,
     /// Echo the serial console to this process's stdout as lines arrive.
     pub echo_serial: bool,
+    /// More ports forwarded from 127.0.0.1 to the guest (host port, guest port), e.g. an
+    /// `api.health_port`.
+    pub extra_forwards: Vec<(u16, u16)>,
     /// Private directory for this instance (created; removed again on drop).
     pub instance_dir: PathBuf,
 }
@@ -98,6 +101,7 @@ impl QemuConfig {
             memory_mib: 1024,
             cpus: 2,
             echo_serial: false,
+            extra_forwards: Vec::new(),
             instance_dir,
         }
     }
@@ -173,14 +177,14 @@ impl Qemu {
             ))
             .arg("-drive")
             .arg(drive_arg("if=pflash,format=raw", &vars));
-        let forward = format!(
-            "hostfwd=tcp:127.0.0.1:{}-{}:{}",
-            config.host_port,
-            config
-                .guest_address
-                .map_or_else(String::new, |address| address.to_string()),
-            config.guest_port
-        );
+        let guest = config
+            .guest_address
+            .map_or_else(String::new, |address| address.to_string());
+        let forward = std::iter::once((config.host_port, config.guest_port))
+            .chain(config.extra_forwards.iter().copied())
+            .map(|(host, port)| format!("hostfwd=tcp:127.0.0.1:{host}-{guest}:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
         match &config.medium {
             BootMedium::EspDir { config: text } => {
                 let esp = layout_esp(&config.efi, &dir.join("esp"))?;

@@ -20,14 +20,16 @@
 //! # Without a host
 //! [`Api::new`] starts without a [`Host`] (the appliance serves health while bring-up runs,
 //! or after it failed): every TDX route then answers 503 `unavailable` with the reason given
-//! to [`Api::set_host_failure`], and health reports `module_kind: null`.
+//! to [`Api::set_host_failure`], and health reports `module_kind: null`; `GET /v1/host`
+//! lists the bring-up steps given to [`Api::set_host_failure_with_steps`].
 
 use alloc::borrow::Cow;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
-use tdx_runtime::host::Host;
+use tdx_runtime::host::{BringupStep, Host};
 
 use crate::auth::{self, BearerToken, Role, TokenSet};
 use crate::error::{ApiError, ErrorCode};
@@ -153,6 +155,7 @@ impl Api {
             setup: HostInfo::default(),
             host: None,
             host_failure: None,
+            failed_bringup: Vec::new(),
             idempotency: IdempotencyStore {
                 entries: VecDeque::new(),
                 capacity: config.idempotency_keys,
@@ -194,6 +197,7 @@ impl Api {
     pub fn with_host(mut self, host: Host) -> Self {
         self.host = Some(host);
         self.host_failure = None;
+        self.failed_bringup.clear();
         self
     }
 
@@ -208,6 +212,13 @@ impl Api {
     /// Records why there is no host (bring-up failed): TDX routes answer 503 with it.
     pub fn set_host_failure(&mut self, reason: String) {
         self.host_failure = Some(reason);
+    }
+
+    /// Records why there is no host together with the bring-up steps that ran (the failed
+    /// one, then those not reached): `GET /v1/host` reports them as `bringup`.
+    pub fn set_host_failure_with_steps(&mut self, reason: String, steps: Vec<BringupStep>) {
+        self.host_failure = Some(reason);
+        self.failed_bringup = steps;
     }
 
     /// Updates the reported interface address (`a.b.c.d/prefix`), e.g. after a DHCP lease.
@@ -367,6 +378,11 @@ impl Api {
 }
 
 impl Handler for Api {
+    fn is_public(&mut self, req: &Request<'_>) -> bool {
+        self.lookup(req)
+            .is_ok_and(|(spec, _)| spec.access == Access::Public)
+    }
+
     fn admit(&mut self, req: &Request<'_>, _now_ms: u64) -> Admission {
         let (spec, params) = match self.lookup(req) {
             Ok(found) => found,

@@ -869,6 +869,27 @@ pub struct TdxHostDto {
     pub tds_by_state: BTreeMap<&'static str, u32>,
 }
 
+/// One bring-up step in `GET /v1/host` (`bringup`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BringupStepDto<'a> {
+    /// The step's name ([`tdx_runtime::host::BringupStage::as_str`]).
+    pub step: &'static str,
+    /// `ok`, `failed` or `skipped`.
+    pub status: &'static str,
+    /// What was found or done, or why it failed.
+    pub detail: &'a str,
+}
+
+impl<'a> From<&'a tdx_runtime::host::BringupStep> for BringupStepDto<'a> {
+    fn from(s: &'a tdx_runtime::host::BringupStep) -> Self {
+        Self {
+            step: s.step.as_str(),
+            status: s.status.as_str(),
+            detail: &s.detail,
+        }
+    }
+}
+
 impl From<&tdx_runtime::host::HostInfo> for TdxHostDto {
     fn from(info: &tdx_runtime::host::HostInfo) -> Self {
         Self {

@@ -27,8 +27,8 @@ use serde::Serialize;
 use tdx_runtime::host::{HostError, TdId, Transition};
 
 use crate::dto::{
-    self, CreateTdRequest, EventDto, EventsDto, ImageDto, MeasurementDto, StartRequest,
-    StopRequest, TdDto, TdxHostDto,
+    self, BringupStepDto, CreateTdRequest, EventDto, EventsDto, ImageDto, MeasurementDto,
+    StartRequest, StopRequest, TdDto, TdxHostDto,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{self, Exposition, MetricType};
@@ -162,6 +162,9 @@ pub struct HostReport<'a> {
     pub tdx: Option<TdxHostDto>,
     /// Why there is no host (bring-up failure), `null` otherwise.
     pub tdx_failure: Option<&'a str>,
+    /// The bring-up steps with their results, also after a failed bring-up; empty before
+    /// bring-up ran.
+    pub bringup: Vec<BringupStepDto<'a>>,
 }
 
 /// `GET /v1/host`.
@@ -180,6 +183,13 @@ pub fn host(api: &mut Api, call: &RouteCall<'_, '_>) -> RouteResult {
             tls: setup.tls.as_ref(),
             tdx: api.host.as_ref().map(|h| TdxHostDto::from(&h.info())),
             tdx_failure: api.host_failure.as_deref(),
+            bringup: api
+                .host
+                .as_ref()
+                .map_or(&api.failed_bringup[..], |h| h.bringup_steps())
+                .iter()
+                .map(BringupStepDto::from)
+                .collect(),
         },
     ))
 }

@@ -140,6 +140,13 @@ pub trait Handler {
         let _ = (req, now_ms);
     }
 
+    /// Whether `req` may be answered on a public-only connection
+    /// ([`Server::open_public_only`]): a route that needs no credentials. Default: none.
+    fn is_public(&mut self, req: &Request<'_>) -> bool {
+        let _ = req;
+        false
+    }
+
     /// The connection layer answered on its own, without the handler producing the
     /// response: an unparsable request or unsupported framing (400, 411, 501, 505...), a
     /// head too large (431), a body over the admitted limit (413), a request or body that
@@ -195,6 +202,8 @@ pub struct Connection {
     last_activity_ms: u64,
     last_tx_progress_ms: u64,
     head_started_ms: Option<u64>,
+    /// Only public routes are answered (see [`Server::open_public_only`]).
+    public_only: bool,
 }
 
 impl Connection {
@@ -220,6 +229,7 @@ impl Connection {
             last_activity_ms: now_ms,
             last_tx_progress_ms: now_ms,
             head_started_ms: None,
+            public_only: false,
         }
     }
 
@@ -396,6 +406,15 @@ impl<H: Handler> Server<H> {
         conn
     }
 
+    /// A new connection that is answered only on public routes (those the handler's
+    /// [`Handler::is_public`] accepts, e.g. a plain-HTTP health port for load balancers);
+    /// any other request is answered 404 `not_found` before the handler sees it.
+    pub fn open_public_only(&self, now_ms: u64) -> Connection {
+        let mut conn = self.open(now_ms);
+        conn.public_only = true;
+        conn
+    }
+
     /// Feeds bytes and runs any complete requests through the handler, appending
     /// responses to the connection's output.
     pub fn on_receive(&mut self, conn: &mut Connection, data: &[u8], now_ms: u64) {
@@ -539,7 +558,17 @@ impl<H: Handler> Server<H> {
     }
 
     fn start_request(&mut self, conn: &mut Connection, head: RequestHead, now_ms: u64) {
-        let admission = self.handler.admit(&Request::new(&head), now_ms);
+        let admission = if conn.public_only && !self.handler.is_public(&Request::new(&head)) {
+            Admission::Reject(
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    "this port serves only the public routes (GET /v1/health)",
+                )
+                .to_response(),
+            )
+        } else {
+            self.handler.admit(&Request::new(&head), now_ms)
+        };
         let len = head.content_length;
         let (max, mode) = match admission {
             Admission::Buffer => (conn.limits.max_body_bytes, BodyMode::Buffer),

@@ -6,8 +6,9 @@
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 
+use alloc::vec::Vec;
 use serde::Serialize;
-use tdx_runtime::host::{Host, TdId, TdSpec, UploadId};
+use tdx_runtime::host::{BringupStep, Host, TdId, TdSpec, UploadId};
 
 use crate::auth::TokenSet;
 use crate::error::ApiError;
@@ -212,6 +213,8 @@ pub struct Api {
     pub(crate) setup: HostInfo,
     pub(crate) host: Option<Host>,
     pub(crate) host_failure: Option<String>,
+    /// The steps of a bring-up that failed (a host reports its own).
+    pub(crate) failed_bringup: Vec<BringupStep>,
     pub(crate) config: ApiConfig,
     pub(crate) in_flight: BTreeMap<RequestId, InFlight>,
     /// The route each admitted request matched, so that answering it needs no second lookup.

@@ -36,6 +36,9 @@ pub const SHED_GRACE_MS: u64 = 1_000;
 /// Largest accepted [`ServerConfig::listeners`]; larger values are lowered.
 pub const MAX_LISTENERS: usize = 256;
 
+/// Sockets kept listening on [`ServerConfig::second_port`] when there is one.
+pub const SECOND_PORT_LISTENERS: usize = 2;
+
 /// Largest accepted [`ServerConfig::max_connections`]; larger values are lowered.
 pub const MAX_CONNECTIONS: usize = 4096;
 
@@ -52,6 +55,10 @@ pub struct ServerConfig {
     pub ipv4: Ipv4Config,
     /// TCP port served (default 8080).
     pub port: u16,
+    /// A second port served by the same service, with [`SECOND_PORT_LISTENERS`] listeners of
+    /// its own (default none). [`Service::open_on`](crate::Service::open_on) tells the
+    /// service which port a connection came in on; the connection limit is shared.
+    pub second_port: Option<u16>,
     /// Sockets kept listening at all times, i.e. how many clients may connect at once
     /// without waiting for the next poll (default 8).
     pub listeners: usize,
@@ -75,6 +82,7 @@ impl Default for ServerConfig {
         Self {
             ipv4: Ipv4Config::Dhcp,
             port: 8080,
+            second_port: None,
             listeners: 8,
             max_connections: 256,
             idle_timeout_ms: 30_000,
@@ -85,12 +93,33 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// Upper bound on TCP sockets (listening plus connected): `listeners +
-    /// max_connections`. When every connection slot is taken, waiting connections are shed
+    /// Upper bound on TCP sockets (listening plus connected): the listeners of both ports
+    /// plus `max_connections`. When every connection slot is taken, waiting connections are shed
     /// to keep the listeners open (see [`NetStack`](crate::NetStack)); when none is waiting,
     /// new connection attempts are refused with a RST until one closes.
     pub fn max_sockets(&self) -> usize {
-        self.listeners.saturating_add(self.max_connections)
+        self.total_listeners().saturating_add(self.max_connections)
+    }
+
+    /// Listening sockets on both ports.
+    pub fn total_listeners(&self) -> usize {
+        let second = if self.second_port.is_some() {
+            SECOND_PORT_LISTENERS
+        } else {
+            0
+        };
+        self.listeners.saturating_add(second)
+    }
+
+    /// How many sockets listen on `port` at all times.
+    pub fn listeners_on(&self, port: u16) -> usize {
+        if port == self.port {
+            self.listeners
+        } else if Some(port) == self.second_port {
+            SECOND_PORT_LISTENERS
+        } else {
+            0
+        }
     }
 
     /// Memory the TCP socket buffers can take at most: `max_sockets * (rx + tx)`.

@@ -2,7 +2,10 @@
 //! live connections, each driven through a [`Service`].
 //!
 //! # Listener pool
-//! [`ServerConfig::listeners`] sockets listen on the port at all times. When one receives a
+//! [`ServerConfig::listeners`] sockets listen on the port at all times (and
+//! [`SECOND_PORT_LISTENERS`](crate::config::SECOND_PORT_LISTENERS) on the
+//! [`ServerConfig::second_port`], if any; the service learns a connection's port from
+//! [`Service::open_on`]). When one receives a
 //! SYN it joins the connection table and a new listening socket replaces it (checked after
 //! every received frame, so a burst of SYNs finds listeners), as long as the sockets stay
 //! within [`ServerConfig::max_sockets`] (`listeners + max_connections`). Sockets of finished connections are kept
@@ -93,13 +96,16 @@ struct Connection {
     fin_sent: bool,
     /// When the SYN arrived (the waiting time of a half-open connection).
     opened_ms: u64,
+    /// The local port the connection came in on.
+    port: u16,
     /// Reset to make room; its socket is reaped after this poll's egress.
     shed: bool,
 }
 
 impl Connection {
-    fn new(handle: SocketHandle, now_ms: u64) -> Self {
+    fn new(handle: SocketHandle, port: u16, now_ms: u64) -> Self {
         Self {
+            port,
             handle,
             app: None,
             last_progress_ms: now_ms,
@@ -148,7 +154,8 @@ pub struct NetStack<N: Nic> {
     iface: Interface,
     sockets: SocketSet<'static>,
     dhcp: Option<SocketHandle>,
-    listeners: Vec<SocketHandle>,
+    /// Listening sockets and their ports.
+    listeners: Vec<(SocketHandle, u16)>,
     connections: Vec<Connection>,
     config: ServerConfig,
     /// Closed sockets kept for reuse, so serving connections does not allocate buffers.
@@ -194,7 +201,7 @@ impl<N: Nic> NetStack<N> {
             iface,
             sockets,
             dhcp,
-            listeners: Vec::with_capacity(config.listeners),
+            listeners: Vec::with_capacity(config.total_listeners()),
             connections: Vec::with_capacity(config.max_sockets()),
             config,
             spare: Vec::with_capacity(config.max_sockets()),
@@ -332,12 +339,12 @@ impl<N: Nic> NetStack<N> {
     /// replaces them.
     fn promote_listeners(&mut self, now_ms: u64) {
         let mut index = 0;
-        while let Some(&handle) = self.listeners.get(index) {
+        while let Some(&(handle, port)) = self.listeners.get(index) {
             if self.sockets.get::<tcp::Socket>(handle).is_listening() {
                 index += 1;
             } else {
                 self.listeners.swap_remove(index);
-                self.connections.push(Connection::new(handle, now_ms));
+                self.connections.push(Connection::new(handle, port, now_ms));
             }
         }
         self.replenish_listeners();
@@ -380,40 +387,44 @@ impl<N: Nic> NetStack<N> {
         shed_any
     }
 
-    /// Opens listening sockets until `listeners` listen or the socket limit is reached,
-    /// reusing spare sockets before allocating new ones.
+    /// Opens listening sockets until each port has its listeners or the socket limit is
+    /// reached, reusing spare sockets before allocating new ones.
     fn replenish_listeners(&mut self) {
-        while !self.listen_failed
-            && self.listeners.len() < self.config.listeners
-            && self.listeners.len() + self.connections.len() < self.config.max_sockets()
-        {
-            // Spares were counted in the limit while they were connections, so reusing one
-            // never exceeds it; allocating is only needed while the pool is still growing.
-            let handle = match self.spare.pop() {
-                Some(handle) => handle,
-                None => {
-                    let mut socket = tcp::Socket::new(
-                        tcp::SocketBuffer::new(alloc::vec![0; self.config.rx_buffer]),
-                        tcp::SocketBuffer::new(alloc::vec![0; self.config.tx_buffer]),
-                    );
-                    // Responses are written in large chunks; Nagle would only add
-                    // delayed-ACK stalls.
-                    socket.set_nagle_enabled(false);
-                    self.sockets.add(socket)
-                }
-            };
-            if self
-                .sockets
-                .get_mut::<tcp::Socket>(handle)
-                .listen(self.config.port)
-                .is_err()
+        let ports = [Some(self.config.port), self.config.second_port];
+        for port in ports.into_iter().flatten() {
+            let wanted = self.config.listeners_on(port);
+            while !self.listen_failed
+                && self.listeners.iter().filter(|(_, p)| *p == port).count() < wanted
+                && self.listeners.len() + self.connections.len() < self.config.max_sockets()
             {
-                log::warn!("net: cannot listen on port {}", self.config.port);
-                self.listen_failed = true;
-                self.spare.push(handle);
-                return;
+                // Spares were counted in the limit while they were connections, so reusing
+                // one never exceeds it; allocating is only needed while the pool still grows.
+                let handle = match self.spare.pop() {
+                    Some(handle) => handle,
+                    None => {
+                        let mut socket = tcp::Socket::new(
+                            tcp::SocketBuffer::new(alloc::vec![0; self.config.rx_buffer]),
+                            tcp::SocketBuffer::new(alloc::vec![0; self.config.tx_buffer]),
+                        );
+                        // Responses are written in large chunks; Nagle would only add
+                        // delayed-ACK stalls.
+                        socket.set_nagle_enabled(false);
+                        self.sockets.add(socket)
+                    }
+                };
+                if self
+                    .sockets
+                    .get_mut::<tcp::Socket>(handle)
+                    .listen(port)
+                    .is_err()
+                {
+                    log::warn!("net: cannot listen on port {port}");
+                    self.listen_failed = true;
+                    self.spare.push(handle);
+                    return;
+                }
+                self.listeners.push((handle, port));
             }
-            self.listeners.push(handle);
         }
     }
 
@@ -498,7 +509,7 @@ where
     }
 
     if conn.app.is_none() {
-        conn.app = Some(Box::new(service.open(now_ms)));
+        conn.app = Some(Box::new(service.open_on(now_ms, conn.port)));
         stats.connections_accepted += 1;
         progressed = true;
     }

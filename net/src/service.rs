@@ -16,6 +16,12 @@ pub trait Service {
     type Conn;
     /// A client completed the TCP handshake; create its state.
     fn open(&mut self, now_ms: u64) -> Self::Conn;
+    /// Like [`open`](Self::open), for a connection that came in on `port` (the server's
+    /// [`second_port`](crate::ServerConfig::second_port) or its main port). Default: `open`.
+    fn open_on(&mut self, now_ms: u64, port: u16) -> Self::Conn {
+        let _ = port;
+        self.open(now_ms)
+    }
     /// Bytes arrived, in order. There is no back-pressure: the service buffers or rejects.
     fn on_receive(&mut self, conn: &mut Self::Conn, data: &[u8], now_ms: u64);
     /// Bytes waiting to be sent.

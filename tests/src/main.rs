@@ -49,6 +49,8 @@ type CheckResult = Result<(), String>;
 const DISK_TOKEN: &str = "e2e-disk-token_2f9c";
 /// Token of the `netboot` instance's configuration file.
 const NETBOOT_TOKEN: &str = "e2e.netboot~token+7/a==";
+/// The plain-HTTP health port of the `disk` instance (guest side).
+const DISK_HEALTH_PORT: u16 = 8081;
 /// A `reader` token of the `netboot` instance.
 const READER_TOKEN: &str = "e2e-reader-only";
 
@@ -112,6 +114,8 @@ fn netboot_config() -> Result<String, String> {
 /// and its serial console so far.
 struct Target {
     port: u16,
+    /// The host port forwarded to the instance's plain-HTTP health port, if it has one.
+    health_port: Option<u16>,
     token: String,
     serial: String,
 }
@@ -179,6 +183,10 @@ const DISK_CHECKS: &[Check] = &[
     Check {
         name: "operator story: upload OVMF.fd, create (idempotent), build, start, events, MRTD, console, metrics, stop, delete, pool whole; every response matches openapi.json",
         run: operator_story_check,
+    },
+    Check {
+        name: "api.health_port: plain HTTP answers GET /v1/health and 404 on every other route; the API port stays HTTPS only",
+        run: tls::health_port_answers_only_health,
     },
     Check {
         name: "64 slow-header clients, 32 half-open TLS handshakes and 32 long polls held 60 s: every health probe (a new TLS connection every 200 ms) is answered",
@@ -526,6 +534,7 @@ fn measure_latency(port: u16) -> Option<(Duration, Duration)> {
 struct Instance {
     name: &'static str,
     vm: Qemu,
+    health_port: Option<u16>,
     token: Option<String>,
     checks: Vec<&'static Check>,
 }
@@ -534,6 +543,7 @@ struct Instance {
 fn disk_config() -> String {
     format!(
         "# e2e: a flashed node with a fixed address\n[api]\ntoken = \"{DISK_TOKEN}\"\n\n\
+         health_port = {DISK_HEALTH_PORT}\n\n\
          [network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\n"
     )
 }
@@ -588,11 +598,19 @@ fn start_instances(
                 .join(format!("e2e-{name}-{}-{port}", std::process::id())),
         );
         config.medium = medium;
+        let health_port = if name == "disk" {
+            let host = free_port().map_err(|e| e.to_string())?;
+            config.extra_forwards.push((host, DISK_HEALTH_PORT));
+            Some(host)
+        } else {
+            None
+        };
         let vm = Qemu::start(firmware, &config).map_err(|e| format!("{name}: {e}"))?;
         println!("e2e: {name}: {}", vm.command_line());
         instances.push(Instance {
             name,
             vm,
+            health_port,
             token: token.map(str::to_string),
             checks,
         });
@@ -712,6 +730,7 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         let target = Target {
             port: instance.vm.host_port(),
+            health_port: instance.health_port,
             token,
             serial,
         };

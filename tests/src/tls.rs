@@ -90,6 +90,23 @@ fn check_reported_certificate(target: &Target, ca: &Path, source: &str) -> Resul
     Ok(fingerprint)
 }
 
+/// What `openssl x509` says of the PEM certificate at `path`: its SHA-256 fingerprint and
+/// its subjectAltName.
+fn openssl_x509(path: &Path) -> Result<String, String> {
+    let path = path.display().to_string();
+    let args = [
+        "x509",
+        "-in",
+        &path,
+        "-noout",
+        "-fingerprint",
+        "-sha256",
+        "-ext",
+        "subjectAltName",
+    ];
+    run("openssl", &args).map(|(_, text)| text)
+}
+
 /// The generated certificate: fetched over a connection that pins the console's
 /// fingerprint, written as PEM, then used by curl as its only trust anchor.
 pub fn generated_certificate_via_curl(target: &Target) -> CheckResult {
@@ -98,19 +115,7 @@ pub fn generated_certificate_via_curl(target: &Target) -> CheckResult {
     let leaf = chain.first().ok_or("the appliance sent no certificate")?;
     let pem = scratch_file(target.port, "generated.pem");
     std::fs::write(&pem, http::certificate_pem(leaf)).map_err(|e| e.to_string())?;
-    let (_, x509) = run(
-        "openssl",
-        &[
-            "x509",
-            "-in",
-            &pem.display().to_string(),
-            "-noout",
-            "-fingerprint",
-            "-sha256",
-            "-ext",
-            "subjectAltName",
-        ],
-    )?;
+    let x509 = openssl_x509(&pem)?;
     let fingerprint = check_reported_certificate(target, &pem, "generated")?;
     if !x509.contains(&fingerprint) {
         return Err(format!("openssl x509 shows another fingerprint: {x509}"));
@@ -128,17 +133,7 @@ pub fn generated_certificate_via_curl(target: &Target) -> CheckResult {
 pub fn configured_certificate_via_curl(target: &Target) -> CheckResult {
     let (certificate, _) = crate::configured_certificate()?;
     let fingerprint = check_reported_certificate(target, &certificate, "configured")?;
-    let (_, x509) = run(
-        "openssl",
-        &[
-            "x509",
-            "-in",
-            &certificate.display().to_string(),
-            "-noout",
-            "-fingerprint",
-            "-sha256",
-        ],
-    )?;
+    let x509 = openssl_x509(&certificate)?;
     if x509.contains(&fingerprint) {
         Ok(())
     } else {
@@ -318,4 +313,34 @@ pub fn every_probe_answered_under_the_hostile_mix(target: &Target) -> CheckResul
 /// A file in the temporary directory for this port.
 fn scratch_file(port: u16, name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("e2e-tls-{}-{port}-{name}", std::process::id()))
+}
+
+/// `api.health_port`: plain HTTP with health only, beside the HTTPS API port.
+pub fn health_port_answers_only_health(target: &Target) -> CheckResult {
+    let port = target
+        .health_port
+        .ok_or("the instance has no health port")?;
+    let mut connection = Connection::open_plain(port, IO_TIMEOUT).map_err(|e| e.to_string())?;
+    let health = connection.get("/v1/health").map_err(|e| e.to_string())?;
+    let body: serde_json::Value = serde_json::from_slice(&health.body)
+        .map_err(|e| format!("health on the plain port: {e}"))?;
+    if health.status != 200 || body["status"] != "ok" || !body["tls"].is_object() {
+        return Err(format!(
+            "health on the plain port: {} {body}",
+            health.status
+        ));
+    }
+    let token = format!("Authorization: Bearer {}\r\n", target.token);
+    for path in ["/v1/host", "/v1/tds", "/v1/metrics"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: h\r\n{token}\r\n");
+        connection
+            .send(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let response = connection.read_response().map_err(|e| e.to_string())?;
+        if response.status != 404 {
+            return Err(format!("{path} on the health port: {}", response.status));
+        }
+    }
+    // The API port itself still refuses plain HTTP.
+    plain_http_gets_no_answer(target)
 }

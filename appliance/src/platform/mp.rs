@@ -6,16 +6,24 @@
 //! it again later, and [`MpPlatform::start_runner`] only dispatches to an AP once the event of
 //! its previous dispatch is signalled (a second StartupThisAP on a busy AP resets it).
 //!
+//! Packages: from each CPU's x2APIC ID (MP Services' processor ID; the main CPU's own CPUID)
+//! and the main CPU's CPUID topology leaf, with [`tdx_runtime::topology`]; a disagreement
+//! with MP Services' `location.package` is logged and the x2APIC IDs win.
+//!
 //! Rules for code on an application processor: no firmware calls, no logging, and no
 //! allocation from the UEFI pool — the runner loop only touches atomics, spin locks and the
 //! spin-locked heap (`platform::heap`). MP Services itself is only called from the main CPU.
 
+use alloc::format;
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ffi::c_void;
 
+use log::{info, warn};
 use tdx_runtime::host::runner::Runner;
-use tdx_runtime::host::{Platform, PlatformError, RunnerPoll};
+use tdx_runtime::host::{Platform, PlatformError, RunnerPoll, StepStatus};
+use tdx_runtime::topology::{CpuidRegs, Topology, TopologyError, TopologyShifts, X2ApicId, dense};
 use uefi::boot::{self, EventType, Tpl};
 use uefi::proto::pi::mp::MpServices;
 
@@ -25,14 +33,16 @@ use super::clock::now_ms;
 pub struct MpPlatform {
     /// MP Services processor number of each of our CPU indices (0 = the main CPU).
     processors: Vec<usize>,
-    /// Local APIC ID of each of our CPU indices.
+    /// x2APIC ID of each of our CPU indices.
     apic_ids: Vec<u32>,
-    /// Package of each of our CPU indices, numbered densely from 0 in order of appearance.
-    /// MP Services derives a processor's location from its APIC ID and the CPUID topology
-    /// leaves (edk2 `MpInitLib`), so CPUs that share a package here share a physical one.
+    /// Package of each of our CPU indices, numbered densely from 0 in order of appearance:
+    /// derived from the x2APIC IDs (see [`tdx_runtime::topology`]), MP Services'
+    /// `location.package` only when the CPU enumerates no topology leaf.
     package_of: Vec<u32>,
     /// Number of packages.
     packages: u32,
+    /// How the packages were found, for the bring-up record.
+    topology: (StepStatus, String),
     /// Runner loops dispatched and not yet seen completed.
     dispatches: spin::Mutex<Vec<Dispatch>>,
 }
@@ -57,26 +67,124 @@ fn with_mp<R>(f: impl FnOnce(&MpServices) -> R) -> Option<R> {
     Some(f(&mp))
 }
 
+/// CPUID on this CPU.
+fn cpuid(leaf: u32, subleaf: u32) -> CpuidRegs {
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    CpuidRegs {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    }
+}
+
+/// The x2APIC ID layout, from the main CPU's CPUID leaf 0x1F or 0xB (the same on every CPU
+/// of the platform: SDM Vol. 3A §10.12.8.1).
+fn topology_shifts() -> Result<TopologyShifts, TopologyError> {
+    TopologyShifts::from_cpuid(core::arch::x86_64::__cpuid(0).eax, &cpuid)
+}
+
+/// Most package disagreements logged one by one.
+const LOGGED_DISAGREEMENTS: usize = 8;
+
+/// Packages of the CPUs with x2APIC IDs `apic_ids` (CPU 0 = the main CPU, whose ID is
+/// re-read from its own CPUID), cross-checked against MP Services' `firmware` package
+/// numbers; falls back to those when the topology leaves are missing or inconsistent.
+/// Returns the dense package of each CPU, the package count and the bring-up record.
+fn assign_packages(
+    apic_ids: &mut [u32],
+    firmware: &[u32],
+) -> (Vec<u32>, u32, (StepStatus, String)) {
+    let shifts = topology_shifts();
+    if let (Ok(s), Some(main)) = (&shifts, apic_ids.first_mut()) {
+        let own = cpuid(s.leaf().leaf(), 0).edx;
+        if *main != own {
+            warn!(
+                "CPU topology: MP Services reports APIC ID {:#x} for the main CPU, its CPUID \
+                 says x2APIC ID {own:#x}; using CPUID",
+                *main
+            );
+            *main = own;
+        }
+    }
+    let ids: Vec<X2ApicId> = apic_ids.iter().map(|&a| X2ApicId(a)).collect();
+    let derived = shifts.and_then(|s| Topology::new(&s, &ids).map(|t| (s, t)));
+    match derived {
+        Ok((shifts, topology)) => {
+            let wrong = topology.disagreements(firmware);
+            for d in wrong.iter().take(LOGGED_DISAGREEMENTS) {
+                warn!(
+                    "CPU topology: CPU {} (x2APIC ID {}): MP Services says package {}, the \
+                     x2APIC ID says package {}; using the x2APIC ID",
+                    d.cpu, d.apic_id, d.reported, d.derived.0
+                );
+            }
+            if wrong.len() > LOGGED_DISAGREEMENTS {
+                warn!(
+                    "CPU topology: {} more CPUs where MP Services' package disagrees",
+                    wrong.len() - LOGGED_DISAGREEMENTS
+                );
+            }
+            let agreement = if wrong.is_empty() {
+                String::from("MP Services agrees")
+            } else {
+                format!(
+                    "MP Services' packages disagree on {} CPUs; the x2APIC IDs are used",
+                    wrong.len()
+                )
+            };
+            let detail = format!(
+                "{} logical CPUs, {} cores, {} packages from x2APIC IDs (CPUID leaf {:#x}: SMT \
+                 shift {}, package shift {}); {agreement}",
+                ids.len(),
+                topology.cores(),
+                topology.packages().len(),
+                shifts.leaf().leaf(),
+                shifts.smt_shift(),
+                shifts.package_shift()
+            );
+            info!("CPU topology: {detail}");
+            let packages = topology.packages().len() as u32;
+            (
+                topology.package_indices().to_vec(),
+                packages,
+                (StepStatus::Ok, detail),
+            )
+        }
+        Err(e) => {
+            let (dense_firmware, distinct) = dense(firmware.iter().copied());
+            let detail = format!(
+                "{e}; using MP Services' packages: {} logical CPUs in {} packages",
+                ids.len(),
+                distinct.len()
+            );
+            warn!("CPU topology: {detail}");
+            let status = match e {
+                TopologyError::NoExtendedTopology => StepStatus::Skipped,
+                _ => StepStatus::Failed,
+            };
+            let packages = distinct.len().max(1) as u32;
+            (dense_firmware, packages, (status, detail))
+        }
+    }
+}
+
 impl MpPlatform {
-    /// Enumerates the enabled processors (just the main CPU without MP Services).
+    /// Enumerates the enabled processors (just the main CPU without MP Services) and their
+    /// packages.
     pub fn new() -> MpPlatform {
         let found = with_mp(|mp| {
             let me = mp.who_am_i().unwrap_or(0);
             let count = mp.get_number_of_processors().map_or(1, |c| c.total);
             let mut processors = alloc::vec![me];
-            let mut packages: Vec<u32> = Vec::new();
-            let mut package_of = alloc::vec![0u32];
+            let mut firmware = alloc::vec![0u32];
             let mut apic_ids = alloc::vec![0u32];
-            let mut dense = |package: u32| match packages.iter().position(|&p| p == package) {
-                Some(i) => i as u32,
-                None => {
-                    packages.push(package);
-                    (packages.len() - 1) as u32
-                }
-            };
+            // (MP Services' ProcessorId is the APIC ID: edk2 MpInitLib reads it from CPUID
+            // leaf 0xB where the CPU has it.)
+            let apic = |id: u64| u32::try_from(id).unwrap_or(u32::MAX);
             if let Ok(info) = mp.get_processor_info(me) {
-                package_of[0] = dense(info.location.package);
-                apic_ids[0] = info.processor_id as u32;
+                firmware[0] = info.location.package;
+                apic_ids[0] = apic(info.processor_id);
             }
             for n in 0..count {
                 let Ok(info) = mp.get_processor_info(n) else {
@@ -84,20 +192,21 @@ impl MpPlatform {
                 };
                 if n != me && info.is_enabled() && info.is_healthy() {
                     processors.push(n);
-                    package_of.push(dense(info.location.package));
-                    apic_ids.push(info.processor_id as u32);
+                    firmware.push(info.location.package);
+                    apic_ids.push(apic(info.processor_id));
                 }
             }
-            let count = packages.len().max(1) as u32;
-            (processors, apic_ids, package_of, count)
+            (processors, apic_ids, firmware)
         });
-        let (processors, apic_ids, package_of, packages) =
-            found.unwrap_or((alloc::vec![0], alloc::vec![0], alloc::vec![0], 1));
+        let (processors, mut apic_ids, firmware) =
+            found.unwrap_or((alloc::vec![0], alloc::vec![0], alloc::vec![0]));
+        let (package_of, packages, topology) = assign_packages(&mut apic_ids, &firmware);
         MpPlatform {
             processors,
             apic_ids,
             package_of,
             packages,
+            topology,
             dispatches: spin::Mutex::new(Vec::new()),
         }
     }
@@ -105,6 +214,11 @@ impl MpPlatform {
     /// Packages.
     pub fn packages(&self) -> u32 {
         self.packages
+    }
+
+    /// How the packages were found (for the `cpu-topology` bring-up step).
+    pub fn topology_step(&self) -> (StepStatus, &str) {
+        (self.topology.0, &self.topology.1)
     }
 }
 

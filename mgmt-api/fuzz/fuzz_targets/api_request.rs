@@ -19,7 +19,7 @@
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
-use mgmt_api::{Api, BearerToken, ConnState, Limits, Server};
+use mgmt_api::{Api, ConnState, Server};
 use mgmt_api_fuzz::{ResponseRules, check_responses};
 
 thread_local! {
@@ -27,18 +27,7 @@ thread_local! {
 }
 
 fn server() -> Server<Api> {
-    let mut config = tdx_runtime::host::testing::small_config();
-    config.max_image_bytes = 4 << 20;
-    let host = tdx_runtime::host::testing::emulated_host(config);
-    let api = Api::new(0)
-        .with_token(BearerToken::new("fuzz").expect("valid token"))
-        .with_host(host);
-    let limits = Limits {
-        max_header_bytes: 1024,
-        max_body_bytes: 4096,
-        max_pipelined: 4,
-        ..Limits::default()
-    };
+    let (api, limits) = mgmt_api_fuzz::fuzz_api();
     Server::new(api, limits)
 }
 

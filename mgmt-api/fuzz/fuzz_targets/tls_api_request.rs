@@ -24,7 +24,6 @@ use std::sync::Arc;
 
 use api_tls::{TlsIdentity, TlsService};
 use libfuzzer_sys::fuzz_target;
-use mgmt_api::{Api, BearerToken, Limits};
 use mgmt_api_fuzz::{ApiOverNet, ResponseRules, check_responses, pinned_client};
 use net::{ConnState, Service};
 use rustls::ClientConnection;
@@ -40,18 +39,7 @@ thread_local! {
 }
 
 fn fixture() -> Fixture {
-    let mut config = tdx_runtime::host::testing::small_config();
-    config.max_image_bytes = 4 << 20;
-    let host = tdx_runtime::host::testing::emulated_host(config);
-    let api = Api::new(0)
-        .with_token(BearerToken::new("fuzz").expect("valid token"))
-        .with_host(host);
-    let limits = Limits {
-        max_header_bytes: 1024,
-        max_body_bytes: 4096,
-        max_pipelined: 4,
-        ..Limits::default()
-    };
+    let (api, limits) = mgmt_api_fuzz::fuzz_api();
     // The client checks the certificate's validity against the host's clock.
     let identity = TlsIdentity::generate_self_signed(unix_now(), 30, &["localhost"])
         .expect("generate an identity");

@@ -140,3 +140,21 @@ pub fn pinned_client(certificate_der: &[u8]) -> std::sync::Arc<rustls::ClientCon
     .with_no_client_auth();
     std::sync::Arc::new(config)
 }
+
+/// The API the fuzz targets serve: a live software-module host (images up to 4 MiB), the
+/// token `fuzz`, and small HTTP limits so that inputs reach them.
+pub fn fuzz_api() -> (mgmt_api::Api, mgmt_api::Limits) {
+    let mut config = tdx_runtime::host::testing::small_config();
+    config.max_image_bytes = 4 << 20;
+    let host = tdx_runtime::host::testing::emulated_host(config);
+    let api = mgmt_api::Api::new(0)
+        .with_token(mgmt_api::BearerToken::new("fuzz").expect("valid token"))
+        .with_host(host);
+    let limits = mgmt_api::Limits {
+        max_header_bytes: 1024,
+        max_body_bytes: 4096,
+        max_pipelined: 4,
+        ..mgmt_api::Limits::default()
+    };
+    (api, limits)
+}

@@ -201,6 +201,30 @@ fn error_codes_match() {
 }
 
 #[test]
+fn bringup_step_names_match() {
+    use tdx_runtime::host::{BringupStage, StepStatus};
+    let doc = document();
+    let item = &doc["components"]["schemas"]["HostReport"]["properties"]["bringup"]["items"];
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
+    };
+    let stages: Vec<String> = BringupStage::ALL
+        .iter()
+        .map(|s| s.as_str().to_string())
+        .collect();
+    assert_eq!(names(&item["properties"]["step"]["enum"]), stages);
+    let statuses: Vec<String> = [StepStatus::Ok, StepStatus::Failed, StepStatus::Skipped]
+        .iter()
+        .map(|s| s.as_str().to_string())
+        .collect();
+    assert_eq!(names(&item["properties"]["status"]["enum"]), statuses);
+}
+
+#[test]
 fn every_schema_compiles_and_rejects_unknown_members() {
     let doc = document();
     for (name, _) in doc["components"]["schemas"].as_object().unwrap() {

@@ -366,6 +366,117 @@ fn host_reports_the_setup_and_the_tdx_host() {
     assert_eq!(tdx["memory_total_bytes"], 512u64 << 20);
 }
 
+/// A bring-up that fails at TDH.SYS.LP.INIT: the platform has 4 CPUs, the software module
+/// only 2 logical processors. Returns the failure and the steps, after the steps the
+/// appliance records before the module's.
+fn failed_bringup() -> (String, Vec<tdx_runtime::host::BringupStep>) {
+    use alloc::sync::Arc;
+    use tdx_abi::phys::{PhysMemory, SparseMemory};
+    use tdx_runtime::host::testing::{ThreadPlatform, ThreadTopology, small_config};
+    use tdx_runtime::host::{BringupLog, BringupStage, HostModule, Platform};
+    let config = small_config();
+    let memory: Arc<dyn PhysMemory> = Arc::new(SparseMemory::new());
+    let module = tdx_emu::EmulatedModule::new(
+        tdx_emu::EmuConfig {
+            phys_base: config.memory.pool_base,
+            phys_size: config.memory.pool_size,
+            num_lps: 2,
+            num_packages: 1,
+            hkid_start: config.memory.hkid_start,
+            num_hkids: config.memory.num_hkids,
+            hkid_shift: 46,
+            limits: tdx_emu::EmuLimits::default(),
+        },
+        memory.clone(),
+    )
+    .expect("software module");
+    let platform: Arc<dyn Platform> = ThreadPlatform::new(ThreadTopology {
+        cpus: 4,
+        packages: 1,
+    });
+    let mut log = BringupLog::new();
+    log.ok(BringupStage::Heap, "heap 48 MiB");
+    log.ok(BringupStage::TdMemory, "512 MiB of TD memory");
+    log.ok(
+        BringupStage::CpuTopology,
+        "4 logical CPUs in 1 package (x2APIC IDs, CPUID leaf 0xb)",
+    );
+    log.failed(
+        BringupStage::TdxDetect,
+        "no TDX hardware: CPU does not support SEAMRR",
+    );
+    log.ok(BringupStage::Module, "software TDX module");
+    let err = tdx_runtime::host::Host::new_recorded(
+        HostModule::Software(module.hooks()),
+        memory,
+        platform,
+        config,
+        &mut log,
+    )
+    .err()
+    .expect("bring-up fails");
+    (
+        format!("TDX module bring-up failed: {err}"),
+        log.into_steps(),
+    )
+}
+
+#[test]
+fn host_reports_the_steps_of_a_failed_bring_up() {
+    let mut client = Client::new(authed_api());
+    let v = json(&client.get("/v1/host"));
+    assert_eq!(v["bringup"], json!([]), "no bring-up yet");
+    let (reason, steps) = failed_bringup();
+    client.api().set_host_failure_with_steps(reason, steps);
+    let v = json(&client.get("/v1/host"));
+    assert!(v["tdx"].is_null());
+    assert!(
+        v["tdx_failure"]
+            .as_str()
+            .unwrap()
+            .contains("bring-up failed")
+    );
+    let steps = v["bringup"].as_array().unwrap();
+    let row = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}: {v}"))
+    };
+    assert_eq!(steps[0]["step"], "heap");
+    assert_eq!(row("tdx-detect")["status"], "failed");
+    assert_eq!(row("sys-init")["status"], "ok");
+    assert_eq!(
+        row("lp-init")["status"],
+        "failed",
+        "bring-up stopped at LP.INIT: {v}"
+    );
+    assert_eq!(
+        row("lp-init")["detail"],
+        "logical CPU 2 of 4: CPU 2 is not available"
+    );
+    let after: Vec<&Value> = steps
+        .iter()
+        .skip_while(|s| s["step"] != "lp-init")
+        .skip(1)
+        .collect();
+    assert_eq!(after.len(), 7);
+    assert!(after.iter().all(|s| s["status"] == "skipped"));
+    assert_eq!(after.last().unwrap()["step"], "runners");
+    check_against_openapi(&client.seen);
+
+    // A host reports its own steps, and replaces the failed ones.
+    let mut api = Api::new(0).with_token(BearerToken::new(TOKEN).unwrap());
+    api.set_host_failure_with_steps(String::from("first attempt"), failed_bringup().1);
+    let mut client = Client::new(api.with_host(small_host()));
+    let v = json(&client.get("/v1/host"));
+    let steps = v["bringup"].as_array().unwrap();
+    assert_eq!(steps.first().unwrap()["step"], "pool");
+    assert_eq!(steps.last().unwrap()["step"], "runners");
+    assert!(steps.iter().all(|s| s["status"] != "failed"), "{v}");
+    check_against_openapi(&client.seen);
+}
+
 #[test]
 fn protocol_errors_are_counted_in_metrics() {
     let mut client = Client::new(authed_api());
@@ -1084,4 +1195,30 @@ fn idempotency_memory_is_bounded() {
     let body = json!({"name": "td2", "image": "ovmf", "vcpus": 1, "memory_mib": 32});
     let r = client.post_json_with("/v1/tds", &body, &[("Idempotency-Key", "c")]);
     assert_eq!((r.status, json(&r)["id"].clone()), (201, ids[2].clone()));
+}
+
+#[test]
+fn a_public_only_connection_answers_health_and_404_for_everything_else() {
+    let mut server = crate::server::Server::new(api_with_host(), crate::server::Limits::default());
+    let mut conn = server.open_public_only(0);
+    let raw = format!(
+        "GET /v1/health HTTP/1.1\r\nHost: h\r\n\r\n\
+         GET /v1/host HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {TOKEN}\r\n\r\n\
+         POST /v1/tds HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}\
+         HEAD /v1/health HTTP/1.1\r\nHost: h\r\n\r\n"
+    );
+    server.on_receive(&mut conn, raw.as_bytes(), 1);
+    let responses = crate::server::tests::parse_responses(conn.output()).expect("responses");
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 404, 404, 200]);
+    assert_eq!(responses[1].code(), "not_found");
+    assert!(String::from_utf8_lossy(&responses[1].body).contains("/v1/health"));
+    // Nothing was created through the public-only connection.
+    assert_eq!(
+        server
+            .handler_mut()
+            .http_count(Method::Post, "/v1/tds", 201),
+        0
+    );
 }

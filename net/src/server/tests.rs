@@ -653,6 +653,77 @@ fn a_half_open_connection_is_shed_to_make_room() {
     assert_eq!(sim.peer.socket(busy).state(), State::Established);
 }
 
+/// Records the port of every connection it opens; otherwise [`Echo`].
+#[derive(Default)]
+struct PortLog {
+    echo: Echo,
+    ports: Vec<u16>,
+}
+
+impl Service for PortLog {
+    type Conn = EchoConn;
+
+    fn open(&mut self, now_ms: u64) -> EchoConn {
+        self.echo.open(now_ms)
+    }
+
+    fn open_on(&mut self, now_ms: u64, port: u16) -> EchoConn {
+        self.ports.push(port);
+        self.echo.open(now_ms)
+    }
+
+    fn on_receive(&mut self, conn: &mut EchoConn, data: &[u8], now_ms: u64) {
+        self.echo.on_receive(conn, data, now_ms);
+    }
+
+    fn output<'c>(&self, conn: &'c EchoConn) -> &'c [u8] {
+        self.echo.output(conn)
+    }
+
+    fn on_sent(&mut self, conn: &mut EchoConn, n: usize) {
+        self.echo.on_sent(conn, n);
+    }
+
+    fn on_peer_closed(&mut self, conn: &mut EchoConn, now_ms: u64) {
+        self.echo.on_peer_closed(conn, now_ms);
+    }
+
+    fn poll(&mut self, conn: &mut EchoConn, now_ms: u64) -> ConnState {
+        self.echo.poll(conn, now_ms)
+    }
+}
+
+#[test]
+fn a_second_port_has_its_own_listeners_and_the_service_sees_the_port() {
+    let config = ServerConfig {
+        second_port: Some(9090),
+        ..static_config()
+    };
+    let mut sim = Sim::new(PortLog::default(), config);
+    sim.settle();
+    assert_eq!(
+        sim.stack.listener_count(),
+        8 + crate::config::SECOND_PORT_LISTENERS
+    );
+    let main = sim.connect();
+    let second = sim.peer.connect_with(SERVER_IP, 9090, 41_999, 64 * 1024);
+    let unknown = sim.peer.connect_with(SERVER_IP, 9191, 41_998, 64 * 1024);
+    assert!(sim.run_until(5_000, |sim| {
+        sim.peer.socket(main).may_send()
+            && sim.peer.socket(second).may_send()
+            && sim.peer.socket(unknown).state() == State::Closed
+    }));
+    sim.settle();
+    let mut ports = sim.service.ports.clone();
+    ports.sort_unstable();
+    assert_eq!(ports, [PORT, 9090]);
+    assert_eq!(
+        sim.stack.listener_count(),
+        8 + crate::config::SECOND_PORT_LISTENERS,
+        "both pools were replenished"
+    );
+}
+
 #[test]
 fn many_sequential_connections_keep_the_socket_set_bounded() {
     let mut sim = Sim::new(Echo::default(), static_config());

@@ -12,6 +12,7 @@
 //! * [`sept`]: the S-EPT manager (lock-free mirror, fault and unmap paths, huge pages).
 //! * [`devices`]: the device seam (port-I/O and MMIO buses, the device trait) and the
 //!   devices a TD has (its console UART).
+//! * [`topology`]: packages, cores and SMT threads from x2APIC IDs and CPUID leaf 0x1F/0xB.
 //! * [`host`]: the runtime façade ([`host::Host`]): module bring-up, images, TDs, vCPU
 //!   runners, jobs stepped from the main loop.
 #![no_std]
@@ -31,3 +32,4 @@ pub mod pool;
 pub mod sept;
 pub mod td;
 pub mod tdvf;
+pub mod topology;

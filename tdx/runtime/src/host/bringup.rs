@@ -14,6 +14,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use super::seam::{Counted, RetryBusy, SeamcallCounters};
+use super::steps::{BringupLog, BringupStage};
 use super::{HostError, HostModule, Platform, PlatformError};
 use crate::pool::{MemoryPool, MemoryUse};
 use tdx_abi::metadata::sys as f;
@@ -293,24 +294,203 @@ pub(crate) fn tdmr_info_bytes(plan: &TdmrPlan) -> [u8; TDMR_INFO_SIZE] {
     info
 }
 
-/// Runs the whole bring-up sequence. On error the pool may keep the PAMT block (the module
-/// is unusable anyway).
+/// Records `result` of `stage` in `log`: failed with the error's text, or ok with `detail`
+/// of the value.
+fn step<T, E: core::fmt::Display>(
+    log: &mut BringupLog,
+    stage: BringupStage,
+    result: Result<T, E>,
+    detail: impl FnOnce(&T) -> String,
+) -> Result<T, E> {
+    match &result {
+        Ok(v) => log.ok(stage, detail(v)),
+        Err(e) => log.failed(stage, alloc::format!("{e}")),
+    }
+    result
+}
+
+impl core::fmt::Display for CpuCallError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CpuCallError::Seam(e) => write!(f, "{e}"),
+            CpuCallError::Platform(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Runs `op` on every CPU of `cpus`; on failure says which CPU (and of how many) failed.
+fn on_each_cpu(
+    caller: &CpuCaller,
+    cpus: &[u32],
+    op: CpuOp<'_, ()>,
+) -> Result<(), (u32, CpuCallError)> {
+    for &cpu in cpus {
+        caller.on_cpu(cpu, op).map_err(|e| (cpu, e))?;
+    }
+    Ok(())
+}
+
+/// `CPU 0, 1, 2` (the first 16, then how many more).
+fn cpu_list(cpus: &[u32]) -> String {
+    let mut out = String::new();
+    for (i, cpu) in cpus.iter().take(16).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&alloc::format!("{cpu}"));
+    }
+    if cpus.len() > 16 {
+        out.push_str(&alloc::format!(" and {} more", cpus.len() - 16));
+    }
+    out
+}
+
+/// Runs the whole bring-up sequence, recording each step in `log`. On error the pool may
+/// keep the PAMT block (the module is unusable anyway).
 pub(crate) fn bring_up(
     cpus: &CpuCaller,
     pool: &MemoryPool,
     phys: &dyn PhysMemory,
     hkid_start: u16,
+    log: &mut BringupLog,
 ) -> Result<BroughtUp, HostError> {
-    let main = cpus
-        .main()
-        .ok_or(CpuCallError::Platform(PlatformError::NoSuchCpu(0)))?;
+    use BringupStage as S;
+    let Some(main) = cpus.main() else {
+        log.failed(S::SysInit, "no SEAMCALL handle for the main CPU (CPU 0)");
+        return Err(CpuCallError::Platform(PlatformError::NoSuchCpu(0)).into());
+    };
     let main = RetryBusy(&*main);
-    main.sys_init().map_err(HostError::Module)?;
-    for cpu in 0..cpus.platform.cpus() {
-        cpus.on_cpu(cpu, &|m| m.sys_lp_init())?;
+    step(log, S::SysInit, main.sys_init(), |_| {
+        String::from("TDH.SYS.INIT succeeded")
+    })
+    .map_err(HostError::Module)?;
+    let all: Vec<u32> = (0..cpus.platform.cpus()).collect();
+    let lp = on_each_cpu(cpus, &all, &|m| m.sys_lp_init());
+    if let Err((cpu, e)) = lp {
+        log.failed(
+            S::LpInit,
+            alloc::format!("logical CPU {cpu} of {}: {e}", all.len()),
+        );
+        return Err(e.into());
     }
-    let limits = read_limits(&main).map_err(HostError::Module)?;
-    check_features(main.sys_rd(f::TDX_FEATURES0).map_err(HostError::Module)?)?;
+    log.ok(
+        S::LpInit,
+        alloc::format!("TDH.SYS.LP.INIT on {} logical CPUs", all.len()),
+    );
+    let limits = step(log, S::SysRd, read_limits(&main), |l| {
+        alloc::format!(
+            "{}: up to {} vCPUs per TD, {} CMRs, {} TDMRs of up to {} reserved areas, {} \
+             configurable CPUID leaves",
+            l.version,
+            l.max_vcpus_per_td,
+            l.cmrs.len(),
+            l.max_tdmrs,
+            l.max_reserved_per_tdmr,
+            l.cpuid_config.len()
+        )
+    })
+    .map_err(HostError::Module)?;
+    let features0 = match main.sys_rd(f::TDX_FEATURES0) {
+        Ok(v) => v,
+        Err(e) => {
+            log.failed(S::Features, alloc::format!("reading TDX_FEATURES0: {e}"));
+            return Err(HostError::Module(e));
+        }
+    };
+    step(log, S::Features, check_features(features0), |_| {
+        alloc::format!("TDX_FEATURES0 {features0:#x}: every feature the runtime needs is present")
+    })?;
+    let configured = step(
+        log,
+        S::TdmrConfig,
+        configure_tdmr(&main, pool, phys, &limits, hkid_start),
+        |(plan, pamt_base, pamt_pages)| {
+            alloc::format!(
+                "TDMR {:#x}+{:#x} with {} reserved areas, PAMT {} KiB at {:#x}, global KeyID \
+                 {hkid_start} (TDH.SYS.CONFIG succeeded)",
+                plan.base,
+                plan.size,
+                plan.reserved.len(),
+                pamt_pages * 4,
+                pamt_base.0
+            )
+        },
+    )?;
+    let (plan, pamt_base, pamt_pages) = configured;
+    if matches!(cpus.module, HostModule::Hardware(_)) {
+        step(
+            log,
+            S::CacheWriteBack,
+            cpus.platform.write_back_caches(),
+            |_| alloc::format!("WBINVD on {} logical CPUs", all.len()),
+        )
+        .map_err(|p| HostError::from(CpuCallError::Platform(p)))?;
+    } else {
+        log.skipped(
+            S::CacheWriteBack,
+            "the software module keeps no cache lines under TDX KeyIDs",
+        );
+    }
+    let leaders = cpus.one_cpu_per_package();
+    if let Err((cpu, e)) = on_each_cpu(cpus, &leaders, &|m| m.sys_key_config()) {
+        log.failed(
+            S::KeyConfig,
+            alloc::format!(
+                "package {} (logical CPU {cpu}) of {}: {e}",
+                cpus.platform.package_of(cpu),
+                leaders.len()
+            ),
+        );
+        return Err(e.into());
+    }
+    log.ok(
+        S::KeyConfig,
+        alloc::format!(
+            "TDH.SYS.KEY.CONFIG on {} packages (logical CPUs {})",
+            leaders.len(),
+            cpu_list(&leaders)
+        ),
+    );
+    let end = plan.base + plan.size;
+    // Each call initializes a chunk and returns the next address to initialize.
+    let mut calls = 0u64;
+    let init = loop {
+        calls += 1;
+        match main.sys_tdmr_init(Hpa(plan.base)) {
+            Ok(next) if next.0 >= end => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    step(log, S::TdmrInit, init, |_| {
+        alloc::format!("TDMR initialized in {calls} TDH.SYS.TDMR.INIT calls")
+    })
+    .map_err(HostError::Module)?;
+    log::info!(
+        "host: TDX module initialized ({}): {} CPUs, TDMR {:#x}+{:#x}, PAMT {} KiB",
+        limits.version,
+        cpus.platform.cpus(),
+        plan.base,
+        plan.size,
+        pamt_pages * 4
+    );
+    Ok(BroughtUp {
+        limits,
+        global_hkid: Hkid(hkid_start),
+        pamt: (pamt_base, pamt_pages),
+    })
+}
+
+/// Plans the TDMR over the pool inside the CMRs, allocates its PAMT from the pool and
+/// configures the module with it and the global KeyID (TDH.SYS.CONFIG). Returns the plan
+/// and the PAMT block (base, pages).
+fn configure_tdmr(
+    main: &dyn Seamcall,
+    pool: &MemoryPool,
+    phys: &dyn PhysMemory,
+    limits: &ModuleLimits,
+    hkid_start: u16,
+) -> Result<(TdmrPlan, Hpa, u64), HostError> {
     let (pool_base, pool_size) = (pool.base().0, pool.size());
     let pool_in_cmrs = limits
         .cmrs
@@ -359,44 +539,13 @@ pub(crate) fn bring_up(
     };
     phys.write(info_page, &tdmr_info_bytes(&plan));
     phys.write(array_page, &info_page.0.to_le_bytes());
-    let global = Hkid(hkid_start);
-    let config = main.sys_config(array_page, 1, global);
+    let config = main.sys_config(array_page, 1, Hkid(hkid_start));
     phys.zero(info_page, PAGE_SIZE_4K);
     phys.zero(array_page, PAGE_SIZE_4K);
     let _ = pool.free_4k(info_page, MemoryUse::Control);
     let _ = pool.free_4k(array_page, MemoryUse::Control);
     config.map_err(HostError::Module)?;
-    if matches!(cpus.module, HostModule::Hardware(_)) {
-        cpus.platform
-            .write_back_caches()
-            .map_err(|p| HostError::from(CpuCallError::Platform(p)))?;
-    }
-    for cpu in cpus.one_cpu_per_package() {
-        cpus.on_cpu(cpu, &|m| m.sys_key_config())?;
-    }
-    let end = plan.base + plan.size;
-    // Each call initializes a chunk and returns the next address to initialize.
-    loop {
-        let next = main
-            .sys_tdmr_init(Hpa(plan.base))
-            .map_err(HostError::Module)?;
-        if next.0 >= end {
-            break;
-        }
-    }
-    log::info!(
-        "host: TDX module initialized ({}): {} CPUs, TDMR {:#x}+{:#x}, PAMT {} KiB",
-        limits.version,
-        cpus.platform.cpus(),
-        plan.base,
-        plan.size,
-        pamt_pages * 4
-    );
-    Ok(BroughtUp {
-        limits,
-        global_hkid: global,
-        pamt: (pamt_base, pamt_pages),
-    })
+    Ok((plan, pamt_base, pamt_pages))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! * this file: the public types ([`HostModule`], [`HostConfig`], [`PlatformMemory`],
 //!   [`Platform`], [`HostError`]), the [`Host`] struct, [`Host::new`], the image methods (which
 //!   delegate to the image store and record events), runner start-up and [`Drop`];
-//! * API types ([`types`]); module bring-up (`bringup`); SEAMCALL adapters and counters
+//! * API types ([`types`]); module bring-up (`bringup`) and its record (`steps`); SEAMCALL adapters and counters
 //!   (`seam`);
 //! * the image store (`images`), the KeyID allocator (`hkids`), the event log (`events`);
 //! * TD creation and its `TdReservation`, which gives the KeyID and every page back on drop
@@ -44,6 +44,7 @@ use crate::devices::{DeviceClock, MmioBus, PortIoBus, PortIoDevice};
 use crate::td::lifecycle::TdState;
 use crate::tdvf::TdvfError;
 
+pub use steps::{BringupLog, BringupStage, BringupStep, NOT_REACHED, StepStatus};
 pub use types::*;
 
 /// Identifier of an image upload in progress.
@@ -302,6 +303,7 @@ mod query;
 pub mod runner;
 mod seam;
 pub mod shared_ept;
+mod steps;
 pub mod td;
 pub mod tdvmcall;
 mod teardown;
@@ -466,6 +468,8 @@ pub struct Host {
     events: EventLog,
     main_counters: Arc<SeamcallCounters>,
     retired: Retired,
+    /// How bring-up went, step by step.
+    bringup: BringupLog,
 }
 
 impl Drop for Host {
@@ -479,44 +483,96 @@ impl Drop for Host {
 
 impl Host {
     /// Bring-up: module init (SYS.INIT, LP.INIT per CPU, TDMRs/PAMT, SYS.CONFIG, KEY.CONFIG
-    /// per package, TDMR.INIT) + pool + one runner loop per runner CPU.
+    /// per package, TDMR.INIT) + pool + one runner loop per runner CPU. The steps are in
+    /// [`Host::bringup_steps`]; [`Host::new_recorded`] also gives them on failure.
     pub fn new(
         module: HostModule,
         phys: Arc<dyn PhysMemory>,
         platform: Arc<dyn Platform>,
         config: HostConfig,
     ) -> Result<Host, HostError> {
+        Host::new_recorded(module, phys, platform, config, &mut BringupLog::new())
+    }
+
+    /// [`Host::new`], recording each bring-up step in `log` after the steps the platform
+    /// recorded there already: on success the host keeps the whole log (reported by
+    /// [`Host::info`]); on failure `log` ends with the failed step and the steps not reached
+    /// (skipped).
+    pub fn new_recorded(
+        module: HostModule,
+        phys: Arc<dyn PhysMemory>,
+        platform: Arc<dyn Platform>,
+        config: HostConfig,
+        log: &mut BringupLog,
+    ) -> Result<Host, HostError> {
+        let host = Host::bring_up(module, phys, platform, config, log);
+        match &host {
+            Ok(host) => *log = host.bringup.clone(),
+            Err(_) => log.skip_remaining(),
+        }
+        host
+    }
+
+    fn bring_up(
+        module: HostModule,
+        phys: Arc<dyn PhysMemory>,
+        platform: Arc<dyn Platform>,
+        config: HostConfig,
+        log: &mut BringupLog,
+    ) -> Result<Host, HostError> {
         let mem = &config.memory;
-        let pool = Arc::new(MemoryPool::new(mem.pool_base, mem.pool_size).map_err(|_| {
-            HostError::InvalidSpec {
+        let pool =
+            MemoryPool::new(mem.pool_base, mem.pool_size).map_err(|_| HostError::InvalidSpec {
                 field: "td_memory",
                 reason: "the TD memory range is empty or not 4 KiB aligned",
-            }
-        })?);
-        if mem.num_hkids < 2 {
-            return Err(HostError::InvalidSpec {
-                field: "hkids",
-                reason: "need the global KeyID and at least one TD KeyID",
             });
-        }
+        let pool = match pool {
+            Ok(pool) if mem.num_hkids >= 2 => Arc::new(pool),
+            Ok(_) => {
+                let e = HostError::InvalidSpec {
+                    field: "hkids",
+                    reason: "need the global KeyID and at least one TD KeyID",
+                };
+                log.failed(BringupStage::Pool, alloc::format!("{e}"));
+                return Err(e);
+            }
+            Err(e) => {
+                log.failed(BringupStage::Pool, alloc::format!("{e}"));
+                return Err(e);
+            }
+        };
+        log.ok(
+            BringupStage::Pool,
+            alloc::format!(
+                "TD memory pool {} MiB at {:#x}; KeyIDs {} to {}",
+                mem.pool_size >> 20,
+                mem.pool_base.0,
+                mem.hkid_start,
+                u32::from(mem.hkid_start) + u32::from(mem.num_hkids) - 1
+            ),
+        );
         let main_counters = Arc::new(SeamcallCounters::new());
         let cpus = CpuCaller {
             module: module.clone(),
             platform: platform.clone(),
             counters: main_counters.clone(),
         };
+        let up = bringup::bring_up(&cpus, &pool, &*phys, mem.hkid_start, log)?;
         // (`ok_or_else`: the conversion logs the platform error.)
         let main = cpus
             .main()
             .ok_or_else(|| HostError::from(CpuCallError::Platform(PlatformError::NoSuchCpu(0))))?;
-        let up = bringup::bring_up(&cpus, &pool, &*phys, mem.hkid_start)?;
         let hkids = Arc::new(HkidAllocator::new(mem.hkid_start, mem.num_hkids));
-        let scratch_source = pool
+        let scratch = pool
             .alloc_4k(MemoryUse::Control)
-            .map_err(|_| HostError::OutOfMemory)?;
-        let td_params_page = pool
-            .alloc_4k(MemoryUse::Control)
-            .map_err(|_| HostError::OutOfMemory)?;
+            .and_then(|a| pool.alloc_4k(MemoryUse::Control).map(|b| (a, b)));
+        let Ok((scratch_source, td_params_page)) = scratch else {
+            log.failed(
+                BringupStage::Runners,
+                "no TD memory left for the host's scratch pages",
+            );
+            return Err(HostError::OutOfMemory);
+        };
         let mut runners = Vec::new();
         for cpu in platform.runner_cpus() {
             let Some(seam) = cpus.for_cpu(cpu, main_counters.clone()) else {
@@ -531,6 +587,13 @@ impl Host {
                 platform.clone(),
             )));
         }
+        log.ok(
+            BringupStage::Runners,
+            alloc::format!(
+                "{} vCPU runners on the application processors",
+                runners.len()
+            ),
+        );
         let kind = module.kind();
         if kind == ModuleKind::Emulated {
             log::warn!(
@@ -560,6 +623,7 @@ impl Host {
             main_counters,
             retired: Retired::default(),
             config,
+            bringup: log.clone(),
         };
         let now = host.platform.now_ms();
         let msg = alloc::format!(

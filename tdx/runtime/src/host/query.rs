@@ -44,7 +44,13 @@ impl Host {
             memory_total: stats.total_pages * PAGE_SIZE_4K,
             memory_free: stats.free_pages * PAGE_SIZE_4K,
             tds_by_state,
+            bringup: self.bringup.steps().to_vec(),
         }
+    }
+
+    /// How bring-up went, step by step.
+    pub fn bringup_steps(&self) -> &[BringupStep] {
+        self.bringup.steps()
     }
 
     /// Counters.

@@ -1104,3 +1104,217 @@ fn runners_park_without_tds_and_restart_for_the_next_one() {
     }
     assert_pool_whole(&e.host, &before, &e);
 }
+
+// ---------------------------------------------------------------------------------------
+// Bring-up steps
+// ---------------------------------------------------------------------------------------
+
+fn stages(steps: &[BringupStep]) -> Vec<(&'static str, &'static str)> {
+    steps
+        .iter()
+        .map(|s| (s.step.as_str(), s.status.as_str()))
+        .collect()
+}
+
+#[test]
+fn bring_up_records_every_step() {
+    let e = emulated_host_parts(
+        small_config(),
+        ThreadTopology {
+            cpus: 4,
+            packages: 2,
+        },
+    );
+    let info = e.host.info();
+    assert_eq!(
+        stages(&info.bringup),
+        vec![
+            ("pool", "ok"),
+            ("sys-init", "ok"),
+            ("lp-init", "ok"),
+            ("sys-rd", "ok"),
+            ("features", "ok"),
+            ("tdmr-config", "ok"),
+            ("cache-wb", "skipped"),
+            ("key-config", "ok"),
+            ("tdmr-init", "ok"),
+            ("runners", "ok"),
+        ]
+    );
+    let detail = |name: &str| {
+        info.bringup
+            .iter()
+            .find(|s| s.step.as_str() == name)
+            .map(|s| s.detail.clone())
+            .expect("step recorded")
+    };
+    assert_eq!(detail("lp-init"), "TDH.SYS.LP.INIT on 4 logical CPUs");
+    assert_eq!(
+        detail("key-config"),
+        "TDH.SYS.KEY.CONFIG on 2 packages (logical CPUs 0, 1)"
+    );
+    assert!(
+        detail("sys-rd").starts_with("emulated "),
+        "{}",
+        detail("sys-rd")
+    );
+    assert!(detail("tdmr-config").contains("global KeyID 16"));
+    assert_eq!(e.host.bringup_steps(), &info.bringup[..]);
+}
+
+/// A software module over `module_cpus` logical CPUs and a pool at `module_base`, and a
+/// thread platform of `topology`.
+fn unbooted(
+    module_cpus: u32,
+    module_base: u64,
+    topology: ThreadTopology,
+) -> (
+    Arc<tdx_emu::EmulatedModule>,
+    HostModule,
+    Arc<dyn PhysMemory>,
+    Arc<dyn Platform>,
+) {
+    let memory = Arc::new(tdx_abi::phys::SparseMemory::new()) as Arc<dyn PhysMemory>;
+    let mem = small_config().memory;
+    let module = tdx_emu::EmulatedModule::new(
+        tdx_emu::EmuConfig {
+            phys_base: Hpa(module_base),
+            phys_size: mem.pool_size,
+            num_lps: module_cpus,
+            num_packages: topology.packages,
+            hkid_start: mem.hkid_start,
+            num_hkids: mem.num_hkids,
+            hkid_shift: 46,
+            limits: tdx_emu::EmuLimits::default(),
+        },
+        memory.clone(),
+    )
+    .unwrap();
+    let hooks = HostModule::Software(module.hooks());
+    let platform: Arc<dyn Platform> = super::testing::ThreadPlatform::new(topology);
+    (module, hooks, memory, platform)
+}
+
+#[test]
+fn a_failed_lp_init_names_the_cpu_and_skips_the_rest() {
+    // The platform has 4 CPUs, the module only 2 logical processors.
+    let (_m, module, phys, platform) = unbooted(
+        2,
+        small_config().memory.pool_base.0,
+        ThreadTopology {
+            cpus: 4,
+            packages: 1,
+        },
+    );
+    let mut log = BringupLog::new();
+    log.ok(BringupStage::Module, "software module for the test");
+    let err = Host::new_recorded(module, phys, platform, small_config(), &mut log)
+        .err()
+        .expect("bring-up fails");
+    assert!(matches!(err, HostError::Module(_)), "{err}");
+    let steps = log.steps();
+    assert_eq!(
+        stages(&steps[..4]),
+        vec![
+            ("module", "ok"),
+            ("pool", "ok"),
+            ("sys-init", "ok"),
+            ("lp-init", "failed")
+        ]
+    );
+    assert_eq!(
+        steps[3].detail,
+        "logical CPU 2 of 4: CPU 2 is not available"
+    );
+    let rest: Vec<&str> = steps[4..].iter().map(|s| s.step.as_str()).collect();
+    assert_eq!(
+        rest,
+        vec![
+            "sys-rd",
+            "features",
+            "tdmr-config",
+            "cache-wb",
+            "key-config",
+            "tdmr-init",
+            "runners"
+        ]
+    );
+    assert!(
+        steps[4..]
+            .iter()
+            .all(|s| s.status == StepStatus::Skipped && s.detail == NOT_REACHED)
+    );
+}
+
+#[test]
+fn a_pool_outside_the_cmrs_fails_tdmr_config() {
+    // The module's convertible memory is elsewhere than the pool the host is given.
+    let (_m, module, phys, platform) = unbooted(
+        2,
+        8 << 30,
+        ThreadTopology {
+            cpus: 2,
+            packages: 1,
+        },
+    );
+    let mut log = BringupLog::new();
+    let err = Host::new_recorded(module, phys, platform, small_config(), &mut log)
+        .err()
+        .expect("bring-up fails");
+    assert!(
+        matches!(
+            err,
+            HostError::InvalidSpec {
+                field: "td_memory",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let failed: Vec<&BringupStep> = log
+        .steps()
+        .iter()
+        .filter(|s| s.status == StepStatus::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].step, BringupStage::TdmrConfig);
+    assert!(
+        failed[0].detail.contains("outside the CMRs"),
+        "{}",
+        failed[0].detail
+    );
+}
+
+#[test]
+fn a_failed_key_config_names_the_package() {
+    let (m, module, phys, platform) = unbooted(
+        4,
+        small_config().memory.pool_base.0,
+        ThreadTopology {
+            cpus: 4,
+            packages: 2,
+        },
+    );
+    m.inject(
+        Leaf::SysKeyConfig,
+        Injection::StatusOnNthCall {
+            n: 2,
+            status: TdxStatus::OPERAND_INVALID,
+        },
+    );
+    let mut log = BringupLog::new();
+    assert!(Host::new_recorded(module, phys, platform, small_config(), &mut log).is_err());
+    let step = log
+        .steps()
+        .iter()
+        .find(|s| s.step == BringupStage::KeyConfig)
+        .expect("key-config recorded");
+    assert_eq!(step.status, StepStatus::Failed);
+    assert!(
+        step.detail.starts_with(
+            "package 1 (logical CPU 1) of 2: TDH.SYS.KEY.CONFIG failed: TDX_OPERAND_INVALID"
+        ),
+        "{}",
+        step.detail
+    );
+}

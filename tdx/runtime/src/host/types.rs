@@ -317,6 +317,8 @@ pub struct HostInfo {
     pub memory_free: u64,
     /// TD counts by state (state, count), every state listed.
     pub tds_by_state: Vec<(TdState, u32)>,
+    /// How bring-up went, step by step (the platform's steps, then the module's).
+    pub bringup: Vec<super::BringupStep>,
 }
 
 /// Counters for `/v1/metrics`.
