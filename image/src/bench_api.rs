@@ -514,7 +514,7 @@ fn keep_alive_phase(port: u16, scheme: &str) -> Result<KeepAlive> {
 
 /// `CONNECTIONS` clients each opening a connection, completing a TLS handshake and closing,
 /// in a loop for `DURATION`: handshakes completed.
-fn handshake_phase(port: u16) -> Result<usize> {
+pub(crate) fn handshake_phase(port: u16) -> Result<usize> {
     let end = Instant::now() + DURATION;
     let handles: Vec<_> = (0..CONNECTIONS)
         .map(|_| {

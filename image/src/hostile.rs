@@ -82,6 +82,17 @@ pub struct HostileStats {
     pub long_polls_ended: u64,
     /// Long polls answered (each was sent again).
     pub long_polls_answered: u64,
+    /// Long-poll connections whose TLS handshake completed, so that their request went out
+    /// (on a plain port: every long-poll connection).
+    pub long_polls_sent: u64,
+    /// Rounds over all clients, and the longest one in milliseconds (a slow round delays
+    /// every client).
+    pub rounds: u64,
+    /// The longest round, in milliseconds.
+    pub longest_round_ms: u64,
+    /// Milliseconds from the first round until every client had connected once (QEMU's port
+    /// forward accepts slowly after a burst of short connections); `None` if some never did.
+    pub all_connected_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +188,8 @@ struct Client {
     connected: Option<std::io::Result<TcpStream>>,
     /// Bytes of the slow head sent so far.
     sent: usize,
+    /// A long poll's request has gone out on this connection.
+    request_sent: bool,
     next_byte_at: Instant,
     received: Vec<u8>,
 }
@@ -195,6 +208,8 @@ pub struct HostileClients {
     /// Connections the connector thread made, by client index.
     arrivals: std::sync::mpsc::Receiver<(usize, std::io::Result<TcpStream>)>,
     stats: HostileStats,
+    /// When the first round ran.
+    started: Option<Instant>,
 }
 
 impl HostileClients {
@@ -214,15 +229,17 @@ impl HostileClients {
             &[]
         };
         let now = Instant::now();
-        let kinds = std::iter::repeat_n(Kind::SlowHeaders, counts.slow_headers)
+        // Long polls connect first: their 30 s wait should start at once.
+        let kinds = std::iter::repeat_n(Kind::LongPoll, counts.long_polls)
             .chain(std::iter::repeat_n(Kind::HalfOpen, counts.half_open))
-            .chain(std::iter::repeat_n(Kind::LongPoll, counts.long_polls));
+            .chain(std::iter::repeat_n(Kind::SlowHeaders, counts.slow_headers));
         let clients = kinds
             .map(|kind| Client {
                 kind,
                 link: None,
                 connecting: false,
                 connected: None,
+                request_sent: false,
                 sent: 0,
                 next_byte_at: now,
                 received: Vec::new(),
@@ -252,6 +269,7 @@ impl HostileClients {
             connector,
             arrivals,
             stats: HostileStats::default(),
+            started: None,
         }
     }
 
@@ -269,6 +287,14 @@ impl HostileClients {
     /// Call it every few tens of milliseconds.
     pub fn step(&mut self) {
         let now = Instant::now();
+        let started = *self.started.get_or_insert(now);
+        self.stats.rounds += 1;
+        if self.stats.all_connected_after_ms.is_none()
+            && self.stats.connects >= self.clients.len() as u64
+        {
+            let after = u64::try_from(now.duration_since(started).as_millis()).unwrap_or(u64::MAX);
+            self.stats.all_connected_after_ms = Some(after);
+        }
         while let Ok((index, stream)) = self.arrivals.try_recv() {
             if let Some(client) = self.clients.get_mut(index) {
                 client.connected = Some(stream);
@@ -277,6 +303,8 @@ impl HostileClients {
         for index in 0..self.clients.len() {
             self.step_client(index, now);
         }
+        let round_ms = u64::try_from(now.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.stats.longest_round_ms = self.stats.longest_round_ms.max(round_ms);
     }
 
     fn step_client(&mut self, index: usize, now: Instant) {
@@ -327,6 +355,7 @@ impl HostileClients {
                 return;
             }
             client.link = Some(link);
+            client.request_sent = false;
             client.sent = 0;
             client.next_byte_at = now;
             client.received.clear();
@@ -348,6 +377,14 @@ impl HostileClients {
                 client.next_byte_at = now + SLOW_BYTE_INTERVAL;
             }
             Kind::LongPoll => {
+                let sent = match link {
+                    Link::Tls(_, tls) => !tls.is_handshaking(),
+                    Link::Plain(_) => true,
+                };
+                if sent && !client.request_sent {
+                    client.request_sent = true;
+                    self.stats.long_polls_sent += 1;
+                }
                 while let Ok(Parsed::Complete(_, used)) = parse_response(&client.received, false) {
                     client.received.drain(..used);
                     self.stats.long_polls_answered += 1;
@@ -486,6 +523,12 @@ mod manual {
             let fingerprint = crate::http::parse_fingerprint(&text).expect("a fingerprint");
             crate::http::pin_certificate(port, fingerprint);
         }
+        if std::env::var("HOSTILE_AFTER_HANDSHAKES").is_ok() {
+            println!(
+                "handshakes first: {:?}",
+                crate::bench_api::handshake_phase(port)
+            );
+        }
         if std::env::var("HOSTILE_AFTER_256").is_ok() {
             println!(
                 "256 connections first: {:?}",
@@ -495,7 +538,9 @@ mod manual {
         let report = crate::bench_api::probe_under_hostile_mix(
             port,
             &token,
-            std::time::Duration::from_secs(65),
+            std::time::Duration::from_secs(
+                std::env::var("HOSTILE_SECONDS").map_or(65, |s| s.parse().expect("seconds")),
+            ),
             || crate::bench_api::probe_health(port),
         );
         println!(

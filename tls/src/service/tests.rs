@@ -378,3 +378,31 @@ fn an_error_inside_a_fragmented_handshake_message_sends_one_alert_and_ends() {
     let _ = service.poll(&mut conn, 3);
     assert_eq!(service.stats().handshakes_failed, 1);
 }
+
+/// A client that queues its request before the handshake completes sends it in the same
+/// flight as its Finished (a browser or rustls's buffered client does): the request must
+/// be read at once, not wait for more bytes.
+#[test]
+fn a_request_arriving_with_the_client_finished_is_served_at_once() {
+    let mut service = echo_service(TIMEOUT_MS);
+    let mut conn = service.open(0);
+    let mut client = client(&[&TLS13]);
+    client.write(b"request with the Finished");
+    // ClientHello.
+    client.process().expect("client");
+    service.on_receive(&mut conn, &client.take_outgoing(), 1);
+    let _ = service.poll(&mut conn, 1);
+    // The server's flight; the client answers with Finished and the request together.
+    client.received(&drain(&mut service, &mut conn, usize::MAX));
+    client.process().expect("client");
+    let second_flight = client.take_outgoing();
+    service.on_receive(&mut conn, &second_flight, 2);
+    let _ = service.poll(&mut conn, 2);
+    // No more bytes from the client: the echo must come anyway.
+    for now in 3..6 {
+        let _ = service.poll(&mut conn, now);
+    }
+    client.received(&drain(&mut service, &mut conn, usize::MAX));
+    client.process().expect("client");
+    assert_eq!(client.plaintext, b"request with the Finished");
+}
