@@ -32,6 +32,9 @@ pub const SLOW_BYTE_INTERVAL: Duration = Duration::from_secs(2);
 /// The `wait_ms` of every long poll.
 pub const LONG_POLL_WAIT_MS: u64 = 30_000;
 
+/// Threads making connections for the clients (a connect can wait on QEMU's forward).
+const CONNECTORS: usize = 16;
+
 /// Timeout of every connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -252,14 +255,25 @@ impl HostileClients {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let (connector, requests) = std::sync::mpsc::channel::<usize>();
         let (deliver, arrivals) = std::sync::mpsc::channel();
-        // Ends when `connector` is dropped with the clients.
-        std::thread::spawn(move || {
-            for index in requests {
-                if deliver.send((index, connect(address))).is_err() {
-                    return;
+        // CONNECTORS threads take connect requests from one queue; they end when `connector`
+        // is dropped with the clients.
+        let requests = Arc::new(std::sync::Mutex::new(requests));
+        for _ in 0..CONNECTORS {
+            let requests = Arc::clone(&requests);
+            let deliver = deliver.clone();
+            std::thread::spawn(move || {
+                loop {
+                    let next = match requests.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(index) = next else { return };
+                    if deliver.send((index, connect(address))).is_err() {
+                        return;
+                    }
                 }
-            }
-        });
+            });
+        }
         Self {
             clients,
             slow_head: b"GET /v1/health HTTP/1.1\r\nHost: slow\r\nX-Padding: ".to_vec(),
