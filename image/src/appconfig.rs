@@ -26,6 +26,15 @@ pub const TEMPLATE: &str = r#"# appliance.toml: configuration of the TDX host ap
 #   { token = "...", role = "reader" },  # "reader" only GET (no console input)
 # ]                        # without any admin token, a random one is generated at every
                            # boot and printed once on the console
+# tls = true               # HTTPS only on the API port; false: plain HTTP only
+# tls_certificate = """    # PEM certificate chain (server certificate first) ...
+# -----BEGIN CERTIFICATE-----
+# ...
+# """
+# tls_key = """            # ... and its PEM private key; both or neither. Without them a
+# ...                      # key and self-signed certificate are generated at first boot,
+# """                      # kept in a UEFI variable; the console prints the fingerprint
+# health_port = 8081       # with TLS: plain HTTP answering only GET /v1/health
 
 [network]
 # mode = "dhcp"            # "dhcp" or "static"
