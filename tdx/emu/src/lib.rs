@@ -38,8 +38,9 @@
 //! * Guest code: there is no CPU. The guest is a declared [`workload::Workload`]; TDCALLs
 //!   other than ACCEPT, RTMR.EXTEND and the TDVMCALLs listed in [`guest`] are not modelled.
 //! * Cryptography and caches: no memory encryption, integrity or cache model; KeyIDs, WBINVD
-//!   and CACHE.WB only drive the state machines the host can observe. CACHE.WB completes in one
-//!   call (INTERRUPTED_RESUMABLE only via fault injection).
+//!   and CACHE.WB only drive the state machines the host can observe. CACHE.WB writes back
+//!   [`CACHE_SUB_BLOCKS`] sub-blocks; a host interrupt is pending only when fault injection
+//!   asks for `TDX_INTERRUPTED_RESUMABLE` on it (then the leaf saves its point and resumes).
 //! * PAMT storage: the PAMT arrays handed over in SYS.CONFIG are validated and reserved but
 //!   the entries live in the module's heap (see [`pamt`]).
 //! * Platform: one CMR (the configured range); TDMR.INIT must complete for every TDMR before
@@ -92,7 +93,7 @@ use tdx_abi::{Gpa, Hpa, Leaf, OperandId, PageLevel, SeptState, TdxStatus};
 pub use guest::exit;
 pub use inject::Injection;
 pub use lock::LockMode;
-pub use td::{Lifecycle, OpState};
+pub use td::{CACHE_SUB_BLOCKS, Lifecycle, OpState};
 
 use lock::Sharex;
 use pamt::Pamt;
@@ -200,6 +201,20 @@ struct KotEntry {
     wb_pending: AtomicU64,
 }
 
+/// One package's TDH.PHYMEM.CACHE.WB state (the module's `wbt_entries`, intel/tdx-module
+/// `src/common/data_structures/tdx_global_data.h`): a mutex, the sub-block to resume at
+/// (0 = no interrupted session) and the KOT entries that were FLUSHED when the session started.
+struct WbtEntry {
+    lock: Sharex,
+    state: spin::Mutex<WbtState>,
+}
+
+#[derive(Default)]
+struct WbtState {
+    intr_point: u64,
+    hkid_flushed: Vec<bool>,
+}
+
 /// Platform-wide state.
 struct Sys {
     state: AtomicU8,
@@ -234,6 +249,7 @@ pub struct EmulatedModule {
     pamt: Pamt,
     kot_lock: Sharex,
     kot: Vec<KotEntry>,
+    wbt: Vec<WbtEntry>,
     tds: spin::RwLock<BTreeMap<u64, Arc<Td>>>,
     vcpus: spin::RwLock<BTreeMap<u64, Arc<Vcpu>>>,
     injector: inject::Injector,
@@ -409,6 +425,12 @@ impl EmulatedModule {
             })
             .collect();
         let lp_init = (0..cfg.num_lps).map(|_| AtomicBool::new(false)).collect();
+        let wbt = (0..cfg.num_packages)
+            .map(|_| WbtEntry {
+                lock: Sharex::new(),
+                state: spin::Mutex::new(WbtState::default()),
+            })
+            .collect();
         Ok(Arc::new(EmulatedModule {
             pamt: Pamt::new(cfg.phys_base.0, cfg.phys_size),
             sys: Sys {
@@ -421,6 +443,7 @@ impl EmulatedModule {
             },
             kot_lock: Sharex::new(),
             kot,
+            wbt,
             tds: spin::RwLock::new(BTreeMap::new()),
             vcpus: spin::RwLock::new(BTreeMap::new()),
             injector: inject::Injector::default(),
@@ -532,17 +555,31 @@ impl EmulatedModule {
             regs.rax = TdxStatus::OPERAND_INVALID.with_operand(OperandId::RAX).0;
             return;
         }
+        let mut host_interrupt = false;
         if let Some(status) = self.injector.check(leaf_num) {
-            regs.rax = status.0;
-            return;
+            // An injected TDX_INTERRUPTED_RESUMABLE on CACHE.WB is a host interrupt pending
+            // while the leaf runs: it saves its interruption point, so RCX = 1 can resume.
+            if leaf == Leaf::PhymemCacheWb && status == TdxStatus::INTERRUPTED_RESUMABLE {
+                host_interrupt = true;
+            } else {
+                regs.rax = status.0;
+                return;
+            }
         }
-        let result = self.dispatch(lp, leaf, version, regs);
+        let result = self.dispatch(lp, leaf, version, regs, host_interrupt);
         regs.rax = match result {
             Ok(s) | Err(s) => s.0,
         };
     }
 
-    fn dispatch(&self, lp: u32, leaf: Leaf, version: u8, r: &mut Regs) -> LeafResult {
+    fn dispatch(
+        &self,
+        lp: u32,
+        leaf: Leaf,
+        version: u8,
+        r: &mut Regs,
+        host_interrupt: bool,
+    ) -> LeafResult {
         use Leaf::*;
         // Platform leaves run before SYS_READY; everything else needs it.
         match leaf {
@@ -580,7 +617,7 @@ impl EmulatedModule {
             VpWr => self.leaf_vp_wr(r),
             VpFlush => self.leaf_vp_flush(lp, r),
             MngVpFlushDone => self.leaf_mng_vpflushdone(r),
-            PhymemCacheWb => self.leaf_phymem_cache_wb(lp, r),
+            PhymemCacheWb => self.leaf_phymem_cache_wb(lp, r, host_interrupt),
             MngKeyFreeId => self.leaf_mng_key_freeid(r),
             PhymemPageReclaim => self.leaf_phymem_page_reclaim(r),
             PhymemPageWbinvd => self.leaf_phymem_page_wbinvd(r),
@@ -764,6 +801,11 @@ impl EmulatedModule {
                 core::mem::forget(self.kot_lock.try_lock(mode)?);
                 HeldInner::Kot
             }
+            LockTarget::Wbt(pkg) => {
+                let i = pkg as usize;
+                core::mem::forget(self.wbt.get(i)?.lock.try_lock(mode)?);
+                HeldInner::Wbt(i)
+            }
         };
         Some(HeldLock {
             module: self.clone(),
@@ -808,7 +850,7 @@ impl EmulatedModule {
     }
 
     /// Checks the module's global invariants; call only when no SEAMCALL is running.
-    /// Every owned PAMT page belongs to a live TD; each TD's CHLDCNT equals the child pages
+    /// Every owned PAMT page belongs to a live TD; each TD's CHLDCNT equals the 4 KiB child pages
     /// PAMT records; every S-EPT leaf of a live (not torn-down) TD maps a guest page the TD
     /// owns at that size and no page is mapped twice; no lock is left held.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
@@ -826,11 +868,9 @@ impl EmulatedModule {
                 });
             }
             if meta.page_type != PageType::Tdr {
-                // Count one record per page at its PAMT size (its head 4 KiB entry).
-                let span = meta.size.pages_4k() * 4096;
-                if hpa.0.is_multiple_of(span) {
-                    *owned.entry(meta.owner.0).or_default() += 1;
-                }
+                // CHLDCNT counts 4 KiB pages (512 for a 2 MiB page), as the module does
+                // (intel/tdx-module `tdh_mem_page_aug.c`, `tdh_phymem_page_reclaim.c`).
+                *owned.entry(meta.owner.0).or_default() += 1;
             }
             if let Some(e) = self.pamt.entry(hpa.0)
                 && e.lock.is_locked()
@@ -907,6 +947,8 @@ pub enum LockTarget {
     TdEpoch(Hpa),
     /// The KOT lock.
     Kot,
+    /// A package's TDH.PHYMEM.CACHE.WB mutex (taken exclusively by the leaf).
+    Wbt(u32),
 }
 
 enum HeldInner {
@@ -914,6 +956,7 @@ enum HeldInner {
     Tree(Arc<Td>),
     Epoch(Arc<Td>),
     Kot,
+    Wbt(usize),
 }
 
 /// A lock held by [`EmulatedModule::hold_lock`]; released on drop.
@@ -934,6 +977,11 @@ impl Drop for HeldLock {
             HeldInner::Tree(td) => td.tree_lock.release(self.mode),
             HeldInner::Epoch(td) => td.epoch_lock.release(self.mode),
             HeldInner::Kot => self.module.kot_lock.release(self.mode),
+            HeldInner::Wbt(i) => {
+                if let Some(w) = self.module.wbt.get(*i) {
+                    w.lock.release(self.mode);
+                }
+            }
         }
     }
 }

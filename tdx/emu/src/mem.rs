@@ -314,7 +314,9 @@ impl EmulatedModule {
             matches!(s, SeptState::Free | SeptState::Removed)
         })?;
         page.set_all(PamtMeta::owned(PageType::Reg, size, td.tdr));
-        td.chldcnt.fetch_add(1, Ordering::AcqRel);
+        // TDR.CHLDCNT counts 4 KiB pages: a 2 MiB leaf adds 1 << (9 * level) = 512
+        // (intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_mem_page_aug.c`).
+        td.chldcnt.fetch_add(level.pages_4k(), Ordering::AcqRel);
         loc.entry.commit(sept::word(SeptState::Pending, page.hpa.0));
         Ok(TdxStatus::SUCCESS)
     }
@@ -404,7 +406,9 @@ impl EmulatedModule {
             .map_err(|s| s.with_operand(OperandId::RCX))?;
         self.check_blocked_and_tracked(&td, r, &loc.walk, loc.entry.state(), hpa)?;
         pages.set_all(PamtMeta::FREE);
-        td.chldcnt.fetch_sub(1, Ordering::AcqRel);
+        // Minus the removed page's 4 KiB pages, 1 << (9 * level) (intel/tdx-module
+        // `src/vmm_dispatcher/api_calls/tdh_mem_page_remove.c`).
+        td.chldcnt.fetch_sub(level.pages_4k(), Ordering::AcqRel);
         loc.entry.commit(sept::FREE_WORD);
         // Outputs: RCX = the removed page's HPA, RDX stays 0 (`tdh_mem_page_remove.c`).
         r.rcx = hpa;
@@ -473,8 +477,9 @@ impl EmulatedModule {
             td.tdr,
         ));
         new_page.set_all(PamtMeta::owned(PageType::Ept, PamtPageSize::S4K, td.tdr));
-        // One large page becomes 512 pages, plus the new S-EPT page.
-        td.chldcnt.fetch_add(512, Ordering::AcqRel);
+        // The large page's 4 KiB pages were already counted: only the new S-EPT page adds
+        // one (intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_mem_page_demote.c`).
+        td.chldcnt.fetch_add(1, Ordering::AcqRel);
         loc.entry
             .commit(sept::word(SeptState::NlMapped, new_page.hpa.0));
         Ok(TdxStatus::SUCCESS)
@@ -529,7 +534,9 @@ impl EmulatedModule {
         pages.set_all(PamtMeta::owned(PageType::Reg, pamt_size(level), td.tdr));
         child_page.set_all(PamtMeta::FREE);
         loc.tree.remove_table(child);
-        td.chldcnt.fetch_sub(512, Ordering::AcqRel);
+        // Only the freed S-EPT page leaves the count; the merged page keeps its 4 KiB pages
+        // counted (intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_mem_page_promote.c`).
+        td.chldcnt.fetch_sub(1, Ordering::AcqRel);
         drop(locked);
         loc.entry.commit(sept::word(first_state, first_hpa));
         r.rcx = child;

@@ -194,6 +194,16 @@ const TDCS_L2_PAGES: u32 = 3;
 /// `src/common/data_structures/tdx_tdvps.h`).
 const MAX_L2_VMS: u8 = 3;
 
+/// TDH.PHYMEM.CACHE.WB commands in RCX (TDH_PHYMEM_CACHEWB_START_CMD / _RESUME_CMD,
+/// intel/tdx-module `include/tdx_api_defs.h`).
+const CACHEWB_START_CMD: u64 = 0;
+const CACHEWB_RESUME_CMD: u64 = 1;
+
+/// Cache sub-blocks one TDH.PHYMEM.CACHE.WB writes back (the module's
+/// `num_of_cached_sub_blocks`, derived from the CPU; the software module's choice): a
+/// session can be interrupted at most `CACHE_SUB_BLOCKS - 1` times.
+pub const CACHE_SUB_BLOCKS: u64 = 8;
+
 /// Calls `f(gpa, level, word)` for every leaf entry of the tree.
 pub(crate) fn for_each_leaf(tree: &SeptTree, mut f: impl FnMut(Gpa, PageLevel, u64)) {
     fn visit(
@@ -643,39 +653,87 @@ impl EmulatedModule {
         let kot = self
             .kot_entry(td.hkid)
             .ok_or(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX))?;
-        kot.wb_pending
-            .store(td.keys_pkgs.load(Ordering::Acquire), Ordering::Release);
+        // Every package with keys configured must write back, not only those that configured
+        // this TD's key: WBINVD_BITMAP = the platform's pkg_config_bitmap (intel/tdx-module
+        // `src/vmm_dispatcher/api_calls/tdh_mng_vpflushdone.c`).
+        kot.wb_pending.store(
+            self.sys.key_config_pkgs.load(Ordering::Acquire),
+            Ordering::Release,
+        );
         kot.state.store(KotState::Flushed as u8, Ordering::Release);
         td.lifecycle
             .store(Lifecycle::Blocked as u8, Ordering::Release);
         Ok(TdxStatus::SUCCESS)
     }
 
-    /// TDH.PHYMEM.CACHE.WB on the caller's package. The emulated write-back finishes in one
-    /// call, so `TDX_INTERRUPTED_RESUMABLE` only happens through fault injection; a resume
-    /// (RCX = 1) is accepted like a start.
-    pub(super) fn leaf_phymem_cache_wb(&self, lp: u32, r: &mut Regs) -> LeafResult {
-        if r.rcx > 1 {
+    /// TDH.PHYMEM.CACHE.WB on the caller's package (intel/tdx-module
+    /// `src/vmm_dispatcher/api_calls/tdh_phymem_cache_wb.c`), in the source's order:
+    /// * RCX above 1 (resume): OPERAND_INVALID on RCX, before any lock;
+    /// * the package's WBT mutex, then the KOT lock *shared*: OPERAND_BUSY on WBCACHE / KOT;
+    /// * start (RCX = 0): drops any saved interruption point and records which KOT entries
+    ///   are FLUSHED now; none: TDX_NO_HKID_READY_TO_WBCACHE (a warning, nothing recorded);
+    /// * resume (RCX = 1) without a saved interruption point: TDX_WBCACHE_RESUME_ERROR;
+    /// * writes back sub-blocks; with a host interrupt pending, after any but the last one it
+    ///   saves the next sub-block and answers TDX_INTERRUPTED_RESUMABLE;
+    /// * done: clears this package's bit in the WBINVD bitmap of the entries recorded at the
+    ///   start (not those flushed since), SUCCESS.
+    pub(super) fn leaf_phymem_cache_wb(
+        &self,
+        lp: u32,
+        r: &mut Regs,
+        host_interrupt: bool,
+    ) -> LeafResult {
+        if r.rcx > CACHEWB_RESUME_CMD {
             return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX));
         }
+        let pkg = self.package_of(lp);
+        let wbt = self
+            .wbt
+            .get(pkg as usize)
+            .ok_or(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX))?;
+        let _w = wbt
+            .lock
+            .try_lock(LockMode::Exclusive)
+            .ok_or(TdxStatus::OPERAND_BUSY.with_operand(OperandId::WBCACHE))?;
         let _kot = self
             .kot_lock
-            .try_lock(LockMode::Exclusive)
+            .try_lock(LockMode::Shared)
             .ok_or(TdxStatus::OPERAND_BUSY.with_operand(OperandId::KOT))?;
-        let bit = 1u64 << self.package_of(lp);
-        let mut any = false;
-        for e in &self.kot {
-            if e.state.load(Ordering::Acquire) == KotState::Flushed as u8
-                && e.wb_pending.fetch_and(!bit, Ordering::AcqRel) & bit != 0
-            {
-                any = true;
+        let mut st = wbt.state.lock();
+        let mut point = if r.rcx == CACHEWB_START_CMD {
+            st.intr_point = 0;
+            let flushed: Vec<bool> = self
+                .kot
+                .iter()
+                .map(|e| e.state.load(Ordering::Acquire) == KotState::Flushed as u8)
+                .collect();
+            if !flushed.contains(&true) {
+                return Ok(TdxStatus::NO_HKID_READY_TO_WBCACHE);
+            }
+            st.hkid_flushed = flushed;
+            0
+        } else {
+            if st.intr_point == 0 {
+                return Err(TdxStatus::WBCACHE_RESUME_ERROR);
+            }
+            st.intr_point
+        };
+        loop {
+            point += 1;
+            if point >= CACHE_SUB_BLOCKS {
+                break;
+            }
+            if host_interrupt {
+                st.intr_point = point;
+                return Err(TdxStatus::INTERRUPTED_RESUMABLE);
             }
         }
-        Ok(if any {
-            TdxStatus::SUCCESS
-        } else {
-            TdxStatus::NO_HKID_READY_TO_WBCACHE
-        })
+        st.intr_point = 0;
+        let bit = 1u64 << pkg;
+        for (e, _) in self.kot.iter().zip(&st.hkid_flushed).filter(|(_, f)| **f) {
+            e.wb_pending.fetch_and(!bit, Ordering::AcqRel);
+        }
+        Ok(TdxStatus::SUCCESS)
     }
 
     pub(super) fn leaf_mng_key_freeid(&self, r: &mut Regs) -> LeafResult {
@@ -766,17 +824,18 @@ impl EmulatedModule {
             PageType::Tdvpr => {
                 self.vcpus.write().remove(&hpa);
                 td.vcpus.lock().retain(|&v| v != hpa);
-                td.chldcnt.fetch_sub(1, Ordering::AcqRel);
             }
             PageType::Ept => {
                 if let Some(tree) = td.tree.get() {
                     tree.remove_table(hpa);
                 }
-                td.chldcnt.fetch_sub(1, Ordering::AcqRel);
             }
-            _ => {
-                td.chldcnt.fetch_sub(1, Ordering::AcqRel);
-            }
+            _ => {}
+        }
+        // A child page takes its 4 KiB pages off TDR.CHLDCNT, 1 << (9 * PAMT level): 512 for
+        // a 2 MiB page (intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_phymem_page_reclaim.c`).
+        if meta.page_type != PageType::Tdr {
+            td.chldcnt.fetch_sub(pages, Ordering::AcqRel);
         }
         Ok(TdxStatus::SUCCESS)
     }

@@ -1233,6 +1233,13 @@ fn lock_collisions_report_the_lock_operand() {
             Leaf::PhymemCacheWb,
             OperandId::KOT,
         ),
+        // The package's CACHE.WB mutex (intel/tdx-module `tdh_phymem_cache_wb.c`).
+        (
+            LockTarget::Wbt(0),
+            LockMode::Exclusive,
+            Leaf::PhymemCacheWb,
+            OperandId::WBCACHE,
+        ),
         (
             LockTarget::Page(td.vcpus[0].tdvpr),
             LockMode::Shared,
@@ -1383,9 +1390,14 @@ fn teardown_order_is_enforced() {
     );
     let wb = lp1.call(Regs::for_leaf(Leaf::PhymemCacheWb, 0)).unwrap();
     assert_eq!(TdxStatus(wb.rax), TdxStatus::SUCCESS);
+    // Again: the KeyID is still FLUSHED (until KEY.FREEID), so there is work to do
+    // (intel/tdx-module `tdh_phymem_cache_wb.c` looks at the KOT state, not the bitmap).
+    let wb = lp1.call(Regs::for_leaf(Leaf::PhymemCacheWb, 0)).unwrap();
+    assert_eq!(TdxStatus(wb.rax), TdxStatus::SUCCESS);
+    p.module.call(freeid).unwrap();
+    // Once freed, nothing is FLUSHED: TDX_NO_HKID_READY_TO_WBCACHE.
     let wb = lp1.call(Regs::for_leaf(Leaf::PhymemCacheWb, 0)).unwrap();
     assert_eq!(TdxStatus(wb.rax), TdxStatus::NO_HKID_READY_TO_WBCACHE);
-    p.module.call(freeid).unwrap();
     assert_eq!(p.module.kot_state(td.hkid.0), Some(super::KotState::Free));
     // TDR before its children.
     assert_eq!(
@@ -1468,7 +1480,9 @@ fn demote_then_promote_a_2m_page() {
         .mem_sept_rd(td.tdr, Gpa(gpa.0 + 0x5000), PageLevel::L4K)
         .unwrap();
     assert_eq!(entry & 0x000F_FFFF_FFFF_F000, big.0 + 0x5000);
-    assert_eq!(p.module.td_child_count(td.tdr).unwrap(), before + 512);
+    // CHLDCNT counts 4 KiB pages: the 2 MiB page was 512 already; only the S-EPT page adds
+    // (intel/tdx-module `tdh_mem_page_demote.c`).
+    assert_eq!(p.module.td_child_count(td.tdr).unwrap(), before + 1);
     p.module.check_invariants().unwrap();
     // Promote back: needs the non-leaf blocked and tracked.
     let e = err(p.module.mem_page_promote(td.tdr, gpa, PageLevel::L2M));
@@ -2592,4 +2606,242 @@ fn typed_vp_enter_wrapper_decodes_exits() {
             exit::EXT_QUAL_TYPE_PENDING_EPT_VIOLATION
         )
     );
+}
+
+// ---------- child counts of large pages, CACHE.WB and KEY.FREEID ----------
+
+/// TDR.CHLDCNT counts 4 KiB pages: a 2 MiB page adds and removes 1 << (9 * level) = 512
+/// (intel/tdx-module `tdh_mem_page_aug.c`, `tdh_mem_page_remove.c`,
+/// `tdh_phymem_page_reclaim.c`). KEY.FREEID does not look at it (`tdh_mng_key_freeid.c`);
+/// reclaiming the TDR answers TDX_TD_ASSOCIATED_PAGES_EXIST until the last 2 MiB page is
+/// reclaimed too.
+#[test]
+fn two_mib_pages_count_512_children_and_hold_back_the_tdr() {
+    use crate::metadata::td::CHLDCNT;
+    use tdx_abi::pamt::PageType;
+    let p = Platform::new();
+    let td = runnable(&p);
+    let (a, b) = (Gpa(8 * G), Gpa(9 * G));
+    p.ensure_sept_path(&td, a, PageLevel::L2M).unwrap();
+    p.ensure_sept_path(&td, b, PageLevel::L2M).unwrap();
+    let base = p.module.td_child_count(td.tdr).unwrap();
+    let (big_a, big_b) = (p.alloc_2m().unwrap(), p.alloc_2m().unwrap());
+    p.aug(&td, a, PageLevel::L2M, big_a).unwrap();
+    assert_eq!(p.mng_rd(td.tdr, CHLDCNT).unwrap(), base + 512);
+    p.aug(&td, b, PageLevel::L2M, big_b).unwrap();
+    assert_eq!(p.mng_rd(td.tdr, CHLDCNT).unwrap(), base + 1024);
+    p.module.check_invariants().unwrap();
+    // PAGE.REMOVE of a 2 MiB page takes 512 off.
+    p.module.mem_range_block(td.tdr, a, PageLevel::L2M).unwrap();
+    p.module.mem_track(td.tdr).unwrap();
+    p.module.mem_page_remove(td.tdr, a, PageLevel::L2M).unwrap();
+    assert_eq!(p.mng_rd(td.tdr, CHLDCNT).unwrap(), base + 512);
+    p.module.check_invariants().unwrap();
+    // Teardown with `b` still mapped: KEY.FREEID succeeds regardless of children.
+    p.module
+        .call(regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0))
+        .unwrap();
+    p.module
+        .call(Regs::for_leaf(Leaf::PhymemCacheWb, 0))
+        .unwrap();
+    p.module
+        .call(regs(Leaf::MngKeyFreeId, td.tdr.0, 0, 0))
+        .unwrap();
+    assert_eq!(
+        err(p.module.phymem_page_reclaim(td.tdr)).status,
+        TdxStatus::TD_ASSOCIATED_PAGES_EXIST
+    );
+    // Every other child page: the 2 MiB page alone still holds the TDR back.
+    let others: Vec<Hpa> = p
+        .module
+        .pamt
+        .snapshot()
+        .into_iter()
+        .filter(|(hpa, m)| {
+            m.owner == td.tdr
+                && !matches!(m.page_type, PageType::Tdr | PageType::Nda | PageType::Rsvd)
+                && hpa.0 % (m.size.pages_4k() * 4096) == 0
+                && *hpa != big_b
+        })
+        .map(|(hpa, _)| hpa)
+        .collect();
+    assert!(!others.is_empty());
+    for hpa in others {
+        p.module.phymem_page_reclaim(hpa).unwrap();
+    }
+    assert_eq!(p.module.td_child_count(td.tdr), Some(512));
+    p.module.check_invariants().unwrap();
+    assert_eq!(
+        err(p.module.phymem_page_reclaim(td.tdr)).status,
+        TdxStatus::TD_ASSOCIATED_PAGES_EXIST
+    );
+    let rec = p.module.phymem_page_reclaim(big_b).unwrap();
+    assert_eq!(
+        (rec.page_type, rec.owner, rec.size),
+        (PageType::Reg.raw(), td.tdr, 1)
+    );
+    assert_eq!(p.module.td_child_count(td.tdr), Some(0));
+    p.module.phymem_page_reclaim(td.tdr).unwrap();
+    assert_eq!(p.module.td_child_count(td.tdr), None);
+    p.module.check_invariants().unwrap();
+}
+
+/// TDH.PHYMEM.CACHE.WB (intel/tdx-module `tdh_phymem_cache_wb.c`): RCX > 1 is
+/// OPERAND_INVALID; a start with no FLUSHED KeyID is TDX_NO_HKID_READY_TO_WBCACHE; a resume
+/// without an interrupted session is TDX_WBCACHE_RESUME_ERROR; an interrupted session resumes
+/// where it stopped (at most CACHE_SUB_BLOCKS - 1 interruptions) and, when done, clears this
+/// package's bit only for the KeyIDs FLUSHED when it started; a new start drops an
+/// interrupted session.
+#[test]
+fn cache_wb_commands_interruption_and_resumption() {
+    let p = Platform::with_config(super::testing::PlatformConfig {
+        num_packages: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let wb = |lp: u32, rcx: u64| {
+        let mut r = regs(Leaf::PhymemCacheWb, rcx, 0, 0);
+        p.lp(lp).unwrap().seamcall(&mut r);
+        TdxStatus(r.rax)
+    };
+    let interrupt = || {
+        p.module.inject(
+            Leaf::PhymemCacheWb,
+            Injection::StatusOnNthCall {
+                n: 1,
+                status: TdxStatus::INTERRUPTED_RESUMABLE,
+            },
+        )
+    };
+    let flushdone = |td: &TestTd| {
+        p.module
+            .call(regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0))
+            .unwrap();
+    };
+    let freeid = |td: &TestTd| TdxStatus(raw(&p, regs(Leaf::MngKeyFreeId, td.tdr.0, 0, 0)).rax);
+    assert_eq!(
+        wb(0, 2),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX)
+    );
+    assert_eq!(wb(0, 0), TdxStatus::NO_HKID_READY_TO_WBCACHE);
+    // An interrupt pending changes nothing when there is nothing to do.
+    interrupt();
+    assert_eq!(wb(0, 0), TdxStatus::NO_HKID_READY_TO_WBCACHE);
+    assert_eq!(wb(0, 1), TdxStatus::WBCACHE_RESUME_ERROR);
+    let (a, b) = (runnable(&p), runnable(&p));
+    flushdone(&a);
+    interrupt();
+    assert_eq!(wb(0, 0), TdxStatus::INTERRUPTED_RESUMABLE);
+    assert_eq!(freeid(&a), TdxStatus::WBCACHE_NOT_COMPLETE);
+    // B is flushed after package 0's session started: that session does not cover it.
+    flushdone(&b);
+    let mut interruptions = 1;
+    loop {
+        interrupt();
+        match wb(0, 1) {
+            TdxStatus::INTERRUPTED_RESUMABLE => interruptions += 1,
+            TdxStatus::SUCCESS => break,
+            s => panic!("CACHE.WB resume: {s:?}"),
+        }
+    }
+    assert_eq!(interruptions, super::CACHE_SUB_BLOCKS - 1);
+    p.module.clear_injection(Leaf::PhymemCacheWb);
+    assert_eq!(wb(0, 1), TdxStatus::WBCACHE_RESUME_ERROR);
+    // Package 1 in one go covers both.
+    assert_eq!(wb(1, 0), TdxStatus::SUCCESS);
+    assert_eq!(freeid(&a), TdxStatus::SUCCESS);
+    assert_eq!(freeid(&b), TdxStatus::WBCACHE_NOT_COMPLETE);
+    // A new start drops an interrupted session.
+    interrupt();
+    assert_eq!(wb(0, 0), TdxStatus::INTERRUPTED_RESUMABLE);
+    assert_eq!(wb(0, 0), TdxStatus::SUCCESS);
+    assert_eq!(wb(0, 1), TdxStatus::WBCACHE_RESUME_ERROR);
+    assert_eq!(freeid(&b), TdxStatus::SUCCESS);
+    assert_eq!(wb(0, 0), TdxStatus::NO_HKID_READY_TO_WBCACHE);
+    p.module.check_invariants().unwrap();
+}
+
+/// TDH.MNG.KEY.FREEID (intel/tdx-module `tdh_mng_key_freeid.c`): TDR, then lifecycle BLOCKED
+/// (else LIFECYCLE_STATE_INCORRECT, also once in TEARDOWN), then the KOT exclusively
+/// (OPERAND_BUSY on KOT), then the WBINVD bitmap. CACHE.WB takes the KOT shared, so it runs
+/// while another reader holds it.
+#[test]
+fn key_freeid_order_and_kot_sharing() {
+    let p = Arc::new(Platform::new());
+    let td = runnable(&p);
+    let freeid = regs(Leaf::MngKeyFreeId, td.tdr.0, 0, 0);
+    let held = p
+        .module
+        .hold_lock(LockTarget::Kot, LockMode::Shared)
+        .unwrap();
+    assert_eq!(
+        TdxStatus(raw(&p, Regs::for_leaf(Leaf::PhymemCacheWb, 0)).rax),
+        TdxStatus::NO_HKID_READY_TO_WBCACHE
+    );
+    // The lifecycle is checked before the KOT lock is taken.
+    assert_eq!(
+        TdxStatus(raw(&p, freeid).rax),
+        TdxStatus::LIFECYCLE_STATE_INCORRECT
+    );
+    drop(held);
+    p.module
+        .call(regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0))
+        .unwrap();
+    let held = p
+        .module
+        .hold_lock(LockTarget::Kot, LockMode::Shared)
+        .unwrap();
+    assert_eq!(
+        TdxStatus(raw(&p, Regs::for_leaf(Leaf::PhymemCacheWb, 0)).rax),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        TdxStatus(raw(&p, freeid).rax),
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::KOT)
+    );
+    drop(held);
+    assert_eq!(TdxStatus(raw(&p, freeid).rax), TdxStatus::SUCCESS);
+    assert_eq!(
+        TdxStatus(raw(&p, freeid).rax),
+        TdxStatus::LIFECYCLE_STATE_INCORRECT
+    );
+    p.module.check_invariants().unwrap();
+}
+
+/// VPFLUSHDONE sets the KeyID's WBINVD bitmap to every package with keys configured on the
+/// platform, not only those that ran TDH.MNG.KEY.CONFIG for the TD (intel/tdx-module
+/// `tdh_mng_vpflushdone.c`): a TD blocked in HKID_ASSIGNED still needs CACHE.WB on each
+/// package before KEY.FREEID.
+#[test]
+fn freeid_needs_cache_wb_on_every_configured_package() {
+    let p = Platform::with_config(super::testing::PlatformConfig {
+        num_packages: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let tdr = p.alloc_page().unwrap();
+    let hkid = 32 + 31;
+    p.module
+        .call(regs(Leaf::MngCreate, tdr.0, hkid, 0))
+        .unwrap();
+    // Key configured on package 0 only: the TD stays HKID_ASSIGNED.
+    p.lp(0)
+        .unwrap()
+        .call(regs(Leaf::MngKeyConfig, tdr.0, 0, 0))
+        .unwrap();
+    p.module
+        .call(regs(Leaf::MngVpFlushDone, tdr.0, 0, 0))
+        .unwrap();
+    let wb = |lp: u32| {
+        let mut r = Regs::for_leaf(Leaf::PhymemCacheWb, 0);
+        p.lp(lp).unwrap().seamcall(&mut r);
+        TdxStatus(r.rax)
+    };
+    let freeid = || TdxStatus(raw(&p, regs(Leaf::MngKeyFreeId, tdr.0, 0, 0)).rax);
+    assert_eq!(wb(0), TdxStatus::SUCCESS);
+    assert_eq!(freeid(), TdxStatus::WBCACHE_NOT_COMPLETE);
+    assert_eq!(wb(1), TdxStatus::SUCCESS);
+    assert_eq!(freeid(), TdxStatus::SUCCESS);
+    p.module.phymem_page_reclaim(tdr).unwrap();
+    p.module.check_invariants().unwrap();
 }
