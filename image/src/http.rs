@@ -173,32 +173,7 @@ pub fn fingerprint_of(der: &[u8]) -> Fingerprint {
 
 /// A DER certificate as PEM text (RFC 7468), for `curl --cacert`.
 pub fn certificate_pem(der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut base64 = String::with_capacity(der.len().div_ceil(3) * 4);
-    for chunk in der.chunks(3) {
-        let bytes = [
-            chunk.first().copied().unwrap_or(0),
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let word = (u32::from(bytes[0]) << 16) | (u32::from(bytes[1]) << 8) | u32::from(bytes[2]);
-        for index in 0..4 {
-            let sextet = (word >> (18 - 6 * index)) & 0x3f;
-            let symbol = if index <= chunk.len() {
-                ALPHABET.get(sextet as usize).copied().unwrap_or(b'=')
-            } else {
-                b'='
-            };
-            base64.push(char::from(symbol));
-        }
-    }
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in base64.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
+    api_tls::certificate_pem(der)
 }
 
 /// Accepts exactly one end-entity certificate, by fingerprint; signatures are checked with

@@ -148,9 +148,7 @@ impl TlsIdentity {
     /// The end-entity certificate as PEM text (RFC 7468 `CERTIFICATE`), e.g. to show on the
     /// console or write to a file for `curl --cacert`.
     pub fn certificate_pem(&self) -> String {
-        use x509_cert::der::pem::{LineEnding, encode_string};
-        // Only fails for inputs of gigabytes; a certificate is a few hundred bytes.
-        encode_string("CERTIFICATE", LineEnding::LF, self.certificate_der()).unwrap_or_default()
+        certificate_pem(self.certificate_der())
     }
 
     /// A compact self-describing encoding for persistence (e.g. in a UEFI variable):
@@ -401,6 +399,13 @@ impl fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Fingerprint({self})")
     }
+}
+
+/// A DER certificate as PEM text (RFC 7468: `CERTIFICATE` label, 64-column base64, LF).
+pub fn certificate_pem(der: &[u8]) -> String {
+    use x509_cert::der::pem::{LineEnding, encode_string};
+    // Only fails for inputs of gigabytes; a certificate is a few hundred bytes.
+    encode_string("CERTIFICATE", LineEnding::LF, der).unwrap_or_default()
 }
 
 #[cfg(test)]

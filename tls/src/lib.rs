@@ -32,7 +32,7 @@ mod testkit;
 
 pub use config::{CIPHER_SUITES, FnTimeProvider, provider, server_config};
 pub use error::IdentityError;
-pub use identity::{Fingerprint, TlsIdentity};
+pub use identity::{Fingerprint, TlsIdentity, certificate_pem};
 pub use random::set_random_source;
 pub use service::{TlsConn, TlsService, TlsStats};
 
