@@ -24,13 +24,14 @@ use std::sync::Arc;
 
 use api_tls::{TlsIdentity, TlsService};
 use libfuzzer_sys::fuzz_target;
-use mgmt_api_fuzz::{ApiOverNet, ResponseRules, check_responses, pinned_client};
+use appliance::service::{ApiService, ApiTransport};
+use mgmt_api_fuzz::{ResponseRules, check_responses, pinned_client};
 use net::{ConnState, Service};
 use rustls::ClientConnection;
 use rustls::pki_types::ServerName;
 
 struct Fixture {
-    service: TlsService<ApiOverNet>,
+    service: TlsService<ApiService>,
     client: Arc<rustls::ClientConfig>,
 }
 
@@ -45,7 +46,7 @@ fn fixture() -> Fixture {
         .expect("generate an identity");
     let server = api_tls::server_config(&identity, || Some(unix_now())).expect("config");
     Fixture {
-        service: TlsService::new(ApiOverNet::new(api, limits), server, 10_000),
+        service: TlsService::new(ApiService::new(api, limits), server, 10_000),
         client: pinned_client(identity.certificate_der()),
     }
 }
@@ -58,8 +59,8 @@ fn unix_now() -> u64 {
 
 /// Moves everything the server wants to send into `client`.
 fn server_to_client(
-    service: &mut TlsService<ApiOverNet>,
-    conn: &mut <TlsService<ApiOverNet> as Service>::Conn,
+    service: &mut TlsService<ApiService>,
+    conn: &mut <TlsService<ApiService> as Service>::Conn,
     client: &mut ClientConnection,
 ) {
     loop {
@@ -82,8 +83,8 @@ fn server_to_client(
 
 /// Moves everything `client` wants to send into the server.
 fn client_to_server(
-    service: &mut TlsService<ApiOverNet>,
-    conn: &mut <TlsService<ApiOverNet> as Service>::Conn,
+    service: &mut TlsService<ApiService>,
+    conn: &mut <TlsService<ApiService> as Service>::Conn,
     client: &mut ClientConnection,
     now: u64,
 ) {
@@ -147,7 +148,7 @@ fuzz_target!(|input: &[u8]| {
             }
             client_to_server(service, &mut conn, &mut client, now);
             let state = service.poll(&mut conn, now);
-            service.inner_mut().step(now);
+            service.server_mut().handler_mut().step(now);
             server_to_client(service, &mut conn, &mut client);
             let _ = client.reader().read_to_end(&mut plain);
             now += 100;

@@ -67,63 +67,6 @@ pub fn check_responses(mut out: &[u8], rules: ResponseRules) {
     }
 }
 
-/// `net::Service` over the management API's HTTP server, as the appliance's `ApiService`
-/// adapts it (that one lives in the UEFI crate), so fuzz targets can put the TLS layer in
-/// front of the real API.
-pub struct ApiOverNet {
-    server: mgmt_api::Server<mgmt_api::Api>,
-}
-
-impl ApiOverNet {
-    /// Serves `api` with `limits`.
-    pub fn new(api: mgmt_api::Api, limits: mgmt_api::Limits) -> Self {
-        Self {
-            server: mgmt_api::Server::new(api, limits),
-        }
-    }
-
-    /// Advances the TD host's jobs (as the appliance's main loop does between polls).
-    pub fn step(&mut self, now_ms: u64) {
-        self.server.handler_mut().step(now_ms);
-    }
-}
-
-impl net::Service for ApiOverNet {
-    type Conn = mgmt_api::Connection;
-
-    fn open(&mut self, now_ms: u64) -> Self::Conn {
-        self.server.open(now_ms)
-    }
-
-    fn on_receive(&mut self, conn: &mut Self::Conn, data: &[u8], now_ms: u64) {
-        self.server.on_receive(conn, data, now_ms);
-    }
-
-    fn output<'c>(&self, conn: &'c Self::Conn) -> &'c [u8] {
-        conn.output()
-    }
-
-    fn on_sent(&mut self, conn: &mut Self::Conn, n: usize) {
-        conn.consume_output(n);
-    }
-
-    fn on_peer_closed(&mut self, conn: &mut Self::Conn, now_ms: u64) {
-        conn.peer_closed(now_ms);
-    }
-
-    fn poll(&mut self, conn: &mut Self::Conn, now_ms: u64) -> net::ConnState {
-        match self.server.poll(conn, now_ms) {
-            mgmt_api::ConnState::Open => net::ConnState::Open,
-            mgmt_api::ConnState::CloseAfterFlush => net::ConnState::CloseAfterFlush,
-            mgmt_api::ConnState::Abort => net::ConnState::Abort,
-        }
-    }
-
-    fn waiting_since(&self, conn: &Self::Conn) -> Option<u64> {
-        conn.waiting_since()
-    }
-}
-
 /// A rustls client (pure-Rust provider) that trusts exactly the self-signed certificate
 /// `certificate_der` as its root.
 pub fn pinned_client(certificate_der: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
