@@ -170,7 +170,7 @@ fn drive(port: u16, measure_from: Instant, end: Instant) -> Result<Samples> {
 /// them faster than the appliance drains the 64 receive buffers OVMF's virtio-net driver
 /// keeps posted, and QEMU's user-mode network stack retries a lost SYN only after 3 s, then
 /// 6 s, 12 s (a physical NIC has rings of hundreds of buffers).
-pub(crate) fn many_connections(port: u16) -> Result<(usize, usize)> {
+fn many_connections(port: u16) -> Result<(usize, usize)> {
     let mut connections = Vec::with_capacity(MANY_CONNECTIONS);
     for _ in 0..MANY_CONNECTIONS {
         let mut connection = Connection::open(port, IO_TIMEOUT)?;
@@ -514,7 +514,7 @@ fn keep_alive_phase(port: u16, scheme: &str) -> Result<KeepAlive> {
 
 /// `CONNECTIONS` clients each opening a connection, completing a TLS handshake and closing,
 /// in a loop for `DURATION`: handshakes completed.
-pub(crate) fn handshake_phase(port: u16) -> Result<usize> {
+fn handshake_phase(port: u16) -> Result<usize> {
     let end = Instant::now() + DURATION;
     let handles: Vec<_> = (0..CONNECTIONS)
         .map(|_| {

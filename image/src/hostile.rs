@@ -537,24 +537,10 @@ mod manual {
             let fingerprint = crate::http::parse_fingerprint(&text).expect("a fingerprint");
             crate::http::pin_certificate(port, fingerprint);
         }
-        if std::env::var("HOSTILE_AFTER_HANDSHAKES").is_ok() {
-            println!(
-                "handshakes first: {:?}",
-                crate::bench_api::handshake_phase(port)
-            );
-        }
-        if std::env::var("HOSTILE_AFTER_256").is_ok() {
-            println!(
-                "256 connections first: {:?}",
-                crate::bench_api::many_connections(port)
-            );
-        }
         let report = crate::bench_api::probe_under_hostile_mix(
             port,
             &token,
-            std::time::Duration::from_secs(
-                std::env::var("HOSTILE_SECONDS").map_or(65, |s| s.parse().expect("seconds")),
-            ),
+            std::time::Duration::from_secs(65),
             || crate::bench_api::probe_health(port),
         );
         println!(
