@@ -462,25 +462,21 @@ fn parse_token_list(checker: &mut Checker<'_>, tokens: &mut TokenSet, key: &str,
                 ),
             }
         }
-        let has_role = table.iter().any(|(name, _)| &**name.get_ref() == "role");
+        let has = |wanted: &str| table.iter().any(|(name, _)| &**name.get_ref() == wanted);
         match (text, role) {
             (Some((text, value)), Some(role)) => {
                 checker.add_token(tokens, &format!("{key}.token"), value, text, role);
             }
-            (None, _) if !table.iter().any(|(name, _)| &**name.get_ref() == "token") => {
-                checker.error(
-                    Some(&entry.span()),
-                    Some(key),
-                    Problem::MissingTokenKey("token"),
-                );
-            }
-            (_, None) if !has_role => {
-                checker.error(
-                    Some(&entry.span()),
-                    Some(key),
-                    Problem::MissingTokenKey("role"),
-                );
-            }
+            _ if !has("token") => checker.error(
+                Some(&entry.span()),
+                Some(key),
+                Problem::MissingTokenKey("token"),
+            ),
+            _ if !has("role") => checker.error(
+                Some(&entry.span()),
+                Some(key),
+                Problem::MissingTokenKey("role"),
+            ),
             // A wrong token or role was reported where it was read.
             _ => {}
         }
@@ -749,24 +745,18 @@ impl TlsKeys<'_, '_> {
             }
             return Some(ApiTls::Off);
         }
-        let certificate = self.certificate.and_then(|value| {
-            checker
-                .string("api.tls_certificate", value)
-                .map(|t| (t, value))
-        });
-        let key = self
-            .key
-            .and_then(|value| checker.string("api.tls_key", value).map(|t| (t, value)));
-        match (certificate, key) {
-            (None, None) if self.certificate.is_none() && self.key.is_none() => {
-                Some(ApiTls::Generated)
-            }
-            (Some((certificate, value)), Some((key, _))) => {
-                match TlsIdentity::from_pem(certificate.as_bytes(), key.as_bytes()) {
+        match (self.certificate, self.key) {
+            (None, None) => Some(ApiTls::Generated),
+            (Some(certificate), Some(key)) => {
+                let certificate_text = checker.string("api.tls_certificate", certificate);
+                let key_text = checker.string("api.tls_key", key);
+                // A wrong type was reported where it was read.
+                let (certificate_text, key_text) = (certificate_text?, key_text?);
+                match TlsIdentity::from_pem(certificate_text.as_bytes(), key_text.as_bytes()) {
                     Ok(identity) => Some(ApiTls::Configured(identity)),
                     Err(err) => {
                         checker.error(
-                            Some(&value.span()),
+                            Some(&certificate.span()),
                             Some("api.tls_certificate"),
                             Problem::BadTls(err),
                         );
@@ -774,23 +764,18 @@ impl TlsKeys<'_, '_> {
                     }
                 }
             }
-            // A wrong type was reported where it was read.
-            _ if (self.certificate.is_some() && self.key.is_some()) => None,
-            _ => {
-                let given = self.certificate.or(self.key);
-                checker.error(
-                    given.map(|value| value.span()).as_ref(),
-                    Some(if self.certificate.is_some() {
-                        "api.tls_certificate"
-                    } else {
-                        "api.tls_key"
-                    }),
-                    Problem::TlsPairIncomplete,
-                );
-                None
-            }
+            (Some(value), None) => pair_incomplete(checker, "api.tls_certificate", value),
+            (None, Some(value)) => pair_incomplete(checker, "api.tls_key", value),
         }
     }
+}
+
+/// One of `api.tls_certificate` and `api.tls_key` without the other: its type is checked as
+/// for any key, and the missing half is an error.
+fn pair_incomplete(checker: &mut Checker<'_>, key: &str, value: &Value<'_>) -> Option<ApiTls> {
+    let _ = checker.string(key, value);
+    checker.error(Some(&value.span()), Some(key), Problem::TlsPairIncomplete);
+    None
 }
 
 /// The `[network]` keys, checked together because they depend on each other.
