@@ -21,6 +21,22 @@ use tdx_abi::{
 
 const G: u64 = 0x20_0000;
 
+/// A platform of two packages (one logical CPU each).
+fn two_packages() -> Platform {
+    Platform::with_config(super::testing::PlatformConfig {
+        num_packages: 2,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// TDH.PHYMEM.CACHE.WB with command `rcx` on logical CPU `lp`: its status.
+fn cache_wb(p: &Platform, lp: u32, rcx: u64) -> TdxStatus {
+    let mut r = regs(Leaf::PhymemCacheWb, rcx, 0, 0);
+    p.lp(lp).unwrap().seamcall(&mut r);
+    TdxStatus(r.rax)
+}
+
 fn runnable(p: &Platform) -> TestTd {
     p.runnable_td(&TdOptions::default()).unwrap()
 }
@@ -1319,11 +1335,7 @@ fn racing_augs_on_one_gfn_map_it_exactly_once() {
 
 #[test]
 fn teardown_order_is_enforced() {
-    let p = Platform::with_config(super::testing::PlatformConfig {
-        num_packages: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    let p = two_packages();
     let td = runnable(&p);
     let page = p.alloc_page().unwrap();
     p.aug(&td, Gpa(G), PageLevel::L4K, page).unwrap();
@@ -2694,16 +2706,8 @@ fn two_mib_pages_count_512_children_and_hold_back_the_tdr() {
 /// interrupted session.
 #[test]
 fn cache_wb_commands_interruption_and_resumption() {
-    let p = Platform::with_config(super::testing::PlatformConfig {
-        num_packages: 2,
-        ..Default::default()
-    })
-    .unwrap();
-    let wb = |lp: u32, rcx: u64| {
-        let mut r = regs(Leaf::PhymemCacheWb, rcx, 0, 0);
-        p.lp(lp).unwrap().seamcall(&mut r);
-        TdxStatus(r.rax)
-    };
+    let p = two_packages();
+    let wb = |lp: u32, rcx: u64| cache_wb(&p, lp, rcx);
     let interrupt = || {
         p.module.inject(
             Leaf::PhymemCacheWb,
@@ -2814,11 +2818,7 @@ fn key_freeid_order_and_kot_sharing() {
 /// package before KEY.FREEID.
 #[test]
 fn freeid_needs_cache_wb_on_every_configured_package() {
-    let p = Platform::with_config(super::testing::PlatformConfig {
-        num_packages: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    let p = two_packages();
     let tdr = p.alloc_page().unwrap();
     let hkid = 32 + 31;
     p.module
@@ -2832,11 +2832,7 @@ fn freeid_needs_cache_wb_on_every_configured_package() {
     p.module
         .call(regs(Leaf::MngVpFlushDone, tdr.0, 0, 0))
         .unwrap();
-    let wb = |lp: u32| {
-        let mut r = Regs::for_leaf(Leaf::PhymemCacheWb, 0);
-        p.lp(lp).unwrap().seamcall(&mut r);
-        TdxStatus(r.rax)
-    };
+    let wb = |lp: u32| cache_wb(&p, lp, 0);
     let freeid = || TdxStatus(raw(&p, regs(Leaf::MngKeyFreeId, tdr.0, 0, 0)).rax);
     assert_eq!(wb(0), TdxStatus::SUCCESS);
     assert_eq!(freeid(), TdxStatus::WBCACHE_NOT_COMPLETE);
