@@ -1,6 +1,7 @@
-//! Brings the TD runtime up at boot: reserve the TD memory, detect TDX, initialize the
-//! module (hardware or the software module over the reserved range) and the vCPU runners on
-//! the application processors, and say which module runs. Each step is recorded
+//! Brings the TD runtime up at boot: reserve the TD memory, detect TDX, and on a TDX machine
+//! put every logical CPU in VMX root operation and drive the machine's TDX module (else run
+//! the software module over the reserved range), then the vCPU runners on the application
+//! processors, and say which module runs. Each step is recorded
 //! ([`BringupLog`]) for `GET /v1/host`, also when bring-up fails.
 //!
 //! TD memory size: `td_memory` from the configuration, or by default most of the free RAM
@@ -25,7 +26,7 @@ use tdx_runtime::host::{
 use uefi::boot::{self, AllocateType, MemoryType};
 use uefi::mem::memory_map::MemoryMap;
 
-use crate::platform::{heap, mp::MpPlatform, phys::ReservedMemory, tdx_detect};
+use crate::platform::{heap, mp::MpPlatform, phys::ReservedMemory, tdx_detect, tdx_hardware};
 
 const MIB: u64 = 1 << 20;
 const M2: u64 = 2 * MIB;
@@ -142,17 +143,20 @@ pub fn bring_up(config: &ApplianceConfig) -> Result<Host, BringupFailure> {
     // alone (inside the allocation, after 2 MiB alignment), is never freed, and firmware
     // identity-maps it.
     let phys: Arc<dyn PhysMemory> = Arc::new(unsafe { ReservedMemory::new(base, size) });
-    let platform = Arc::new(MpPlatform::new());
-    let (status, detail) = platform.topology_step();
-    log.record(BringupStage::CpuTopology, status, detail);
+    // The wake-up interrupt first: the CPUs' resident loops halt between their work.
     if let Err(e) = crate::platform::wake::install() {
         warn!("runner CPUs spin when idle: no wake-up interrupt ({e:?})");
     }
-    let why_software = match tdx_detect::detect() {
+    if let Err(e) = crate::platform::seam_fault::install() {
+        warn!("a faulting SEAMCALL would hang this CPU: no #UD/#GP fixup handlers ({e:?})");
+    }
+    let platform = Arc::new(MpPlatform::new());
+    let (status, detail) = platform.topology_step();
+    log.record(BringupStage::CpuTopology, status, detail);
+    let (module, hkid_start, num_hkids) = match tdx_detect::detect() {
         Ok(p) => {
-            warn!(
-                "TDX hardware detected ({} KeyIDs from {}), but enabling VMX on every CPU is not \
-                 implemented: using the EMULATED TDX module",
+            info!(
+                "TDX hardware detected ({} KeyIDs from {}): using the TDX module",
                 p.num_hkids, p.hkid_start
             );
             log.ok(
@@ -162,30 +166,68 @@ pub fn bring_up(config: &ApplianceConfig) -> Result<Host, BringupFailure> {
                     p.num_hkids, p.hkid_start
                 ),
             );
-            "TDX hardware is present, but enabling VMX on every CPU is not implemented yet"
+            match tdx_hardware::enable_vmx_everywhere(&platform) {
+                Ok(detail) => {
+                    info!("{detail}");
+                    log.ok(BringupStage::VmxOn, detail);
+                }
+                Err(reason) => return Err(fail(log, BringupStage::VmxOn, reason)),
+            }
+            // SAFETY: detection found SEAMRR enabled and TDX KeyIDs partitioned (the BIOS
+            // loads the TDX module there), and every CPU is in VMX root operation; a module
+            // that is missing after all answers VMfailInvalid, a fault comes back as
+            // TDX_SEAMCALL_UD/GP, both typed errors of TDH.SYS.INIT.
+            let seam = unsafe { tdx_hardware::RunnerSeamcall::new(p) };
+            log.ok(
+                BringupStage::Module,
+                "the TDX module of this machine, through SEAMCALL",
+            );
+            (
+                HostModule::Hardware(Arc::new(seam)),
+                p.hkid_start,
+                p.num_hkids,
+            )
         }
         Err(why) => {
             warn!("no TDX hardware ({why}): using the EMULATED (software) TDX module");
-            log.failed(BringupStage::TdxDetect, format!("no TDX hardware: {why}"));
-            "there is no usable TDX hardware"
-        }
-    };
-    let module = match emulated(platform.as_ref(), base, size, &phys) {
-        Ok((module, engine)) => {
-            log.ok(
-                BringupStage::Module,
-                format!("the EMULATED (software) TDX module, as {why_software}; {engine}"),
+            // One real SEAMCALL, which faults here: proves that a fault comes back as a
+            // status (TDX_SEAMCALL_UD) instead of hanging the appliance.
+            let probe = match crate::platform::seam_fault::probe() {
+                Ok(found) => {
+                    info!("{found}");
+                    found
+                }
+                Err(odd) => {
+                    warn!("{odd}");
+                    odd
+                }
+            };
+            log.failed(
+                BringupStage::TdxDetect,
+                format!("no TDX hardware: {why}; {probe}"),
             );
-            module
+            log.skipped(BringupStage::VmxOn, "not needed: the software module runs");
+            match emulated(platform.as_ref(), base, size, &phys) {
+                Ok((module, engine)) => {
+                    log.ok(
+                        BringupStage::Module,
+                        format!(
+                            "the EMULATED (software) TDX module, as there is no usable TDX \
+                             hardware; {engine}"
+                        ),
+                    );
+                    (module, EMU_HKID_START, EMU_HKIDS)
+                }
+                Err(reason) => return Err(fail(log, BringupStage::Module, reason)),
+            }
         }
-        Err(reason) => return Err(fail(log, BringupStage::Module, reason)),
     };
     let host_config = HostConfig {
         memory: PlatformMemory {
             pool_base: Hpa(base),
             pool_size: size,
-            hkid_start: EMU_HKID_START,
-            num_hkids: EMU_HKIDS,
+            hkid_start,
+            num_hkids,
         },
         ..HostConfig::default()
     };

@@ -343,7 +343,29 @@ fn disk_host_reports_static_config(target: &Target) -> CheckResult {
         "config_source",
         "boot medium \\EFI\\BOOT\\appliance.toml",
     )?;
-    expect_field(&body, "token_source", "configured")
+    expect_field(&body, "token_source", "configured")?;
+    expect_seamcall_fault_probe(&body)
+}
+
+/// Without TDX (QEMU) the `tdx-detect` bring-up step makes one real SEAMCALL, which raises
+/// #UD: its detail must say that it came back as `TDX_SEAMCALL_UD`, i.e. the fault was
+/// turned into a status instead of hanging the appliance.
+fn expect_seamcall_fault_probe(body: &serde_json::Value) -> CheckResult {
+    let step = body
+        .get("bringup")
+        .and_then(serde_json::Value::as_array)
+        .and_then(|steps| {
+            steps
+                .iter()
+                .find(|s| s.get("step").and_then(serde_json::Value::as_str) == Some("tdx-detect"))
+        })
+        .ok_or_else(|| format!("no `tdx-detect` step in `bringup`: {body}"))?;
+    match step.get("detail").and_then(serde_json::Value::as_str) {
+        Some(detail) if detail.contains("TDX_SEAMCALL_UD") => Ok(()),
+        other => Err(format!(
+            "tdx-detect detail is {other:?}, expected the probe SEAMCALL's TDX_SEAMCALL_UD"
+        )),
+    }
 }
 
 fn logs_listening_at_static_address(target: &Target) -> CheckResult {

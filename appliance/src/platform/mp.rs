@@ -1,17 +1,31 @@
 //! Application processors through the PI MP Services protocol, as the TD runtime's
-//! [`Platform`]: one vCPU runner loop per application processor, started with a non-blocking
-//! `StartupThisAP` (with an event, no timeout) so it runs while the main CPU serves the API
-//! (UEFI PI specification vol. 2, `EFI_MP_SERVICES_PROTOCOL.StartupThisAP`). A loop returns when its runner parks (no vCPU bound),
-//! so an AP without work sits in MP Services' idle state instead of spinning; the host starts
-//! it again later, and [`MpPlatform::start_runner`] only dispatches to an AP once the event of
-//! its previous dispatch is signalled (a second StartupThisAP on a busy AP resets it).
+//! [`Platform`]. Each application processor gets one **resident loop**, dispatched with a
+//! non-blocking `StartupThisAP` (with an event, no timeout) the first time the host needs
+//! that CPU, and never returning to MP Services (UEFI PI specification vol. 2,
+//! `EFI_MP_SERVICES_PROTOCOL.StartupThisAP`). From then on the loop is the only way work
+//! reaches the CPU:
+//! * [`Platform::run_on_cpu`] posts a closure to the loop's call slot and waits for it
+//!   (TDH.SYS.LP.INIT, VMXON, WBINVD, per-package key configuration, TDH.VP.INIT);
+//! * [`Platform::start_runner`] hands the loop its vCPU runner, which it polls while it is
+//!   running;
+//! * between those, the loop halts until its local APIC timer or a wake-up IPI
+//!   ([`super::wake`]), so an idle CPU neither spins nor costs a host core under TCG.
 //!
-//! Packages: from each CPU's x2APIC ID (MP Services' processor ID; the main CPU's own CPUID)
-//! and the main CPU's CPUID topology leaf, with [`tdx_runtime::topology`]; a disagreement
-//! with MP Services' `location.package` is logged and the x2APIC IDs win.
+//! Why resident: on a TDX host every logical CPU executes VMXON before TDH.SYS.LP.INIT and
+//! stays in VMX root operation (TDX module 1.5 base spec, "TDX Module Lifecycle"). INIT is
+//! blocked in VMX root operation (Intel SDM vol. 3C, "Restrictions on VMX Operation"), and
+//! MP Services wakes an application processor that waits in its HLT loop with
+//! INIT-SIPI-SIPI (edk2 `UefiCpuPkg/Library/MpInitLib`, `PcdCpuApLoopMode` 1): once VMX is on,
+//! a CPU handed back to MP Services could never be dispatched again. The same loop serves the
+//! software module, so the path the hardware takes is the one every test boot runs.
+//!
+//! Packages: from each CPU's x2APIC ID, which every CPU reads from its own CPUID through its
+//! loop at start-up (MP Services' processor ID only where that fails), and the main CPU's
+//! CPUID topology leaf, with [`tdx_runtime::topology`]; a disagreement with MP Services'
+//! processor ID or `location.package` is logged and the CPUs' own IDs win.
 //!
 //! Rules for code on an application processor: no firmware calls, no logging, and no
-//! allocation from the UEFI pool — the runner loop only touches atomics, spin locks and the
+//! allocation from the UEFI pool — the loop only touches atomics, spin locks and the
 //! spin-locked heap (`platform::heap`). MP Services itself is only called from the main CPU.
 
 use alloc::format;
@@ -19,8 +33,10 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use log::{info, warn};
+use tdx_runtime::host::posted::POSTED_INTERRUPT_VECTOR;
 use tdx_runtime::host::runner::Runner;
 use tdx_runtime::host::{Platform, PlatformError, RunnerPoll, StepStatus};
 use tdx_runtime::topology::{CpuidRegs, Topology, TopologyError, TopologyShifts, X2ApicId, dense};
@@ -43,23 +59,90 @@ pub struct MpPlatform {
     packages: u32,
     /// How the packages were found, for the bring-up record.
     topology: (StepStatus, String),
-    /// Runner loops dispatched and not yet seen completed.
-    dispatches: spin::Mutex<Vec<Dispatch>>,
+    /// The resident loop of each of our CPU indices but 0 (index `n - 1` for CPU `n`).
+    loops: Vec<Arc<CpuLoop>>,
 }
 
-/// One runner loop handed to MP Services: its completion event and the `Arc<Runner>`
-/// reference leaked for it (both raw, so the platform stays `Send + Sync`; only the main CPU
-/// touches them).
-struct Dispatch {
-    cpu: u32,
-    event: *mut c_void,
-    runner: *const Runner,
+/// No call posted.
+const CALL_IDLE: u8 = 0;
+/// A call is posted and not yet taken.
+const CALL_POSTED: u8 = 1;
+/// The loop runs the call.
+const CALL_TAKEN: u8 = 2;
+/// The call returned.
+const CALL_DONE: u8 = 3;
+
+/// How long [`Platform::run_on_cpu`] waits for a loop to take a posted call (ms). A loop
+/// takes it between two vCPU entries, each bounded by the guest time slice.
+const CALL_TAKE_TIMEOUT_MS: u64 = 5_000;
+/// How long a loop with nothing to do halts before it looks again (ms); a posted call or
+/// a started runner wakes it at once.
+const IDLE_HALT_MS: u64 = 100;
+
+/// The resident loop of one application processor: what the main CPU hands it.
+struct CpuLoop {
+    /// MP Services processor number.
+    processor: usize,
+    /// x2APIC ID (for wake-up IPIs), as the CPU itself read it.
+    apic_id: AtomicU32,
+    /// The loop was dispatched (only the main CPU sets it).
+    started: AtomicBool,
+    /// CALL_IDLE, CALL_POSTED, CALL_TAKEN or CALL_DONE.
+    call_state: AtomicU8,
+    /// The posted call: the address of a `&(dyn Fn() + Sync)` on the caller's stack, valid
+    /// while the state is POSTED or TAKEN (the caller waits for DONE, or withdraws a call
+    /// that is still POSTED).
+    call: AtomicUsize,
+    /// Callers of [`Platform::run_on_cpu`] take turns.
+    callers: spin::Mutex<()>,
+    /// The runner this CPU polls while it runs.
+    runner: spin::Mutex<Option<Arc<Runner>>>,
 }
 
-// SAFETY: a `Dispatch` is only created, read and consumed on the main CPU (MP Services and
-// event services are main-CPU only); the raw pointers are handles, never dereferenced by APs
-// through this struct.
-unsafe impl Send for Dispatch {}
+impl CpuLoop {
+    /// Runs the posted call, if any (on the loop's CPU).
+    fn serve_call(&self) {
+        if self
+            .call_state
+            .compare_exchange(CALL_POSTED, CALL_TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let f = self.call.load(Ordering::Acquire) as *const &(dyn Fn() + Sync);
+        // SAFETY: the poster stored the address of a live `&(dyn Fn() + Sync)` before it set
+        // CALL_POSTED, and waits for CALL_DONE before its stack frame ends; having moved the
+        // state to CALL_TAKEN, the call can no longer be withdrawn.
+        let f = unsafe { &*f };
+        f();
+        self.call_state.store(CALL_DONE, Ordering::Release);
+    }
+}
+
+/// The resident loop: `arg` is an `Arc<CpuLoop>` leaked for it (never released: the loop
+/// never ends).
+extern "efiapi" fn resident_entry(arg: *mut c_void) {
+    // SAFETY: `ensure_loop` passes `Arc::into_raw` of the CPU's loop and never releases that
+    // reference, so the pointer stays valid for as long as this loop runs (forever).
+    let cpu = unsafe { &*(arg as *const CpuLoop) };
+    loop {
+        cpu.serve_call();
+        let runner = cpu.runner.lock().clone();
+        match runner {
+            Some(r) if r.is_running() => match r.poll() {
+                RunnerPoll::Busy | RunnerPoll::Parked => {}
+                RunnerPoll::Idle { sleep_ms } => super::wake::sleep(sleep_ms),
+                RunnerPoll::Exit => *cpu.runner.lock() = None,
+            },
+            // Parked (the host restarts it through `start_runner`, which wakes us) or none.
+            _ => {
+                if cpu.call_state.load(Ordering::Acquire) != CALL_POSTED {
+                    super::wake::sleep(IDLE_HALT_MS);
+                }
+            }
+        }
+    }
+}
 
 fn with_mp<R>(f: impl FnOnce(&MpServices) -> R) -> Option<R> {
     let handle = boot::get_handle_for_protocol::<MpServices>().ok()?;
@@ -87,26 +170,11 @@ fn topology_shifts() -> Result<TopologyShifts, TopologyError> {
 /// Most package disagreements logged one by one.
 const LOGGED_DISAGREEMENTS: usize = 8;
 
-/// Packages of the CPUs with x2APIC IDs `apic_ids` (CPU 0 = the main CPU, whose ID is
-/// re-read from its own CPUID), cross-checked against MP Services' `firmware` package
+/// Packages of the CPUs with x2APIC IDs `apic_ids` (as each CPU read its own), cross-checked against MP Services' `firmware` package
 /// numbers; falls back to those when the topology leaves are missing or inconsistent.
 /// Returns the dense package of each CPU, the package count and the bring-up record.
-fn assign_packages(
-    apic_ids: &mut [u32],
-    firmware: &[u32],
-) -> (Vec<u32>, u32, (StepStatus, String)) {
+fn assign_packages(apic_ids: &[u32], firmware: &[u32]) -> (Vec<u32>, u32, (StepStatus, String)) {
     let shifts = topology_shifts();
-    if let (Ok(s), Some(main)) = (&shifts, apic_ids.first_mut()) {
-        let own = cpuid(s.leaf().leaf(), 0).edx;
-        if *main != own {
-            warn!(
-                "CPU topology: MP Services reports APIC ID {:#x} for the main CPU, its CPUID \
-                 says x2APIC ID {own:#x}; using CPUID",
-                *main
-            );
-            *main = own;
-        }
-    }
     let ids: Vec<X2ApicId> = apic_ids.iter().map(|&a| X2ApicId(a)).collect();
     let derived = shifts.and_then(|s| Topology::new(&s, &ids).map(|t| (s, t)));
     match derived {
@@ -200,14 +268,113 @@ impl MpPlatform {
         });
         let (processors, mut apic_ids, firmware) =
             found.unwrap_or((alloc::vec![0], alloc::vec![0], alloc::vec![0]));
-        let (package_of, packages, topology) = assign_packages(&mut apic_ids, &firmware);
-        MpPlatform {
+        let loops = processors
+            .iter()
+            .zip(&apic_ids)
+            .skip(1)
+            .map(|(&processor, &apic_id)| {
+                Arc::new(CpuLoop {
+                    processor,
+                    apic_id: AtomicU32::new(apic_id),
+                    started: AtomicBool::new(false),
+                    call_state: AtomicU8::new(CALL_IDLE),
+                    call: AtomicUsize::new(0),
+                    callers: spin::Mutex::new(()),
+                    runner: spin::Mutex::new(None),
+                })
+            })
+            .collect();
+        let mut platform = MpPlatform {
             processors,
-            apic_ids,
-            package_of,
-            packages,
-            topology,
-            dispatches: spin::Mutex::new(Vec::new()),
+            apic_ids: apic_ids.clone(),
+            package_of: Vec::new(),
+            packages: 1,
+            topology: (StepStatus::Skipped, String::new()),
+            loops,
+        };
+        platform.read_own_apic_ids(&mut apic_ids);
+        let (package_of, packages, topology) = assign_packages(&apic_ids, &firmware);
+        platform.apic_ids = apic_ids;
+        platform.package_of = package_of;
+        platform.packages = packages;
+        platform.topology = topology;
+        platform
+    }
+
+    /// Has every CPU read its own x2APIC ID (CPUID leaf 0x1F/0xB, else the initial APIC ID in
+    /// CPUID leaf 1), through its resident loop, and replaces what MP Services reported where
+    /// they differ: wake-up IPIs and the package topology use these.
+    fn read_own_apic_ids(&self, apic_ids: &mut [u32]) {
+        let leaf = topology_shifts().ok().map(|s| s.leaf().leaf());
+        let mut differ = 0usize;
+        for (cpu, reported) in apic_ids.iter_mut().enumerate() {
+            let own = AtomicU32::new(*reported);
+            let read = self.run_on_cpu(cpu as u32, &|| {
+                let id = match leaf {
+                    Some(l) => cpuid(l, 0).edx,
+                    None => cpuid(1, 0).ebx >> 24,
+                };
+                own.store(id, Ordering::Release);
+            });
+            let own = own.load(Ordering::Acquire);
+            if let Err(e) = read {
+                warn!("CPU {cpu}: could not read its own APIC ID ({e}); using MP Services'");
+                continue;
+            }
+            if own != *reported {
+                differ += 1;
+                if differ <= LOGGED_DISAGREEMENTS {
+                    warn!(
+                        "CPU {cpu}: MP Services reports APIC ID {:#x}, the CPU reads x2APIC ID \
+                         {own:#x}; using the CPU's",
+                        *reported
+                    );
+                }
+                *reported = own;
+                if let Some(l) = (cpu as u32)
+                    .checked_sub(1)
+                    .and_then(|i| self.loops.get(i as usize))
+                {
+                    l.apic_id.store(own, Ordering::Release);
+                }
+            }
+        }
+        if differ > LOGGED_DISAGREEMENTS {
+            warn!("{differ} CPUs in all read another APIC ID than MP Services reports");
+        }
+    }
+
+    /// The resident loop of application processor `cpu`, dispatched if it is not yet (main
+    /// CPU only: MP Services).
+    fn ensure_loop(&self, cpu: u32) -> Result<&CpuLoop, PlatformError> {
+        let l = cpu
+            .checked_sub(1)
+            .and_then(|i| self.loops.get(i as usize))
+            .ok_or(PlatformError::NoSuchCpu(cpu))?;
+        if l.started.load(Ordering::Acquire) {
+            return Ok(l);
+        }
+        // SAFETY: a plain event (no notification function) that only MP Services signals;
+        // it is never closed, as the loop never returns.
+        let event = unsafe { boot::create_event(EventType::empty(), Tpl::CALLBACK, None, None) }
+            .map_err(|_| PlatformError::RunnerStart(cpu))?;
+        let arg = Arc::into_raw(l.clone()) as *mut c_void;
+        let started =
+            with_mp(|mp| mp.startup_this_ap(l.processor, resident_entry, arg, Some(event), None));
+        match started {
+            Some(Ok(())) => {
+                l.started.store(true, Ordering::Release);
+                info!(
+                    "CPU {cpu} (x2APIC ID {}): resident loop started",
+                    l.apic_id.load(Ordering::Acquire)
+                );
+                Ok(l)
+            }
+            _ => {
+                // SAFETY: the AP did not start, so nothing else holds this reference.
+                drop(unsafe { Arc::from_raw(arg as *const CpuLoop) });
+                Err(PlatformError::RunnerStart(cpu))
+            }
         }
     }
 
@@ -220,28 +387,6 @@ impl MpPlatform {
     pub fn topology_step(&self) -> (StepStatus, &str) {
         (self.topology.0, &self.topology.1)
     }
-}
-
-/// The runner loop an application processor runs: `arg` is an `Arc<Runner>` leaked for it.
-extern "efiapi" fn runner_entry(arg: *mut c_void) {
-    // SAFETY: `start_runner` passes `Arc::into_raw` of a runner and never releases that
-    // reference, so the pointer stays valid for as long as this loop runs.
-    let runner = unsafe { &*(arg as *const Runner) };
-    loop {
-        match runner.poll() {
-            RunnerPoll::Busy => {}
-            RunnerPoll::Idle { sleep_ms } => super::wake::sleep(sleep_ms),
-            RunnerPoll::Parked | RunnerPoll::Exit => return,
-        }
-    }
-}
-
-/// Runs the closure `arg` points to (`&&(dyn Fn() + Sync)`) on an application processor.
-extern "efiapi" fn call_entry(arg: *mut c_void) {
-    // SAFETY: `run_on_cpu` passes a pointer to a `&(dyn Fn() + Sync)` on its stack and blocks
-    // in StartupThisAP until this returns, so the reference is live throughout.
-    let f = unsafe { &*(arg as *const &(dyn Fn() + Sync)) };
-    f();
 }
 
 impl Platform for MpPlatform {
@@ -281,15 +426,39 @@ impl Platform for MpPlatform {
             f();
             return Ok(());
         }
-        let n = *self
-            .processors
-            .get(cpu as usize)
-            .ok_or(PlatformError::NoSuchCpu(cpu))?;
+        let l = self.ensure_loop(cpu)?;
+        let _turn = l.callers.lock();
         let arg: &(dyn Fn() + Sync) = f;
-        let ptr = &arg as *const &(dyn Fn() + Sync) as *mut c_void;
-        with_mp(|mp| mp.startup_this_ap(n, call_entry, ptr, None, None))
-            .and_then(|r| r.ok())
-            .ok_or(PlatformError::NoSuchCpu(cpu))
+        l.call.store(
+            &arg as *const &(dyn Fn() + Sync) as usize,
+            Ordering::Release,
+        );
+        l.call_state.store(CALL_POSTED, Ordering::Release);
+        super::wake::wake(l.apic_id.load(Ordering::Acquire));
+        let deadline = now_ms().saturating_add(CALL_TAKE_TIMEOUT_MS);
+        loop {
+            match l.call_state.load(Ordering::Acquire) {
+                CALL_DONE => break,
+                CALL_POSTED if now_ms() > deadline => {
+                    // Withdraw it unless the loop took it meanwhile (then wait for it: `arg`
+                    // lives on this stack frame).
+                    if l.call_state
+                        .compare_exchange(
+                            CALL_POSTED,
+                            CALL_IDLE,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_ok()
+                    {
+                        return Err(PlatformError::NoSuchCpu(cpu));
+                    }
+                }
+                _ => core::hint::spin_loop(),
+            }
+        }
+        l.call_state.store(CALL_IDLE, Ordering::Release);
+        Ok(())
     }
 
     fn runner_cpus(&self) -> Vec<u32> {
@@ -297,62 +466,26 @@ impl Platform for MpPlatform {
     }
 
     fn start_runner(&self, runner: Arc<Runner>) -> Result<(), PlatformError> {
-        let cpu = runner.cpu();
-        let n = *self
-            .processors
-            .get(cpu as usize)
-            .ok_or(PlatformError::NoSuchCpu(cpu))?;
-        let mut dispatches = self.dispatches.lock();
-        if let Some(i) = dispatches.iter().position(|d| d.cpu == cpu) {
-            let Some(d) = dispatches.get(i) else {
-                return Err(PlatformError::RunnerBusy(cpu));
-            };
-            // SAFETY: `d.event` came from `create_event` below and is closed only here, after
-            // which the dispatch is removed.
-            let Some(event) = (unsafe { uefi::Event::from_ptr(d.event) }) else {
-                return Err(PlatformError::RunnerBusy(cpu));
-            };
-            if !boot::check_event(&event).unwrap_or(false) {
-                // Still running (or just returning): StartupThisAP now would reset the AP.
-                return Err(PlatformError::RunnerBusy(cpu));
-            }
-            let done = dispatches.swap_remove(i);
-            let _ = boot::close_event(event);
-            // SAFETY: the AP finished `runner_entry` (its event is signalled), so the
-            // reference leaked for it is no longer used.
-            drop(unsafe { Arc::from_raw(done.runner) });
-        }
-        // SAFETY: a plain event (no notification function) that only MP Services signals.
-        let event = unsafe { boot::create_event(EventType::empty(), Tpl::CALLBACK, None, None) }
-            .map_err(|_| PlatformError::RunnerStart(cpu))?;
-        let event_ptr = event.as_ptr();
-        let arg = Arc::into_raw(runner) as *mut c_void;
-        let started = with_mp(|mp| mp.startup_this_ap(n, runner_entry, arg, Some(event), None));
-        match started {
-            Some(Ok(())) => {
-                dispatches.push(Dispatch {
-                    cpu,
-                    event: event_ptr,
-                    runner: arg as *const Runner,
-                });
-                Ok(())
-            }
-            _ => {
-                // SAFETY: the AP did not start, so nothing else holds this reference.
-                drop(unsafe { Arc::from_raw(arg as *const Runner) });
-                Err(PlatformError::RunnerStart(cpu))
-            }
-        }
+        let l = self.ensure_loop(runner.cpu())?;
+        *l.runner.lock() = Some(runner);
+        super::wake::wake(l.apic_id.load(Ordering::Acquire));
+        Ok(())
     }
 
     fn kick_cpu(&self, cpu: u32) {
-        // Wakes a runner sleeping between polls. A vCPU inside TDH.VP.ENTER on the software
-        // module leaves through the module's kick flag; with the hardware module the IPI
-        // makes it exit, but nothing posts to its vCPUs yet.
+        // Wakes a loop halted between polls. A vCPU inside TDH.VP.ENTER on the software
+        // module leaves through the module's kick flag (and this IPI); on the hardware
+        // module the IPI makes it exit.
         if cpu != 0
             && let Some(&id) = self.apic_ids.get(cpu as usize)
         {
             super::wake::wake(id);
+        }
+    }
+
+    fn notify_posted_interrupt(&self, cpu: u32) {
+        if let Some(&id) = self.apic_ids.get(cpu as usize) {
+            super::wake::send(id, POSTED_INTERRUPT_VECTOR);
         }
     }
 }

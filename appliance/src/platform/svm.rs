@@ -15,7 +15,7 @@ use tdx_svm::GuestRegisters;
 
 /// The longest a guest runs without an exit (µs): then the runner's APIC timer ends it, so
 /// the runner can serve its other vCPUs, deliver kicks and notice a stop.
-const GUEST_SLICE_US: u64 = 2_000;
+pub(crate) const GUEST_SLICE_US: u64 = 2_000;
 
 /// The guest CPU of the software module.
 pub struct SvmGuestCpu {

@@ -15,6 +15,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use uefi::proto::unsafe_protocol;
 use uefi::{Status, StatusExt};
 
+use tdx_runtime::host::posted::POSTED_INTERRUPT_VECTOR;
+
 use super::clock::{read_tsc, ticks_per_ms};
 
 /// The wake-up vector (timer and IPI). High priority class, unused by the firmware.
@@ -106,15 +108,19 @@ unsafe extern "efiapi" fn wake_handler(_vector: isize, _context: *mut c_void) {
     write_reg(REG_EOI, 0, 0);
 }
 
-/// Registers the wake-up handler (main CPU, once). Without it runners keep spinning.
+/// Registers the wake-up handler for [`WAKE_VECTOR`] and the posted-interrupt notification
+/// vector (main CPU, once). Without it runners keep spinning. A notification reaches the
+/// handler only when it arrives at a CPU outside the TD; inside, the processor consumes it.
 pub fn install() -> uefi::Result {
     let cpu = super::arch_protocol::<CpuArch>()?;
-    // SAFETY: the table has the protocol's layout; the handler is a plain function that
-    // lives for the program's lifetime and only writes this CPU's EOI register.
-    unsafe {
-        (cpu.0.register_interrupt_handler)(&cpu.0, isize::from(WAKE_VECTOR), Some(wake_handler))
+    for vector in [WAKE_VECTOR, POSTED_INTERRUPT_VECTOR] {
+        // SAFETY: the table has the protocol's layout; the handler is a plain function that
+        // lives for the program's lifetime and only writes this CPU's EOI register.
+        unsafe {
+            (cpu.0.register_interrupt_handler)(&cpu.0, isize::from(vector), Some(wake_handler))
+        }
+        .to_result()?;
     }
-    .to_result()?;
     INSTALLED.store(true, Ordering::Release);
     Ok(())
 }
@@ -197,8 +203,20 @@ pub fn arm_slice(us: u64) {
 
 /// Wakes the CPU with local APIC ID `apic_id` if it sleeps in [`sleep`].
 pub fn wake(apic_id: u32) {
+    send(apic_id, WAKE_VECTOR);
+}
+
+/// Sends `vector` (one with a registered handler) to the CPU with local APIC ID `apic_id`.
+pub fn send(apic_id: u32, vector: u8) {
     if INSTALLED.load(Ordering::Acquire) {
         // Fixed delivery, physical destination, no shorthand.
-        write_reg(REG_ICR_LOW, u32::from(WAKE_VECTOR), apic_id);
+        write_reg(REG_ICR_LOW, u32::from(vector), apic_id);
     }
+}
+
+/// Signals end of interrupt on this CPU: for an interrupt the processor acknowledged on a
+/// VM exit ("acknowledge interrupt on exit", which the TDX module sets with posted
+/// interrupts), which no handler ran for.
+pub fn end_of_interrupt() {
+    write_reg(REG_EOI, 0, 0);
 }

@@ -62,3 +62,38 @@ pub const QUAL_READ: u64 = 1 << 0;
 pub const QUAL_WRITE: u64 = 1 << 1;
 /// GPR mask a TDVMCALL exposes (R10–R15).
 pub const TDVMCALL_GPR_MASK: u64 = 0xFC00;
+
+/// VM-exit interruption information: the vector (bits 7:0) is valid (bit 31).
+const INTERRUPTION_INFO_VALID: u64 = 1 << 31;
+
+/// The vector of the host interrupt that ended a TDH.VP.ENTER, when the processor
+/// acknowledged it on the exit: an external-interrupt exit (basic reason 1 in RAX bits 15:0)
+/// whose VM-exit interruption information (R9, as TDX module 1.5 `async_tdexit_internal` in
+/// `src/td_transitions/td_exit.c` returns it) is valid. The TDX module sets "acknowledge
+/// interrupt on exit" (required with posted interrupts), so the interrupt is no longer
+/// pending in the local APIC: the host must handle it (at least signal end of interrupt),
+/// as KVM's `tdx_handle_exit_irqoff` does with `tdexit_intr_info`.
+pub fn acknowledged_vector(rax: u64, r9: u64) -> Option<u8> {
+    (rax & 0xFFFF == EXTERNAL_INTERRUPT && r9 & INTERRUPTION_INFO_VALID != 0)
+        .then_some((r9 & 0xFF) as u8)
+}
+
+#[cfg(test)]
+mod acknowledged {
+    use super::*;
+
+    #[test]
+    fn only_a_valid_external_interrupt_exit_names_a_vector() {
+        assert_eq!(
+            acknowledged_vector(EXTERNAL_INTERRUPT, 1 << 31 | 0xF8),
+            Some(0xF8)
+        );
+        assert_eq!(acknowledged_vector(EXTERNAL_INTERRUPT, 0xF8), None);
+        assert_eq!(acknowledged_vector(TDCALL, 1 << 31 | 0xF8), None);
+        // Status bits above the exit reason do not hide it.
+        assert_eq!(
+            acknowledged_vector(0x8000_0000_0000_0000 | EXTERNAL_INTERRUPT, 1 << 31 | 0x30),
+            Some(0x30)
+        );
+    }
+}

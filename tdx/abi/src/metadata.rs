@@ -150,6 +150,11 @@ pub mod vcpu {
     pub const POSTED_INTR_DESC_ADDR: u64 = td_vmcs(0x2016, 3);
     /// TD-VMCS shared EPTP (64-bit field 0x203C).
     pub const SHARED_EPTP: u64 = td_vmcs(0x203C, 3);
+    /// TD-VMCS pin-based VM-execution controls (32-bit field 0x4000); the host may write
+    /// only [`PIN_BASED_POSTED_INTERRUPTS`] (production write mask 0x80).
+    pub const PIN_BASED_CONTROLS: u64 = td_vmcs(0x4000, 2);
+    /// "Process posted interrupts" (bit 7 of the pin-based controls).
+    pub const PIN_BASED_POSTED_INTERRUPTS: u64 = 1 << 7;
 }
 
 #[cfg(test)]
@@ -254,14 +259,20 @@ mod encoding {
             ("POSTED_INTR_NV", vcpu::POSTED_INTR_NV, 2),
             ("POSTED_INTR_DESC_ADDR", vcpu::POSTED_INTR_DESC_ADDR, 8),
             ("SHARED_EPTP", vcpu::SHARED_EPTP, 8),
+            ("PIN_BASED_CONTROLS", vcpu::PIN_BASED_CONTROLS, 4),
         ] {
             check(name, id, 2, bytes);
         }
+        // As listed in intel/tdx-module TDX_1.5.01 `include/auto_gen/td_vmcs_fields_lookup.c`.
+        assert_eq!(vcpu::POSTED_INTR_NV, 0x0024_0001_0000_0002);
+        assert_eq!(vcpu::POSTED_INTR_DESC_ADDR, 0x0024_0003_0000_2016);
+        assert_eq!(vcpu::PIN_BASED_CONTROLS, 0x0024_0002_0000_4000);
         // TD-VMCS fields: class 0 with INC_SIZE, the VMCS encoding as the field code.
         for id in [
             vcpu::POSTED_INTR_NV,
             vcpu::POSTED_INTR_DESC_ADDR,
             vcpu::SHARED_EPTP,
+            vcpu::PIN_BASED_CONTROLS,
         ] {
             assert_eq!((id >> 56) & 0x3F, 0);
             assert_eq!((id >> 50) & 1, 1);

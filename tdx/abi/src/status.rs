@@ -158,6 +158,33 @@ statuses! {
     METADATA_FIELD_ID_INCORRECT = 0xC000_0C00_0000_0000;
     METADATA_FIELD_NOT_WRITABLE = 0xC000_0C01_0000_0000;
     METADATA_FIELD_NOT_READABLE = 0xC000_0C02_0000_0000;
+    TD_VMCS_FIELD_NOT_INITIALIZED = 0xC000_0730_0000_0000;
+}
+
+/// Statuses the host's SEAMCALL path makes up when the instruction itself did not complete
+/// (Linux `arch/x86/include/asm/tdx.h`): `TDX_SW_ERROR` is the error bit with class 0xFF
+/// (bits 47:40), a class the TDX module never returns; the low bits say what happened. They
+/// are whole values, not codes with an operand ID, so they are named by their full value.
+impl TdxStatus {
+    /// `TDX_SEAMCALL_VMFAILINVALID`: the instruction failed with VMfailInvalid (CF set: no
+    /// module loaded).
+    pub const SEAMCALL_VMFAILINVALID: TdxStatus = TdxStatus(0x8000_FF00_FFFF_0000);
+    /// `TDX_SEAMCALL_GP`: the instruction raised #GP (vector 13).
+    pub const SEAMCALL_GP: TdxStatus = TdxStatus(0x8000_FF00_0000_000D);
+    /// `TDX_SEAMCALL_UD`: the instruction raised #UD (vector 6): the CPU is not in VMX root
+    /// operation or has no SEAM.
+    pub const SEAMCALL_UD: TdxStatus = TdxStatus(0x8000_FF00_0000_0006);
+}
+
+/// The name of a software-defined status ([`TdxStatus::SEAMCALL_UD`] and its siblings), if
+/// `status` is one (the whole value is compared).
+pub fn software_status_name(status: TdxStatus) -> Option<&'static str> {
+    match status {
+        TdxStatus::SEAMCALL_VMFAILINVALID => Some("SEAMCALL_VMFAILINVALID"),
+        TdxStatus::SEAMCALL_GP => Some("SEAMCALL_GP"),
+        TdxStatus::SEAMCALL_UD => Some("SEAMCALL_UD"),
+        _ => None,
+    }
 }
 
 impl TdxStatus {
@@ -222,6 +249,9 @@ impl fmt::Debug for TdxStatus {
 
 impl fmt::Display for TdxStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(name) = software_status_name(*self) {
+            return write!(f, "TDX_{name}");
+        }
         match status_name(*self) {
             Some(name) => write!(f, "TDX_{name}"),
             None => write!(f, "status {:#018x}", self.code().0),
@@ -257,5 +287,28 @@ mod tests {
             alloc::format!("{s}"),
             "TDX_EPT_ENTRY_STATE_INCORRECT (operand 1)"
         );
+    }
+
+    #[test]
+    fn software_statuses_are_named_by_their_whole_value() {
+        assert_eq!(
+            alloc::format!("{}", TdxStatus::SEAMCALL_UD),
+            "TDX_SEAMCALL_UD"
+        );
+        assert_eq!(
+            alloc::format!("{}", TdxStatus::SEAMCALL_GP),
+            "TDX_SEAMCALL_GP"
+        );
+        assert_eq!(
+            alloc::format!("{}", TdxStatus(0x8000_FF00_FFFF_0000)),
+            "TDX_SEAMCALL_VMFAILINVALID"
+        );
+        // Another low part in the software class is not one of them.
+        assert_eq!(
+            alloc::format!("{}", TdxStatus(0x8000_FF00_0000_0007)),
+            "status 0x8000ff0000000000 (operand 7)"
+        );
+        assert!(TdxStatus::SEAMCALL_UD.is_error() && !TdxStatus::SEAMCALL_UD.is_busy());
+        assert_eq!(TdxStatus::SEAMCALL_GP.class(), 0xFF);
     }
 }

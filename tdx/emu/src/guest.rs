@@ -7,30 +7,33 @@
 //! | --- | --- | --- |
 //! | external interrupt (kick or emulated timer) | 1 | – |
 //! | triple fault (shutdown) | 2 | – |
-//! | EPT violation | 48 | RCX exit qualification (bit 0 read, bit 1 write), RDX extended exit qualification (bits 3:0 type: 0 normal, 1 ACCEPT, 6 PENDING_EPT_VIOLATION; bits 34:32 the guest's accept level for type ACCEPT), R8 GPA |
+//! | EPT violation | 48 | RCX exit qualification (bit 0 read, bit 1 write; for ACCEPT bit 1 and bits 5:3 the R/W/X of the S-EPT entry that stopped it), RDX extended exit qualification (bits 3:0 type: 0 normal, 1 ACCEPT, 6 PENDING_EPT_VIOLATION; for ACCEPT bits 63:32 `tdaccept_vmx_eeq_info_t`: 34:32 the requested level, 37:35 the level and 45:38 the state of the entry that stopped it, 46 whether that entry is a leaf), R8 GPA (bits 11:0 clear), R9–R15 0 |
 //! | TDCALL (TDVMCALL) | 77 | RCX GPR mask (0xFC00: R10–R15), R10 0 (standard TDVMCALL), R11 subfunction, R12–R15 arguments |
 //!
 //! TDVMCALL subfunctions: Instruction.HLT (12; R12 = 0), Instruction.IO (30; R12 size 1,
 //! R13 direction 1 = out, R14 port 0x3F8, R15 byte), MapGPA (0x10001; R12 GPA with the shared
 //! bit set for to-shared, R13 size), ReportFatalError (0x10003; R12 error code).
 //! The host answers a TDVMCALL in the *next* VP.ENTER's inputs: R10 = status (0 success,
-//! 1 RETRY with R11 = next GPA for MapGPA), R11 = value. Unsure points, documented as such:
-//! the accept-level encoding follows the 2025–2026 huge-page RFCs
-//! (`TDX_EXT_EXIT_QUAL_INFO_SHIFT` 32, level in bits 2:0); the exact exit-qualification bits
-//! beyond read/write are not modelled.
+//! 1 RETRY with R11 = next GPA for MapGPA), R11 = value. EPT-violation exits follow
+//! intel/tdx-module 1.5.01: `tdx_ept_violation_exit_to_vmm` (`src/td_dispatcher/vm_exits/
+//! td_other_exits.c`) clears exit-qualification bits 12:7 and GPA bits 11:0 and
+//! `async_tdexit_internal` (`src/td_transitions/td_exit.c`) puts RAX = TDX_SUCCESS | the VMX
+//! exit reason (bits 31:0), RCX = the qualification (bits 33:32 = the VM, 0 here), RDX = the
+//! extended qualification, R8 = the GPA, R9 = 0 (no interruption information) and zeroes
+//! R10–R15, RBX, RSI, RDI; TDG.MEM.PAGE.ACCEPT's exit is `async_tdexit_ept_violation`
+//! (`td_other_exits.c`). Not modelled: the hardware's bits 5:3 for plain violations (always
+//! 0: the S-EPT entries a workload faults on are not present).
 //!
 //! TLB tracking: entry increments the refcount of the current epoch under the epoch lock
 //! (shared; `TDX_OPERAND_BUSY | TD_EPOCH` while TDH.MEM.TRACK holds it) and the exit
 //! decrements it, so a vCPU inside VP.ENTER keeps pages blocked in its epoch from being
-//! removed until it is kicked out. Zero-step mitigation: after `zero_step_threshold` EPT
-//! violations at one guest RIP, VP.ENTER must take the S-EPT tree lock exclusively (else
-//! `TDX_OPERAND_BUSY | SEPT_TREE`) to check whether the faulting GPA is now mapped.
+//! removed until it is kicked out. Zero-step mitigation: see [`Stepping`].
 
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 
 use super::sept::{self, SeptTree};
-use super::td::{NO_LP, Td, Vcpu};
+use super::td::{Td, Vcpu, check_and_associate};
 use super::workload::{Access, Order, Step, Workload};
 use super::{EmulatedModule, LeafResult, LockMode};
 use tdx_abi::seamcall::Regs;
@@ -63,9 +66,66 @@ pub struct GuestState {
     pending: Pending,
     shutdown: bool,
     fatal_code: Option<u64>,
-    last_fault_rip: u64,
-    fault_count: u32,
-    last_fault_gpa: Option<Gpa>,
+    /// Zero-step tracking (TDVPS fields of the real module).
+    pub(crate) stepping: Stepping,
+}
+
+/// EPF GPAs the real module remembers per vCPU (`EPF_GPA_LIST_SIZE`, intel/tdx-module
+/// `src/common/data_structures/tdx_tdvps.h`).
+const EPF_GPA_LIST_SIZE: usize = 32;
+
+/// The zero-step mitigation state of a vCPU, after intel/tdx-module 1.5.01
+/// `src/td_transitions/td_exit_stepping.c`:
+/// * TDH.VP.ENTER records the guest RIP it enters at (`td_entry_stepping_filter`);
+/// * every exit at another RIP (forward progress) clears the count and the GPA list
+///   (`vmexit_stepping_filter`, and `td_exit_epf_stepping_log` again);
+/// * each EPT-violation TD exit on a private GPA that is not turned into a #VE
+///   (`td_ept_violation_exit` in `src/td_dispatcher/vm_exits/td_ept_violation.c`; not the
+///   exits of TDG.MEM.PAGE.ACCEPT) raises `possibly_epf_stepping` up to the threshold
+///   (`STEPPING_EPF_THRESHOLD` = 6); once there, each further one adds its GPA to the list
+///   (up to 32, no duplicates);
+/// * while the list is not empty, TDH.VP.ENTER takes the S-EPT tree lock exclusively after
+///   the TLB-tracking step (busy: `TDX_OPERAND_BUSY | SEPT_TREE`), and if any listed GPA
+///   would still fault (any S-EPT state but MAPPED: `is_epf_expected`, no violation is
+///   convertible since every S-EPT entry sets SUPPRESS_VE), does not enter but returns an
+///   emulated EPT-violation exit for that GPA (`emulate_ept_violation_td_exit` in
+///   `tdh_vp_enter.c`). Mapping the GPA does not clear the list; only progress does.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Stepping {
+    /// Guest RIP at the last TD entry (`guest_rip_on_tdentry`).
+    rip_on_entry: u64,
+    /// `possibly_epf_stepping`.
+    count: u32,
+    /// `last_epf_gpa_list`.
+    gpas: alloc::vec::Vec<u64>,
+}
+
+impl Stepping {
+    /// TD entry at `rip`.
+    pub(crate) fn entered(&mut self, rip: u64) {
+        self.rip_on_entry = rip;
+    }
+    /// A VM exit at `rip`: progress since the entry ends the tracking.
+    pub(crate) fn exited(&mut self, rip: u64) {
+        if rip != self.rip_on_entry {
+            self.count = 0;
+            self.gpas.clear();
+        }
+    }
+    /// An EPT-violation TD exit at `rip` on private `gpa`, with `threshold` the
+    /// STEPPING_EPF_THRESHOLD.
+    pub(crate) fn log_epf(&mut self, rip: u64, gpa: u64, threshold: u32) {
+        self.exited(rip);
+        if self.count < threshold {
+            self.count += 1;
+        } else if self.gpas.len() < EPF_GPA_LIST_SIZE && !self.gpas.contains(&gpa) {
+            self.gpas.push(gpa);
+        }
+    }
+    /// Whether the next TD entry must check the listed GPAs.
+    pub(crate) fn armed(&self) -> bool {
+        !self.gpas.is_empty()
+    }
 }
 
 /// Register values of one exit.
@@ -103,19 +163,74 @@ impl Exit {
             ..Exit::default()
         }
     }
-    fn ept(gpa: Gpa, qual: u64, ext_type: u64, level: PageLevel) -> Exit {
-        let info = if ext_type == exit::EXT_QUAL_TYPE_ACCEPT {
-            level.raw() << exit::EXT_QUAL_INFO_SHIFT
-        } else {
-            0
-        };
+    /// An EPT-violation exit from the guest's access (`tdx_ept_violation_exit_to_vmm`: GPA
+    /// bits 11:0 cleared).
+    fn ept(gpa: Gpa, qual: u64, ext_type: u64) -> Exit {
         Exit {
             reason: exit::EPT_VIOLATION,
             rcx: qual,
-            rdx: ext_type | info,
-            r8: gpa.0,
+            rdx: ext_type,
+            r8: gpa.0 & !0xFFF,
             ..Exit::default()
         }
+    }
+    /// The exit of a TDG.MEM.PAGE.ACCEPT of `gpa` at `req` that the S-EPT entry `word` at
+    /// `err` level stopped (`async_tdexit_ept_violation` in intel/tdx-module
+    /// `src/td_dispatcher/vm_exits/td_other_exits.c`; `tdaccept_vmx_eeq_info_t` in
+    /// `include/tdx_api_defs.h`): a write, with the entry's R/W/X in qualification bits 5:3;
+    /// extended qualification type ACCEPT with, from bit 32, the requested level (3 bits),
+    /// the entry's level (3 bits), its public state (8 bits) and whether it is a leaf.
+    fn accept(gpa: Gpa, req: PageLevel, err: PageLevel, word: u64) -> Exit {
+        use tdx_abi::sept::entry_bits::{LEAF, RWX};
+        let arch = sept::arch_entry(word, err);
+        let info = req.raw()
+            | err.raw() << 3
+            | u64::from(sept::state_of(word) as u8) << 6
+            | u64::from(arch & LEAF != 0) << 14;
+        Exit {
+            reason: exit::EPT_VIOLATION,
+            rcx: exit::QUAL_WRITE | (arch & RWX) << 3,
+            rdx: exit::EXT_QUAL_TYPE_ACCEPT | info << exit::EXT_QUAL_INFO_SHIFT,
+            r8: gpa.0 & !0xFFF,
+            ..Exit::default()
+        }
+    }
+    /// The emulated exit of a TD entry the zero-step mitigation refused
+    /// (`emulate_ept_violation_td_exit` in intel/tdx-module `src/td_transitions/tdh_vp_enter.c`):
+    /// a write, no extended qualification, the GPA with bits 11:0 cleared.
+    fn zero_step(gpa: u64) -> Exit {
+        Exit {
+            reason: exit::EPT_VIOLATION,
+            rcx: exit::QUAL_WRITE,
+            r8: gpa & !0xFFF,
+            ..Exit::default()
+        }
+    }
+    /// Whether this exit is one `td_ept_violation_exit` logs for the zero-step mitigation:
+    /// an EPT violation that TDG.MEM.PAGE.ACCEPT did not cause.
+    fn is_logged_epf(&self) -> bool {
+        self.reason == exit::EPT_VIOLATION
+            && self.rdx & exit::EXT_QUAL_TYPE_MASK != exit::EXT_QUAL_TYPE_ACCEPT
+    }
+    /// The exit reason and the output registers (all others zero).
+    pub(crate) fn regs(&self) -> (u64, Regs) {
+        (
+            self.reason,
+            Regs {
+                rax: 0,
+                rcx: self.rcx,
+                rdx: self.rdx,
+                r8: self.r8,
+                r9: 0,
+                r10: self.r10,
+                r11: self.r11,
+                r12: self.r12,
+                r13: self.r13,
+                r14: self.r14,
+                r15: self.r15,
+                ..Regs::default()
+            },
+        )
     }
 }
 
@@ -140,9 +255,7 @@ impl GuestState {
             pending: Pending::None,
             shutdown: false,
             fatal_code: None,
-            last_fault_rip: u64::MAX,
-            fault_count: 0,
-            last_fault_gpa: None,
+            stepping: Stepping::default(),
         }
     }
 
@@ -169,9 +282,10 @@ impl GuestState {
         ((self.step as u64) << 48) ^ (self.unit << 10) ^ self.sub
     }
 
-    /// Consecutive EPT violations at the current RIP.
+    /// The zero-step counter (`possibly_epf_stepping`): EPT-violation exits at the RIP of
+    /// the last entry, up to the threshold.
     pub fn zero_step_count(&self) -> u32 {
-        self.fault_count
+        self.stepping.count
     }
 
     fn next_step(&mut self) {
@@ -179,22 +293,6 @@ impl GuestState {
         self.unit = 0;
         self.sub = 0;
         self.fallback = false;
-    }
-
-    fn progressed(&mut self) {
-        self.fault_count = 0;
-        self.last_fault_gpa = None;
-    }
-
-    fn record_fault(&mut self, gpa: Gpa) {
-        let rip = self.rip();
-        if rip == self.last_fault_rip {
-            self.fault_count = self.fault_count.saturating_add(1);
-        } else {
-            self.last_fault_rip = rip;
-            self.fault_count = 1;
-        }
-        self.last_fault_gpa = Some(gpa);
     }
 }
 
@@ -222,35 +320,21 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 }
 
 impl EmulatedModule {
+    /// TDH.VP.ENTER (intel/tdx-module `src/td_transitions/tdh_vp_enter.c`): TDVPR, TD
+    /// state, association, then the TLB-tracking step (the epoch lock shared: busy on
+    /// TD_EPOCH), then the zero-step filter ([`Stepping`]; busy on SEPT_TREE, or an emulated
+    /// EPT-violation exit, both after undoing the TLB-tracking step), then the guest runs.
     pub(super) fn leaf_vp_enter(&self, lp: u32, r: &mut Regs) -> LeafResult {
-        let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
+        // TDVPR shared, as `tdh_vp_enter` (intel/tdx-module `src/td_transitions/
+        // tdh_vp_enter.c`) takes it: the association below keeps every other LP out, and
+        // TDH.VP.FLUSH (exclusive) waits.
+        let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Shared, OperandId::RCX)?;
         let td = vcpu.td.clone();
         self.check_td_state(&td, Leaf::VpEnter)?;
-        if !vcpu.initialized.load(Ordering::Acquire) {
-            return Err(TdxStatus::VCPU_STATE_INCORRECT);
-        }
-        let assoc = vcpu.assoc_lp.load(Ordering::Acquire);
-        if assoc != NO_LP && assoc != u64::from(lp) {
-            return Err(TdxStatus::VCPU_ASSOCIATED);
-        }
+        check_and_associate(&vcpu, lp)?;
         let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
-        // TDVPR is held exclusively: nobody else touches the guest state now.
+        // Associated with this LP, TDVPR held: no other LP touches the guest state now.
         let mut g = vcpu.guest.lock();
-        if g.fault_count >= self.cfg.limits.zero_step_threshold {
-            let _x = td
-                .tree_lock
-                .try_lock(LockMode::Exclusive)
-                .ok_or(TdxStatus::OPERAND_BUSY.with_operand(OperandId::SEPT_TREE))?;
-            if let Some(gpa) = g.last_fault_gpa {
-                let w = tree.walk_to_leaf(gpa);
-                if matches!(
-                    sept::state_of(w.word),
-                    SeptState::Mapped | SeptState::Pending
-                ) {
-                    g.progressed();
-                }
-            }
-        }
         let epoch = {
             let _e = td
                 .epoch_lock
@@ -261,33 +345,41 @@ impl EmulatedModule {
             epoch
         };
         vcpu.epoch.store(epoch, Ordering::Release);
-        vcpu.assoc_lp.store(u64::from(lp), Ordering::Release);
+        let revert = || {
+            td.refcount[(epoch & 1) as usize].fetch_sub(1, Ordering::AcqRel);
+        };
+        if g.stepping.armed() {
+            // `td_entry_stepping_filter`: the tree lock is held for the check only (released
+            // before the guest runs).
+            let Some(_x) = td.tree_lock.try_lock(LockMode::Exclusive) else {
+                revert();
+                return Err(TdxStatus::OPERAND_BUSY.with_operand(OperandId::SEPT_TREE));
+            };
+            let expected =
+                g.stepping.gpas.iter().copied().find(|&gpa| {
+                    sept::state_of(tree.walk_to_leaf(Gpa(gpa)).word) != SeptState::Mapped
+                });
+            if let Some(gpa) = expected {
+                revert();
+                let (reason, out) = Exit::zero_step(gpa).regs();
+                // RBP is not among the registers the emulated exit writes.
+                *r = Regs { rbp: r.rbp, ..out };
+                return Ok(TdxStatus(reason));
+            }
+        }
         if !g.is_declared()
             && let Some(cpu) = self.guest_cpu.get()
         {
             drop(g);
             let status = self.svm_enter(&td, tree, &vcpu, &**cpu, r);
-            td.refcount[(epoch & 1) as usize].fetch_sub(1, Ordering::AcqRel);
+            revert();
             return status;
         }
         let out = self.run_guest(&td, tree, &vcpu, &mut g, r);
-        td.refcount[(epoch & 1) as usize].fetch_sub(1, Ordering::AcqRel);
-        *r = Regs {
-            rax: 0,
-            rcx: out.rcx,
-            rdx: out.rdx,
-            r8: out.r8,
-            r9: 0,
-            r10: out.r10,
-            r11: out.r11,
-            r12: out.r12,
-            r13: out.r13,
-            r14: out.r14,
-            r15: out.r15,
-            // Not exposed by any exit a workload makes: zero, as the module leaves them.
-            ..Regs::default()
-        };
-        Ok(TdxStatus(out.reason))
+        revert();
+        let (reason, regs) = out.regs();
+        *r = regs;
+        Ok(TdxStatus(reason))
     }
 
     /// Takes the host's answer to the pending TDVMCALL from the VP.ENTER inputs.
@@ -345,6 +437,21 @@ impl EmulatedModule {
             return Exit::plain(exit::TRIPLE_FAULT);
         }
         self.resume_tdvmcall(td, g, r);
+        // The workload's RIP after the answered TDVMCALL (the module advanced it at that
+        // exit) is the RIP this entry enters at.
+        g.stepping.entered(g.rip());
+        let out = self.run_workload(td, tree, vcpu, g);
+        let rip = g.rip();
+        if out.is_logged_epf() {
+            g.stepping
+                .log_epf(rip, out.r8, self.cfg.limits.zero_step_threshold);
+        } else {
+            g.stepping.exited(rip);
+        }
+        out
+    }
+
+    fn run_workload(&self, td: &Td, tree: &SeptTree, vcpu: &Vcpu, g: &mut GuestState) -> Exit {
         let (shared_bit, attrs) = td
             .cfg
             .get()
@@ -381,15 +488,9 @@ impl EmulatedModule {
                     }
                     let page = Gpa(base.0.wrapping_add(page_index(*order, g.unit, n) * 4096));
                     match self.guest_access(td, tree, page, *access, shared_bit, attrs) {
-                        Ok(true) => {
-                            g.unit += 1;
-                            g.progressed();
-                        }
+                        Ok(true) => g.unit += 1,
                         Ok(false) => {} // busy: retry
-                        Err(e) => {
-                            g.record_fault(page);
-                            return e;
-                        }
+                        Err(e) => return e,
                     }
                 }
                 Step::Accept { gpa, len, level } => {
@@ -414,7 +515,6 @@ impl EmulatedModule {
                     };
                     match self.guest_accept(td, tree, target, tlevel) {
                         AcceptOutcome::Done => {
-                            g.progressed();
                             if g.fallback {
                                 g.sub += 1;
                                 if g.sub == 512 {
@@ -431,10 +531,7 @@ impl EmulatedModule {
                             g.sub = 0;
                         }
                         AcceptOutcome::Busy => {}
-                        AcceptOutcome::Exit(e) => {
-                            g.record_fault(target);
-                            return e;
-                        }
+                        AcceptOutcome::Exit(e) => return e,
                     }
                 }
                 Step::Convert {
@@ -524,12 +621,7 @@ impl EmulatedModule {
             return Ok(true);
         }
         if gpa.0 >> shared_bit != 0 {
-            return Err(Exit::ept(
-                gpa,
-                qual,
-                exit::EXT_QUAL_TYPE_NORMAL,
-                PageLevel::L4K,
-            ));
+            return Err(Exit::ept(gpa, qual, exit::EXT_QUAL_TYPE_NORMAL));
         }
         let w = tree.walk_to_leaf(gpa);
         match sept::state_of(w.word) {
@@ -550,7 +642,6 @@ impl EmulatedModule {
                 gpa,
                 qual,
                 exit::EXT_QUAL_TYPE_PENDING_EPT_VIOLATION,
-                PageLevel::L4K,
             )),
             SeptState::Pending => {
                 // #VE: the guest accepts the page at 4 KiB, then retries the access.
@@ -559,12 +650,7 @@ impl EmulatedModule {
                     _ => Ok(false),
                 }
             }
-            _ => Err(Exit::ept(
-                gpa,
-                qual,
-                exit::EXT_QUAL_TYPE_NORMAL,
-                PageLevel::L4K,
-            )),
+            _ => Err(Exit::ept(gpa, qual, exit::EXT_QUAL_TYPE_NORMAL)),
         }
     }
 
@@ -576,14 +662,11 @@ impl EmulatedModule {
         gpa: Gpa,
         level: PageLevel,
     ) -> AcceptOutcome {
-        let accept_exit = || {
-            AcceptOutcome::Exit(Exit::ept(
-                gpa,
-                exit::QUAL_WRITE,
-                exit::EXT_QUAL_TYPE_ACCEPT,
-                level,
-            ))
-        };
+        // `check_tdaccept_failure` / `async_tdexit_ept_violation` (intel/tdx-module
+        // `tdg_mem_page_accept.c`): the exit describes the entry the walk stopped at (above
+        // `level`) or the non-acceptable entry at `level`.
+        let accept_exit =
+            |w: &sept::WalkResult| AcceptOutcome::Exit(Exit::accept(gpa, level, w.level, w.word));
         let Some(_t) = td.tree_lock.try_lock(LockMode::Shared) else {
             return AcceptOutcome::Busy;
         };
@@ -592,7 +675,7 @@ impl EmulatedModule {
                 // Already accepted as part of a larger page.
                 SeptState::Mapped => AcceptOutcome::Done,
                 // Missing table, FREE, PENDING larger leaf (host must demote), blocked.
-                _ => accept_exit(),
+                _ => accept_exit(&w),
             },
             Ok(w) => match sept::state_of(w.word) {
                 SeptState::Pending => match sept::lock_guest(w.entry()) {
@@ -610,7 +693,7 @@ impl EmulatedModule {
                 },
                 SeptState::Mapped => AcceptOutcome::Done,
                 SeptState::NlMapped | SeptState::NlBlocked => AcceptOutcome::SizeMismatch,
-                _ => accept_exit(),
+                _ => accept_exit(&w),
             },
         }
     }

@@ -118,8 +118,10 @@ pub struct EmuLimits {
     /// Workload units (page touches, accepts, IO bytes) one TDH.VP.ENTER runs before the
     /// emulated timer forces an external-interrupt exit.
     pub max_guest_units_per_entry: u64,
-    /// EPT violations at one guest RIP after which VP.ENTER takes the S-EPT tree lock
-    /// exclusively (`STEPPING_EPF_THRESHOLD` = 6).
+    /// `STEPPING_EPF_THRESHOLD` (6, intel/tdx-module `td_exit_stepping.h`): EPT-violation
+    /// exits at one guest RIP that are only counted; each further one lists its GPA, and a
+    /// listed GPA makes VP.ENTER take the S-EPT tree lock exclusively (see
+    /// `guest::Stepping`).
     pub zero_step_threshold: u32,
     /// TDMR base/size alignment (1 GiB on the real module).
     pub tdmr_alignment: u64,
@@ -543,12 +545,11 @@ impl EmulatedModule {
             return;
         };
         let max_version = match leaf {
-            Leaf::MemPagePromote
-            | Leaf::MemSeptAdd
-            | Leaf::MemSeptRemove
-            | Leaf::MngRd
-            | Leaf::VpRd
-            | Leaf::VpInit => 1,
+            // Versions above 0 reach the leaf, which sets R9–R11 before refusing a version
+            // above 1 (intel/tdx-module `tdx_vmm_dispatcher.c`, `tdh_mem_sept_remove.c`,
+            // `tdh_mem_page_promote.c`).
+            Leaf::MemPagePromote | Leaf::MemSeptRemove => u8::MAX,
+            Leaf::MemSeptAdd | Leaf::MngRd | Leaf::VpRd | Leaf::VpInit => 1,
             _ => 0,
         };
         if version > max_version || lp >= self.cfg.num_lps {
@@ -612,9 +613,9 @@ impl EmulatedModule {
             MngWr => self.leaf_mng_wr(r),
             VpCreate => self.leaf_vp_create(r),
             VpAddCx => self.leaf_vp_addcx(r),
-            VpInit => self.leaf_vp_init(version, r),
-            VpRd => self.leaf_vp_rd(r),
-            VpWr => self.leaf_vp_wr(r),
+            VpInit => self.leaf_vp_init(lp, version, r),
+            VpRd => self.leaf_vp_rd(lp, r),
+            VpWr => self.leaf_vp_wr(lp, r),
             VpFlush => self.leaf_vp_flush(lp, r),
             MngVpFlushDone => self.leaf_mng_vpflushdone(r),
             PhymemCacheWb => self.leaf_phymem_cache_wb(lp, r, host_interrupt),
@@ -629,9 +630,9 @@ impl EmulatedModule {
             MemRangeUnblock => self.leaf_mem_range_unblock(r),
             MemTrack => self.leaf_mem_track(r),
             MemPageRemove => self.leaf_mem_page_remove(r),
-            MemSeptRemove => self.leaf_mem_sept_remove(r),
+            MemSeptRemove => self.leaf_mem_sept_remove(version, r),
             MemPageDemote => self.leaf_mem_page_demote(r),
-            MemPagePromote => self.leaf_mem_page_promote(r),
+            MemPagePromote => self.leaf_mem_page_promote(version, r),
             MemSeptRd => self.leaf_mem_sept_rd(r),
             MrExtend => self.leaf_mr_extend(r),
             MrFinalize => self.leaf_mr_finalize(r),

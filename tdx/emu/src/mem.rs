@@ -96,6 +96,28 @@ fn sept_fail(r: &mut Regs, w: &WalkResult, status: TdxStatus) -> TdxStatus {
     status.with_operand(OperandId::RCX)
 }
 
+/// NULL_PA (`x86_defs.h`): what version 1 of TDH.MEM.SEPT.REMOVE and TDH.MEM.PAGE.PROMOTE
+/// leaves in R9–R11 for L2 VMs that have no S-EPT page to return.
+const NULL_PA: u64 = u64::MAX;
+
+/// The start shared by TDH.MEM.SEPT.REMOVE and TDH.MEM.PAGE.PROMOTE (intel/tdx-module
+/// `tdh_mem_sept_remove.c`, `tdh_mem_page_promote.c`): RCX/RDX zeroed, then for version 1
+/// and above R9–R11 = NULL_PA (one per L2 VM), then a version above 1 is OPERAND_INVALID on
+/// RAX, all before the TDR is looked at.
+fn l2_versioned_prologue(r: &mut Regs, version: u8) -> Result<(), TdxStatus> {
+    if version > 0 {
+        r.r9 = NULL_PA;
+        r.r10 = NULL_PA;
+        r.r11 = NULL_PA;
+    }
+    if version > 1 {
+        r.rcx = 0;
+        r.rdx = 0;
+        return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RAX));
+    }
+    Ok(())
+}
+
 /// Walks `tree` to `gpa` at `level`; a walk that stops early is EPT_WALK_FAILED with the
 /// details of the entry it stopped at in RCX/RDX.
 fn walk_to(
@@ -416,7 +438,20 @@ impl EmulatedModule {
         Ok(TdxStatus::SUCCESS)
     }
 
-    pub(super) fn leaf_mem_sept_remove(&self, r: &mut Regs) -> LeafResult {
+    /// TDH.MEM.SEPT.REMOVE (intel/tdx-module
+    /// `src/vmm_dispatcher/api_calls/tdh_mem_sept_remove.c`, `tdh_mem_sept_remove`), in the
+    /// source's order: RCX/RDX zeroed, R9–R11 = NULL_PA for version 1 (the L2 S-EPT pages it
+    /// would return; there are no L2 VMs here), version above 1 refused on RAX; TDR shared
+    /// (RDX), TD state; GPA+level in RCX (2 MiB up to the EPT's top level, aligned, private);
+    /// the tree lock exclusively (OPERAND_BUSY on SEPT_TREE); the walk (EPT_WALK_FAILED, with
+    /// the entry where it stopped); the entry's host lock (busy, with the entry); the state
+    /// (NL_MAPPED or NL_BLOCKED, else EPT_ENTRY_STATE_INCORRECT with the entry); the child
+    /// page's PAMT lock (busy on RCX, no details); when the TD runs, blocked (else
+    /// GPA_RANGE_NOT_BLOCKED with the entry) and tracked (else TLB_TRACKING_NOT_DONE, no
+    /// details); every child entry FREE (else EPT_PAGE_NOT_FREE with the parent entry). On
+    /// success RCX = the removed page's HPA, RDX = 0.
+    pub(super) fn leaf_mem_sept_remove(&self, version: u8, r: &mut Regs) -> LeafResult {
+        l2_versioned_prologue(r, version)?;
         let (td, _l, gpa, level) =
             self.open_sept_leaf(r, Leaf::MemSeptRemove, PageLevel::L2M, PageLevel::L256T)?;
         let (loc, page) = self.locate_non_leaf(r, &td, gpa, level, LockMode::Exclusive)?;
@@ -485,7 +520,18 @@ impl EmulatedModule {
         Ok(TdxStatus::SUCCESS)
     }
 
-    pub(super) fn leaf_mem_page_promote(&self, r: &mut Regs) -> LeafResult {
+    /// TDH.MEM.PAGE.PROMOTE (intel/tdx-module
+    /// `src/vmm_dispatcher/api_calls/tdh_mem_page_promote.c`, `tdh_mem_page_promote`): the
+    /// prologue of TDH.MEM.SEPT.REMOVE with the level in 2 MiB..=1 GiB and the tree lock
+    /// shared, the same non-leaf, PAMT and blocked-and-tracked checks, then
+    /// `is_sept_page_valid_for_merge`: each of the 512 child entries is host-locked and
+    /// checked in turn, so the first bad entry decides: a busy lock is that status, a first
+    /// entry whose HPA is not aligned to the merged size or that is neither MAPPED nor PENDING,
+    /// or a later entry that differs from the first by more than the next HPA, is
+    /// EPT_INVALID_PROMOTE_CONDITIONS; either with the parent entry in RCX/RDX. On success
+    /// RCX = the freed S-EPT page, RDX = 0.
+    pub(super) fn leaf_mem_page_promote(&self, version: u8, r: &mut Regs) -> LeafResult {
+        l2_versioned_prologue(r, version)?;
         let (td, _l, gpa, level) =
             self.open_sept_leaf(r, Leaf::MemPagePromote, PageLevel::L2M, PageLevel::L1G)?;
         let (loc, child_page) = self.locate_non_leaf(r, &td, gpa, level, LockMode::Shared)?;
@@ -500,33 +546,39 @@ impl EmulatedModule {
         let Some(child_level) = level.lower() else {
             return Err(TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX));
         };
-        // Lock all 512 children and check: uniformly MAPPED or uniformly PENDING, contiguous
-        // HPAs starting at an address aligned to the merged size.
+        // Lock and check the children one by one; the locks taken so far are released
+        // (dropped) on any failure.
         let mut locked: Vec<EntryLock> = Vec::with_capacity(512);
         for index in 0..table.entries.len() {
-            match EntryLock::take(&table, index) {
-                Ok(l) => locked.push(l),
+            let l = match EntryLock::take(&table, index) {
+                Ok(l) => l,
                 Err(s) => {
                     drop(locked);
                     return Err(sept_fail(r, &loc.walk, s));
                 }
+            };
+            let ok = match locked.first() {
+                None => {
+                    l.hpa().is_multiple_of(level.size())
+                        && matches!(l.state(), SeptState::Mapped | SeptState::Pending)
+                }
+                Some(first) => {
+                    l.state() == first.state()
+                        && l.hpa() == first.hpa() + index as u64 * child_level.size()
+                }
+            };
+            locked.push(l);
+            if !ok {
+                drop(locked);
+                return Err(sept_fail(
+                    r,
+                    &loc.walk,
+                    TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS,
+                ));
             }
         }
         let first_state = locked.first().map(|l| l.state()).unwrap_or(SeptState::Free);
         let first_hpa = locked.first().map(|l| l.hpa()).unwrap_or(0);
-        let uniform = matches!(first_state, SeptState::Mapped | SeptState::Pending)
-            && first_hpa.is_multiple_of(level.size())
-            && locked.iter().enumerate().all(|(i, l)| {
-                l.state() == first_state && l.hpa() == first_hpa + i as u64 * child_level.size()
-            });
-        if !uniform {
-            drop(locked);
-            return Err(sept_fail(
-                r,
-                &loc.walk,
-                TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS,
-            ));
-        }
         let pages = self
             .pamt
             .lock_pages(first_hpa, level.pages_4k(), LockMode::Exclusive)

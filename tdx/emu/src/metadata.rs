@@ -35,8 +35,9 @@ pub mod vcpu {
     /// Position in the declared workload (step index << 32 | progress), read-only
     /// (software module only).
     pub const GUEST_RIP: u64 = 0xA020_0000_0000_0F10;
-    /// Consecutive EPT violations at the same guest position (zero-step counter), read-only
-    /// (software module only).
+    /// The zero-step counter (`possibly_epf_stepping` of intel/tdx-module
+    /// `td_exit_stepping.c`): EPT-violation exits at the RIP of the last entry, up to the
+    /// threshold, read-only (software module only).
     pub const ZERO_STEP_COUNT: u64 = 0xA020_0000_0000_0F11;
     /// Host-writable per-vCPU scratch field (software module only).
     pub const HOST_SCRATCH: u64 = 0xA020_0000_0000_0F20;

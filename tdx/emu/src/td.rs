@@ -71,6 +71,11 @@ pub(crate) struct Td {
     pub op_state: AtomicU8,
     pub cfg: spin::Once<TdCfg>,
     pub num_vcpus: AtomicU32,
+    /// TDCS.NUM_ASSOC_VCPUS: vCPUs associated with some LP. Raised by `associate_vcpu_initial`
+    /// (TDH.VP.INIT) and by `associate_vcpu` on a new association, lowered by TDH.VP.FLUSH;
+    /// TDH.MNG.VPFLUSHDONE needs it at 0 (intel/tdx-module `src/common/helpers/helpers.c`,
+    /// `tdh_vp_flush.c`, `tdh_mng_vpflushdone.c`).
+    pub num_assoc_vcpus: AtomicU32,
     pub vcpus: spin::Mutex<Vec<u64>>,
     pub tree: spin::Once<SeptTree>,
     pub tree_lock: Sharex,
@@ -170,6 +175,13 @@ pub(crate) struct Vcpu {
     pub pir: [AtomicU64; 4],
     /// The host's shared EPT pointer (TD-VMCS SHARED_EPTP; 0 = none).
     pub shared_eptp: AtomicU64,
+    /// TD-VMCS posted-interrupt notification vector (0xFFFF until written), descriptor
+    /// address (NULL_PA, all ones, until written) and pin-based controls. The software
+    /// module records them as the real one does, but takes interrupts through
+    /// [`tdx_abi::software::SoftwareModuleHooks::post_interrupt`] (it has no VMX).
+    pub posted_nv: AtomicU64,
+    pub posted_desc: AtomicU64,
+    pub pin_based: AtomicU64,
     pub init_rcx: AtomicU64,
     pub x2apic: AtomicU64,
     pub scratch: AtomicU64,
@@ -184,6 +196,48 @@ impl Vcpu {
 }
 
 pub(crate) const NO_LP: u64 = u64::MAX;
+
+/// The TD-VMCS posted-interrupt notification vector before the host writes it
+/// (`POSTED_INTERRUPT_NOTFICATION_VECTOR_INIT`, intel/tdx-module
+/// `src/common/x86_defs/vmcs_defs.h`).
+const POSTED_NV_INIT: u64 = 0xFFFF;
+
+/// `check_and_associate_vcpu` / `associate_vcpu` (intel/tdx-module
+/// `src/common/helpers/helpers.c`), used by TDH.VP.RD, TDH.VP.WR and TDH.VP.ENTER: the vCPU
+/// must be initialized (`TDX_VCPU_STATE_INCORRECT`), then it is atomically associated with
+/// `lp` unless it already is with another LP (`TDX_VCPU_ASSOCIATED`); a new association
+/// raises the TD's NUM_ASSOC_VCPUS. Only TDH.VP.FLUSH on that LP ends the association.
+pub(crate) fn check_and_associate(vcpu: &Vcpu, lp: u32) -> Result<(), TdxStatus> {
+    if !vcpu.initialized.load(Ordering::Acquire) {
+        return Err(TdxStatus::VCPU_STATE_INCORRECT);
+    }
+    match vcpu
+        .assoc_lp
+        .compare_exchange(NO_LP, u64::from(lp), Ordering::AcqRel, Ordering::Acquire)
+    {
+        Ok(_) => {
+            vcpu.td.num_assoc_vcpus.fetch_add(1, Ordering::AcqRel);
+            Ok(())
+        }
+        Err(current) if current == u64::from(lp) => Ok(()),
+        Err(_) => Err(TdxStatus::VCPU_ASSOCIATED),
+    }
+}
+
+/// The software module's read-only vCPU hooks, which the real module does not have (see
+/// [`crate::metadata::vcpu`]): reading them associates nothing.
+fn software_only_hook(field: u64) -> bool {
+    use crate::metadata::vcpu as vf;
+    matches!(
+        field,
+        vf::VCPU_EPOCH
+            | vf::ASSOCIATED_LP
+            | vf::INIT_RCX
+            | vf::X2APIC_ID
+            | vf::GUEST_RIP
+            | vf::ZERO_STEP_COUNT
+    )
+}
 
 /// TDCS pages the real module takes beyond its minimum, for L2 VMs: MAX_NUM_TDCS_PAGES (9)
 /// minus MIN_NUM_TDCS_PAGES (6) (intel/tdx-module
@@ -336,6 +390,7 @@ impl EmulatedModule {
             op_state: AtomicU8::new(OpState::Uninitialized as u8),
             cfg: spin::Once::new(),
             num_vcpus: AtomicU32::new(0),
+            num_assoc_vcpus: AtomicU32::new(0),
             vcpus: spin::Mutex::new(Vec::new()),
             tree: spin::Once::new(),
             tree_lock: Sharex::new(),
@@ -541,6 +596,9 @@ impl EmulatedModule {
             x2apic: AtomicU64::new(0),
             pir: [const { AtomicU64::new(0) }; 4],
             shared_eptp: AtomicU64::new(0),
+            posted_nv: AtomicU64::new(POSTED_NV_INIT),
+            posted_desc: AtomicU64::new(u64::MAX),
+            pin_based: AtomicU64::new(0),
             scratch: AtomicU64::new(0),
             guest: spin::Mutex::new(GuestState::undeclared()),
         };
@@ -575,7 +633,7 @@ impl EmulatedModule {
     /// before this call, refused with `TDX_MAX_VCPUS_EXCEEDED` at TD_PARAMS.MAX_VCPUS.
     /// Version 1 (x2APIC ID in R8, the TOPOLOGY_ENUM feature, later than the 1.5.01 source)
     /// checks the ID before the index is taken.
-    pub(super) fn leaf_vp_init(&self, version: u8, r: &mut Regs) -> LeafResult {
+    pub(super) fn leaf_vp_init(&self, lp: u32, version: u8, r: &mut Regs) -> LeafResult {
         let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
         self.check_td_state(&vcpu.td, Leaf::VpInit)?;
         if vcpu.tdcx_count.load(Ordering::Acquire) + 1 < self.cfg.limits.tdvps_pages {
@@ -617,37 +675,58 @@ impl EmulatedModule {
         vcpu.x2apic
             .store(x2apic.unwrap_or(u64::from(index)), Ordering::Release);
         vcpu.init_rcx.store(r.rdx, Ordering::Release);
+        // `associate_vcpu_initial`: the vCPU now belongs to the LP that initialized it, and
+        // every later VP.RD/WR/ENTER must run there until TDH.VP.FLUSH.
+        vcpu.assoc_lp.store(u64::from(lp), Ordering::Release);
+        vcpu.td.num_assoc_vcpus.fetch_add(1, Ordering::AcqRel);
         vcpu.initialized.store(true, Ordering::Release);
         Ok(TdxStatus::SUCCESS)
     }
 
+    /// TDH.VP.FLUSH (intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_vp_flush.c`,
+    /// `tdh_vp_flush`): the TDVPR exclusively (RCX), its TDR shared (busy on TDR), the TD's
+    /// keys configured (`TDX_TD_KEYS_NOT_CONFIGURED`), all TDVPS pages added (`map_tdvps`:
+    /// `TDX_TDCX_NUM_INCORRECT`), then the vCPU associated with *this* LP: not associated
+    /// and associated with another LP are both `TDX_VCPU_NOT_ASSOCIATED`. Success ends the
+    /// association and lowers NUM_ASSOC_VCPUS.
     pub(super) fn leaf_vp_flush(&self, lp: u32, r: &mut Regs) -> LeafResult {
         let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
-        match vcpu.assoc_lp.load(Ordering::Acquire) {
-            NO_LP => Err(TdxStatus::VCPU_NOT_ASSOCIATED),
-            a if a != u64::from(lp) => Err(TdxStatus::VCPU_ASSOCIATED),
-            _ => {
-                vcpu.assoc_lp.store(NO_LP, Ordering::Release);
-                Ok(TdxStatus::SUCCESS)
-            }
+        if vcpu.td.lifecycle() != Lifecycle::KeysConfigured {
+            return Err(TdxStatus::TD_KEYS_NOT_CONFIGURED);
         }
+        if vcpu.tdcx_count.load(Ordering::Acquire) + 1 < self.cfg.limits.tdvps_pages {
+            return Err(TdxStatus::TDCX_NUM_INCORRECT);
+        }
+        if vcpu.assoc_lp.load(Ordering::Acquire) != u64::from(lp) {
+            return Err(TdxStatus::VCPU_NOT_ASSOCIATED);
+        }
+        vcpu.assoc_lp.store(NO_LP, Ordering::Release);
+        vcpu.td.num_assoc_vcpus.fetch_sub(1, Ordering::AcqRel);
+        Ok(TdxStatus::SUCCESS)
     }
 
+    /// TDH.MNG.VPFLUSHDONE (intel/tdx-module
+    /// `src/vmm_dispatcher/api_calls/tdh_mng_vpflushdone.c`, `tdh_mng_vpflushdone`): the TDR
+    /// exclusively (RCX), then the KOT exclusively (OPERAND_BUSY on KOT), the lifecycle
+    /// (HKID_ASSIGNED or KEYS_CONFIGURED, else `TDX_LIFECYCLE_STATE_INCORRECT`), then, once
+    /// the TDCS exists and the TD is past UNINITIALIZED, NUM_ASSOC_VCPUS must be 0
+    /// (`TDX_FLUSHVP_NOT_DONE`).
     pub(super) fn leaf_mng_vpflushdone(&self, r: &mut Regs) -> LeafResult {
         let (td, _l) = self.lock_tdr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
+        let _kot_lock = self
+            .kot_lock
+            .try_lock(LockMode::Exclusive)
+            .ok_or(TdxStatus::OPERAND_BUSY.with_operand(OperandId::KOT))?;
         if !matches!(
             td.lifecycle(),
             Lifecycle::HkidAssigned | Lifecycle::KeysConfigured
         ) {
             return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT);
         }
-        let vcpus = self.vcpus.read();
-        let associated = td.vcpus.lock().iter().any(|v| {
-            vcpus
-                .get(v)
-                .is_some_and(|v| v.assoc_lp.load(Ordering::Acquire) != NO_LP)
-        });
-        if associated {
+        if td.tdcs_count.load(Ordering::Acquire) >= self.cfg.limits.tdcs_pages
+            && td.op_state() != OpState::Uninitialized
+            && td.num_assoc_vcpus.load(Ordering::Acquire) != 0
+        {
             return Err(TdxStatus::FLUSHVP_NOT_DONE);
         }
         let kot = self
@@ -941,20 +1020,36 @@ impl EmulatedModule {
             vf::ZERO_STEP_COUNT => u64::from(v.guest.lock().zero_step_count()),
             vf::HOST_SCRATCH => v.scratch.load(Ordering::Acquire),
             vf::SHARED_EPTP => v.shared_eptp.load(Ordering::Acquire),
+            vf::POSTED_INTR_NV => v.posted_nv.load(Ordering::Acquire),
+            vf::POSTED_INTR_DESC_ADDR => v.posted_desc.load(Ordering::Acquire),
+            // Production read mask 0x80 (`td_vmcs_fields_lookup.c`).
+            vf::PIN_BASED_CONTROLS => {
+                v.pin_based.load(Ordering::Acquire) & vf::PIN_BASED_POSTED_INTERRUPTS
+            }
             _ => {
                 return Err(TdxStatus::METADATA_FIELD_ID_INCORRECT.with_operand(OperandId::RDX));
             }
         })
     }
 
-    pub(super) fn leaf_vp_rd(&self, r: &mut Regs) -> LeafResult {
+    /// TDH.VP.RD (intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_vp_rd_wr.c`): TDVPR
+    /// shared, then `check_and_associate_vcpu`, then the field. The software module's own
+    /// read-only hooks ([`software_only_hook`]) skip the association, so a test can look at a
+    /// vCPU without moving it.
+    pub(super) fn leaf_vp_rd(&self, lp: u32, r: &mut Regs) -> LeafResult {
         let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Shared, OperandId::RCX)?;
+        if !software_only_hook(r.rdx) {
+            check_and_associate(&vcpu, lp)?;
+        }
         r.r8 = self.vcpu_field(&vcpu, r.rdx)?;
         Ok(TdxStatus::SUCCESS)
     }
 
-    pub(super) fn leaf_vp_wr(&self, r: &mut Regs) -> LeafResult {
-        let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Exclusive, OperandId::RCX)?;
+    /// TDH.VP.WR: as TDH.VP.RD (the source takes the TDVPR shared for both), then the
+    /// field's write mask.
+    pub(super) fn leaf_vp_wr(&self, lp: u32, r: &mut Regs) -> LeafResult {
+        let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Shared, OperandId::RCX)?;
+        check_and_associate(&vcpu, lp)?;
         let old = self.vcpu_field(&vcpu, r.rdx)?;
         let new = (old & !r.r9) | (r.r8 & r.r9);
         match r.rdx {
@@ -964,6 +1059,53 @@ impl EmulatedModule {
             vf::SHARED_EPTP => vcpu
                 .shared_eptp
                 .store(new & 0x000F_FFFF_FFFF_F07F, Ordering::Release),
+            // Posted interrupts (`md_vp_write_element` and its special handling in
+            // intel/tdx-module `src/common/metadata_handlers/metadata_vp.c`, masks from
+            // `include/auto_gen/td_vmcs_fields_lookup.c`): NV writable in 15:0 and at most
+            // 255; the descriptor address writable above bit 5 (an initial NULL_PA keeps only
+            // the written bits) and a shared HPA, i.e. without KeyID bits; of the pin-based
+            // controls only bit 7, and only once both others were written.
+            vf::POSTED_INTR_NV => {
+                let value = (old & !r.r9 & 0xFFFF) | (r.r8 & r.r9 & 0xFFFF);
+                if r.r9 & 0xFFFF == 0 {
+                    return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE);
+                }
+                if value > 0xFF {
+                    return Err(TdxStatus::METADATA_FIELD_VALUE_NOT_VALID);
+                }
+                vcpu.posted_nv.store(value, Ordering::Release);
+            }
+            vf::POSTED_INTR_DESC_ADDR => {
+                let mask = r.r9 & !0x3F;
+                if mask == 0 {
+                    return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE);
+                }
+                let base = if old == u64::MAX { old & mask } else { old };
+                let value = (base & !mask) | (r.r8 & mask);
+                if value >> self.cfg.hkid_shift != 0 {
+                    return Err(TdxStatus::METADATA_FIELD_VALUE_NOT_VALID);
+                }
+                vcpu.posted_desc.store(value, Ordering::Release);
+            }
+            vf::PIN_BASED_CONTROLS => {
+                let mask = r.r9 & vf::PIN_BASED_POSTED_INTERRUPTS;
+                if mask == 0 {
+                    return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE);
+                }
+                let current = vcpu.pin_based.load(Ordering::Acquire);
+                let value = (current & !mask) | (r.r8 & mask);
+                if value & vf::PIN_BASED_POSTED_INTERRUPTS != 0 {
+                    if vcpu.posted_nv.load(Ordering::Acquire) == POSTED_NV_INIT {
+                        return Err(TdxStatus::TD_VMCS_FIELD_NOT_INITIALIZED
+                            .with_operand(OperandId(0x0002)));
+                    }
+                    if vcpu.posted_desc.load(Ordering::Acquire) == u64::MAX {
+                        return Err(TdxStatus::TD_VMCS_FIELD_NOT_INITIALIZED
+                            .with_operand(OperandId(0x2016)));
+                    }
+                }
+                vcpu.pin_based.store(value, Ordering::Release);
+            }
             _ => return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE.with_operand(OperandId::RDX)),
         }
         r.r8 = old;

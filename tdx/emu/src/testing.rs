@@ -538,10 +538,10 @@ impl Platform {
         Ok(())
     }
 
-    /// Tears the TD down the way KVM does (VP.FLUSH of associated vCPUs on their LP,
-    /// VPFLUSHDONE, CACHE.WB per package, KEY.FREEID, PAGE.RECLAIM of every page it owns, TDR
-    /// last) and returns every page to the allocator.
-    pub fn teardown(&self, td: &TestTd) -> Result<(), SetupError> {
+    /// TDH.VP.FLUSH of every vCPU that is associated with an LP, on that LP (TDH.VP.INIT
+    /// associates a vCPU with the LP that ran it, so after [`Platform::create_td`] that is
+    /// LP 0).
+    pub fn flush_vcpus(&self, td: &TestTd) -> Result<(), SetupError> {
         let m = &*self.module;
         for v in &td.vcpus {
             let mut r = Regs::for_leaf(Leaf::VpRd, 0);
@@ -555,6 +555,15 @@ impl Platform {
                 h.call(r)?;
             }
         }
+        Ok(())
+    }
+
+    /// Tears the TD down the way KVM does (VP.FLUSH of associated vCPUs on their LP,
+    /// VPFLUSHDONE, CACHE.WB per package, KEY.FREEID, PAGE.RECLAIM of every page it owns, TDR
+    /// last) and returns every page to the allocator.
+    pub fn teardown(&self, td: &TestTd) -> Result<(), SetupError> {
+        let m = &*self.module;
+        self.flush_vcpus(td)?;
         let mut r = Regs::for_leaf(Leaf::MngVpFlushDone, 0);
         r.rcx = td.tdr.0;
         m.call(r)?;

@@ -172,7 +172,9 @@ fn guest_touch_faults_then_runs_after_aug_and_accept() {
         match r.rax {
             exit::EPT_VIOLATION => {
                 assert_eq!(r.rdx & exit::EXT_QUAL_TYPE_MASK, exit::EXT_QUAL_TYPE_ACCEPT);
-                assert_eq!(r.rdx >> 32, 0);
+                // `tdaccept_vmx_eeq_info_t.req_sept_level` (intel/tdx-module
+                // `include/tdx_api_defs.h`): 4 KiB requested.
+                assert_eq!(r.rdx >> 32 & 7, 0);
                 let page = p.alloc_page().unwrap();
                 p.aug(&td, Gpa(r.r8), PageLevel::L4K, page).unwrap();
             }
@@ -878,6 +880,7 @@ fn blocked_td_answers_keys_not_configured() {
     let p = Platform::new();
     let m = &p.module;
     let td = p.create_td(&TdOptions::default()).unwrap();
+    p.flush_vcpus(&td).unwrap();
     m.call(regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0)).unwrap();
     let page = p.alloc_page().unwrap();
     let keys = Err(TdxStatus::TD_KEYS_NOT_CONFIGURED);
@@ -1256,9 +1259,11 @@ fn lock_collisions_report_the_lock_operand() {
             Leaf::PhymemCacheWb,
             OperandId::WBCACHE,
         ),
+        // VP.ENTER takes the TDVPR shared (intel/tdx-module `tdh_vp_enter.c`): a holder in
+        // exclusive mode (as TDH.VP.FLUSH) keeps it out.
         (
             LockTarget::Page(td.vcpus[0].tdvpr),
-            LockMode::Shared,
+            LockMode::Exclusive,
             Leaf::VpEnter,
             OperandId::RCX,
         ),
@@ -1339,9 +1344,19 @@ fn teardown_order_is_enforced() {
     let td = runnable(&p);
     let page = p.alloc_page().unwrap();
     p.aug(&td, Gpa(G), PageLevel::L4K, page).unwrap();
-    // Run the vCPU once on LP 1 so it is associated there.
+    // TDH.VP.INIT associated the vCPU with LP 0 (`associate_vcpu_initial`,
+    // intel/tdx-module `tdh_vp_init.c`): VP.RD, VP.WR and VP.ENTER on LP 1 are refused
+    // (`associate_vcpu`, `src/common/helpers/helpers.c`) until VP.FLUSH on LP 0 moves it.
     let lp1 = p.lp(1).unwrap();
-    let mut r = regs(Leaf::VpEnter, td.vcpus[0].tdvpr.0, 0, 0);
+    let tdvpr = td.vcpus[0].tdvpr.0;
+    for leaf in [Leaf::VpRd, Leaf::VpWr, Leaf::VpEnter] {
+        let mut r = regs(leaf, tdvpr, crate::metadata::vcpu::HOST_SCRATCH, 0);
+        lp1.seamcall(&mut r);
+        assert_eq!(TdxStatus(r.rax), TdxStatus::VCPU_ASSOCIATED, "{leaf:?}");
+    }
+    p.module.call(regs(Leaf::VpFlush, tdvpr, 0, 0)).unwrap();
+    // Run the vCPU once on LP 1 so it is associated there.
+    let mut r = regs(Leaf::VpEnter, tdvpr, 0, 0);
     lp1.seamcall(&mut r);
     assert_eq!(r.rax, exit::TDCALL);
     // Entering on another LP while associated.
@@ -1359,11 +1374,13 @@ fn teardown_order_is_enforced() {
         p.module.call(flushdone).unwrap_err().status,
         TdxStatus::FLUSHVP_NOT_DONE
     );
-    // VP.FLUSH on the wrong LP, then the right one.
+    // VP.FLUSH on the wrong LP, then the right one. `tdh_vp_flush` (intel/tdx-module
+    // `tdh_vp_flush.c`) only compares ASSOC_LPID with the current LP: a vCPU associated
+    // elsewhere is TDX_VCPU_NOT_ASSOCIATED, as an unassociated one.
     let flush = regs(Leaf::VpFlush, td.vcpus[0].tdvpr.0, 0, 0);
     assert_eq!(
         p.module.call(flush).unwrap_err().status,
-        TdxStatus::VCPU_ASSOCIATED
+        TdxStatus::VCPU_NOT_ASSOCIATED
     );
     lp1.call(flush).unwrap();
     assert_eq!(
@@ -1950,7 +1967,14 @@ fn two_mega_accept_maps_a_2m_page_and_4k_accept_inside_it_asks_for_demote() {
     );
     let r = enter(&p, v, 0, 0);
     assert_eq!(r.rax, exit::EPT_VIOLATION);
-    assert_eq!(r.rdx, exit::EXT_QUAL_TYPE_ACCEPT);
+    // `async_tdexit_ept_violation` (intel/tdx-module `td_other_exits.c`): a write with the
+    // PENDING entry's R/W/X (none); the extended qualification names the request (4K), and
+    // the entry that stopped it: level 1 (2M), PENDING (2), a leaf (`tdaccept_vmx_eeq_info_t`).
+    assert_eq!(r.rcx, exit::QUAL_WRITE);
+    assert_eq!(
+        r.rdx,
+        exit::EXT_QUAL_TYPE_ACCEPT | (1 << 3 | (SeptState::Pending as u64) << 6 | 1 << 14) << 32
+    );
     assert_eq!(r.r8, gpa2.0 + 0x3000);
     // The host demotes (block, track, re-entry flushes, demote); the guest then accepts.
     p.module
@@ -2208,8 +2232,22 @@ fn rtmr_extend_matches_the_offline_function() {
     assert_eq!(got, want);
 }
 
+/// The zero-step mitigation, after intel/tdx-module 1.5.01 `src/td_transitions/td_exit_stepping.c`
+/// (`td_exit_epf_stepping_log`, `td_entry_stepping_filter`, `vmexit_stepping_filter`) and
+/// `tdh_vp_enter.c` (`handle_stepping_filter`, `emulate_ept_violation_td_exit`):
+/// * EPT-violation exits at the entry RIP raise `possibly_epf_stepping` up to
+///   STEPPING_EPF_THRESHOLD (6, `td_exit_stepping.h`); only the 7th adds the GPA to
+///   `last_epf_gpa_list`, so the 7th entry still runs without the tree lock;
+/// * with the list non-empty, VP.ENTER takes the TD_EPOCH lock first (TLB tracking), then
+///   the S-EPT tree lock exclusively: OPERAND_BUSY on TD_EPOCH, then on SEPT_TREE;
+/// * a listed GPA that is not MAPPED (PENDING included: S-EPT entries always set
+///   SUPPRESS_VE, so no violation is convertible, `is_epf_expected`) gives an emulated exit
+///   without running the guest: RAX = 48, RCX = write (bit 1), RDX = 0, R8 = the GPA,
+///   R9–R15 0, RBP untouched; the TLB-tracking count is given back;
+/// * once the GPA is MAPPED the guest runs; its next exit at another RIP clears the count.
 #[test]
-fn zero_step_mitigation_takes_the_tree_lock_after_six_faults() {
+fn zero_step_arms_on_the_seventh_fault_and_emulates_exits_until_mapped() {
+    use crate::metadata::vcpu::{GUEST_RIP, ZERO_STEP_COUNT};
     let p = Arc::new(Platform::new());
     let td = runnable(&p);
     let v = td.vcpus[0].tdvpr;
@@ -2217,33 +2255,93 @@ fn zero_step_mitigation_takes_the_tree_lock_after_six_faults() {
     set_steps(
         &p,
         v,
-        vec![Step::Touch {
-            gpa,
-            len: 4096,
-            access: Access::Write,
-            order: Order::Sequential,
-        }],
+        vec![
+            Step::Touch {
+                gpa,
+                len: 4096,
+                access: Access::Write,
+                order: Order::Sequential,
+            },
+            Step::Halt,
+        ],
     );
-    for _ in 0..6 {
+    let count = || p.module.vp_rd(v, ZERO_STEP_COUNT).unwrap();
+    let refcounts = || {
+        let tdm = p.module.tds.read().get(&td.tdr.0).cloned().unwrap();
+        tdm.refcount[0].load(core::sync::atomic::Ordering::Acquire)
+            + tdm.refcount[1].load(core::sync::atomic::Ordering::Acquire)
+    };
+    for i in 1..=6 {
         assert_eq!(enter(&p, v, 0, 0).rax, exit::EPT_VIOLATION);
+        assert_eq!(count(), i);
     }
-    // A host thread is in the middle of an AUG (tree lock shared): VP.ENTER must back off.
-    let held = p
+    // Not armed yet: the 7th entry ignores a shared holder of the tree lock, and its fault
+    // puts the GPA in the list (the count stays at the threshold).
+    let tree_held = p
         .module
         .hold_lock(LockTarget::SeptTree(td.tdr), LockMode::Shared)
         .unwrap();
+    assert_eq!(enter(&p, v, 0, 0).rax, exit::EPT_VIOLATION);
+    assert_eq!(count(), 6);
+    // Armed: the epoch lock is tried before the tree lock.
+    {
+        let _e = p
+            .module
+            .hold_lock(LockTarget::TdEpoch(td.tdr), LockMode::Exclusive)
+            .unwrap();
+        assert_eq!(
+            TdxStatus(enter(&p, v, 0, 0).rax),
+            TdxStatus::OPERAND_BUSY.with_operand(OperandId::TD_EPOCH)
+        );
+    }
     assert_eq!(
         TdxStatus(enter(&p, v, 0, 0).rax),
         TdxStatus::OPERAND_BUSY.with_operand(OperandId::SEPT_TREE)
     );
-    drop(held);
-    // Lock free: VP.ENTER takes it, sees the GPA still unmapped, the guest faults again.
-    assert_eq!(enter(&p, v, 0, 0).rax, exit::EPT_VIOLATION);
+    assert_eq!(refcounts(), 0);
+    drop(tree_held);
+    let rip = p.module.vp_rd(v, GUEST_RIP).unwrap();
+    let emulated = || {
+        let mut r = Regs::for_leaf(Leaf::VpEnter, 0);
+        r.rcx = v.0;
+        (r.rbx, r.rbp, r.rsi, r.rdi) = (1, 2, 3, 4);
+        (r.r9, r.r12, r.r13, r.r14, r.r15) = (9, 12, 13, 14, 15);
+        p.module.seamcall(&mut r);
+        r
+    };
+    let r = emulated();
+    assert_eq!(r.rax, exit::EPT_VIOLATION);
+    assert_eq!((r.rcx, r.rdx, r.r8), (exit::QUAL_WRITE, 0, gpa.0));
+    assert_eq!(
+        (r.rbx, r.rbp, r.rsi, r.rdi, r.r9, r.r10, r.r11),
+        (0, 2, 0, 0, 0, 0, 0)
+    );
+    assert_eq!((r.r12, r.r13, r.r14, r.r15), (0, 0, 0, 0));
+    assert_eq!(refcounts(), 0);
+    // The guest did not run.
+    assert_eq!(p.module.vp_rd(v, GUEST_RIP).unwrap(), rip);
+    // PENDING still faults: the same emulated exit, not the guest's PENDING violation.
     let page = p.alloc_page().unwrap();
     p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
-    // Mapped now (PENDING): the counter resets; the access then hits the pending page.
+    let r = emulated();
+    assert_eq!(
+        (r.rax, r.rcx, r.rdx),
+        (exit::EPT_VIOLATION, exit::QUAL_WRITE, 0)
+    );
+    // MAPPED: the guest runs, writes, and halts at another RIP, which ends the tracking.
+    assert!(
+        p.module
+            .force_sept_state(td.tdr, gpa, PageLevel::L4K, SeptState::Mapped)
+    );
     let r = enter(&p, v, 0, 0);
-    assert_eq!(r.rdx, exit::EXT_QUAL_TYPE_PENDING_EPT_VIOLATION);
+    assert_eq!((r.rax, r.r11), (exit::TDCALL, exit::TDVMCALL_HLT));
+    assert_eq!(count(), 0);
+    // Not armed any more: a shared tree-lock holder does not stop the entry.
+    let _tree_held = p
+        .module
+        .hold_lock(LockTarget::SeptTree(td.tdr), LockMode::Shared)
+        .unwrap();
+    assert_eq!(enter(&p, v, 0, 0).rax, exit::TDCALL);
 }
 
 #[test]
@@ -2650,6 +2748,7 @@ fn two_mib_pages_count_512_children_and_hold_back_the_tdr() {
     assert_eq!(p.mng_rd(td.tdr, CHLDCNT).unwrap(), base + 512);
     p.module.check_invariants().unwrap();
     // Teardown with `b` still mapped: KEY.FREEID succeeds regardless of children.
+    p.flush_vcpus(&td).unwrap();
     p.module
         .call(regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0))
         .unwrap();
@@ -2718,6 +2817,7 @@ fn cache_wb_commands_interruption_and_resumption() {
         )
     };
     let flushdone = |td: &TestTd| {
+        p.flush_vcpus(td).unwrap();
         p.module
             .call(regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0))
             .unwrap();
@@ -2788,6 +2888,7 @@ fn key_freeid_order_and_kot_sharing() {
         TdxStatus::LIFECYCLE_STATE_INCORRECT
     );
     drop(held);
+    p.flush_vcpus(&td).unwrap();
     p.module
         .call(regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0))
         .unwrap();
@@ -2840,4 +2941,496 @@ fn freeid_needs_cache_wb_on_every_configured_package() {
     assert_eq!(freeid(), TdxStatus::SUCCESS);
     p.module.phymem_page_reclaim(tdr).unwrap();
     p.module.check_invariants().unwrap();
+}
+
+/// The posted-interrupt fields of the TD-VMCS, as the host writes them with TDH.VP.WR
+/// (intel/tdx-module TDX_1.5.01 `src/common/metadata_handlers/metadata_vp.c`, special write
+/// handling; write masks from `include/auto_gen/td_vmcs_fields_lookup.c`): the pin-based
+/// control is refused until the notification vector and the descriptor address are written
+/// (TDX_TD_VMCS_FIELD_NOT_INITIALIZED with the missing field's VMCS encoding), a vector above
+/// 255 and a descriptor with KeyID bits are not valid values, and only bit 7 of the pin-based
+/// controls is host-writable.
+#[test]
+fn posted_interrupt_fields_are_written_in_order() {
+    use crate::metadata::vcpu::{
+        PIN_BASED_CONTROLS, PIN_BASED_POSTED_INTERRUPTS, POSTED_INTR_DESC_ADDR, POSTED_INTR_NV,
+    };
+    let p = Platform::new();
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    let tdvpr = td.vcpus[0].tdvpr.0;
+    let wr = |field: u64, value: u64, mask: u64| {
+        let mut r = regs(Leaf::VpWr, tdvpr, field, value);
+        r.r9 = mask;
+        TdxStatus(raw(&p, r).rax)
+    };
+    let enable = PIN_BASED_POSTED_INTERRUPTS;
+    assert_eq!(
+        wr(PIN_BASED_CONTROLS, enable, enable),
+        TdxStatus::TD_VMCS_FIELD_NOT_INITIALIZED.with_operand(OperandId(0x0002))
+    );
+    assert_eq!(
+        wr(POSTED_INTR_NV, 0x1F2, 0xFFFF),
+        TdxStatus::METADATA_FIELD_VALUE_NOT_VALID
+    );
+    assert_eq!(wr(POSTED_INTR_NV, 0xF2, 0xFFFF), TdxStatus::SUCCESS);
+    assert_eq!(
+        wr(PIN_BASED_CONTROLS, enable, enable),
+        TdxStatus::TD_VMCS_FIELD_NOT_INITIALIZED.with_operand(OperandId(0x2016))
+    );
+    assert_eq!(
+        wr(POSTED_INTR_DESC_ADDR, 1 << 50 | 0x1000, u64::MAX),
+        TdxStatus::METADATA_FIELD_VALUE_NOT_VALID
+    );
+    // Bits 5:0 are not writable: a descriptor is 64-byte aligned.
+    assert_eq!(
+        wr(POSTED_INTR_DESC_ADDR, 0x12_3456, u64::MAX),
+        TdxStatus::SUCCESS
+    );
+    assert_eq!(
+        wr(PIN_BASED_CONTROLS, 1, 1),
+        TdxStatus::METADATA_FIELD_NOT_WRITABLE
+    );
+    assert_eq!(wr(PIN_BASED_CONTROLS, u64::MAX, enable), TdxStatus::SUCCESS);
+    let rd = |field: u64| raw(&p, regs(Leaf::VpRd, tdvpr, field, 0)).r8;
+    assert_eq!(rd(POSTED_INTR_NV), 0xF2);
+    assert_eq!(rd(POSTED_INTR_DESC_ADDR), 0x12_3440);
+    assert_eq!(rd(PIN_BASED_CONTROLS), enable);
+}
+
+// ---------- SEPT.REMOVE / PROMOTE outputs (intel/tdx-module 1.5.01) ----------
+
+/// Host-locks the S-EPT entry of `td` for `gpa` at `level` (as a concurrent host leaf
+/// would) and returns the walk result to unlock it with [`super::sept::unlock`].
+fn host_lock_entry(
+    p: &Platform,
+    td: &TestTd,
+    gpa: Gpa,
+    level: PageLevel,
+) -> super::sept::WalkResult {
+    let tdm = p.module.tds.read().get(&td.tdr.0).cloned().unwrap();
+    let w = tdm.tree.get().unwrap().walk(gpa, level).ok().unwrap();
+    super::sept::lock_host(w.entry()).unwrap();
+    w
+}
+
+/// TDH.MEM.SEPT.REMOVE, register by register, in the order of `tdh_mem_sept_remove` in
+/// intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_mem_sept_remove.c`:
+/// * RCX/RDX are zeroed first, and for version > 0 R9–R11 = NULL_PA (`~0ULL`,
+///   `src/common/x86_defs/x86_defs.h`), *then* a version > 1 is OPERAND_INVALID on RAX (the
+///   dispatcher, `tdx_vmm_dispatcher.c`, lets versions > 0 of this leaf through);
+/// * the S-EPT tree lock (exclusive, `lock_sept_check_and_walk_private_gpa` in
+///   `src/common/helpers/helpers.c`): OPERAND_BUSY on SEPT_TREE, no details;
+/// * the state check (`sept_state_is_seamcall_leaf_allowed`): EPT_ENTRY_STATE_INCORRECT with
+///   the entry (`set_arch_septe_details_in_vmm_regs`, `sept_manager.c`: a FREE entry is only
+///   SUPPRESS_VE; a non-leaf keeps RWX and PS) and RDX = level | state << 8;
+/// * the child page's PAMT lock (`pamt_implicit_get_and_lock`): busy on RCX, no details;
+/// * not blocked: GPA_RANGE_NOT_BLOCKED with the entry; not tracked: TLB_TRACKING_NOT_DONE,
+///   no details;
+/// * a child entry not FREE: EPT_PAGE_NOT_FREE with the parent entry;
+/// * success: RCX = the removed page, RDX = 0, R9–R11 still NULL_PA (no L2 VMs), CHLDCNT −1.
+#[test]
+fn sept_remove_outputs_follow_the_source_order() {
+    use tdx_abi::sept::entry_bits::{RWX, SUPPRESS_VE};
+    const NULL_PA: u64 = u64::MAX;
+    let p = Platform::new();
+    let td = runnable(&p);
+    let gpa = Gpa(8 * G);
+    p.ensure_sept_path(&td, gpa, PageLevel::L2M).unwrap();
+    let table = p.alloc_page().unwrap();
+    p.module
+        .mem_sept_add(td.tdr, gpa, PageLevel::L2M, table)
+        .unwrap();
+    let call = |gpa: Gpa, version: u8| {
+        let mut r = Regs::for_leaf(Leaf::MemSeptRemove, version);
+        r.rcx = gpa_level_operand(gpa, PageLevel::L2M);
+        r.rdx = td.tdr.0;
+        (r.r8, r.r9, r.r10, r.r11) = (0x11, 0x22, 0x33, 0x44);
+        p.module.seamcall(&mut r);
+        r
+    };
+    let details = |state| SeptLevelState::new(1, state).0;
+    // Version 2: zeroed RCX/RDX and NULL_PA in R9–R11, then refused.
+    let r = call(gpa, 2);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RAX)
+    );
+    assert_eq!(
+        (r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11),
+        (0, 0, 0x11, NULL_PA, NULL_PA, NULL_PA)
+    );
+    // Version 1, NL_MAPPED while the TD runs: not blocked, with the entry.
+    let r = call(gpa, 1);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::GPA_RANGE_NOT_BLOCKED.with_operand(OperandId::RCX)
+    );
+    assert_eq!((r.rcx, r.rdx), (RWX, details(SeptState::NlMapped)));
+    assert_eq!((r.r9, r.r10, r.r11), (NULL_PA, NULL_PA, NULL_PA));
+    // Version 0 leaves R9–R11 alone.
+    let r = call(gpa, 0);
+    assert_eq!((r.r9, r.r10, r.r11), (0x22, 0x33, 0x44));
+    // The child page's PAMT lock is taken before the blocked check: busy, no details.
+    {
+        let _h = p
+            .module
+            .hold_lock(LockTarget::Page(table), LockMode::Shared)
+            .unwrap();
+        let r = call(gpa, 0);
+        assert_eq!(
+            TdxStatus(r.rax),
+            TdxStatus::OPERAND_BUSY.with_operand(OperandId::RCX)
+        );
+        assert_eq!((r.rcx, r.rdx), (0, 0));
+    }
+    p.module
+        .mem_range_block(td.tdr, gpa, PageLevel::L2M)
+        .unwrap();
+    let r = call(gpa, 0);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::TLB_TRACKING_NOT_DONE.with_operand(OperandId::RCX)
+    );
+    assert_eq!((r.rcx, r.rdx), (0, 0));
+    // The tree lock, exclusive, before the walk: busy on SEPT_TREE, no details.
+    {
+        let _h = p
+            .module
+            .hold_lock(LockTarget::SeptTree(td.tdr), LockMode::Shared)
+            .unwrap();
+        let r = call(gpa, 0);
+        assert_eq!(
+            TdxStatus(r.rax),
+            TdxStatus::OPERAND_BUSY.with_operand(OperandId::SEPT_TREE)
+        );
+        assert_eq!((r.rcx, r.rdx), (0, 0));
+    }
+    p.module.mem_track(td.tdr).unwrap();
+    let before = p.module.td_child_count(td.tdr).unwrap();
+    let r = call(gpa, 1);
+    assert_eq!(TdxStatus(r.rax), TdxStatus::SUCCESS);
+    assert_eq!(
+        (r.rcx, r.rdx, r.r9, r.r10, r.r11),
+        (table.0, 0, NULL_PA, NULL_PA, NULL_PA)
+    );
+    assert_eq!(p.module.td_child_count(td.tdr).unwrap(), before - 1);
+    // FREE now: the state check reports SUPPRESS_VE only.
+    let r = call(gpa, 0);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::EPT_ENTRY_STATE_INCORRECT.with_operand(OperandId::RCX)
+    );
+    assert_eq!((r.rcx, r.rdx), (SUPPRESS_VE, details(SeptState::Free)));
+    // A child still mapped: EPT_PAGE_NOT_FREE with the (blocked: RWX 0) parent entry.
+    let gpa2 = Gpa(10 * G);
+    p.ensure_sept_path(&td, gpa2, PageLevel::L2M).unwrap();
+    let table2 = p.alloc_page().unwrap();
+    p.module
+        .mem_sept_add(td.tdr, gpa2, PageLevel::L2M, table2)
+        .unwrap();
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, gpa2, PageLevel::L4K, page).unwrap();
+    p.module
+        .mem_range_block(td.tdr, gpa2, PageLevel::L2M)
+        .unwrap();
+    p.module.mem_track(td.tdr).unwrap();
+    let r = call(gpa2, 0);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::EPT_PAGE_NOT_FREE.with_operand(OperandId::RCX)
+    );
+    assert_eq!((r.rcx, r.rdx), (0, details(SeptState::NlBlocked)));
+    p.module.check_invariants().unwrap();
+}
+
+/// TDH.MEM.PAGE.PROMOTE (intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_mem_page_promote.c`,
+/// `tdh_mem_page_promote` and `is_sept_page_valid_for_merge`): the 512 child entries are
+/// host-locked and checked one at a time, so a bad first entry (neither MAPPED nor PENDING,
+/// `sept_state_is_mapped_or_pending`) is EPT_INVALID_PROMOTE_CONDITIONS even when a later
+/// entry is locked by someone else; a busy child lock is OPERAND_BUSY (`sept_lock_acquire_host`
+/// in `src/common/helpers/tdx_locks.h`); a child differing from the first by more than its HPA
+/// is EPT_INVALID_PROMOTE_CONDITIONS; all with RCX/RDX describing the *parent* entry at the
+/// requested level (`set_arch_septe_details_in_vmm_regs`, non-leaf: RWX only). The locks taken
+/// are released on failure. Version 1 sets R9–R11 to NULL_PA first; success returns the freed
+/// S-EPT page in RCX and RDX = 0.
+#[test]
+fn promote_locks_and_checks_children_one_by_one() {
+    use tdx_abi::sept::entry_bits::{RWX, TDEL};
+    const NULL_PA: u64 = u64::MAX;
+    let p = Platform::new();
+    // Before MR.FINALIZE nothing needs blocking or tracking (`op_state_is_tlb_tracking_required`).
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    let gpa = Gpa(8 * G);
+    let big = p.alloc_2m().unwrap();
+    p.aug(&td, gpa, PageLevel::L2M, big).unwrap();
+    let sept = p.alloc_page().unwrap();
+    p.module
+        .mem_page_demote(td.tdr, gpa, PageLevel::L2M, sept)
+        .unwrap();
+    let child = |i: u64| Gpa(gpa.0 + i * 4096);
+    let promote = |version: u8| {
+        let mut r = Regs::for_leaf(Leaf::MemPagePromote, version);
+        r.rcx = gpa_level_operand(gpa, PageLevel::L2M);
+        r.rdx = td.tdr.0;
+        p.module.seamcall(&mut r);
+        r
+    };
+    let parent = SeptLevelState::new(1, SeptState::NlMapped).0;
+    let invalid = TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS.with_operand(OperandId::RCX);
+    let w5 = host_lock_entry(&p, &td, child(5), PageLevel::L4K);
+    assert!(
+        p.module
+            .force_sept_state(td.tdr, child(0), PageLevel::L4K, SeptState::Free)
+    );
+    // Entry 0 fails its check before entry 5's lock is tried.
+    let r = promote(0);
+    assert_eq!(TdxStatus(r.rax), invalid);
+    assert_eq!((r.rcx, r.rdx), (RWX, parent));
+    assert!(
+        p.module
+            .force_sept_state(td.tdr, child(0), PageLevel::L4K, SeptState::Pending)
+    );
+    // Entries 0–4 pass and stay locked until entry 5's lock fails: busy, parent details.
+    let r = promote(0);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::RCX)
+    );
+    assert_eq!((r.rcx, r.rdx), (RWX, parent));
+    let tdm = p.module.tds.read().get(&td.tdr.0).cloned().unwrap();
+    let tree = tdm.tree.get().unwrap();
+    for i in 0..5 {
+        let w = tree.walk(child(i), PageLevel::L4K).ok().unwrap();
+        assert_eq!(w.word & TDEL, 0, "child {i} released");
+    }
+    super::sept::unlock(w5.entry());
+    // Entry 7 in another state than entry 0.
+    assert!(
+        p.module
+            .force_sept_state(td.tdr, child(7), PageLevel::L4K, SeptState::Mapped)
+    );
+    let r = promote(0);
+    assert_eq!(TdxStatus(r.rax), invalid);
+    assert_eq!((r.rcx, r.rdx), (RWX, parent));
+    assert!(
+        p.module
+            .force_sept_state(td.tdr, child(7), PageLevel::L4K, SeptState::Pending)
+    );
+    // Version 2 is refused after RCX/RDX are zeroed and R9–R11 set.
+    let r = promote(2);
+    assert_eq!(
+        TdxStatus(r.rax),
+        TdxStatus::OPERAND_INVALID.with_operand(OperandId::RAX)
+    );
+    assert_eq!(
+        (r.rcx, r.rdx, r.r9, r.r10, r.r11),
+        (0, 0, NULL_PA, NULL_PA, NULL_PA)
+    );
+    let r = promote(1);
+    assert_eq!(TdxStatus(r.rax), TdxStatus::SUCCESS);
+    assert_eq!(
+        (r.rcx, r.rdx, r.r9, r.r10, r.r11),
+        (sept.0, 0, NULL_PA, NULL_PA, NULL_PA)
+    );
+    assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::Pending);
+    p.module.check_invariants().unwrap();
+}
+
+/// TDH.VP.FLUSH (intel/tdx-module `src/vmm_dispatcher/api_calls/tdh_vp_flush.c`,
+/// `tdh_vp_flush`) and TDH.MNG.VPFLUSHDONE (`tdh_mng_vpflushdone.c`, `tdh_mng_vpflushdone`):
+/// * VP.FLUSH: TDVPR, TDR, lifecycle KEYS_CONFIGURED (`TDX_TD_KEYS_NOT_CONFIGURED`), TDVPS
+///   pages (`map_tdvps` in `src/common/helpers/helpers.c`: `TDX_TDCX_NUM_INCORRECT`), then
+///   `assoc_lpid != lp_id` is `TDX_VCPU_NOT_ASSOCIATED`, also when associated with another
+///   LP; success lowers TDCS.NUM_ASSOC_VCPUS;
+/// * VPFLUSHDONE: TDR exclusive, then the KOT exclusive (OPERAND_BUSY on KOT) before the
+///   lifecycle, then NUM_ASSOC_VCPUS != 0 is `TDX_FLUSHVP_NOT_DONE`; the count is raised by
+///   `associate_vcpu_initial` (VP.INIT) and by `associate_vcpu` on a new association
+///   (`helpers.c`), e.g. a VP.RD on another LP after a flush.
+#[test]
+fn vp_flush_and_vpflushdone_follow_the_source() {
+    let p = two_packages();
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    let m = &p.module;
+    let lp1 = p.lp(1).unwrap();
+    let tdvpr = td.vcpus[0].tdvpr.0;
+    let flush = regs(Leaf::VpFlush, tdvpr, 0, 0);
+    let flushdone = regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0);
+    // A vCPU without its TDCX pages: map_tdvps fails before the association is looked at.
+    let half = p.alloc_page().unwrap();
+    m.call(regs(Leaf::VpCreate, half.0, td.tdr.0, 0)).unwrap();
+    assert_eq!(
+        m.call(regs(Leaf::VpFlush, half.0, 0, 0))
+            .unwrap_err()
+            .status,
+        TdxStatus::TDCX_NUM_INCORRECT
+    );
+    // VP.INIT associated the vCPU with LP 0: VP.FLUSH on LP 1 is not "associated elsewhere"
+    // but plainly not associated (with this LP).
+    assert_eq!(
+        lp1.call(flush).unwrap_err().status,
+        TdxStatus::VCPU_NOT_ASSOCIATED
+    );
+    // The KOT lock comes before the lifecycle and association checks.
+    {
+        let _k = m.hold_lock(LockTarget::Kot, LockMode::Shared).unwrap();
+        assert_eq!(
+            m.call(flushdone).unwrap_err().status,
+            TdxStatus::OPERAND_BUSY.with_operand(OperandId::KOT)
+        );
+    }
+    assert_eq!(
+        m.call(flushdone).unwrap_err().status,
+        TdxStatus::FLUSHVP_NOT_DONE
+    );
+    m.call(flush).unwrap();
+    // A new association on LP 1 (VP.RD of an architectural field) counts again.
+    lp1.call(regs(
+        Leaf::VpRd,
+        tdvpr,
+        crate::metadata::vcpu::HOST_SCRATCH,
+        0,
+    ))
+    .unwrap();
+    assert_eq!(
+        m.call(flushdone).unwrap_err().status,
+        TdxStatus::FLUSHVP_NOT_DONE
+    );
+    lp1.call(flush).unwrap();
+    m.call(flushdone).unwrap();
+    // BLOCKED now: VP.FLUSH fails on the lifecycle before the association.
+    assert_eq!(
+        m.call(flush).unwrap_err().status,
+        TdxStatus::TD_KEYS_NOT_CONFIGURED
+    );
+}
+
+/// EPT-violation TD exits, register by register (intel/tdx-module 1.5.01):
+/// * a guest access: `td_ept_violation_exit` (`src/td_dispatcher/vm_exits/td_ept_violation.c`)
+///   → `tdx_ept_violation_exit_to_vmm` (`td_other_exits.c`: qualification bits 12:7 and GPA
+///   bits 11:0 cleared) → `async_tdexit_internal` (`src/td_transitions/td_exit.c`): RAX =
+///   TDX_SUCCESS with the VMX exit reason 48 in bits 31:0, RCX = exit qualification (bits
+///   33:32 the VM, 0), RDX = extended qualification (type 0 `VMX_EEQ_NONE`), R8 = GPA, R9 = 0
+///   (no interruption information), R10–R15, RBX, RSI, RDI zeroed;
+/// * TDG.MEM.PAGE.ACCEPT stopped by a blocked 4 KiB entry: `async_tdexit_ept_violation`
+///   (`td_other_exits.c`): RCX = write (bit 1) | the entry's R/W/X in bits 5:3 (none when
+///   blocked, `block_sept_entry`), RDX = `VMX_EEQ_ACCEPT` (1) | `tdaccept_vmx_eeq_info_t`
+///   (`include/tdx_api_defs.h`) << 32: requested level 0, entry level 0, public state
+///   PENDING_BLOCKED (3, `sept_get_arch_state`; AUG then BLOCK), leaf (PS set in every leaf
+///   state encoding,
+///   `sept_state_lookup.h`).
+#[test]
+fn ept_violation_exit_registers_follow_the_source() {
+    let p = Platform::new();
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
+    let free = Gpa(8 * G + 0x5000);
+    let blocked = Gpa(12 * G);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, blocked, PageLevel::L4K, page).unwrap();
+    p.module
+        .mem_range_block(td.tdr, blocked, PageLevel::L4K)
+        .unwrap();
+    set_steps(
+        &p,
+        v,
+        vec![
+            Step::Touch {
+                gpa: free,
+                len: 4096,
+                access: Access::Read,
+                order: Order::Sequential,
+            },
+            Step::Halt,
+        ],
+    );
+    let entry = || {
+        let mut r = Regs::for_leaf(Leaf::VpEnter, 0);
+        r.rcx = v.0;
+        (r.rbx, r.rsi, r.rdi) = (1, 3, 4);
+        (r.r9, r.r12, r.r13, r.r14, r.r15) = (9, 12, 13, 14, 15);
+        p.module.seamcall(&mut r);
+        r
+    };
+    let r = entry();
+    assert_eq!(r.rax, exit::EPT_VIOLATION);
+    assert_eq!((r.rcx, r.rdx, r.r8), (exit::QUAL_READ, 0, free.0));
+    assert_eq!(
+        (r.rbx, r.rsi, r.rdi, r.r9, r.r10, r.r11),
+        (0, 0, 0, 0, 0, 0)
+    );
+    assert_eq!((r.r12, r.r13, r.r14, r.r15), (0, 0, 0, 0));
+    set_steps(
+        &p,
+        v,
+        vec![Step::Accept {
+            gpa: blocked,
+            len: 4096,
+            level: PageLevel::L4K,
+        }],
+    );
+    let r = entry();
+    assert_eq!(r.rax, exit::EPT_VIOLATION);
+    assert_eq!(r.rcx, exit::QUAL_WRITE);
+    let info = (SeptState::PendingBlocked as u64) << 6 | 1 << 14;
+    assert_eq!(r.rdx, exit::EXT_QUAL_TYPE_ACCEPT | info << 32);
+    assert_eq!((r.r8, r.r9, r.r12, r.r15), (blocked.0, 0, 0, 0));
+}
+
+/// TDH.PHYMEM.CACHE.WB's order and per-package state (intel/tdx-module
+/// `src/vmm_dispatcher/api_calls/tdh_phymem_cache_wb.c`, `tdh_phymem_cache_wb`): a command
+/// above 1 is refused before any lock; the package's WBT mutex is taken before the KOT (so
+/// with both held the busy operand is WBCACHE); the interruption point lives in the
+/// package's `wbt_entries` slot, so an interrupted session on package 0 cannot be resumed
+/// on package 1 (TDX_WBCACHE_RESUME_ERROR) and package 1's own session does not disturb it.
+#[test]
+fn cache_wb_lock_order_and_per_package_sessions() {
+    let p = two_packages();
+    let td = runnable(&p);
+    p.flush_vcpus(&td).unwrap();
+    p.module
+        .call(regs(Leaf::MngVpFlushDone, td.tdr.0, 0, 0))
+        .unwrap();
+    {
+        let _w = p
+            .module
+            .hold_lock(LockTarget::Wbt(0), LockMode::Exclusive)
+            .unwrap();
+        let _k = p
+            .module
+            .hold_lock(LockTarget::Kot, LockMode::Exclusive)
+            .unwrap();
+        assert_eq!(
+            cache_wb(&p, 0, 2),
+            TdxStatus::OPERAND_INVALID.with_operand(OperandId::RCX)
+        );
+        assert_eq!(
+            cache_wb(&p, 0, 0),
+            TdxStatus::OPERAND_BUSY.with_operand(OperandId::WBCACHE)
+        );
+        // Package 1's mutex is free: it gets as far as the KOT.
+        assert_eq!(
+            cache_wb(&p, 1, 0),
+            TdxStatus::OPERAND_BUSY.with_operand(OperandId::KOT)
+        );
+    }
+    p.module.inject(
+        Leaf::PhymemCacheWb,
+        Injection::StatusOnNthCall {
+            n: 1,
+            status: TdxStatus::INTERRUPTED_RESUMABLE,
+        },
+    );
+    assert_eq!(cache_wb(&p, 0, 0), TdxStatus::INTERRUPTED_RESUMABLE);
+    assert_eq!(cache_wb(&p, 1, 1), TdxStatus::WBCACHE_RESUME_ERROR);
+    assert_eq!(cache_wb(&p, 1, 0), TdxStatus::SUCCESS);
+    // Package 0 still owes its write-back; its saved point survives package 1's session.
+    assert_eq!(
+        TdxStatus(raw(&p, regs(Leaf::MngKeyFreeId, td.tdr.0, 0, 0)).rax),
+        TdxStatus::WBCACHE_NOT_COMPLETE
+    );
+    assert_eq!(cache_wb(&p, 0, 1), TdxStatus::SUCCESS);
+    assert_eq!(
+        TdxStatus(raw(&p, regs(Leaf::MngKeyFreeId, td.tdr.0, 0, 0)).rax),
+        TdxStatus::SUCCESS
+    );
 }

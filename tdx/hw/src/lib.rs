@@ -1,8 +1,9 @@
 //! The hardware SEAMCALL backend: the `seamcall` instruction (encoding `66 0f 01 cf`) in
-//! inline assembly, plus TDX detection helpers.
+//! assembly, plus TDX detection helpers.
 //!
-//! Only compiled for x86_64 and never executed unless detection says a TDX module is loaded:
-//! on a CPU without SEAM, `seamcall` raises #UD. The runtime's appliance calls
+//! Only compiled for x86_64 and never executed unless detection says a TDX module is loaded
+//! (or by [`probe_fault_path`], behind a fault handler): on a CPU without SEAM, `seamcall`
+//! raises #UD. The runtime's appliance calls
 //! [`detect`] (which reads MSRs and therefore is `unsafe`) before it constructs a
 //! [`HardwareModule`].
 //!
@@ -13,9 +14,19 @@
 //! "saved" variant (`__seamcall_saved_ret`) does: every general-purpose register is loaded
 //! from it and stored back, RBX and RBP are preserved around the instruction. A set carry
 //! flag (VMfailInvalid: no module loaded) becomes [`SEAMCALL_VMFAILINVALID`], never success.
+//!
+//! A `seamcall` that faults (#UD when the CPU is not in VMX root operation or has no SEAM,
+//! #GP(0) otherwise) becomes [`SEAMCALL_UD`] or [`SEAMCALL_GP`], as Linux's exception-table
+//! fixup does (`tdxcall.S`, `EX_TYPE_SEAMCALL`): the instruction carries a global label
+//! ([`seamcall_instruction_address`]), and the platform's #UD/#GP handler calls
+//! [`fixup_seamcall_fault`], which resumes right after it with the status in RAX.
 
 #![no_std]
 
+pub mod vmx;
+
+use tdx_abi::Leaf;
+use tdx_abi::TdxStatus;
 use tdx_abi::seamcall::{ModuleKind, Regs, Seamcall};
 
 /// RFLAGS carry flag.
@@ -23,7 +34,24 @@ const RFLAGS_CF: u64 = 1;
 
 /// The status a SEAMCALL that failed with VMfailInvalid reads as (Linux's
 /// `TDX_SEAMCALL_VMFAILINVALID`: a software error, class 0xFF, low bits 0xFFFF0000).
-pub const SEAMCALL_VMFAILINVALID: u64 = 0x8000_FF00_FFFF_0000;
+pub const SEAMCALL_VMFAILINVALID: u64 = TdxStatus::SEAMCALL_VMFAILINVALID.0;
+
+/// The status a SEAMCALL that raised #UD reads as: Linux's `TDX_SEAMCALL_UD`
+/// (`arch/x86/include/asm/tdx.h`: `TDX_SW_ERROR | X86_TRAP_UD`, where `TDX_SW_ERROR` is
+/// `TDX_ERROR | GENMASK_ULL(47, 40)`), 0x8000_FF00_0000_0006. The CPU is not in VMX root
+/// operation, or has no SEAM.
+pub const SEAMCALL_UD: u64 = TdxStatus::SEAMCALL_UD.0;
+
+/// The status a SEAMCALL that raised #GP reads as: Linux's `TDX_SEAMCALL_GP`
+/// (`TDX_SW_ERROR | X86_TRAP_GP`), 0x8000_FF00_0000_000D.
+pub const SEAMCALL_GP: u64 = TdxStatus::SEAMCALL_GP.0;
+
+/// #UD's exception vector.
+pub const VECTOR_UD: u8 = 6;
+/// #GP's exception vector.
+pub const VECTOR_GP: u8 = 13;
+/// Length of the `seamcall` encoding `66 0f 01 cf`.
+const SEAMCALL_LEN: u64 = 4;
 
 /// IA32_MTRRCAP: bit 15 reports SEAMRR support.
 pub const MSR_IA32_MTRRCAP: u32 = 0xFE;
@@ -173,7 +201,8 @@ impl HardwareModule {
     /// A handle for a platform [`detect`] accepted.
     ///
     /// # Safety
-    /// A TDX module must be loaded (SEAMLDR done); otherwise every call raises #UD.
+    /// A TDX module must be loaded (SEAMLDR done); otherwise every call raises #UD, which
+    /// only a handler applying [`fixup_seamcall_fault`] turns into [`SEAMCALL_UD`].
     pub unsafe fn new(platform: TdxPlatform) -> HardwareModule {
         HardwareModule {
             hkid_shift: platform.hkid_shift,
@@ -181,8 +210,9 @@ impl HardwareModule {
     }
 }
 
-/// The SEAMCALL entry path around one instruction: `$insn` is `seamcall` itself or, in the
-/// tests, a call to a fake leaf with the module's register contract. Every general-purpose
+/// The SEAMCALL entry path around one instruction: `$insn` calls the leaf that holds
+/// `seamcall` (`tdx_hw_seamcall`) or, in the tests, a fake leaf with the module's register
+/// contract. Every general-purpose
 /// register is loaded from the [`Regs`] block at `$args` and stored back to it, RBP included
 /// (a TDVMCALL may expose it: the host leaves NO_RBP_MOD clear, so that guests whose
 /// TDVMCALL mask selects RBP, as TDVF's does, work); RBX and RBP (which the compiler
@@ -321,6 +351,93 @@ fn finish(regs: &mut Regs, flags: u64) {
     }
 }
 
+// The one hardware `seamcall` instruction, in a leaf the entry block calls (as the tests call
+// their fake leaf): `tdx_hw_seamcall_insn` labels the instruction, `ret` follows it and keeps
+// the flags. The instruction lives here, in module-level assembly, and not inside the
+// `asm!` block of `HardwareModule::seamcall`, because the compiler may copy an inline
+// `asm!` block (an optimized build duplicates it on the paths after `read_xcr0`), and a
+// global label inside it would then be defined twice; module-level assembly is emitted
+// exactly once. (A second definition would be an assembler or link error, never a silent
+// bug.)
+core::arch::global_asm!(
+    ".global tdx_hw_seamcall",
+    ".global tdx_hw_seamcall_insn",
+    "tdx_hw_seamcall:",
+    "tdx_hw_seamcall_insn:",
+    ".byte 0x66, 0x0f, 0x01, 0xcf",
+    "ret",
+);
+
+unsafe extern "C" {
+    /// The leaf: `seamcall; ret`, with the TDX module's register contract.
+    fn tdx_hw_seamcall();
+    /// The `seamcall` instruction inside it. Only its address is used.
+    static tdx_hw_seamcall_insn: u8;
+}
+
+/// The address of the hardware `seamcall` instruction (the only one: [`HardwareModule`]'s
+/// entry path calls it). A #UD or #GP whose RIP is this address is a faulting SEAMCALL,
+/// which [`fixup_seamcall_fault`] turns into a status.
+pub fn seamcall_instruction_address() -> u64 {
+    (&raw const tdx_hw_seamcall_insn) as u64
+}
+
+/// The registers an exception handler may change to resume the interrupted code: its saved
+/// RIP, RAX and RFLAGS (what the firmware's exception entry restores before `iretq`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultFrame {
+    /// Where the fault happened (for #UD and #GP: the faulting instruction).
+    pub rip: u64,
+    /// RAX at the fault.
+    pub rax: u64,
+    /// RFLAGS at the fault.
+    pub rflags: u64,
+}
+
+/// Turns a #UD or #GP raised by the hardware `seamcall` instruction into a status, as
+/// Linux's `EX_TYPE_SEAMCALL` fixup does: if `frame.rip` is [`seamcall_instruction_address`]
+/// and `vector` is 6 (#UD) or 13 (#GP), RIP moves past the 4-byte instruction, RAX becomes
+/// [`SEAMCALL_UD`] or [`SEAMCALL_GP`], CF is cleared, and the answer is true. Anything else
+/// is left untouched (false): the fault is not a SEAMCALL's.
+///
+/// Resuming right after the instruction is correct because a faulting instruction changed
+/// no register and no memory: what follows is the leaf's `ret` (which keeps the flags) back
+/// into the entry block (`seam_entry!`), which runs on as after a normal return. It stores
+/// every register into the caller's [`Regs`], so the caller reads RAX = the typed error and
+/// its other registers as they were loaded (its own inputs), restores RBX and RBP, and
+/// hands back the flags, where the cleared CF keeps the status from being read as
+/// VMfailInvalid. Linux instead jumps to a separate trap label; resuming in place needs no
+/// second label and reuses the normal path.
+pub fn fixup_seamcall_fault(vector: u8, frame: &mut FaultFrame) -> bool {
+    if frame.rip != seamcall_instruction_address() {
+        return false;
+    }
+    let status = match vector {
+        VECTOR_UD => SEAMCALL_UD,
+        VECTOR_GP => SEAMCALL_GP,
+        _ => return false,
+    };
+    frame.rip += SEAMCALL_LEN;
+    frame.rax = status;
+    frame.rflags &= !RFLAGS_CF;
+    true
+}
+
+/// Runs the hardware entry path once, with TDH.SYS.RD of field 0 (a read, harmless if a
+/// module does answer), and returns RAX: on a CPU without SEAM (or outside VMX root
+/// operation) [`SEAMCALL_UD`], which proves the fault path end to end (the fixup handler,
+/// the resumption, the status) on a machine with no TDX.
+///
+/// # Safety
+/// A #UD/#GP handler that applies [`fixup_seamcall_fault`] must be installed on the calling
+/// CPU; without it the fault ends in the firmware's exception handler.
+pub unsafe fn probe_fault_path() -> u64 {
+    let module = HardwareModule { hkid_shift: 0 };
+    let mut regs = Regs::for_leaf(Leaf::SysRd, 0);
+    module.seamcall(&mut regs);
+    regs.rax
+}
+
 impl Seamcall for HardwareModule {
     fn seamcall(&self, regs: &mut Regs) {
         let args: *mut Regs = regs;
@@ -328,10 +445,12 @@ impl Seamcall for HardwareModule {
         // host's back.
         let xcr0 = read_xcr0();
         // SAFETY: constructing a HardwareModule requires a loaded TDX module (see `new`), so
-        // `seamcall` does not fault. `args` points to a live, exclusively borrowed `Regs`
-        // (`repr(C)`, offsets from `offset_of!`); the block's register discipline is
-        // described at `seam_entry`.
-        let flags = unsafe { seam_entry!(args, ".byte 0x66, 0x0f, 0x01, 0xcf") };
+        // `seamcall` does not fault, or (`probe_fault_path`) a handler that resumes a fault
+        // right after the instruction, which the block then completes as a normal return. The
+        // leaf is `seamcall; ret`, so the stack is as the block left it when it returns.
+        // `args` points to a live, exclusively borrowed `Regs` (`repr(C)`, offsets from
+        // `offset_of!`); the block's register discipline is described at `seam_entry`.
+        let flags = unsafe { seam_entry!(args, "call {seamcall}", seamcall = sym tdx_hw_seamcall) };
         if let Some(host) = xcr0
             && read_xcr0() != Some(host)
         {
@@ -472,6 +591,59 @@ mod tests {
         };
         let _ = fake_seamcall(&mut regs);
         assert_eq!(regs.rax, SEAMCALL_VMFAILINVALID);
+    }
+
+    #[test]
+    fn the_seamcall_instruction_is_labelled() {
+        let at = seamcall_instruction_address() as *const [u8; 4];
+        // SAFETY: the label marks the 4-byte instruction in this binary's code, which is
+        // mapped readable.
+        assert_eq!(unsafe { at.read() }, [0x66, 0x0f, 0x01, 0xcf]);
+    }
+
+    #[test]
+    fn a_fault_at_the_instruction_becomes_its_status() {
+        let insn = seamcall_instruction_address();
+        for (vector, status) in [(6, SEAMCALL_UD), (13, SEAMCALL_GP)] {
+            let mut frame = FaultFrame {
+                rip: insn,
+                rax: 34,
+                rflags: 0x247,
+            };
+            assert!(fixup_seamcall_fault(vector, &mut frame));
+            assert_eq!(
+                frame,
+                FaultFrame {
+                    rip: insn + 4,
+                    rax: status,
+                    rflags: 0x246,
+                }
+            );
+        }
+        assert_eq!(SEAMCALL_UD, 0x8000_FF00_0000_0006);
+        assert_eq!(SEAMCALL_GP, 0x8000_FF00_0000_000D);
+    }
+
+    #[test]
+    fn other_faults_are_left_alone() {
+        let insn = seamcall_instruction_address();
+        for (rip, vector) in [
+            (insn + 4, 6),
+            (insn - 1, 13),
+            (0x1000, 6),
+            (insn, 14),
+            (insn, 0),
+            (insn, 3),
+        ] {
+            let before = FaultFrame {
+                rip,
+                rax: 0xAA,
+                rflags: 0x3,
+            };
+            let mut frame = before;
+            assert!(!fixup_seamcall_fault(vector, &mut frame));
+            assert_eq!(frame, before);
+        }
     }
 
     #[test]

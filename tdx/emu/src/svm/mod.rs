@@ -624,6 +624,10 @@ impl EmulatedModule {
         if let Pending::Vmcall { mask } = core::mem::replace(&mut s.pending, Pending::None) {
             self.resume_vmcall(s, mask, r);
         }
+        // Zero-step tracking (`td_entry_stepping_filter`, intel/tdx-module
+        // `src/td_transitions/td_exit_stepping.c`): the RIP this entry enters at.
+        let entry_rip = self.vmcb_read(s.vmcb, vmcb::RIP);
+        vcpu.guest.lock().stepping.entered(entry_rip);
         for _ in 0..MAX_EXITS_PER_ENTRY {
             if vcpu.kick.swap(false, Ordering::AcqRel) {
                 return Ok(td_exit(r, exit::EXTERNAL_INTERRUPT, Regs::default()));
@@ -643,6 +647,9 @@ impl EmulatedModule {
                 0
             };
             self.vmcb_write(s.vmcb, vmcb::EVENT_INJ, reinject);
+            // `vmexit_stepping_filter`: any exit after progress ends the zero-step tracking.
+            let rip = self.vmcb_read(s.vmcb, vmcb::RIP);
+            vcpu.guest.lock().stepping.exited(rip);
             match self.handle_exit(td, tree, vcpu, s, cpu)? {
                 Next::Resume => {}
                 Next::Exit(reason, out) => {
@@ -767,12 +774,27 @@ impl EmulatedModule {
             }
             return Next::Resume;
         }
+        // A TD exit on a private GPA counts toward the zero-step mitigation
+        // (`td_exit_epf_stepping_log` in `td_ept_violation_exit`, intel/tdx-module
+        // `src/td_dispatcher/vm_exits/td_ept_violation.c`); a #VE does not.
+        let log_epf = || {
+            let rip = self.vmcb_read(s.vmcb, vmcb::RIP);
+            vcpu.guest.lock().stepping.log_epf(
+                rip,
+                gpa & !0xFFF,
+                self.cfg.limits.zero_step_threshold,
+            );
+        };
         match self.npt_fill(tree, gpa) {
             Fill::Mapped => Next::Resume,
-            Fill::Missing => Next::Exit(exit::EPT_VIOLATION, ept(exit::EXT_QUAL_TYPE_NORMAL)),
+            Fill::Missing => {
+                log_epf();
+                Next::Exit(exit::EPT_VIOLATION, ept(exit::EXT_QUAL_TYPE_NORMAL))
+            }
             Fill::Pending => {
                 let attrs = td.cfg.get().map_or(0, |c| c.params.attributes);
                 if attrs & attributes::SEPT_VE_DISABLE != 0 {
+                    log_epf();
                     Next::Exit(
                         exit::EPT_VIOLATION,
                         ept(exit::EXT_QUAL_TYPE_PENDING_EPT_VIOLATION),
@@ -1429,18 +1451,11 @@ impl EmulatedModule {
                         self.tdcall_status(s, TdxStatus::OPERAND_BUSY);
                     }
                     // The host adds the page; the TDCALL runs again on re-entry.
-                    super::guest::AcceptOutcome::Exit(_) => {
+                    super::guest::AcceptOutcome::Exit(e) => {
                         if !matches!(s.accept_since, Some((at_gpa, _)) if at_gpa == gpa.0) {
                             s.accept_since = Some((gpa.0, exited_at));
                         }
-                        let out = Regs {
-                            rcx: exit::QUAL_WRITE,
-                            rdx: exit::EXT_QUAL_TYPE_ACCEPT
-                                | level.raw() << exit::EXT_QUAL_INFO_SHIFT,
-                            r8: gpa.0,
-                            ..Regs::default()
-                        };
-                        return Some((exit::EPT_VIOLATION, out));
+                        return Some(e.regs());
                     }
                 }
                 None

@@ -439,6 +439,7 @@ impl Host {
                     for r in &self.runners {
                         r.unbind_td(&td.shared);
                     }
+                    self.flush_vcpus_from_host(&td);
                     let _ = self.teardown(&mut td);
                     self.retired.leaked_pages += td.leaked_pages;
                 } else {
@@ -688,26 +689,40 @@ impl Host {
                 break;
             }
             created += 1;
-            let rest = || -> Result<(), SeamError> {
-                for page in tdcx {
-                    main.vp_addcx(*tdvpr, *page)?;
-                }
-                // x2APIC ID = vCPU index (TDH.VP.INIT version 1); `i` < the TD's vCPU count.
-                main.vp_init(*tdvpr, 0, u32::try_from(i).unwrap_or(u32::MAX))?;
-                // The shared EPT: the TD's shared memory (MapGPA) is mapped there.
-                if let Some(eptp) = shared_eptp {
-                    main.vp_wr(*tdvpr, tdx_abi::metadata::vcpu::SHARED_EPTP, eptp, u64::MAX)?;
-                }
-                Ok(())
-            };
-            if let Err(e) = rest() {
+            let added = tdcx
+                .iter()
+                .try_for_each(|page| main.vp_addcx(*tdvpr, *page));
+            if let Err(e) = added {
                 fail = Some(HostError::Module(e));
                 break;
             }
             let runner = self.next_runner % self.runners.len().max(1);
             self.next_runner += 1;
             let cpu = self.runners.get(runner).map(|r| r.cpu()).unwrap_or(0);
-            vcpus.push(VcpuShared::new(i as u32, *tdvpr, runner, cpu));
+            // TDH.VP.INIT associates the vCPU with the logical CPU that runs it, and VP.RD,
+            // VP.WR and VP.ENTER elsewhere fail with TDX_VCPU_ASSOCIATED until TDH.VP.FLUSH
+            // (intel/tdx-module `tdh_vp_init.c`, `associate_vcpu` in
+            // `src/common/helpers/helpers.c`): so they run on the runner's CPU, as KVM runs
+            // `tdx_vcpu_init` on the vCPU's own CPU.
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            // x2APIC ID = vCPU index (TDH.VP.INIT version 1); `i` < the TD's vCPU count.
+            if let Err(e) = self.call_on_cpu(cpu, &|m| m.vp_init(*tdvpr, 0, index)) {
+                fail = Some(e.into());
+                break;
+            }
+            // Associated from here on: teardown flushes it on `cpu`.
+            let vcpu = VcpuShared::new(index, *tdvpr, runner, cpu);
+            let posted = (
+                vcpu.posted.vector(),
+                self.platform.physical_address_of(vcpu.posted.address()),
+            );
+            vcpus.push(vcpu);
+            if let Err(e) =
+                self.call_on_cpu(cpu, &|m| vcpu_vmcs_setup(m, *tdvpr, shared_eptp, posted))
+            {
+                fail = Some(e.into());
+                break;
+            }
         }
         let vcpus = Arc::new(TdVcpus {
             vcpus,
@@ -746,6 +761,28 @@ impl Host {
         self.tds.insert(id, td);
         Ok(())
     }
+}
+
+/// The host-writable TD-VMCS fields of a new vCPU, written on its CPU (TDH.VP.WR associates
+/// it there): the shared EPT root, then posted interrupts in KVM's order (`tdx_vcpu_init`:
+/// the notification vector and the descriptor address before the pin-based control that
+/// enables them, which the module refuses otherwise; intel/tdx-module `metadata_vp.c`).
+fn vcpu_vmcs_setup(
+    m: &dyn Seamcall,
+    tdvpr: Hpa,
+    shared_eptp: Option<u64>,
+    (vector, descriptor): (u8, u64),
+) -> Result<(), SeamError> {
+    use tdx_abi::metadata::vcpu;
+    // The shared EPT: the TD's shared memory (MapGPA) is mapped there.
+    if let Some(eptp) = shared_eptp {
+        m.vp_wr(tdvpr, vcpu::SHARED_EPTP, eptp, u64::MAX)?;
+    }
+    m.vp_wr(tdvpr, vcpu::POSTED_INTR_NV, u64::from(vector), 0xFFFF)?;
+    m.vp_wr(tdvpr, vcpu::POSTED_INTR_DESC_ADDR, descriptor, u64::MAX)?;
+    let enable = vcpu::PIN_BASED_POSTED_INTERRUPTS;
+    m.vp_wr(tdvpr, vcpu::PIN_BASED_CONTROLS, enable, enable)?;
+    Ok(())
 }
 
 #[cfg(test)]

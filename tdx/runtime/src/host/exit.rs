@@ -178,7 +178,7 @@ impl ExitContext<'_> {
     fn deliver(&self, delivery: Delivery) {
         let vcpus = &self.td.vcpus;
         let post = |v: &VcpuShared, vector: u8| {
-            vcpus.kicker.post_interrupt(v.tdvpr, vector);
+            vcpus.kicker.post_interrupt(v, vector);
             if v.index != self.vcpu.index {
                 v.wake();
                 vcpus.kicker.kick(v.cpu, v.tdvpr);
@@ -213,7 +213,7 @@ impl ExitContext<'_> {
                 let mut lapic = self.vcpu.lapic.lock();
                 if let Some(vector) = lapic.poll_timer(self.now_ns) {
                     // An interrupt is due already: no halt.
-                    td.vcpus.kicker.post_interrupt(self.vcpu.tdvpr, vector);
+                    td.vcpus.kicker.post_interrupt(self.vcpu, vector);
                     return AfterExit::Continue(Reply::DONE);
                 }
                 // Wake at the idle period or the vCPU's next timer interrupt, whichever is

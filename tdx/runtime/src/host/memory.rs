@@ -331,13 +331,31 @@ impl Kicker {
         }
     }
 
-    /// Posts interrupt `vector` to the vCPU at `tdvpr`. The software module takes it at its
-    /// next delivery point. On hardware this is the posted-interrupt descriptor and the
-    /// notification IPI, which the hardware backend does not set up yet: the vector is
-    /// dropped there.
-    pub fn post_interrupt(&self, tdvpr: Hpa, vector: u8) {
-        if let Kicker::Software(m, _) = self {
-            m.post_interrupt(tdvpr, vector);
+    /// Posts interrupt `vector` to vCPU `v`. The software module takes it at its next
+    /// delivery point. On hardware it goes into the vCPU's posted-interrupt descriptor, and
+    /// a vCPU in the TD gets the notification IPI (KVM's `__vmx_deliver_posted_interrupt`):
+    /// the poster writes the descriptor, then reads the mode; the runner publishes the mode,
+    /// then checks the descriptor ([`Kicker::before_entry`]), so one of them notifies.
+    pub fn post_interrupt(&self, v: &VcpuShared, vector: u8) {
+        match self {
+            Kicker::Software(m, _) => m.post_interrupt(v.tdvpr, vector),
+            Kicker::Hardware(p) => {
+                if v.posted.post(vector) && v.mode.load(Ordering::SeqCst) == MODE_IN_GUEST {
+                    p.notify_posted_interrupt(v.cpu);
+                }
+            }
+        }
+    }
+
+    /// Called by vCPU `v`'s runner with interrupts off, after it published
+    /// [`MODE_IN_GUEST`] and before TDH.VP.ENTER: on hardware, an outstanding notification
+    /// is sent to this CPU itself, so that the CPU processes the descriptor right after the
+    /// VM entry (KVM's `tdx_vcpu_run`).
+    pub fn before_entry(&self, v: &VcpuShared) {
+        if let Kicker::Hardware(p) = self
+            && v.posted.outstanding()
+        {
+            p.notify_posted_interrupt(v.cpu);
         }
     }
 }
@@ -375,7 +393,7 @@ impl crate::devices::MsiSink for TdVcpus {
         }
         let destination = ((address >> 12) & 0xFF) as u32;
         if let Some(v) = self.vcpus.iter().find(|v| v.index == destination) {
-            self.kicker.post_interrupt(v.tdvpr, vector);
+            self.kicker.post_interrupt(v, vector);
             v.wake();
             self.kicker.kick(v.cpu, v.tdvpr);
         }

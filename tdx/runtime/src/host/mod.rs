@@ -221,6 +221,19 @@ pub trait Platform: Send + Sync {
     /// Interrupts CPU `cpu` (hardware: an IPI that makes a vCPU in TDX non-root mode exit;
     /// threads: unpark the runner).
     fn kick_cpu(&self, cpu: u32);
+    /// Sends CPU `cpu` the posted-interrupt notification vector
+    /// ([`posted::POSTED_INTERRUPT_VECTOR`]): a vCPU of the hardware module in the TD there
+    /// takes its posted interrupts without exiting, a runner about to enter one sends it to
+    /// itself. By default [`Platform::kick_cpu`] (platforms without TDX hardware).
+    fn notify_posted_interrupt(&self, cpu: u32) {
+        self.kick_cpu(cpu);
+    }
+    /// The physical address of host memory at address `virt`, for structures the TDX module
+    /// reads by physical address (posted-interrupt descriptors). By default the address
+    /// itself: the appliance runs identity-mapped, as UEFI sets it up.
+    fn physical_address_of(&self, virt: u64) -> u64 {
+        virt
+    }
 }
 
 /// Errors of the façade; each maps to one HTTP status in the API.
@@ -299,6 +312,7 @@ mod images;
 mod lifecycle;
 pub mod memory;
 pub mod msr;
+pub mod posted;
 mod query;
 pub mod runner;
 mod seam;

@@ -395,7 +395,7 @@ impl Runner {
         // the host's own timer interrupts).
         let expired = v.lapic.lock().poll_timer(self.clock.now_ns());
         if let Some(vector) = expired {
-            td.vcpus.kicker.post_interrupt(v.tdvpr, vector);
+            td.vcpus.kicker.post_interrupt(v, vector);
         }
         // KVM order: publish the mode, then look at requests.
         v.mode.store(MODE_IN_GUEST, Ordering::SeqCst);
@@ -403,7 +403,7 @@ impl Runner {
             v.mode.store(MODE_OUTSIDE, Ordering::SeqCst);
             return Turn::Skipped;
         }
-        v.entered.store(true, Ordering::Release);
+        td.vcpus.kicker.before_entry(v);
         let answer = *v.answer.lock();
         let result = self.seam.vp_enter(v.tdvpr, &answer);
         v.exits.fetch_add(1, Ordering::SeqCst);
@@ -440,10 +440,10 @@ impl Runner {
         }
     }
 
-    /// Flushes the vCPU on this CPU (if it ever entered) and parks it. False if the flush
-    /// must be retried.
+    /// Flushes the vCPU on this CPU (TDH.VP.INIT associated it here) and parks it. False if
+    /// the flush must be retried.
     fn park(&self, td: &TdShared, v: &VcpuShared) -> bool {
-        if v.entered.load(Ordering::Acquire) && !v.flushed.load(Ordering::Acquire) {
+        if !v.flushed.load(Ordering::Acquire) {
             match self.seam.vp_flush(v.tdvpr) {
                 Ok(()) => {}
                 Err(e) if e.is_busy() => return true,

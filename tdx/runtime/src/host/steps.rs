@@ -24,6 +24,9 @@ pub enum BringupStage {
     CpuTopology,
     /// Whether the CPU, its MSRs and the firmware report usable TDX.
     TdxDetect,
+    /// VMXON on every logical CPU, which the TDX module requires before any SEAMCALL (TDX
+    /// hardware only).
+    VmxOn,
     /// Which TDX module runs (hardware or the software module), and why.
     Module,
     /// The TD memory pool and KeyID range handed to the host.
@@ -50,11 +53,12 @@ pub enum BringupStage {
 
 impl BringupStage {
     /// Every stage, in order.
-    pub const ALL: [BringupStage; 15] = [
+    pub const ALL: [BringupStage; 16] = [
         BringupStage::Heap,
         BringupStage::TdMemory,
         BringupStage::CpuTopology,
         BringupStage::TdxDetect,
+        BringupStage::VmxOn,
         BringupStage::Module,
         BringupStage::Pool,
         BringupStage::SysInit,
@@ -75,6 +79,7 @@ impl BringupStage {
             BringupStage::TdMemory => "td-memory",
             BringupStage::CpuTopology => "cpu-topology",
             BringupStage::TdxDetect => "tdx-detect",
+            BringupStage::VmxOn => "vmx-on",
             BringupStage::Module => "module",
             BringupStage::Pool => "pool",
             BringupStage::SysInit => "sys-init",

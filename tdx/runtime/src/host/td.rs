@@ -17,6 +17,7 @@ use tdx_abi::seamcall::{Seamcall, TdvmcallAnswer};
 
 use super::memory::{TdBacking, TdVcpus};
 use super::msr::MsrFile;
+use super::posted::{POSTED_INTERRUPT_VECTOR, PostedInterruptDescriptor};
 use super::tdvmcall::FatalMessage;
 use super::types::TdId;
 
@@ -48,9 +49,10 @@ pub struct VcpuShared {
     pub mode: AtomicU8,
     /// Exits so far (the unmap path waits for it to move).
     pub exits: AtomicU64,
-    /// Entered the TD at least once (associated with its runner's CPU).
-    pub entered: AtomicBool,
-    /// TDH.VP.FLUSH done on its CPU.
+    /// Its posted-interrupt descriptor (hardware module; see [`super::posted`]).
+    pub posted: Box<PostedInterruptDescriptor>,
+    /// TDH.VP.FLUSH done on its CPU. Until then the vCPU is associated with that CPU: the
+    /// host creates a `VcpuShared` only once TDH.VP.INIT ran there.
     pub flushed: AtomicBool,
     /// Powered off / stopped for good; the runner will not enter it again.
     pub parked: AtomicBool,
@@ -77,7 +79,7 @@ impl VcpuShared {
             cpu,
             mode: AtomicU8::new(MODE_OUTSIDE),
             exits: AtomicU64::new(0),
-            entered: AtomicBool::new(false),
+            posted: Box::new(PostedInterruptDescriptor::new(POSTED_INTERRUPT_VECTOR, 0)),
             flushed: AtomicBool::new(false),
             parked: AtomicBool::new(false),
             halted_until: AtomicU64::new(0),
@@ -97,7 +99,7 @@ impl VcpuShared {
     pub fn is_quiescent(&self) -> bool {
         self.parked.load(Ordering::Acquire)
             && self.mode.load(Ordering::Acquire) == MODE_OUTSIDE
-            && (!self.entered.load(Ordering::Acquire) || self.flushed.load(Ordering::Acquire))
+            && self.flushed.load(Ordering::Acquire)
     }
 }
 

@@ -41,6 +41,21 @@ use super::{EventKind, Host, QUIESCE_TIMEOUT_MS, Td, TdId};
 const CACHE_WB_RESUMES: u32 = 10_000;
 
 impl Host {
+    /// TDH.VP.FLUSH, on its CPU, of every vCPU of `td` that no runner flushed (they are
+    /// associated with that CPU from TDH.VP.INIT on), and parks them: for vCPUs that no runner
+    /// serves any more (a failed create, runners that did not park in time).
+    pub(super) fn flush_vcpus_from_host(&self, td: &Td) {
+        use core::sync::atomic::Ordering;
+        for v in &td.shared.vcpus.vcpus {
+            if !v.flushed.load(Ordering::Acquire) {
+                let tdvpr = v.tdvpr;
+                let _ = self.call_on_cpu(v.cpu, &|m| m.vp_flush(tdvpr));
+                v.flushed.store(true, Ordering::Release);
+            }
+            v.parked.store(true, Ordering::Release);
+        }
+    }
+
     /// One slice of TD `id`'s teardown: waits (bounded) for the runners to park its vCPUs,
     /// then reclaims up to `teardown_pages_per_step` units; when the TDR is back, the TD's
     /// counters are retired and it leaves the host.
@@ -58,16 +73,7 @@ impl Host {
                 "host: TD {}: runners did not park its vCPUs; flushing",
                 id.0
             );
-            for v in &td.shared.vcpus.vcpus {
-                if v.entered.load(core::sync::atomic::Ordering::Acquire)
-                    && !v.flushed.load(core::sync::atomic::Ordering::Acquire)
-                {
-                    let tdvpr = v.tdvpr;
-                    let _ = self.call_on_cpu(v.cpu, &|m| m.vp_flush(tdvpr));
-                    v.flushed.store(true, core::sync::atomic::Ordering::Release);
-                }
-                v.parked.store(true, core::sync::atomic::Ordering::Release);
-            }
+            self.flush_vcpus_from_host(td);
         }
         if td.teardown.is_none() {
             for r in &self.runners {

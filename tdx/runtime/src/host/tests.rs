@@ -1318,3 +1318,64 @@ fn a_failed_key_config_names_the_package() {
         step.detail
     );
 }
+
+/// TDH.VP.INIT associates a vCPU with the logical CPU that issues it, and TDH.VP.ENTER on
+/// any other CPU fails with TDX_VCPU_ASSOCIATED (intel/tdx-module `tdh_vp_init.c`,
+/// `associate_vcpu` in `src/common/helpers/helpers.c`; the software module enforces it): the
+/// host initializes each vCPU on its runner's CPU, never on the main CPU, and the TD runs.
+/// There, it also set up posted interrupts in the TD-VMCS as KVM's `tdx_vcpu_init` does:
+/// the notification vector, the vCPU's descriptor, then the pin-based control.
+#[test]
+fn vcpus_are_initialized_on_their_runners_cpu() {
+    let mut e = host();
+    upload_image(&mut e.host, "fw", &synthetic_tdvf_image()).unwrap();
+    let h = &mut e.host;
+    let id = h
+        .create_td(spec("td", "fw", Some(workload(1))), h.now_ms())
+        .unwrap()
+        .id;
+    let vcpus: Vec<(Hpa, u32, u64)> = h.tds[&id]
+        .shared
+        .vcpus
+        .vcpus
+        .iter()
+        .map(|v| {
+            let descriptor = e.platform.physical_address_of(v.posted.address());
+            (v.tdvpr, v.cpu, descriptor)
+        })
+        .collect();
+    assert_eq!(vcpus.len(), 2);
+    let read = |lp: u32, tdvpr: Hpa, field: u64| {
+        let mut r = tdx_abi::seamcall::Regs::for_leaf(Leaf::VpRd, 0);
+        r.rcx = tdvpr.0;
+        r.rdx = field;
+        e.module.lp(lp).unwrap().call(r).map(|r| r.r8)
+    };
+    use tdx_abi::metadata::vcpu as vf;
+    for (tdvpr, cpu, descriptor) in vcpus {
+        assert_ne!(cpu, 0, "vCPUs run on the application processors");
+        let associated = read(0, tdvpr, tdx_emu::metadata::vcpu::ASSOCIATED_LP).unwrap();
+        assert_eq!(associated, u64::from(cpu), "TDVPR {tdvpr:?}");
+        // A real field read on the main CPU is refused: the vCPU is not associated there.
+        let elsewhere = read(0, tdvpr, vf::POSTED_INTR_NV).unwrap_err().status;
+        assert_eq!(elsewhere, TdxStatus::VCPU_ASSOCIATED);
+        assert_eq!(
+            read(cpu, tdvpr, vf::POSTED_INTR_NV).unwrap(),
+            u64::from(posted::POSTED_INTERRUPT_VECTOR)
+        );
+        assert_eq!(
+            read(cpu, tdvpr, vf::POSTED_INTR_DESC_ADDR).unwrap(),
+            descriptor
+        );
+        assert_eq!(
+            read(cpu, tdvpr, vf::PIN_BASED_CONTROLS).unwrap(),
+            vf::PIN_BASED_POSTED_INTERRUPTS
+        );
+    }
+    wait_state(h, id, TdState::Runnable);
+    assert_eq!(h.start_td(id, h.now_ms()).unwrap(), Transition::Started);
+    let want = "hello from td 1\n";
+    let ok = step_until(h, 20_000, |h| console_text(h, id) == want);
+    assert!(ok, "{:?} / {:?}", console_text(h, id), h.td(id));
+    destroy_all(h);
+}

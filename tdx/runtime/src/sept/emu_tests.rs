@@ -206,9 +206,11 @@ fn assert_agree(t: &EmuTd, gfns: core::ops::Range<u64>) {
     t.p.module.check_invariants().expect("module invariants");
 }
 
-/// KEY.FREEID etc. (no vCPU ever entered), then the manager's reclaim, then the control pages.
+/// VP.FLUSH (TDH.VP.INIT associated each vCPU with LP 0), KEY.FREEID etc., then the
+/// manager's reclaim, then the control pages.
 fn teardown(t: &EmuTd) -> ReclaimReport {
     let m = &*t.p.module;
+    t.p.flush_vcpus(&t.td).expect("VP.FLUSH");
     let mut r = Regs::for_leaf(Leaf::MngVpFlushDone, 0);
     r.rcx = t.td.tdr.0;
     m.call(r).expect("VPFLUSHDONE");
