@@ -552,7 +552,7 @@ pub fn probe_guests(
                 .strip_suffix(" checks passed")
         })
         .and_then(|n| n.parse::<u32>().ok());
-    if td["state"] != "stopped" || text.contains("FAILED") || passed.is_none_or(|n| n < 25) {
+    if td["state"] != "stopped" || text.contains("FAILED") || passed.is_none_or(|n| n < 26) {
         return Err(format!("the probe: {td}\n{text}"));
     }
     let expected_rtmr2 = tdx_abi::measure::rtmr_extend(&[0; 48], crate::probe::RTMR_VALUE);

@@ -27,34 +27,9 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use tdx_abi::TdxStatus;
 use tdx_hw::{FaultFrame, SEAMCALL_GP, SEAMCALL_UD, VECTOR_GP, VECTOR_UD};
-use uefi::proto::unsafe_protocol;
-use uefi::{Status, StatusExt};
 
 /// Both handlers are registered.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
-
-/// `EFI_CPU_ARCH_PROTOCOL`'s function table up to `RegisterInterruptHandler`.
-#[derive(Debug)]
-#[repr(C)]
-struct CpuArchFunctions {
-    flush_data_cache: *const c_void,
-    enable_interrupt: *const c_void,
-    disable_interrupt: *const c_void,
-    get_interrupt_state: *const c_void,
-    init: *const c_void,
-    /// `RegisterInterruptHandler(This, InterruptType, InterruptHandler)`.
-    register_interrupt_handler: unsafe extern "efiapi" fn(
-        *const CpuArchFunctions,
-        isize,
-        Option<unsafe extern "efiapi" fn(isize, *mut c_void)>,
-    ) -> Status,
-}
-
-/// The CPU Architectural Protocol.
-#[derive(Debug)]
-#[repr(transparent)]
-#[unsafe_protocol("26baccb1-6f42-11d4-bce7-0080c73c8881")]
-struct CpuArch(CpuArchFunctions);
 
 /// `EFI_SYSTEM_CONTEXT_X64` (edk2 `MdePkg/Include/Protocol/DebugSupport.h`), field for field.
 /// The layout needs every field; the handler uses a few.
@@ -151,15 +126,10 @@ pub fn install() -> uefi::Result {
     if INSTALLED.load(Ordering::Acquire) {
         return Ok(());
     }
-    let cpu = super::arch_protocol::<CpuArch>()?;
     for vector in [VECTOR_UD, VECTOR_GP] {
-        // SAFETY: the table has the protocol's layout; the handler is a plain function that
-        // lives for the program's lifetime, reads and writes only the context the firmware
-        // passes it, and otherwise writes COM1 and halts.
-        unsafe {
-            (cpu.0.register_interrupt_handler)(&cpu.0, isize::from(vector), Some(fault_handler))
-        }
-        .to_result()?;
+        // SAFETY: the handler reads and writes only the context the firmware passes it, and
+        // otherwise writes COM1 and halts.
+        unsafe { super::register_interrupt_handler(vector, fault_handler) }?;
     }
     INSTALLED.store(true, Ordering::Release);
     Ok(())

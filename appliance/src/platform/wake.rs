@@ -12,9 +12,6 @@
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use uefi::proto::unsafe_protocol;
-use uefi::{Status, StatusExt};
-
 use tdx_runtime::host::posted::POSTED_INTERRUPT_VECTOR;
 
 use super::clock::{read_tsc, ticks_per_ms};
@@ -39,29 +36,6 @@ const REG_TDCR: u64 = 0x3E0;
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// APIC timer counts per millisecond at divide-by-1 (0 until measured).
 static APIC_COUNTS_PER_MS: AtomicU64 = AtomicU64::new(0);
-
-/// `EFI_CPU_ARCH_PROTOCOL`'s function table up to `RegisterInterruptHandler`.
-#[derive(Debug)]
-#[repr(C)]
-struct CpuArchFunctions {
-    flush_data_cache: *const c_void,
-    enable_interrupt: *const c_void,
-    disable_interrupt: *const c_void,
-    get_interrupt_state: *const c_void,
-    init: *const c_void,
-    /// `RegisterInterruptHandler(This, InterruptType, InterruptHandler)`.
-    register_interrupt_handler: unsafe extern "efiapi" fn(
-        *const CpuArchFunctions,
-        isize,
-        Option<unsafe extern "efiapi" fn(isize, *mut c_void)>,
-    ) -> Status,
-}
-
-/// The CPU Architectural Protocol.
-#[derive(Debug)]
-#[repr(transparent)]
-#[unsafe_protocol("26baccb1-6f42-11d4-bce7-0080c73c8881")]
-struct CpuArch(CpuArchFunctions);
 
 /// The local APIC's register `offset`.
 fn read_reg(offset: u64) -> u32 {
@@ -112,14 +86,9 @@ unsafe extern "efiapi" fn wake_handler(_vector: isize, _context: *mut c_void) {
 /// vector (main CPU, once). Without it runners keep spinning. A notification reaches the
 /// handler only when it arrives at a CPU outside the TD; inside, the processor consumes it.
 pub fn install() -> uefi::Result {
-    let cpu = super::arch_protocol::<CpuArch>()?;
     for vector in [WAKE_VECTOR, POSTED_INTERRUPT_VECTOR] {
-        // SAFETY: the table has the protocol's layout; the handler is a plain function that
-        // lives for the program's lifetime and only writes this CPU's EOI register.
-        unsafe {
-            (cpu.0.register_interrupt_handler)(&cpu.0, isize::from(vector), Some(wake_handler))
-        }
-        .to_result()?;
+        // SAFETY: the handler only writes this CPU's EOI register.
+        unsafe { super::register_interrupt_handler(vector, wake_handler) }?;
     }
     INSTALLED.store(true, Ordering::Release);
     Ok(())

@@ -236,9 +236,16 @@ impl Exit {
 
 /// Result of one guest ACCEPT attempt.
 pub(crate) enum AcceptOutcome {
+    /// The page was PENDING and is accepted now.
     Done,
-    SizeMismatch,
+    /// A guest-accessible leaf covers the GPA at this level already
+    /// (TDX_PAGE_ALREADY_ACCEPTED).
+    AlreadyAccepted(PageLevel),
+    /// The requested level is a table, not a leaf (TDX_PAGE_SIZE_MISMATCH).
+    SizeMismatch(PageLevel),
+    /// The entry is locked; the guest retries.
     Busy,
+    /// The host must act first (an ACCEPT-type EPT-violation exit).
     Exit(Exit),
 }
 
@@ -514,7 +521,7 @@ impl EmulatedModule {
                         (chunk, *level)
                     };
                     match self.guest_accept(td, tree, target, tlevel) {
-                        AcceptOutcome::Done => {
+                        AcceptOutcome::Done | AcceptOutcome::AlreadyAccepted(_) => {
                             if g.fallback {
                                 g.sub += 1;
                                 if g.sub == 512 {
@@ -526,7 +533,7 @@ impl EmulatedModule {
                                 g.unit += 1;
                             }
                         }
-                        AcceptOutcome::SizeMismatch => {
+                        AcceptOutcome::SizeMismatch(_) => {
                             g.fallback = true;
                             g.sub = 0;
                         }
@@ -670,13 +677,16 @@ impl EmulatedModule {
         let Some(_t) = td.tree_lock.try_lock(LockMode::Shared) else {
             return AcceptOutcome::Busy;
         };
+        // `check_tdaccept_failure`: a guest-accessible leaf (MAPPED, BLOCKEDW) at the requested
+        // level or above it answers TDX_PAGE_ALREADY_ACCEPTED, a table at the requested level
+        // TDX_PAGE_SIZE_MISMATCH, each with that entry's level as the operand.
+        let accessible =
+            |w: u64| matches!(sept::state_of(w), SeptState::Mapped | SeptState::BlockedW);
         match tree.walk(gpa, level) {
-            Err(w) => match sept::state_of(w.word) {
-                // Already accepted as part of a larger page.
-                SeptState::Mapped => AcceptOutcome::Done,
-                // Missing table, FREE, PENDING larger leaf (host must demote), blocked.
-                _ => accept_exit(&w),
-            },
+            Err(w) if accessible(w.word) => AcceptOutcome::AlreadyAccepted(w.level),
+            // Missing table, FREE, PENDING larger leaf (host must demote), blocked.
+            Err(w) => accept_exit(&w),
+            Ok(w) if accessible(w.word) => AcceptOutcome::AlreadyAccepted(w.level),
             Ok(w) => match sept::state_of(w.word) {
                 SeptState::Pending => match sept::lock_guest(w.entry()) {
                     Ok(cur) if sept::state_of(cur) == SeptState::Pending => {
@@ -691,8 +701,7 @@ impl EmulatedModule {
                     }
                     Err(_) => AcceptOutcome::Busy,
                 },
-                SeptState::Mapped => AcceptOutcome::Done,
-                SeptState::NlMapped | SeptState::NlBlocked => AcceptOutcome::SizeMismatch,
+                SeptState::NlMapped | SeptState::NlBlocked => AcceptOutcome::SizeMismatch(level),
                 _ => accept_exit(&w),
             },
         }

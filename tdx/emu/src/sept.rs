@@ -196,7 +196,9 @@ impl SeptTree {
     }
 
     /// Walks from the root toward the entry for `gpa` at `target`. Descends only through
-    /// non-leaf entries (NL_MAPPED, NL_BLOCKED). Returns `Ok` with the entry at `target`, or
+    /// present non-leaf entries (NL_MAPPED): `secure_ept_walk` (intel/tdx-module
+    /// `src/common/memory_handlers/sept_manager.c`) stops at an entry whose RWX bits are clear,
+    /// and blocking a non-leaf entry clears them. Returns `Ok` with the entry at `target`, or
     /// `Err` with the entry where the walk stopped above it.
     pub fn walk(&self, gpa: Gpa, target: PageLevel) -> Result<WalkResult, WalkResult> {
         let mut table = self.root.clone();
@@ -213,7 +215,7 @@ impl SeptTree {
             if level == target {
                 return Ok(here);
             }
-            if !matches!(state_of(w), SeptState::NlMapped | SeptState::NlBlocked) {
+            if state_of(w) != SeptState::NlMapped {
                 return Err(here);
             }
             let Some(child) = self.table(hpa_of(w)) else {

@@ -3177,19 +3177,22 @@ fn promote_locks_and_checks_children_one_by_one() {
     };
     let parent = SeptLevelState::new(1, SeptState::NlMapped).0;
     let invalid = TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS.with_operand(OperandId::RCX);
+    let force = |i: u64, state: SeptState| {
+        assert!(
+            p.module
+                .force_sept_state(td.tdr, child(i), PageLevel::L4K, state)
+        );
+    };
+    let refused = || {
+        let r = promote(0);
+        assert_eq!(TdxStatus(r.rax), invalid);
+        assert_eq!((r.rcx, r.rdx), (RWX, parent));
+    };
     let w5 = host_lock_entry(&p, &td, child(5), PageLevel::L4K);
-    assert!(
-        p.module
-            .force_sept_state(td.tdr, child(0), PageLevel::L4K, SeptState::Free)
-    );
+    force(0, SeptState::Free);
     // Entry 0 fails its check before entry 5's lock is tried.
-    let r = promote(0);
-    assert_eq!(TdxStatus(r.rax), invalid);
-    assert_eq!((r.rcx, r.rdx), (RWX, parent));
-    assert!(
-        p.module
-            .force_sept_state(td.tdr, child(0), PageLevel::L4K, SeptState::Pending)
-    );
+    refused();
+    force(0, SeptState::Pending);
     // Entries 0–4 pass and stay locked until entry 5's lock fails: busy, parent details.
     let r = promote(0);
     assert_eq!(
@@ -3205,17 +3208,9 @@ fn promote_locks_and_checks_children_one_by_one() {
     }
     super::sept::unlock(w5.entry());
     // Entry 7 in another state than entry 0.
-    assert!(
-        p.module
-            .force_sept_state(td.tdr, child(7), PageLevel::L4K, SeptState::Mapped)
-    );
-    let r = promote(0);
-    assert_eq!(TdxStatus(r.rax), invalid);
-    assert_eq!((r.rcx, r.rdx), (RWX, parent));
-    assert!(
-        p.module
-            .force_sept_state(td.tdr, child(7), PageLevel::L4K, SeptState::Pending)
-    );
+    force(7, SeptState::Mapped);
+    refused();
+    force(7, SeptState::Pending);
     // Version 2 is refused after RCX/RDX are zeroed and R9–R11 set.
     let r = promote(2);
     assert_eq!(
@@ -3433,4 +3428,34 @@ fn cache_wb_lock_order_and_per_package_sessions() {
         TdxStatus(raw(&p, regs(Leaf::MngKeyFreeId, td.tdr.0, 0, 0)).rax),
         TdxStatus::SUCCESS
     );
+}
+
+/// A walk stops at a blocked non-leaf entry: `secure_ept_walk` (intel/tdx-module
+/// `src/common/memory_handlers/sept_manager.c`) descends only through entries with RWX set,
+/// and TDH.MEM.RANGE.BLOCK of a non-leaf entry clears them. So the 4 KiB pages below a
+/// blocked 2 MiB table are out of reach of TDH.MEM.SEPT.RD and TDH.MEM.PAGE.REMOVE, which
+/// report EPT_WALK_FAILED with the blocked entry at level 1, until it is unblocked.
+#[test]
+fn a_blocked_table_entry_ends_the_walk() {
+    let p = Platform::new();
+    let td = p.create_td(&TdOptions::default()).unwrap();
+    let gpa = Gpa(16 * G);
+    let page = p.alloc_page().unwrap();
+    p.aug(&td, gpa, PageLevel::L4K, page).unwrap();
+    p.module
+        .mem_range_block(td.tdr, gpa, PageLevel::L2M)
+        .unwrap();
+    assert_eq!(state(&p, &td, gpa, PageLevel::L2M), SeptState::NlBlocked);
+    let walk_failed = TdxStatus::EPT_WALK_FAILED.with_operand(OperandId::RCX);
+    let e = err(p.module.mem_sept_rd(td.tdr, gpa, PageLevel::L4K));
+    assert_eq!(e.status, walk_failed);
+    assert_eq!(SeptLevelState(e.rdx).level(), 1);
+    assert_eq!(SeptLevelState(e.rdx).state(), Some(SeptState::NlBlocked));
+    let e = err(p.module.mem_page_remove(td.tdr, gpa, PageLevel::L4K));
+    assert_eq!(e.status, walk_failed);
+    p.module
+        .mem_range_unblock(td.tdr, gpa, PageLevel::L2M)
+        .unwrap();
+    // Reachable again: AUG left the page PENDING until the guest accepts it.
+    assert_eq!(state(&p, &td, gpa, PageLevel::L4K), SeptState::Pending);
 }

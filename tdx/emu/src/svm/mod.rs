@@ -1444,8 +1444,13 @@ impl EmulatedModule {
                             .record_accept(level.size(), ns_since(cpu, since));
                         self.tdcall_status(s, TdxStatus::SUCCESS);
                     }
-                    super::guest::AcceptOutcome::SizeMismatch => {
-                        self.tdcall_status(s, TdxStatus::PAGE_SIZE_MISMATCH);
+                    super::guest::AcceptOutcome::AlreadyAccepted(at) => {
+                        let status = TdxStatus::PAGE_ALREADY_ACCEPTED;
+                        self.tdcall_status(s, status.with_operand(OperandId(at.raw() as u32)));
+                    }
+                    super::guest::AcceptOutcome::SizeMismatch(at) => {
+                        let status = TdxStatus::PAGE_SIZE_MISMATCH;
+                        self.tdcall_status(s, status.with_operand(OperandId(at.raw() as u32)));
                     }
                     super::guest::AcceptOutcome::Busy => {
                         self.tdcall_status(s, TdxStatus::OPERAND_BUSY);

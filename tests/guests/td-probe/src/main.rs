@@ -590,11 +590,19 @@ fn checks() {
         s2m == 0 && all_zero(ACCEPT_2M_GPA, 0x1000) && read64(ACCEPT_2M_GPA + 0x1F_FFF8) == 0x5EED,
         s2m,
     );
+    // TDX_PAGE_ALREADY_ACCEPTED with the level of the leaf that covers the page as its
+    // operand (intel/tdx-module `tdg_mem_page_accept.c`, `check_tdaccept_failure`).
     let again = accept(ACCEPT_4K_GPA, 0);
     check(
         "accepting an accepted page",
-        again == 0 || again == ALREADY_ACCEPTED,
+        again == ALREADY_ACCEPTED,
         again,
+    );
+    let inside = accept(ACCEPT_2M_GPA + 0x1000, 0);
+    check(
+        "accepting 4 KiB inside an accepted 2 MiB page",
+        inside == ALREADY_ACCEPTED | 1,
+        inside,
     );
     write64(ACCEPT_4K_GPA, 0x1234);
     let to_shared = map_gpa(ACCEPT_4K_GPA | SHARED_BIT, 4096);
