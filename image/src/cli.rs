@@ -509,8 +509,8 @@ fn test(ws: &Workspace) -> Result<()> {
         &mut cargo(ws, &["test", "--workspace", "--exclude", "e2e"]),
         &mut tally,
     )?;
-    // The S-EPT freeze/publish protocol, model-checked with loom (own target dir: the cfg
-    // changes every crate's build).
+    // The S-EPT freeze/publish protocol and the CPU call slot, model-checked with loom (own
+    // target dir: the cfg changes every crate's build).
     let mut loom = cargo(
         ws,
         &[
@@ -519,13 +519,13 @@ fn test(ws: &Workspace) -> Result<()> {
             "tdx-runtime",
             "--release",
             "--lib",
-            "sept::loom_tests",
+            "loom_tests",
         ],
     );
     loom.env("RUSTFLAGS", "--cfg loom")
         .env("CARGO_TARGET_DIR", ws.root.join("target").join("loom"));
     run_test_step(
-        "model checking (RUSTFLAGS=\"--cfg loom\" cargo test -p tdx-runtime --release --lib sept::loom_tests)",
+        "model checking (RUSTFLAGS=\"--cfg loom\" cargo test -p tdx-runtime --release --lib loom_tests)",
         &mut loom,
         &mut tally,
     )?;

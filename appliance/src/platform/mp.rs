@@ -33,9 +33,10 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use log::{info, warn};
+use tdx_runtime::host::call_slot::{CallProgress, CallSlot};
 use tdx_runtime::host::posted::POSTED_INTERRUPT_VECTOR;
 use tdx_runtime::host::runner::Runner;
 use tdx_runtime::host::{Platform, PlatformError, RunnerPoll, StepStatus};
@@ -63,15 +64,6 @@ pub struct MpPlatform {
     loops: Vec<Arc<CpuLoop>>,
 }
 
-/// No call posted.
-const CALL_IDLE: u8 = 0;
-/// A call is posted and not yet taken.
-const CALL_POSTED: u8 = 1;
-/// The loop runs the call.
-const CALL_TAKEN: u8 = 2;
-/// The call returned.
-const CALL_DONE: u8 = 3;
-
 /// How long [`Platform::run_on_cpu`] waits for a loop to take a posted call (ms). A loop
 /// takes it between two vCPU entries, each bounded by the guest time slice.
 const CALL_TAKE_TIMEOUT_MS: u64 = 5_000;
@@ -87,12 +79,9 @@ struct CpuLoop {
     apic_id: AtomicU32,
     /// The loop was dispatched (only the main CPU sets it).
     started: AtomicBool,
-    /// CALL_IDLE, CALL_POSTED, CALL_TAKEN or CALL_DONE.
-    call_state: AtomicU8,
     /// The posted call: the address of a `&(dyn Fn() + Sync)` on the caller's stack, valid
-    /// while the state is POSTED or TAKEN (the caller waits for DONE, or withdraws a call
-    /// that is still POSTED).
-    call: AtomicUsize,
+    /// until the call is done or withdrawn ([`CallSlot`]'s protocol).
+    call: CallSlot,
     /// Callers of [`Platform::run_on_cpu`] take turns.
     callers: spin::Mutex<()>,
     /// The runner this CPU polls while it runs.
@@ -102,20 +91,16 @@ struct CpuLoop {
 impl CpuLoop {
     /// Runs the posted call, if any (on the loop's CPU).
     fn serve_call(&self) {
-        if self
-            .call_state
-            .compare_exchange(CALL_POSTED, CALL_TAKEN, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        let Some(word) = self.call.take() else {
             return;
-        }
-        let f = self.call.load(Ordering::Acquire) as *const &(dyn Fn() + Sync);
-        // SAFETY: the poster stored the address of a live `&(dyn Fn() + Sync)` before it set
-        // CALL_POSTED, and waits for CALL_DONE before its stack frame ends; having moved the
-        // state to CALL_TAKEN, the call can no longer be withdrawn.
+        };
+        let f = word as usize as *const &(dyn Fn() + Sync);
+        // SAFETY: the poster stored the address of a live `&(dyn Fn() + Sync)` and waits
+        // until the call is done before its stack frame ends; a taken call can no longer be
+        // withdrawn (`CallSlot`, model-checked with loom).
         let f = unsafe { &*f };
         f();
-        self.call_state.store(CALL_DONE, Ordering::Release);
+        self.call.finish();
     }
 }
 
@@ -136,7 +121,7 @@ extern "efiapi" fn resident_entry(arg: *mut c_void) {
             },
             // Parked (the host restarts it through `start_runner`, which wakes us) or none.
             _ => {
-                if cpu.call_state.load(Ordering::Acquire) != CALL_POSTED {
+                if !cpu.call.is_posted() {
                     super::wake::sleep(IDLE_HALT_MS);
                 }
             }
@@ -277,8 +262,7 @@ impl MpPlatform {
                     processor,
                     apic_id: AtomicU32::new(apic_id),
                     started: AtomicBool::new(false),
-                    call_state: AtomicU8::new(CALL_IDLE),
-                    call: AtomicUsize::new(0),
+                    call: CallSlot::new(),
                     callers: spin::Mutex::new(()),
                     runner: spin::Mutex::new(None),
                 })
@@ -429,36 +413,25 @@ impl Platform for MpPlatform {
         let l = self.ensure_loop(cpu)?;
         let _turn = l.callers.lock();
         let arg: &(dyn Fn() + Sync) = f;
-        l.call.store(
-            &arg as *const &(dyn Fn() + Sync) as usize,
-            Ordering::Release,
-        );
-        l.call_state.store(CALL_POSTED, Ordering::Release);
+        let word = &arg as *const &(dyn Fn() + Sync) as usize as u64;
+        if !l.call.post(word) {
+            // Callers take turns and every call leaves the slot free (done or withdrawn), so
+            // this does not happen; refuse rather than overwrite.
+            return Err(PlatformError::RunnerBusy(cpu));
+        }
         super::wake::wake(l.apic_id.load(Ordering::Acquire));
         let deadline = now_ms().saturating_add(CALL_TAKE_TIMEOUT_MS);
         loop {
-            match l.call_state.load(Ordering::Acquire) {
-                CALL_DONE => break,
-                CALL_POSTED if now_ms() > deadline => {
-                    // Withdraw it unless the loop took it meanwhile (then wait for it: `arg`
-                    // lives on this stack frame).
-                    if l.call_state
-                        .compare_exchange(
-                            CALL_POSTED,
-                            CALL_IDLE,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
-                        .is_ok()
-                    {
-                        return Err(PlatformError::NoSuchCpu(cpu));
-                    }
+            match l.call.progress() {
+                CallProgress::Done => return Ok(()),
+                // Not taken in time: withdraw it, unless the loop took it meanwhile (then it
+                // is waited for: `arg` lives on this stack frame).
+                CallProgress::Posted if now_ms() > deadline && l.call.withdraw() => {
+                    return Err(PlatformError::NoSuchCpu(cpu));
                 }
                 _ => core::hint::spin_loop(),
             }
         }
-        l.call_state.store(CALL_IDLE, Ordering::Release);
-        Ok(())
     }
 
     fn runner_cpus(&self) -> Vec<u32> {

@@ -304,6 +304,7 @@ pub enum HostError {
 
 mod bringup;
 mod build;
+pub mod call_slot;
 mod create;
 mod events;
 pub mod exit;

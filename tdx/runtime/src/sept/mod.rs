@@ -55,7 +55,7 @@
 mod entry;
 mod map;
 mod stats;
-mod sync;
+pub(crate) mod sync;
 mod table;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
