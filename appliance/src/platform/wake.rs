@@ -59,6 +59,11 @@ fn write_reg(offset: u64, value: u32, high: u32) {
     if base & APIC_BASE_EXTD != 0 {
         let msr = 0x800 + (offset >> 4) as u32;
         let value = if offset == REG_ICR_LOW {
+            // An x2APIC MSR write is not serializing: fence so that the stores the IPI
+            // announces (a posted call, a posted interrupt) are visible before it (Linux
+            // `weak_wrmsr_fence`).
+            // SAFETY: fences only order memory accesses.
+            unsafe { core::arch::asm!("mfence", "lfence", options(nostack, preserves_flags)) };
             u64::from(high) << 32 | u64::from(value)
         } else {
             u64::from(value)

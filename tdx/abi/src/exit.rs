@@ -4,8 +4,16 @@
 //! from the 2025–2026 huge-page RFCs and therefore unverified). The host runtime decodes exits
 //! into typed values; this module only names the numbers.
 
+/// Exit reason: exception or NMI (with TDX, a host NMI: R9's interruption type 2).
+pub const EXCEPTION_OR_NMI: u64 = 0;
 /// Exit reason: external interrupt (kick / timer).
 pub const EXTERNAL_INTERRUPT: u64 = 1;
+/// Exit reason: an SMI that was not an I/O SMI (the platform's SMM ran meanwhile).
+pub const OTHER_SMI: u64 = 6;
+/// Exit reason: an SMI during a C-state (TDX module 1.5 `vmcs_defs.h`).
+pub const C_STATE_SMI: u64 = 42;
+/// Exit reason: bus lock detected.
+pub const BUS_LOCK: u64 = 74;
 /// Exit reason: triple fault (guest shutdown).
 pub const TRIPLE_FAULT: u64 = 2;
 /// Exit reason: EPT violation.
@@ -65,6 +73,26 @@ pub const TDVMCALL_GPR_MASK: u64 = 0xFC00;
 
 /// VM-exit interruption information: the vector (bits 7:0) is valid (bit 31).
 const INTERRUPTION_INFO_VALID: u64 = 1 << 31;
+/// VM-exit interruption information: the interruption type (bits 10:8); 2 is an NMI.
+const INTERRUPTION_TYPE_NMI: u64 = 2 << 8;
+
+/// Whether RAX after TDH.VP.ENTER carries an exit reason at all: only under TDX_SUCCESS or
+/// one of the non-recoverable TD-exit statuses (KVM's `tdx_to_vmx_exit_reason`); any other
+/// status is a SEAMCALL error whose low bits are an operand ID.
+pub fn exit_reason_is_valid(rax: u64) -> bool {
+    matches!(
+        rax >> 32,
+        0 | 0x4000_0001 | 0x6000_0002 | 0x6000_0005 | 0xE000_0007
+    )
+}
+
+/// Whether an exit with a valid reason was caused by a host NMI: EXCEPTION_OR_NMI with a
+/// valid interruption of type NMI in R9.
+pub fn is_host_nmi(rax: u64, r9: u64) -> bool {
+    rax & 0xFFFF == EXCEPTION_OR_NMI
+        && r9 & INTERRUPTION_INFO_VALID != 0
+        && r9 & (7 << 8) == INTERRUPTION_TYPE_NMI
+}
 
 /// The vector of the host interrupt that ended a TDH.VP.ENTER, when the processor
 /// acknowledged it on the exit: an external-interrupt exit (basic reason 1 in RAX bits 15:0)
@@ -74,7 +102,9 @@ const INTERRUPTION_INFO_VALID: u64 = 1 << 31;
 /// pending in the local APIC: the host must handle it (at least signal end of interrupt),
 /// as KVM's `tdx_handle_exit_irqoff` does with `tdexit_intr_info`.
 pub fn acknowledged_vector(rax: u64, r9: u64) -> Option<u8> {
-    (rax & 0xFFFF == EXTERNAL_INTERRUPT && r9 & INTERRUPTION_INFO_VALID != 0)
+    (exit_reason_is_valid(rax)
+        && rax & 0xFFFF == EXTERNAL_INTERRUPT
+        && r9 & INTERRUPTION_INFO_VALID != 0)
         .then_some((r9 & 0xFF) as u8)
 }
 
@@ -90,10 +120,27 @@ mod acknowledged {
         );
         assert_eq!(acknowledged_vector(EXTERNAL_INTERRUPT, 0xF8), None);
         assert_eq!(acknowledged_vector(TDCALL, 1 << 31 | 0xF8), None);
-        // Status bits above the exit reason do not hide it.
+        // A non-recoverable exit still carries its reason.
         assert_eq!(
-            acknowledged_vector(0x8000_0000_0000_0000 | EXTERNAL_INTERRUPT, 1 << 31 | 0x30),
+            acknowledged_vector(0x6000_0002_0000_0000 | EXTERNAL_INTERRUPT, 1 << 31 | 0x30),
             Some(0x30)
         );
+        // A failed VP.ENTER (OPERAND_BUSY on RCX: operand ID 1) is no exit, and R9 is then
+        // the host's own input.
+        assert_eq!(
+            acknowledged_vector(0x8000_0200_0000_0001, 1 << 31 | 0xF8),
+            None
+        );
+    }
+
+    #[test]
+    fn host_nmis_are_told_by_their_interruption_type() {
+        assert!(is_host_nmi(EXCEPTION_OR_NMI, 1 << 31 | 2 << 8 | 2));
+        assert!(
+            !is_host_nmi(EXCEPTION_OR_NMI, 1 << 31 | 3 << 8 | 14),
+            "a #PF"
+        );
+        assert!(!is_host_nmi(EXCEPTION_OR_NMI, 2 << 8 | 2), "not valid");
+        assert!(!is_host_nmi(EXTERNAL_INTERRUPT, 1 << 31 | 2 << 8 | 2));
     }
 }

@@ -144,6 +144,10 @@ pub trait SoftwareModuleHooks: Send + Sync {
     /// at its next delivery point; it is not kicked.
     fn post_interrupt(&self, tdvpr: Hpa, vector: u8);
 
+    /// Whether an interrupt posted to the vCPU at `tdvpr` waits for its next entry (what the
+    /// outstanding-notification bit of a posted-interrupt descriptor says on hardware).
+    fn interrupt_pending(&self, tdvpr: Hpa) -> bool;
+
     /// Whether vCPUs without a declared program run their own code (the module has a
     /// guest CPU).
     fn runs_guest_code(&self) -> bool;

@@ -33,7 +33,7 @@ use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 
 use super::sept::{self, SeptTree};
-use super::td::{Td, Vcpu, check_and_associate};
+use super::td::{Td, Vcpu, check_and_associate, disable_after};
 use super::workload::{Access, Order, Step, Workload};
 use super::{EmulatedModule, LeafResult, LockMode};
 use tdx_abi::seamcall::Regs;
@@ -144,6 +144,11 @@ pub(crate) struct Exit {
 }
 
 impl Exit {
+    /// A triple fault: TDX_NON_RECOVERABLE_VCPU with exit reason 2 (intel/tdx-module
+    /// `tdx_td_dispatcher.c`); the vCPU cannot be entered again.
+    fn triple_fault() -> Exit {
+        Exit::plain(TdxStatus::NON_RECOVERABLE_VCPU.0 | exit::TRIPLE_FAULT)
+    }
     fn plain(reason: u64) -> Exit {
         Exit {
             reason,
@@ -338,7 +343,7 @@ impl EmulatedModule {
         let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Shared, OperandId::RCX)?;
         let td = vcpu.td.clone();
         self.check_td_state(&td, Leaf::VpEnter)?;
-        check_and_associate(&vcpu, lp)?;
+        check_and_associate(&vcpu, lp, false)?;
         let tree = td.tree.get().ok_or(TdxStatus::TDCS_NOT_ALLOCATED)?;
         // Associated with this LP, TDVPR held: no other LP touches the guest state now.
         let mut g = vcpu.guest.lock();
@@ -380,12 +385,13 @@ impl EmulatedModule {
             drop(g);
             let status = self.svm_enter(&td, tree, &vcpu, &**cpu, r);
             revert();
-            return status;
+            return status.inspect(|s| disable_after(&vcpu, *s));
         }
         let out = self.run_guest(&td, tree, &vcpu, &mut g, r);
         revert();
         let (reason, regs) = out.regs();
         *r = regs;
+        disable_after(&vcpu, TdxStatus(reason));
         Ok(TdxStatus(reason))
     }
 
@@ -441,7 +447,7 @@ impl EmulatedModule {
         r: &Regs,
     ) -> Exit {
         if g.shutdown {
-            return Exit::plain(exit::TRIPLE_FAULT);
+            return Exit::triple_fault();
         }
         self.resume_tdvmcall(td, g, r);
         // The workload's RIP after the answered TDVMCALL (the module advanced it at that
@@ -596,7 +602,7 @@ impl EmulatedModule {
                 }
                 Step::Shutdown => {
                     g.shutdown = true;
-                    return Exit::plain(exit::TRIPLE_FAULT);
+                    return Exit::triple_fault();
                 }
                 Step::Tdvmcall {
                     subfunction, args, ..

@@ -311,6 +311,14 @@ impl SoftwareModuleHooks for Hooks {
         self.0.post_interrupt(tdvpr, vector);
     }
 
+    fn interrupt_pending(&self, tdvpr: Hpa) -> bool {
+        self.0
+            .vcpus
+            .read()
+            .get(&tdvpr.0)
+            .is_some_and(|v| v.pir.iter().any(|w| w.load(Ordering::Acquire) != 0))
+    }
+
     fn runs_guest_code(&self) -> bool {
         self.0.guest_cpu.get().is_some()
     }

@@ -168,6 +168,8 @@ pub(crate) struct Vcpu {
     /// The SVM guest engine's state of this vCPU, once it first ran.
     pub svm: spin::Mutex<Option<crate::svm::SvmVcpu>>,
     pub initialized: AtomicBool,
+    /// VCPU_DISABLED: a non-recoverable vCPU exit happened (a triple fault).
+    pub disabled: AtomicBool,
     pub assoc_lp: AtomicU64,
     pub epoch: AtomicU64,
     pub kick: AtomicBool,
@@ -204,11 +206,18 @@ const POSTED_NV_INIT: u64 = 0xFFFF;
 
 /// `check_and_associate_vcpu` / `associate_vcpu` (intel/tdx-module
 /// `src/common/helpers/helpers.c`), used by TDH.VP.RD, TDH.VP.WR and TDH.VP.ENTER: the vCPU
-/// must be initialized (`TDX_VCPU_STATE_INCORRECT`), then it is atomically associated with
-/// `lp` unless it already is with another LP (`TDX_VCPU_ASSOCIATED`); a new association
-/// raises the TD's NUM_ASSOC_VCPUS. Only TDH.VP.FLUSH on that LP ends the association.
-pub(crate) fn check_and_associate(vcpu: &Vcpu, lp: u32) -> Result<(), TdxStatus> {
-    if !vcpu.initialized.load(Ordering::Acquire) {
+/// must be initialized and, unless `allow_disabled` (TDH.VP.RD), not disabled
+/// (`TDX_VCPU_STATE_INCORRECT`), then it is atomically associated with `lp` unless it
+/// already is with another LP (`TDX_VCPU_ASSOCIATED`); a new association raises the TD's
+/// NUM_ASSOC_VCPUS. Only TDH.VP.FLUSH on that LP ends the association.
+pub(crate) fn check_and_associate(
+    vcpu: &Vcpu,
+    lp: u32,
+    allow_disabled: bool,
+) -> Result<(), TdxStatus> {
+    if !vcpu.initialized.load(Ordering::Acquire)
+        || (!allow_disabled && vcpu.disabled.load(Ordering::Acquire))
+    {
         return Err(TdxStatus::VCPU_STATE_INCORRECT);
     }
     match vcpu
@@ -221,6 +230,15 @@ pub(crate) fn check_and_associate(vcpu: &Vcpu, lp: u32) -> Result<(), TdxStatus>
         }
         Err(current) if current == u64::from(lp) => Ok(()),
         Err(_) => Err(TdxStatus::VCPU_ASSOCIATED),
+    }
+}
+
+/// After a TD exit with status `status`: TDX_NON_RECOVERABLE_VCPU disables the vCPU, which
+/// then cannot be entered or written again (`async_tdexit_internal`, intel/tdx-module
+/// `src/td_transitions/td_exit.c`).
+pub(crate) fn disable_after(vcpu: &Vcpu, status: TdxStatus) {
+    if status.0 & 0xFFFF_FFFF_0000_0000 == TdxStatus::NON_RECOVERABLE_VCPU.0 {
+        vcpu.disabled.store(true, Ordering::Release);
     }
 }
 
@@ -589,6 +607,7 @@ impl EmulatedModule {
             tdcx_pages: spin::Mutex::new(Vec::new()),
             svm: spin::Mutex::new(None),
             initialized: AtomicBool::new(false),
+            disabled: AtomicBool::new(false),
             assoc_lp: AtomicU64::new(NO_LP),
             epoch: AtomicU64::new(0),
             kick: AtomicBool::new(false),
@@ -1039,7 +1058,7 @@ impl EmulatedModule {
     pub(super) fn leaf_vp_rd(&self, lp: u32, r: &mut Regs) -> LeafResult {
         let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Shared, OperandId::RCX)?;
         if !software_only_hook(r.rdx) {
-            check_and_associate(&vcpu, lp)?;
+            check_and_associate(&vcpu, lp, true)?;
         }
         r.r8 = self.vcpu_field(&vcpu, r.rdx)?;
         Ok(TdxStatus::SUCCESS)
@@ -1049,52 +1068,56 @@ impl EmulatedModule {
     /// field's write mask.
     pub(super) fn leaf_vp_wr(&self, lp: u32, r: &mut Regs) -> LeafResult {
         let (vcpu, _v, _t) = self.lock_tdvpr(r.rcx, LockMode::Shared, OperandId::RCX)?;
-        check_and_associate(&vcpu, lp)?;
+        check_and_associate(&vcpu, lp, false)?;
         let old = self.vcpu_field(&vcpu, r.rdx)?;
-        let new = (old & !r.r9) | (r.r8 & r.r9);
+        // `md_vp_write_element` (intel/tdx-module `src/common/metadata_handlers/
+        // metadata_vp.c`) with the production write masks of `td_vmcs_fields_lookup.c`: no
+        // writable bit in the request is METADATA_FIELD_NOT_WRITABLE; an initial NULL_PA keeps
+        // only the writable bits; a request that changes a bit outside the field's mask is
+        // METADATA_FIELD_VALUE_NOT_VALID (`md_check_forbidden_bits_unchanged`); then the
+        // field's special handling.
+        let field_mask = match r.rdx {
+            vf::HOST_SCRATCH => u64::MAX,
+            vf::SHARED_EPTP => 0x000F_FFFF_FFFF_F000,
+            vf::POSTED_INTR_NV => 0xFFFF,
+            vf::POSTED_INTR_DESC_ADDR => !0x3F,
+            vf::PIN_BASED_CONTROLS => vf::PIN_BASED_POSTED_INTERRUPTS,
+            _ => return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE.with_operand(OperandId::RDX)),
+        };
+        let mask = field_mask & r.r9;
+        if mask == 0 {
+            return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE);
+        }
+        let current = if r.rdx == vf::POSTED_INTR_DESC_ADDR && old == u64::MAX {
+            old & mask
+        } else {
+            old
+        };
+        let forbidden = r.r9 & !field_mask;
+        if current & forbidden != r.r8 & forbidden {
+            return Err(TdxStatus::METADATA_FIELD_VALUE_NOT_VALID);
+        }
+        let new = (current & !mask) | (r.r8 & mask);
         match r.rdx {
             vf::HOST_SCRATCH => vcpu.scratch.store(new, Ordering::Release),
-            // The host's shared EPT (TD-VMCS SHARED_EPTP, bits 51:12 the root; writable by
-            // the host, `td_vmcs_fields_lookup.c`).
-            vf::SHARED_EPTP => vcpu
-                .shared_eptp
-                .store(new & 0x000F_FFFF_FFFF_F07F, Ordering::Release),
-            // Posted interrupts (`md_vp_write_element` and its special handling in
-            // intel/tdx-module `src/common/metadata_handlers/metadata_vp.c`, masks from
-            // `include/auto_gen/td_vmcs_fields_lookup.c`): NV writable in 15:0 and at most
-            // 255; the descriptor address writable above bit 5 (an initial NULL_PA keeps only
-            // the written bits) and a shared HPA, i.e. without KeyID bits; of the pin-based
-            // controls only bit 7, and only once both others were written.
+            // The host's shared EPT root (bits 51:12; the module supplies the rest).
+            vf::SHARED_EPTP => vcpu.shared_eptp.store(new, Ordering::Release),
+            // Posted interrupts: NV at most 255; the descriptor a shared HPA, i.e. without
+            // KeyID bits; the pin-based control only once both others were written.
             vf::POSTED_INTR_NV => {
-                let value = (old & !r.r9 & 0xFFFF) | (r.r8 & r.r9 & 0xFFFF);
-                if r.r9 & 0xFFFF == 0 {
-                    return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE);
-                }
-                if value > 0xFF {
+                if new > 0xFF {
                     return Err(TdxStatus::METADATA_FIELD_VALUE_NOT_VALID);
                 }
-                vcpu.posted_nv.store(value, Ordering::Release);
+                vcpu.posted_nv.store(new, Ordering::Release);
             }
             vf::POSTED_INTR_DESC_ADDR => {
-                let mask = r.r9 & !0x3F;
-                if mask == 0 {
-                    return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE);
-                }
-                let base = if old == u64::MAX { old & mask } else { old };
-                let value = (base & !mask) | (r.r8 & mask);
-                if value >> self.cfg.hkid_shift != 0 {
+                if new >> self.cfg.hkid_shift != 0 {
                     return Err(TdxStatus::METADATA_FIELD_VALUE_NOT_VALID);
                 }
-                vcpu.posted_desc.store(value, Ordering::Release);
+                vcpu.posted_desc.store(new, Ordering::Release);
             }
-            vf::PIN_BASED_CONTROLS => {
-                let mask = r.r9 & vf::PIN_BASED_POSTED_INTERRUPTS;
-                if mask == 0 {
-                    return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE);
-                }
-                let current = vcpu.pin_based.load(Ordering::Acquire);
-                let value = (current & !mask) | (r.r8 & mask);
-                if value & vf::PIN_BASED_POSTED_INTERRUPTS != 0 {
+            _ => {
+                if new & vf::PIN_BASED_POSTED_INTERRUPTS != 0 {
                     if vcpu.posted_nv.load(Ordering::Acquire) == POSTED_NV_INIT {
                         return Err(TdxStatus::TD_VMCS_FIELD_NOT_INITIALIZED
                             .with_operand(OperandId(0x0002)));
@@ -1104,9 +1127,8 @@ impl EmulatedModule {
                             .with_operand(OperandId(0x2016)));
                     }
                 }
-                vcpu.pin_based.store(value, Ordering::Release);
+                vcpu.pin_based.store(new, Ordering::Release);
             }
-            _ => return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE.with_operand(OperandId::RDX)),
         }
         r.r8 = old;
         Ok(TdxStatus::SUCCESS)

@@ -2178,9 +2178,23 @@ fn map_gpa_retry_and_console_and_fatal_and_shutdown() {
         (r.rax, r.r11, r.r12),
         (exit::TDCALL, exit::TDVMCALL_REPORT_FATAL_ERROR, 0x77)
     );
-    assert_eq!(enter(&p, v, 0, 0).rax, exit::TRIPLE_FAULT);
-    assert_eq!(enter(&p, v, 0, 0).rax, exit::TRIPLE_FAULT);
-    // A failed MapGPA makes the guest report a fatal error.
+    // A triple fault is TDX_NON_RECOVERABLE_VCPU with reason 2, and the vCPU is disabled:
+    // entering it again is TDX_VCPU_STATE_INCORRECT; reading it is still allowed
+    // (`async_tdexit_internal` in `td_exit.c`, `check_and_associate_vcpu` in `helpers.c`).
+    assert_eq!(
+        enter(&p, v, 0, 0).rax,
+        TdxStatus::NON_RECOVERABLE_VCPU.0 | exit::TRIPLE_FAULT
+    );
+    assert_eq!(
+        TdxStatus(enter(&p, v, 0, 0).rax),
+        TdxStatus::VCPU_STATE_INCORRECT
+    );
+    let index = regs(Leaf::VpRd, v.0, crate::metadata::vcpu::VCPU_INDEX, 0);
+    assert_eq!(TdxStatus(raw(&p, index).rax), TdxStatus::SUCCESS);
+    // A failed MapGPA makes the guest report a fatal error (in another TD: this vCPU is
+    // disabled).
+    let td = runnable(&p);
+    let v = td.vcpus[0].tdvpr;
     set_steps(
         &p,
         v,
@@ -2981,9 +2995,14 @@ fn posted_interrupt_fields_are_written_in_order() {
         wr(POSTED_INTR_DESC_ADDR, 1 << 50 | 0x1000, u64::MAX),
         TdxStatus::METADATA_FIELD_VALUE_NOT_VALID
     );
-    // Bits 5:0 are not writable: a descriptor is 64-byte aligned.
+    // Bits 5:0 are not writable: a descriptor is 64-byte aligned, and a request to change
+    // them is refused (`md_check_forbidden_bits_unchanged`, `metadata_generic.h`).
     assert_eq!(
         wr(POSTED_INTR_DESC_ADDR, 0x12_3456, u64::MAX),
+        TdxStatus::METADATA_FIELD_VALUE_NOT_VALID
+    );
+    assert_eq!(
+        wr(POSTED_INTR_DESC_ADDR, 0x12_3440, u64::MAX),
         TdxStatus::SUCCESS
     );
     assert_eq!(
@@ -2995,6 +3014,15 @@ fn posted_interrupt_fields_are_written_in_order() {
     assert_eq!(rd(POSTED_INTR_NV), 0xF2);
     assert_eq!(rd(POSTED_INTR_DESC_ADDR), 0x12_3440);
     assert_eq!(rd(PIN_BASED_CONTROLS), enable);
+    // The shared EPTP: only the root's address (bits 51:12) is the host's; EPTP control
+    // bits in the request are refused, as KVM's `tdx_load_mmu_pgd` writes the bare address.
+    use crate::metadata::vcpu::SHARED_EPTP;
+    assert_eq!(
+        wr(SHARED_EPTP, 0x40_0000 | 0x1E, u64::MAX),
+        TdxStatus::METADATA_FIELD_VALUE_NOT_VALID
+    );
+    assert_eq!(wr(SHARED_EPTP, 0x40_0000, u64::MAX), TdxStatus::SUCCESS);
+    assert_eq!(rd(SHARED_EPTP), 0x40_0000);
 }
 
 // ---------- SEPT.REMOVE / PROMOTE outputs (intel/tdx-module 1.5.01) ----------

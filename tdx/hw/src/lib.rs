@@ -438,8 +438,38 @@ pub unsafe fn probe_fault_path() -> u64 {
     regs.rax
 }
 
+/// Attempts of a SEAMCALL that answers TDX_RND_NO_ENTROPY (Linux `RDRAND_RETRY_LOOPS`).
+const NO_ENTROPY_ATTEMPTS: u32 = 10;
+
+/// Issues `call` on `regs`, again with the same inputs while the module answers exactly
+/// TDX_RND_NO_ENTROPY (its RDRAND/RDSEED ran dry), up to [`NO_ENTROPY_ATTEMPTS`] times, as
+/// Linux's `sc_retry` does for every SEAMCALL (`arch/x86/include/asm/tdx.h`).
+fn retry_no_entropy(regs: &mut Regs, mut call: impl FnMut(&mut Regs)) {
+    let input = *regs;
+    for attempt in 1..=NO_ENTROPY_ATTEMPTS {
+        call(regs);
+        if regs.rax != TdxStatus::RND_NO_ENTROPY.0 || attempt == NO_ENTROPY_ATTEMPTS {
+            return;
+        }
+        *regs = input;
+    }
+}
+
 impl Seamcall for HardwareModule {
     fn seamcall(&self, regs: &mut Regs) {
+        retry_no_entropy(regs, |regs| self.seamcall_once(regs));
+    }
+    fn kind(&self) -> ModuleKind {
+        ModuleKind::Hardware
+    }
+    fn hkid_shift(&self) -> u32 {
+        self.hkid_shift
+    }
+}
+
+impl HardwareModule {
+    /// One `seamcall` through the entry path.
+    fn seamcall_once(&self, regs: &mut Regs) {
         let args: *mut Regs = regs;
         // TDH.VP.ENTER returns with XCR0 set from the TD's XFAM (`td_exit.c`): put the
         // host's back.
@@ -458,18 +488,50 @@ impl Seamcall for HardwareModule {
         }
         finish(regs, flags);
     }
-    fn kind(&self) -> ModuleKind {
-        ModuleKind::Hardware
-    }
-    fn hkid_shift(&self) -> u32 {
-        self.hkid_shift
-    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_entropy_is_retried_with_the_same_inputs_ten_times_at_most() {
+        // Out of entropy twice, then success: three calls, each with the original inputs.
+        extern crate std;
+        let mut seen = std::vec::Vec::new();
+        let mut regs = Regs {
+            rax: 5,
+            rcx: 0xAB,
+            ..Regs::default()
+        };
+        retry_no_entropy(&mut regs, |r| {
+            seen.push((r.rax, r.rcx));
+            r.rcx = 0;
+            r.rax = if seen.len() < 3 {
+                TdxStatus::RND_NO_ENTROPY.0
+            } else {
+                0
+            };
+        });
+        assert_eq!(seen, [(5, 0xAB); 3]);
+        assert_eq!(regs.rax, 0);
+        // Never any entropy: ten attempts, then the status stands.
+        let mut calls = 0;
+        let mut regs = Regs::default();
+        retry_no_entropy(&mut regs, |r| {
+            calls += 1;
+            r.rax = TdxStatus::RND_NO_ENTROPY.0;
+        });
+        assert_eq!((calls, regs.rax), (10, TdxStatus::RND_NO_ENTROPY.0));
+        // Another status (even one with an operand ID) is not retried.
+        let mut calls = 0;
+        retry_no_entropy(&mut Regs::default(), |r| {
+            calls += 1;
+            r.rax = TdxStatus::RND_NO_ENTROPY.0 | 1;
+        });
+        assert_eq!(calls, 1);
+    }
 
     // A fake leaf with the TDX module's register contract for TDH.VP.ENTER: it writes every
     // general-purpose register the block reads back (RBX, RSI, RDI, RBP with "guest" values

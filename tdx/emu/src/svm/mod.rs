@@ -723,7 +723,10 @@ impl EmulatedModule {
                 self.msr_access(s, cpu, write);
             }
             vmcb::EXIT_WBINVD => self.advance(s, 2),
-            vmcb::EXIT_SHUTDOWN => return Ok(Next::Exit(exit::TRIPLE_FAULT, Regs::default())),
+            vmcb::EXIT_SHUTDOWN => {
+                let reason = TdxStatus::NON_RECOVERABLE_VCPU.0 | exit::TRIPLE_FAULT;
+                return Ok(Next::Exit(reason, Regs::default()));
+            }
             // A spin-wait: give the runner back, as a pause-loop exit would, so a vCPU that
             // waits for another one bound to the same runner does not burn its time slice.
             // The host sees it like a host interrupt.

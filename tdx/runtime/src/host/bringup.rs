@@ -377,6 +377,16 @@ pub(crate) fn bring_up(
         S::LpInit,
         alloc::format!("TDH.SYS.LP.INIT on {} logical CPUs", all.len()),
     );
+    let features0 = match main.sys_rd(f::TDX_FEATURES0) {
+        Ok(v) => v,
+        Err(e) => {
+            log.failed(S::Features, alloc::format!("reading TDX_FEATURES0: {e}"));
+            return Err(HostError::Module(e));
+        }
+    };
+    step(log, S::Features, check_features(features0), |_| {
+        alloc::format!("TDX_FEATURES0 {features0:#x}: every feature the runtime needs is present")
+    })?;
     let limits = step(log, S::SysRd, read_limits(&main), |l| {
         alloc::format!(
             "{}: up to {} vCPUs per TD, {} CMRs, {} TDMRs of up to {} reserved areas, {} \
@@ -390,16 +400,6 @@ pub(crate) fn bring_up(
         )
     })
     .map_err(HostError::Module)?;
-    let features0 = match main.sys_rd(f::TDX_FEATURES0) {
-        Ok(v) => v,
-        Err(e) => {
-            log.failed(S::Features, alloc::format!("reading TDX_FEATURES0: {e}"));
-            return Err(HostError::Module(e));
-        }
-    };
-    step(log, S::Features, check_features(features0), |_| {
-        alloc::format!("TDX_FEATURES0 {features0:#x}: every feature the runtime needs is present")
-    })?;
     let configured = step(
         log,
         S::TdmrConfig,

@@ -682,7 +682,7 @@ impl Host {
         let mut created = 0usize;
         let mut fail: Option<HostError> = None;
         let shared_ept = Arc::new(SharedEpt::new(self.phys.clone(), parts.cache.clone(), 47));
-        let shared_eptp = shared_ept.eptp().ok();
+        let shared_ept_root = shared_ept.root().ok();
         for (i, (tdvpr, tdcx)) in control.vcpus.iter().enumerate() {
             if let Err(e) = main.vp_create(tdr, *tdvpr) {
                 fail = Some(HostError::Module(e));
@@ -717,9 +717,9 @@ impl Host {
                 self.platform.physical_address_of(vcpu.posted.address()),
             );
             vcpus.push(vcpu);
-            if let Err(e) =
-                self.call_on_cpu(cpu, &|m| vcpu_vmcs_setup(m, *tdvpr, shared_eptp, posted))
-            {
+            if let Err(e) = self.call_on_cpu(cpu, &|m| {
+                vcpu_vmcs_setup(m, *tdvpr, shared_ept_root, posted)
+            }) {
                 fail = Some(e.into());
                 break;
             }
@@ -770,13 +770,13 @@ impl Host {
 fn vcpu_vmcs_setup(
     m: &dyn Seamcall,
     tdvpr: Hpa,
-    shared_eptp: Option<u64>,
+    shared_ept_root: Option<Hpa>,
     (vector, descriptor): (u8, u64),
 ) -> Result<(), SeamError> {
     use tdx_abi::metadata::vcpu;
     // The shared EPT: the TD's shared memory (MapGPA) is mapped there.
-    if let Some(eptp) = shared_eptp {
-        m.vp_wr(tdvpr, vcpu::SHARED_EPTP, eptp, u64::MAX)?;
+    if let Some(root) = shared_ept_root {
+        m.vp_wr(tdvpr, vcpu::SHARED_EPTP, root.0, u64::MAX)?;
     }
     m.vp_wr(tdvpr, vcpu::POSTED_INTR_NV, u64::from(vector), 0xFFFF)?;
     m.vp_wr(tdvpr, vcpu::POSTED_INTR_DESC_ADDR, descriptor, u64::MAX)?;

@@ -17,8 +17,9 @@
 use core::sync::atomic::Ordering;
 
 use tdx_abi::exit::{
-    EPT_VIOLATION, EXT_QUAL_INFO_SHIFT, EXT_QUAL_TYPE_ACCEPT, EXT_QUAL_TYPE_MASK,
-    EXT_QUAL_TYPE_PENDING_EPT_VIOLATION, EXTERNAL_INTERRUPT, TDCALL, TRIPLE_FAULT,
+    BUS_LOCK, C_STATE_SMI, EPT_VIOLATION, EXCEPTION_OR_NMI, EXT_QUAL_INFO_SHIFT,
+    EXT_QUAL_TYPE_ACCEPT, EXT_QUAL_TYPE_MASK, EXT_QUAL_TYPE_PENDING_EPT_VIOLATION,
+    EXTERNAL_INTERRUPT, OTHER_SMI, TDCALL, TRIPLE_FAULT, is_host_nmi,
 };
 use tdx_abi::seamcall::{Regs, SeamError};
 use tdx_abi::{Gfn, Gpa, Leaf, PageLevel, TdxStatus};
@@ -52,6 +53,13 @@ const LOCAL_FAULT_RETRIES: u32 = 64;
 pub enum TdExit {
     /// External interrupt: a kick or the timer; just re-enter.
     ExternalInterrupt,
+    /// Something of the host's own interrupted the TD: an NMI, an SMI (the platform's SMM
+    /// ran), a C-state SMI or a bus lock. Nothing for the TD; just re-enter (KVM re-enters
+    /// after EXIT_REASON_OTHER_SMI and after handling a host NMI).
+    HostEvent {
+        /// The basic exit reason.
+        reason: u64,
+    },
     /// Triple fault: the guest shut down.
     TripleFault,
     /// EPT violation on `gpa`.
@@ -89,12 +97,20 @@ impl TdExit {
     /// and for TDCALL the TDVMCALL registers.
     pub fn decode(r: &Regs) -> TdExit {
         let status = TdxStatus(r.rax & 0xFFFF_FFFF_0000_0000);
+        let reason = r.rax & EXIT_REASON_BASIC_MASK;
+        // The module reports a triple fault as TDX_NON_RECOVERABLE_VCPU with reason 2
+        // (intel/tdx-module `tdx_td_dispatcher.c`): the guest shut down, which KVM sorts out
+        // before its non-recoverable check too.
+        if reason == TRIPLE_FAULT && matches!(r.rax >> 32, 0 | 0x4000_0001) {
+            return TdExit::TripleFault;
+        }
         if status.is_non_recoverable() {
             return TdExit::NonRecoverable { status };
         }
-        match r.rax & EXIT_REASON_BASIC_MASK {
+        match reason {
             EXTERNAL_INTERRUPT => TdExit::ExternalInterrupt,
-            TRIPLE_FAULT => TdExit::TripleFault,
+            OTHER_SMI | C_STATE_SMI | BUS_LOCK => TdExit::HostEvent { reason },
+            EXCEPTION_OR_NMI if is_host_nmi(r.rax, r.r9) => TdExit::HostEvent { reason },
             EPT_VIOLATION => {
                 let ext_type = r.rdx & EXT_QUAL_TYPE_MASK;
                 TdExit::EptViolation {
@@ -145,7 +161,7 @@ impl ExitContext<'_> {
         let td = self.td;
         td.counters.exits.fetch_add(1, Ordering::Relaxed);
         match exit {
-            TdExit::ExternalInterrupt => {}
+            TdExit::ExternalInterrupt | TdExit::HostEvent { .. } => {}
             TdExit::TripleFault => td.set_outcome(GuestOutcome::Shutdown),
             TdExit::EptViolation {
                 gpa,
@@ -214,6 +230,10 @@ impl ExitContext<'_> {
                 if let Some(vector) = lapic.poll_timer(self.now_ns) {
                     // An interrupt is due already: no halt.
                     td.vcpus.kicker.post_interrupt(self.vcpu, vector);
+                    return AfterExit::Continue(Reply::DONE);
+                }
+                if td.vcpus.kicker.interrupt_pending(self.vcpu) {
+                    // One was posted before the halt reached the host: no halt either.
                     return AfterExit::Continue(Reply::DONE);
                 }
                 // Wake at the idle period or the vCPU's next timer interrupt, whichever is
@@ -538,5 +558,39 @@ mod tests {
                 TdExit::NonRecoverable { status }
             );
         }
+        // ... except a triple fault, which the module reports as TDX_NON_RECOVERABLE_VCPU
+        // with reason 2 (intel/tdx-module `tdx_td_dispatcher.c`): the guest shut down.
+        let decode = |rax: u64, r9: u64| {
+            TdExit::decode(&Regs {
+                rax,
+                r9,
+                ..Regs::default()
+            })
+        };
+        let vcpu_lost = TdxStatus::NON_RECOVERABLE_VCPU.0;
+        assert_eq!(decode(vcpu_lost | TRIPLE_FAULT, 0), TdExit::TripleFault);
+        assert_eq!(
+            decode(TdxStatus::NON_RECOVERABLE_TD.0 | TRIPLE_FAULT, 0),
+            TdExit::NonRecoverable {
+                status: TdxStatus::NON_RECOVERABLE_TD
+            }
+        );
+        // The host's own events exit with TDX_SUCCESS and are re-entered (the module's
+        // async exits for SMIs, C-state SMIs and bus locks; an NMI has R9 type 2).
+        for reason in [OTHER_SMI, C_STATE_SMI, BUS_LOCK] {
+            assert_eq!(decode(reason, 0), TdExit::HostEvent { reason });
+        }
+        assert_eq!(
+            decode(EXCEPTION_OR_NMI, 1 << 31 | 2 << 8 | 2),
+            TdExit::HostEvent {
+                reason: EXCEPTION_OR_NMI
+            }
+        );
+        assert_eq!(
+            decode(EXCEPTION_OR_NMI, 1 << 31 | 3 << 8 | 14),
+            TdExit::Other {
+                reason: EXCEPTION_OR_NMI
+            }
+        );
     }
 }

@@ -347,6 +347,16 @@ impl Kicker {
         }
     }
 
+    /// Whether an interrupt posted to vCPU `v` waits for its next entry: a halting vCPU with
+    /// one must not sleep (KVM's `tdx_protected_apic_has_interrupt` checks the descriptor
+    /// first too).
+    pub fn interrupt_pending(&self, v: &VcpuShared) -> bool {
+        match self {
+            Kicker::Software(m, _) => m.interrupt_pending(v.tdvpr),
+            Kicker::Hardware(_) => v.posted.outstanding(),
+        }
+    }
+
     /// Called by vCPU `v`'s runner with interrupts off, after it published
     /// [`MODE_IN_GUEST`] and before TDH.VP.ENTER: on hardware, an outstanding notification
     /// is sent to this CPU itself, so that the CPU processes the descriptor right after the

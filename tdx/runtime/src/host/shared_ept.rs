@@ -28,8 +28,6 @@ use crate::sept::SeptPagePool;
 const RWX: u64 = 7;
 /// Leaf memory type write-back (bits 5:3 = 6).
 const MEMTYPE_WB: u64 = 6 << 3;
-/// EPTP: write-back paging structures, 4-level walk (bits 5:3 = levels − 1).
-const EPTP_WB_4LEVEL: u64 = 6 | 3 << 3;
 /// Address bits of an entry.
 const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
 
@@ -66,8 +64,12 @@ impl SharedEpt {
         Ok(page)
     }
 
-    /// The EPT pointer for TDH.VP.WR(SHARED_EPTP), taking the root page on first call.
-    pub fn eptp(&self) -> Result<u64, SharedEptError> {
+    /// The root table, taking its page on first call: what TDH.VP.WR(SHARED_EPTP) writes.
+    /// The host owns only the address bits (51:12) of that field; the TDX module supplies
+    /// the memory type and walk length (production write mask 0x000F_FFFF_FFFF_F000 in
+    /// intel/tdx-module `include/auto_gen/td_vmcs_fields_lookup.c`; KVM's `tdx_load_mmu_pgd`
+    /// writes the bare root address).
+    pub fn root(&self) -> Result<Hpa, SharedEptError> {
         let mut root = self.root.lock();
         let page = match *root {
             Some(p) => p,
@@ -77,7 +79,7 @@ impl SharedEpt {
                 p
             }
         };
-        Ok(page.0 | EPTP_WB_4LEVEL)
+        Ok(page)
     }
 
     fn read(&self, at: u64) -> u64 {
@@ -224,15 +226,14 @@ mod tests {
     fn maps_walks_and_unmaps_in_the_shared_half() {
         let (e, _pool) = ept();
         assert_eq!(e.map(5, Hpa(0x4000_0000)), Err(SharedEptError::NoTablePage));
-        let eptp = e.eptp().unwrap();
-        assert_eq!(eptp & 0xFFF, 0x1E);
-        assert_eq!(e.eptp().unwrap(), eptp, "one root");
+        let root = e.root().unwrap().0;
+        assert_eq!(root & 0xFFF, 0, "the bare address");
+        assert_eq!(e.root().unwrap().0, root, "one root");
         e.map(0x800, Hpa(0x4000_0000)).unwrap();
         e.map(0x801, Hpa(0x4000_1000)).unwrap();
         assert_eq!(e.lookup(0x800), Some(Hpa(0x4000_0000)));
         assert_eq!(e.lookup(0x802), None);
         // The root's entry for GPA 0x800000 | bit 47 is slot 256.
-        let root = eptp & ADDRESS;
         assert_eq!(e.read(root + 256 * 8) & RWX, RWX);
         assert_eq!(e.read(root) & RWX, 0);
         assert_eq!(e.unmap(0x800), Some(Hpa(0x4000_0000)));
@@ -243,7 +244,7 @@ mod tests {
     #[test]
     fn table_pages_come_from_the_cache_and_run_out_cleanly() {
         let (e, _pool) = ept();
-        e.eptp().unwrap();
+        e.root().unwrap();
         // Root + PDPT + PD + PT = 4 pages; 8 in the cache: a second 1 GiB region needs 2
         // more (PD, PT), a third 2 more, then the cache is empty.
         e.map(0, Hpa(0x4000_0000)).unwrap();

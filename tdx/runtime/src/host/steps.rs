@@ -35,10 +35,11 @@ pub enum BringupStage {
     SysInit,
     /// TDH.SYS.LP.INIT on every logical CPU.
     LpInit,
+    /// TDX_FEATURES0 has what the runtime needs: read first, so that a module too old for
+    /// the runtime is named as such rather than failing on a field it does not have.
+    Features,
     /// TDH.SYS.RD of the module's version, limits, CPUID configuration and CMRs.
     SysRd,
-    /// TDX_FEATURES0 has what the runtime needs.
-    Features,
     /// The TDMR and its PAMT inside the CMRs, TDH.SYS.CONFIG with the global KeyID.
     TdmrConfig,
     /// WBINVD on every logical CPU before the key configuration.
@@ -63,8 +64,8 @@ impl BringupStage {
         BringupStage::Pool,
         BringupStage::SysInit,
         BringupStage::LpInit,
-        BringupStage::SysRd,
         BringupStage::Features,
+        BringupStage::SysRd,
         BringupStage::TdmrConfig,
         BringupStage::CacheWriteBack,
         BringupStage::KeyConfig,

@@ -1132,8 +1132,8 @@ fn bring_up_records_every_step() {
             ("pool", "ok"),
             ("sys-init", "ok"),
             ("lp-init", "ok"),
-            ("sys-rd", "ok"),
             ("features", "ok"),
+            ("sys-rd", "ok"),
             ("tdmr-config", "ok"),
             ("cache-wb", "skipped"),
             ("key-config", "ok"),
@@ -1230,8 +1230,8 @@ fn a_failed_lp_init_names_the_cpu_and_skips_the_rest() {
     assert_eq!(
         rest,
         vec![
-            "sys-rd",
             "features",
+            "sys-rd",
             "tdmr-config",
             "cache-wb",
             "key-config",
@@ -1316,6 +1316,53 @@ fn a_failed_key_config_names_the_package() {
         ),
         "{}",
         step.detail
+    );
+}
+
+/// A module without a feature the runtime needs (here TOPOLOGY_ENUM, which TDX module
+/// 1.5.01 does not have, and with it neither TDH.VP.INIT version 1 nor MAX_VCPUS_PER_TD) is
+/// named at the `features` step, before TDH.SYS.RD of the limits could fail on the field it
+/// lacks.
+#[test]
+fn a_module_without_a_needed_feature_is_named_before_its_limits_are_read() {
+    let memory = Arc::new(tdx_abi::phys::SparseMemory::new()) as Arc<dyn PhysMemory>;
+    let mem = small_config().memory;
+    let module = tdx_emu::EmulatedModule::new(
+        tdx_emu::EmuConfig {
+            phys_base: mem.pool_base,
+            phys_size: mem.pool_size,
+            num_lps: 4,
+            num_packages: 1,
+            hkid_start: mem.hkid_start,
+            num_hkids: mem.num_hkids,
+            hkid_shift: 46,
+            limits: tdx_emu::EmuLimits {
+                tdx_features0: tdx_abi::metadata::sys::features0::NO_RBP_MOD,
+                ..tdx_emu::EmuLimits::default()
+            },
+        },
+        memory.clone(),
+    )
+    .unwrap();
+    let platform: Arc<dyn Platform> = super::testing::ThreadPlatform::new(ThreadTopology {
+        cpus: 4,
+        packages: 1,
+    });
+    let mut log = BringupLog::new();
+    let hooks = HostModule::Software(module.hooks());
+    assert!(Host::new_recorded(hooks, memory, platform, small_config(), &mut log).is_err());
+    let status = |stage: BringupStage| {
+        log.steps()
+            .iter()
+            .find(|s| s.step == stage)
+            .map(|s| (s.status, s.detail.clone()))
+    };
+    let (features, detail) = status(BringupStage::Features).expect("features recorded");
+    assert_eq!(features, StepStatus::Failed);
+    assert!(detail.contains("TOPOLOGY_ENUM"), "{detail}");
+    assert_eq!(
+        status(BringupStage::SysRd).map(|s| s.0),
+        Some(StepStatus::Skipped)
     );
 }
 
