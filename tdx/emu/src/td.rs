@@ -1030,6 +1030,14 @@ impl EmulatedModule {
     fn vcpu_field(&self, v: &Vcpu, id: u64) -> Result<u64, TdxStatus> {
         Ok(match id {
             vf::VCPU_STATE => u64::from(v.initialized.load(Ordering::Acquire)),
+            // Bit 0, VMXIP: a deliverable virtual interrupt waits (the declared-workload
+            // engine has none).
+            vf::VCPU_STATE_DETAILS => u64::from(
+                v.svm
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|s| s.virtual_interrupt_pending()),
+            ),
             vf::VCPU_INDEX => u64::from(v.index()),
             vf::VCPU_EPOCH => v.epoch.load(Ordering::Acquire),
             vf::ASSOCIATED_LP => v.assoc_lp.load(Ordering::Acquire),
@@ -1082,7 +1090,8 @@ impl EmulatedModule {
             vf::POSTED_INTR_NV => 0xFFFF,
             vf::POSTED_INTR_DESC_ADDR => !0x3F,
             vf::PIN_BASED_CONTROLS => vf::PIN_BASED_POSTED_INTERRUPTS,
-            _ => return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE.with_operand(OperandId::RDX)),
+            // Readable only (production write mask 0).
+            _ => 0,
         };
         let mask = field_mask & r.r9;
         if mask == 0 {

@@ -1077,10 +1077,12 @@ fn vcpu_creation_limits_and_states() {
     p.module.call(r).unwrap();
     r = regs(Leaf::VpRd, td.vcpus[1].tdvpr.0, vf::HOST_SCRATCH, 0);
     assert_eq!(p.module.call(r).unwrap().r8, 0xAB);
+    // A field the host may not write: the status of `md_write_element`, passed through
+    // without an operand ID (intel/tdx-module `tdh_vp_rd_wr.c`).
     r = regs(Leaf::VpWr, td.vcpus[1].tdvpr.0, vf::VCPU_INDEX, 0);
     assert_eq!(
         p.module.call(r).unwrap_err().status,
-        TdxStatus::METADATA_FIELD_NOT_WRITABLE.with_operand(OperandId::RDX)
+        TdxStatus::METADATA_FIELD_NOT_WRITABLE
     );
 }
 
@@ -3023,6 +3025,14 @@ fn posted_interrupt_fields_are_written_in_order() {
     );
     assert_eq!(wr(SHARED_EPTP, 0x40_0000, u64::MAX), TdxStatus::SUCCESS);
     assert_eq!(rd(SHARED_EPTP), 0x40_0000);
+    // VCPU_STATE_DETAILS is read-only; a vCPU that never ran has no virtual interrupt
+    // pending (VMXIP, bit 0).
+    use crate::metadata::vcpu::VCPU_STATE_DETAILS;
+    assert_eq!(rd(VCPU_STATE_DETAILS), 0);
+    assert_eq!(
+        wr(VCPU_STATE_DETAILS, 1, 1),
+        TdxStatus::METADATA_FIELD_NOT_WRITABLE
+    );
 }
 
 // ---------- SEPT.REMOVE / PROMOTE outputs (intel/tdx-module 1.5.01) ----------

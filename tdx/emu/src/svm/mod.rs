@@ -378,6 +378,14 @@ pub struct SvmVcpu {
     cpuid_ve: u64,
 }
 
+impl SvmVcpu {
+    /// VCPU_STATE_DETAILS.VMXIP: a virtual interrupt is pending whose priority class is
+    /// above the processor priority (RVI above PPR; intel/tdx-module `metadata_vp.c`).
+    pub(crate) fn virtual_interrupt_pending(&self) -> bool {
+        self.apic.deliverable().is_some()
+    }
+}
+
 /// Where a nested page fault on a private GPA leads.
 enum Fill {
     /// The S-EPT maps it: the nested entry is written; run again.

@@ -153,6 +153,8 @@ pub(crate) struct ExitContext<'a> {
     pub(crate) platform_tsc: (u64, u64),
     /// The platform, for time taken by the handling itself.
     pub(crate) platform: &'a dyn super::Platform,
+    /// The runner's SEAMCALL handle (this CPU, which the vCPU is associated with).
+    pub(crate) seam: &'a dyn tdx_abi::seamcall::Seamcall,
 }
 
 impl ExitContext<'_> {
@@ -218,6 +220,23 @@ impl ExitContext<'_> {
         }
     }
 
+    /// For a HLT with interrupts on: whether TDH.VP.RD of VCPU_STATE_DETAILS reports a
+    /// deliverable virtual interrupt (VMXIP, bit 0), as KVM's
+    /// `tdx_protected_apic_has_interrupt` asks before it lets a vCPU sleep. A failed read
+    /// counts as none.
+    fn virtual_interrupt_pending(&self, request: Request) -> bool {
+        use tdx_abi::seamcall::TdxModule;
+        matches!(
+            request,
+            Request::Hlt {
+                interrupts_blocked: false
+            }
+        ) && self
+            .seam
+            .vp_rd(self.vcpu.tdvpr, tdx_abi::metadata::vcpu::VCPU_STATE_DETAILS)
+            .is_ok_and(|details| details & 1 != 0)
+    }
+
     fn tdvmcall(&self, request: Request) -> AfterExit {
         let td = self.td;
         let reply = match request {
@@ -232,8 +251,11 @@ impl ExitContext<'_> {
                     td.vcpus.kicker.post_interrupt(self.vcpu, vector);
                     return AfterExit::Continue(Reply::DONE);
                 }
-                if td.vcpus.kicker.interrupt_pending(self.vcpu) {
-                    // One was posted before the halt reached the host: no halt either.
+                if td.vcpus.kicker.interrupt_pending(self.vcpu)
+                    || self.virtual_interrupt_pending(request)
+                {
+                    // One was posted before the halt reached the host, or the guest halted
+                    // with interrupts on while one waits in its virtual APIC: no halt either.
                     return AfterExit::Continue(Reply::DONE);
                 }
                 // Wake at the idle period or the vCPU's next timer interrupt, whichever is

@@ -428,6 +428,7 @@ impl Runner {
                     now_ns: self.clock.now_ns(),
                     platform_tsc: self.clock.tsc(),
                     platform: &*self.clock,
+                    seam: &*self.seam,
                 };
                 match exit.handle(exit_reason) {
                     AfterExit::Continue(reply) => *v.answer.lock() = reply.answer(&regs),
