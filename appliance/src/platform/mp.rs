@@ -456,6 +456,10 @@ impl Platform for MpPlatform {
         }
     }
 
+    fn flush_guest_translations(&self) {
+        super::tdx_hardware::flush_guest_translations();
+    }
+
     fn notify_posted_interrupt(&self, cpu: u32) {
         if let Some(&id) = self.apic_ids.get(cpu as usize) {
             super::wake::send(id, POSTED_INTERRUPT_VECTOR);

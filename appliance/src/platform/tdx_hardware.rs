@@ -28,6 +28,19 @@ use tdx_runtime::host::Platform;
 
 use super::mp::MpPlatform;
 
+/// Every CPU is in VMX root operation ([`enable_vmx_everywhere`] succeeded).
+static VMX_ON: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// INVEPT all-context on the calling CPU when the hardware module runs (a runner before it
+/// enters a vCPU whose shared mappings shrank); nothing otherwise.
+pub fn flush_guest_translations() {
+    if VMX_ON.load(core::sync::atomic::Ordering::Acquire) {
+        // SAFETY: VMX_ON is set only after VMXON succeeded on every CPU, which stays in VMX
+        // root operation for good; CPL 0. A failure (VMfail) changes nothing to recover.
+        let _ = unsafe { vmx::invept_all_contexts() };
+    }
+}
+
 /// Executes VMXON on every logical CPU, in order, and stops at the first that fails. Returns
 /// the bring-up detail, or which CPU failed and why.
 pub fn enable_vmx_everywhere(platform: &MpPlatform) -> Result<String, String> {
@@ -55,6 +68,7 @@ pub fn enable_vmx_everywhere(platform: &MpPlatform) -> Result<String, String> {
             None => return Err(format!("CPU {cpu} did not run VMXON")),
         }
     }
+    VMX_ON.store(true, core::sync::atomic::Ordering::Release);
     Ok(format!(
         "VMX root operation on all {cpus} logical CPUs (VMCS revision {revision:#x})"
     ))

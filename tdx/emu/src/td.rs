@@ -997,6 +997,10 @@ impl EmulatedModule {
                     tf::TD_EPOCH => td.td_epoch.load(Ordering::Acquire),
                     tf::EPTP_CONTROLS => params().map(|p| p.eptp_controls).unwrap_or(0),
                     tf::TSC_FREQUENCY => params().map(|p| u64::from(p.tsc_frequency)).unwrap_or(0),
+                    // The software module's TDs read the host's TSC as it is: offset 0,
+                    // multiplier 1.0 in the module's 16.48 fixed point.
+                    tf::TSC_OFFSET => 0,
+                    tf::TSC_MULTIPLIER => 1 << 48,
                     tf::HOST_SCRATCH => td.notify_enables.load(Ordering::Acquire),
                     _ => td.measurement_element(id).ok_or(
                         TdxStatus::METADATA_FIELD_ID_INCORRECT.with_operand(OperandId::RDX),

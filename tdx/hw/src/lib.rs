@@ -202,7 +202,10 @@ impl HardwareModule {
     ///
     /// # Safety
     /// A TDX module must be loaded (SEAMLDR done); otherwise every call raises #UD, which
-    /// only a handler applying [`fixup_seamcall_fault`] turns into [`SEAMCALL_UD`].
+    /// only a handler applying [`fixup_seamcall_fault`] turns into [`SEAMCALL_UD`]. Memory is
+    /// identity-mapped (as UEFI sets it up): the physical address of a page handed to the
+    /// module is also a valid address for flushing it from the caches
+    /// ([`donated_range`]).
     pub unsafe fn new(platform: TdxPlatform) -> HardwareModule {
         HardwareModule {
             hkid_shift: platform.hkid_shift,
@@ -438,6 +441,51 @@ pub unsafe fn probe_fault_path() -> u64 {
     regs.rax
 }
 
+/// The physical range a SEAMCALL hands to the TDX module as a new private or control page,
+/// if it does: the TDR (TDH.MNG.CREATE), TDCS and TDCX pages (TDH.MNG.ADDCX, TDH.VP.ADDCX,
+/// RCX), the TDVPR (TDH.VP.CREATE, RCX), the destination of TDH.MEM.PAGE.ADD and the new
+/// S-EPT page of TDH.MEM.SEPT.ADD and TDH.MEM.PAGE.DEMOTE (R8), and the page or huge page of
+/// TDH.MEM.PAGE.AUG (R8, its size from the level in RCX bits 2:0). The module writes these
+/// under the TD's KeyID; a dirty cache line left from the host's own use (KeyID 0) could be
+/// written back over them later, so Linux flushes each one before the call
+/// (`arch/x86/virt/vmx/tdx/tdx.c`, `tdx_clflush_page` in the `tdh_*` wrappers).
+pub fn donated_range(regs: &Regs) -> Option<(u64, u64)> {
+    const PAGE: u64 = 4096;
+    let leaf = Leaf::from_number((regs.rax & 0xFFFF) as u16)?;
+    match leaf {
+        Leaf::MngCreate | Leaf::MngAddCx | Leaf::VpCreate | Leaf::VpAddCx => Some((regs.rcx, PAGE)),
+        Leaf::MemPageAdd | Leaf::MemSeptAdd | Leaf::MemPageDemote => Some((regs.r8, PAGE)),
+        Leaf::MemPageAug => match regs.rcx & 7 {
+            level @ 0..=2 => Some((regs.r8, PAGE << (9 * level))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Writes back and invalidates every cache line of `[start, start + len)`, then fences:
+/// CLFLUSHOPT where the CPU has it (CPUID.(EAX=7,ECX=0):EBX[23]), else CLFLUSH.
+///
+/// # Safety
+/// The range is mapped (identity-mapped memory); flushing changes no memory contents.
+unsafe fn flush_range(start: u64, len: u64) {
+    let opt = core::arch::x86_64::__cpuid(0).eax >= 7
+        && core::arch::x86_64::__cpuid_count(7, 0).ebx & 1 << 23 != 0;
+    for line in (start..start.saturating_add(len)).step_by(64) {
+        // SAFETY: the caller guarantees the line is mapped; a flush writes back and
+        // invalidates it without changing its contents.
+        unsafe {
+            if opt {
+                core::arch::asm!("clflushopt [{0}]", in(reg) line, options(nostack, preserves_flags));
+            } else {
+                core::arch::asm!("clflush [{0}]", in(reg) line, options(nostack, preserves_flags));
+            }
+        }
+    }
+    // SAFETY: orders the flushes before the SEAMCALL; touches nothing.
+    unsafe { core::arch::asm!("mfence", options(nostack, preserves_flags)) };
+}
+
 /// Attempts of a SEAMCALL that answers TDX_RND_NO_ENTROPY (Linux `RDRAND_RETRY_LOOPS`).
 const NO_ENTROPY_ATTEMPTS: u32 = 10;
 
@@ -457,6 +505,11 @@ fn retry_no_entropy(regs: &mut Regs, mut call: impl FnMut(&mut Regs)) {
 
 impl Seamcall for HardwareModule {
     fn seamcall(&self, regs: &mut Regs) {
+        if let Some((start, len)) = donated_range(regs) {
+            // SAFETY: memory is identity-mapped (the contract of `new`), and a page the host
+            // hands to the module is memory it owns.
+            unsafe { flush_range(start, len) };
+        }
         retry_no_entropy(regs, |regs| self.seamcall_once(regs));
     }
     fn kind(&self) -> ModuleKind {
@@ -494,6 +547,51 @@ impl HardwareModule {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn donated_pages_are_the_ones_the_module_takes() {
+        let regs_for = |leaf: Leaf, rcx: u64, r8: u64| Regs {
+            rax: leaf as u64,
+            rcx,
+            r8,
+            ..Regs::default()
+        };
+        let k4 = 4096;
+        assert_eq!(
+            donated_range(&regs_for(Leaf::MngCreate, 0x1000, 0)),
+            Some((0x1000, k4))
+        );
+        assert_eq!(
+            donated_range(&regs_for(Leaf::VpAddCx, 0x5000, 0)),
+            Some((0x5000, k4))
+        );
+        assert_eq!(
+            donated_range(&regs_for(Leaf::MemSeptAdd, 0x20_0001, 0x9000)),
+            Some((0x9000, k4))
+        );
+        // PAGE.AUG of a 2 MiB page (level 1 in RCX) flushes all of it.
+        assert_eq!(
+            donated_range(&regs_for(Leaf::MemPageAug, 0x20_0001, 0x40_0000)),
+            Some((0x40_0000, 2 << 20))
+        );
+        assert_eq!(
+            donated_range(&regs_for(Leaf::MemPageAug, 0x20_0000, 0x40_0000)),
+            Some((0x40_0000, k4))
+        );
+        // Leaves that hand over nothing.
+        for leaf in [
+            Leaf::MemTrack,
+            Leaf::VpEnter,
+            Leaf::MemPageRemove,
+            Leaf::MngInit,
+        ] {
+            assert_eq!(
+                donated_range(&regs_for(leaf, 0x1000, 0x2000)),
+                None,
+                "{leaf:?}"
+            );
+        }
+    }
 
     #[test]
     fn no_entropy_is_retried_with_the_same_inputs_ten_times_at_most() {

@@ -399,6 +399,24 @@ pub unsafe fn disable_on_this_cpu() -> Result<(), VmxInstructionError> {
     Ok(())
 }
 
+/// INVEPT type 2 (all-context): invalidates every guest-physical and combined translation
+/// this CPU caches, for every EPT hierarchy (SDM Vol. 3C, "INVEPT"; KVM's `ept_sync_global`).
+///
+/// # Safety
+/// CPL 0, on a CPU in VMX root operation (else INVEPT raises #UD).
+pub unsafe fn invept_all_contexts() -> Result<(), VmxInstructionError> {
+    // The descriptor is ignored for type 2 but must be readable.
+    let descriptor = [0u64; 2];
+    let rflags: u64;
+    // SAFETY: VMX root operation at CPL 0 (the caller's contract); the descriptor is a live
+    // 16-byte local; the stack is balanced.
+    unsafe {
+        core::arch::asm!("invept {kind}, [{descriptor}]", "pushfq", "pop {flags}",
+            kind = in(reg) 2u64, descriptor = in(reg) descriptor.as_ptr(), flags = out(reg) rflags);
+    }
+    vmx_outcome(rflags)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -614,6 +614,7 @@ impl Host {
             counters: TdCounterCells::default(),
             outcome: spin::Mutex::new(None),
             shared_bit: 47,
+            guest_tsc: super::td::GuestTsc::default(),
             huge_pages: spec.huge_pages,
             idle_wakeup_ms: self.config.idle_wakeup_ms,
             notify_vector: core::sync::atomic::AtomicU8::new(0),
@@ -732,6 +733,22 @@ impl Host {
         let sept = self.sept_manager(parts, &vcpus);
         let mut td = self.td_object(spec, parts, vcpus, sept, shared_ept, created);
         td.created_ms = now_ms;
+        // The TD's TSC as TDH.MNG.INIT set it up (offset, and scale to TD_PARAMS'
+        // frequency), for its TSC-deadline timers.
+        let tsc_offset = main.mng_rd(tdr, tdx_abi::metadata::td::TSC_OFFSET);
+        let tsc_multiplier = main.mng_rd(tdr, tdx_abi::metadata::td::TSC_MULTIPLIER);
+        match (tsc_offset, tsc_multiplier) {
+            (Ok(offset), Ok(multiplier)) if multiplier != 0 => {
+                td.shared.guest_tsc.set(offset, multiplier);
+            }
+            (offset, multiplier) => {
+                log::warn!(
+                    "host: TD {}: TSC offset/multiplier unreadable ({offset:?}, {multiplier:?}); \
+                     its TSC deadlines assume the host's TSC",
+                    id.0
+                );
+            }
+        }
         if let Some(e) = fail {
             self.tds.insert(id, td);
             return Err(e);

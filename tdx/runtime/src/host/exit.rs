@@ -324,13 +324,10 @@ impl ExitContext<'_> {
                 msr: lapic::MSR_TSC_DEADLINE,
                 value,
             } => {
-                // When the TSC reaches `value`, on the platform clock.
+                // When the TD's TSC reaches `value`, on the platform clock.
                 let (tsc, per_ms) = self.platform_tsc;
-                let ahead =
-                    u128::from(value.saturating_sub(tsc)) * 1_000_000 / u128::from(per_ms.max(1));
-                let at = self
-                    .now_ns
-                    .saturating_add(u64::try_from(ahead).unwrap_or(u64::MAX));
+                let ahead = td.guest_tsc.ns_until(value, tsc, per_ms);
+                let at = self.now_ns.saturating_add(ahead);
                 self.vcpu.lapic.lock().set_tsc_deadline(value, at);
                 Reply::DONE
             }
@@ -499,8 +496,12 @@ impl ExitContext<'_> {
                 unmapped |= td.shared_ept.unmap(gfn).is_some();
             }
             if unmapped {
-                // Every vCPU leaves the TD once, so no stale translation of the shared
-                // alias survives before the frame may become private again.
+                // Every vCPU flushes its CPU's translations before it enters again, and each
+                // one in the TD leaves it once, so no stale translation of the shared alias
+                // survives before the frame may become private again.
+                for v in &td.vcpus.vcpus {
+                    v.flush_translations.store(true, Ordering::SeqCst);
+                }
                 VcpuGate(td.vcpus.clone()).kick_all_and_wait();
             }
             td.backing.set_shared(first, last, false);

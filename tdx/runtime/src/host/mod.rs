@@ -228,6 +228,13 @@ pub trait Platform: Send + Sync {
     fn notify_posted_interrupt(&self, cpu: u32) {
         self.kick_cpu(cpu);
     }
+    /// Invalidates this CPU's cached translations of guest-physical addresses, for every TD
+    /// (hardware: INVEPT all-context). A runner calls it before entering a vCPU whose shared
+    /// mappings shrank since its last entry: the TDX module flushes a TD's translations only
+    /// when its TLB epoch moved or another vCPU ran on the CPU, and KVM flushes the shared
+    /// EPT itself with a global INVEPT (`tdx_flush_tlb_current`, `ept_sync_global`). By
+    /// default nothing (no VMX).
+    fn flush_guest_translations(&self) {}
     /// The physical address of host memory at address `virt`, for structures the TDX module
     /// reads by physical address (posted-interrupt descriptors). By default the address
     /// itself: the appliance runs identity-mapped, as UEFI sets it up.

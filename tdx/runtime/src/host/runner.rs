@@ -403,6 +403,9 @@ impl Runner {
             v.mode.store(MODE_OUTSIDE, Ordering::SeqCst);
             return Turn::Skipped;
         }
+        if v.flush_translations.swap(false, Ordering::SeqCst) {
+            self.clock.flush_guest_translations();
+        }
         td.vcpus.kicker.before_entry(v);
         let answer = *v.answer.lock();
         let result = self.seam.vp_enter(v.tdvpr, &answer);

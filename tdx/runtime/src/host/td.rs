@@ -49,6 +49,9 @@ pub struct VcpuShared {
     pub mode: AtomicU8,
     /// Exits so far (the unmap path waits for it to move).
     pub exits: AtomicU64,
+    /// Its shared mappings shrank: its runner flushes the CPU's guest translations
+    /// ([`super::Platform::flush_guest_translations`]) before the next entry.
+    pub flush_translations: AtomicBool,
     /// Its posted-interrupt descriptor (hardware module; see [`super::posted`]).
     pub posted: Box<PostedInterruptDescriptor>,
     /// TDH.VP.FLUSH done on its CPU. Until then the vCPU is associated with that CPU: the
@@ -79,6 +82,7 @@ impl VcpuShared {
             cpu,
             mode: AtomicU8::new(MODE_OUTSIDE),
             exits: AtomicU64::new(0),
+            flush_translations: AtomicBool::new(false),
             posted: Box::new(PostedInterruptDescriptor::new(POSTED_INTERRUPT_VECTOR, 0)),
             flushed: AtomicBool::new(false),
             parked: AtomicBool::new(false),
@@ -100,6 +104,54 @@ impl VcpuShared {
         self.parked.load(Ordering::Acquire)
             && self.mode.load(Ordering::Acquire) == MODE_OUTSIDE
             && self.flushed.load(Ordering::Acquire)
+    }
+}
+
+/// How a TD's TSC relates to the host's: TDH.MNG.INIT scales the TD's TSC to its
+/// TD_PARAMS frequency and offsets it (intel/tdx-module `tdh_mng_init.c`); the host reads
+/// TSC_OFFSET and TSC_MULTIPLIER afterwards, as KVM does, to turn a guest TSC deadline into
+/// host time: guest = (host × multiplier) >> 48 + offset.
+#[derive(Debug)]
+pub struct GuestTsc {
+    offset: AtomicU64,
+    multiplier: AtomicU64,
+}
+
+/// The multiplier's fixed-point fraction bits.
+const TSC_MULTIPLIER_FRACTION_BITS: u32 = 48;
+
+impl Default for GuestTsc {
+    fn default() -> Self {
+        GuestTsc {
+            offset: AtomicU64::new(0),
+            multiplier: AtomicU64::new(1 << TSC_MULTIPLIER_FRACTION_BITS),
+        }
+    }
+}
+
+impl GuestTsc {
+    /// Sets what the module reported.
+    pub fn set(&self, offset: u64, multiplier: u64) {
+        self.offset.store(offset, Ordering::Release);
+        self.multiplier.store(multiplier, Ordering::Release);
+    }
+
+    /// The guest's TSC when the host's reads `host`.
+    pub fn guest(&self, host: u64) -> u64 {
+        let scaled = (u128::from(host) * u128::from(self.multiplier.load(Ordering::Acquire)))
+            >> TSC_MULTIPLIER_FRACTION_BITS;
+        (scaled as u64).wrapping_add(self.offset.load(Ordering::Acquire))
+    }
+
+    /// Nanoseconds from now (the host TSC reads `host`, `host_per_ms` ticks a millisecond)
+    /// until the guest's TSC reaches `deadline` (0 if it has).
+    pub fn ns_until(&self, deadline: u64, host: u64, host_per_ms: u64) -> u64 {
+        let guest_per_ms = (u128::from(host_per_ms.max(1))
+            * u128::from(self.multiplier.load(Ordering::Acquire)))
+            >> TSC_MULTIPLIER_FRACTION_BITS;
+        let ahead =
+            u128::from(deadline.saturating_sub(self.guest(host))) * 1_000_000 / guest_per_ms.max(1);
+        u64::try_from(ahead).unwrap_or(u64::MAX)
     }
 }
 
@@ -307,6 +359,8 @@ pub struct TdShared {
     pub outcome: spin::Mutex<Option<GuestOutcome>>,
     /// Shared bit position.
     pub shared_bit: u32,
+    /// The TD's TSC against the host's (for TSC-deadline timers).
+    pub guest_tsc: GuestTsc,
     /// 2 MiB mappings allowed.
     pub huge_pages: bool,
     /// Emulated timer period for halted vCPUs.
@@ -371,6 +425,20 @@ impl TdShared {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scaled_and_offset_guest_tsc_converts_deadlines_to_host_time() {
+        let tsc = GuestTsc::default();
+        // Unscaled: 1000 ticks ahead at 1000 ticks per ms is 1 ms.
+        assert_eq!(tsc.ns_until(11_000, 10_000, 1_000), 1_000_000);
+        // Half the host's rate, started at 5000: at host 10_000 the guest reads 10_000.
+        tsc.set(5_000, 1 << 47);
+        assert_eq!(tsc.guest(10_000), 10_000);
+        // 500 guest ticks at 500 per ms.
+        assert_eq!(tsc.ns_until(10_500, 10_000, 1_000), 1_000_000);
+        // A deadline in the past is now.
+        assert_eq!(tsc.ns_until(9_000, 10_000, 1_000), 0);
+    }
 
     #[test]
     fn console_ring_keeps_the_newest_bytes() {

@@ -302,23 +302,34 @@ impl Host {
             }
         });
         // Pages the manager leaked after a failed call: give back those the module does
-        // not own (or reclaim them now).
-        still_leaked.retain(|p| !(self.module_does_not_own(*p) || self.reclaim_page(*p)));
+        // not own (or reclaim them now), cleared first, as every page that was private is
+        // (KVM's `tdx_reclaim_page` clears after each reclaim).
+        still_leaked.retain(|p| {
+            let back = self.module_does_not_own(*p) || self.reclaim_page(*p);
+            if back {
+                self.phys.zero(*p, PAGE_SIZE_4K);
+            }
+            !back
+        });
         if !still_leaked.is_empty() {
             job.note(
                 td_id,
                 alloc::format!("{} guest pages could not be reclaimed", still_leaked.len()),
             );
         }
-        for p in &still_leaked {
-            self.phys.zero(*p, 0);
-        }
         let (_, kept) = td.backing.free_except(&self.pool, &still_leaked);
         td.leaked_pages += kept;
         let main = self.main.clone();
+        // An S-EPT page outside the cache's free list that the module no longer owns held the
+        // TD's tables: it is cleared on its way back to the pool.
         let (_, sept_leaked) = td.sept_cache.free_checked(&self.pool, &|p| {
-            main.phymem_page_rdmd(p)
-                .is_ok_and(|m| m.page_type == tdx_abi::pamt::PageType::Nda.raw())
+            let free = main
+                .phymem_page_rdmd(p)
+                .is_ok_and(|m| m.page_type == tdx_abi::pamt::PageType::Nda.raw());
+            if free {
+                self.phys.zero(p, PAGE_SIZE_4K);
+            }
+            free
         });
         if sept_leaked > 0 {
             job.note(

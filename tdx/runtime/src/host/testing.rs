@@ -42,6 +42,7 @@ pub struct ThreadPlatform {
     threads: Mutex<Vec<(u32, JoinHandle<()>)>>,
     parked: Mutex<Vec<(u32, Thread)>>,
     runners: Mutex<Vec<Arc<Runner>>>,
+    translation_flushes: core::sync::atomic::AtomicU64,
 }
 
 impl ThreadPlatform {
@@ -53,7 +54,14 @@ impl ThreadPlatform {
             threads: Mutex::new(Vec::new()),
             parked: Mutex::new(Vec::new()),
             runners: Mutex::new(Vec::new()),
+            translation_flushes: core::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// How often a runner flushed its CPU's guest translations.
+    pub fn translation_flushes(&self) -> u64 {
+        self.translation_flushes
+            .load(core::sync::atomic::Ordering::Relaxed)
     }
 
     /// Asks every runner to leave its loop and joins the threads.
@@ -167,6 +175,10 @@ impl Platform for ThreadPlatform {
     /// never reads through them): the test process's heap addresses are virtual.
     fn physical_address_of(&self, virt: u64) -> u64 {
         virt & 0x0000_00FF_FFFF_FFC0
+    }
+    fn flush_guest_translations(&self) {
+        self.translation_flushes
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }
     fn kick_cpu(&self, cpu: u32) {
         if let Ok(p) = self.parked.lock() {

@@ -384,6 +384,9 @@ fn many_tds_run_a_workload_and_return_every_page() {
             t.counters.conversions >= 2 && t.counters.demotions >= 1,
             "{t:?}"
         );
+        // The conversion back to private shrank the shared mappings: the vCPUs' runners
+        // flushed their guest translations before entering again.
+        assert!(e.platform.translation_flushes() > 0);
         assert_eq!(t.counters.console_bytes, 16);
         assert!(t.counters.faults > 0 && t.counters.exits > 0);
         // Graceful stop: the finished workload halts, so the guest honours it.

@@ -305,7 +305,16 @@ fn huge_pages_against_the_module() {
         Some(PageLevel::L4K)
     );
     assert_agree(&t, other..other + 512);
-    // Whole demoted range: promote back (children uniformly PENDING and contiguous).
+    // Whole demoted range: promote back (children uniformly PENDING and contiguous). The
+    // first PROMOTE is interrupted by a host event (TDX_INTERRUPTED_RESTARTABLE,
+    // `tdh_mem_page_promote.c`) and is issued again.
+    p.module.inject(
+        Leaf::MemPagePromote,
+        Injection::StatusOnNthCall {
+            n: 1,
+            status: TdxStatus::INTERRUPTED_RESTARTABLE,
+        },
+    );
     assert_eq!(
         t.mgr.promote(Gfn(other), PageLevel::L2M),
         Ok(PromoteOutcome::Promoted)

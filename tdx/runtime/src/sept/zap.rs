@@ -417,7 +417,21 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
             restore();
             return Err(self.bug(&e, base, level));
         }
-        match self.zap_call(|| self.module.mem_page_promote(tdr, gpa, level)) {
+        // Like DEMOTE, PROMOTE stops with TDX_INTERRUPTED_RESTARTABLE when a host interrupt
+        // (an NMI or SMI, even with interrupts off) is pending; it is simply issued again
+        // (intel/tdx-module `tdh_mem_page_promote.c`).
+        let promoted = self.zap_call(|| {
+            let mut r = self.module.mem_page_promote(tdr, gpa, level);
+            let mut n = 0;
+            while matches!(&r, Err(e) if e.status.is(TdxStatus::INTERRUPTED_RESTARTABLE))
+                && n < RESTARTS
+            {
+                r = self.module.mem_page_promote(tdr, gpa, level);
+                n += 1;
+            }
+            r
+        });
+        match promoted {
             Ok(freed) => {
                 let freed = if freed.0 == 0 { sept_page } else { freed };
                 match self.zap_call(|| self.module.phymem_page_wbinvd(freed, self.td.hkid)) {
@@ -445,6 +459,9 @@ impl<S: Seamcall + ?Sized> SeptManager<S> {
                 }
             }
             Err(e) => {
+                // The range stays blocked in the module unless it is unblocked; the TD is
+                // bugged either way, but its other vCPUs need not fault on it meanwhile.
+                let _ = self.zap_call(|| self.module.mem_range_unblock(tdr, gpa, level));
                 restore();
                 Err(self.bug(&e, base, level))
             }
