@@ -46,6 +46,18 @@ fn state(p: &Platform, td: &TestTd, gpa: Gpa, level: PageLevel) -> SeptState {
     ls.state().unwrap()
 }
 
+/// AUGs a 2 MiB page at `gpa` of a TD that is not finalized (so nothing needs blocking or
+/// tracking) and demotes it; returns the page and the new S-EPT page.
+fn aug_and_demote_2m(p: &Platform, td: &TestTd, gpa: Gpa) -> (Hpa, Hpa) {
+    let big = p.alloc_2m().unwrap();
+    p.aug(td, gpa, PageLevel::L2M, big).unwrap();
+    let sept = p.alloc_page().unwrap();
+    p.module
+        .mem_page_demote(td.tdr, gpa, PageLevel::L2M, sept)
+        .unwrap();
+    (big, sept)
+}
+
 fn err(r: Result<impl core::fmt::Debug, SeamError>) -> SeamError {
     r.expect_err("expected an error")
 }
@@ -1541,13 +1553,8 @@ fn promote_refuses_non_uniform_children() {
     let p = Platform::new();
     let td = p.create_td(&TdOptions::default()).unwrap();
     let gpa = Gpa(8 * G);
-    let big = p.alloc_2m().unwrap();
-    p.aug(&td, gpa, PageLevel::L2M, big).unwrap();
-    let sept = p.alloc_page().unwrap();
     // Before finalize no blocking/tracking is required.
-    p.module
-        .mem_page_demote(td.tdr, gpa, PageLevel::L2M, sept)
-        .unwrap();
+    let _ = aug_and_demote_2m(&p, &td, gpa);
     assert!(p.module.force_sept_state(
         td.tdr,
         Gpa(gpa.0 + 4096),
@@ -3199,12 +3206,7 @@ fn promote_locks_and_checks_children_one_by_one() {
     // Before MR.FINALIZE nothing needs blocking or tracking (`op_state_is_tlb_tracking_required`).
     let td = p.create_td(&TdOptions::default()).unwrap();
     let gpa = Gpa(8 * G);
-    let big = p.alloc_2m().unwrap();
-    p.aug(&td, gpa, PageLevel::L2M, big).unwrap();
-    let sept = p.alloc_page().unwrap();
-    p.module
-        .mem_page_demote(td.tdr, gpa, PageLevel::L2M, sept)
-        .unwrap();
+    let (_, sept) = aug_and_demote_2m(&p, &td, gpa);
     let child = |i: u64| Gpa(gpa.0 + i * 4096);
     let promote = |version: u8| {
         let mut r = Regs::for_leaf(Leaf::MemPagePromote, version);
