@@ -649,6 +649,7 @@ impl Host {
             stop_deadline: None,
             destroy_requested: false,
             destroy_started_ms: 0,
+            teardown_flush_warned: false,
             reason: None,
             mrtd: None,
             leaked_pages: 0,

@@ -412,6 +412,8 @@ struct Td {
     destroy_requested: bool,
     /// When destroy was asked (bounds the wait for the runners to park its vCPUs).
     destroy_started_ms: u64,
+    /// The teardown had to flush its vCPUs from the main CPU, which was logged (once).
+    teardown_flush_warned: bool,
     /// Why it failed or is bugged.
     reason: Option<String>,
     /// The MRTD once the build finalized it.

@@ -43,17 +43,26 @@ const CACHE_WB_RESUMES: u32 = 10_000;
 impl Host {
     /// TDH.VP.FLUSH, on its CPU, of every vCPU of `td` that no runner flushed (they are
     /// associated with that CPU from TDH.VP.INIT on), and parks them: for vCPUs that no runner
-    /// serves any more (a failed create, runners that did not park in time).
-    pub(super) fn flush_vcpus_from_host(&self, td: &Td) {
+    /// serves any more (a failed create, runners that did not park in time). A vCPU counts as
+    /// flushed when the module says so, or that it is associated nowhere; one whose flush
+    /// failed otherwise stays unflushed, for the next attempt. Returns whether all are.
+    pub(super) fn flush_vcpus_from_host(&self, td: &Td) -> bool {
         use core::sync::atomic::Ordering;
+        let mut all = true;
         for v in &td.shared.vcpus.vcpus {
             if !v.flushed.load(Ordering::Acquire) {
                 let tdvpr = v.tdvpr;
-                let _ = self.call_on_cpu(v.cpu, &|m| m.vp_flush(tdvpr));
-                v.flushed.store(true, Ordering::Release);
+                let flushed = match self.call_on_cpu(v.cpu, &|m| m.vp_flush(tdvpr)) {
+                    Ok(()) => true,
+                    Err(CpuCallError::Seam(e)) => e.status.is(TdxStatus::VCPU_NOT_ASSOCIATED),
+                    Err(CpuCallError::Platform(_)) => false,
+                };
+                v.flushed.store(flushed, Ordering::Release);
+                all &= flushed;
             }
             v.parked.store(true, Ordering::Release);
         }
+        all
     }
 
     /// One slice of TD `id`'s teardown: waits (bounded) for the runners to park its vCPUs,
@@ -65,16 +74,30 @@ impl Host {
         };
         td.shared.halt();
         if !td.shared.quiescent() {
-            if now.saturating_sub(td.destroy_started_ms) < QUIESCE_TIMEOUT_MS {
+            let waited = now.saturating_sub(td.destroy_started_ms);
+            if waited < QUIESCE_TIMEOUT_MS {
                 return;
             }
-            // Runners did not park the vCPUs in time: flush them from here.
-            log::warn!(
-                "host: TD {}: runners did not park its vCPUs; flushing",
-                id.0
-            );
-            self.flush_vcpus_from_host(td);
+            // Runners did not park the vCPUs in time: flush them from here, again on later
+            // steps while a flush fails, for as long again; then the teardown goes on (and
+            // leaks what the module still holds).
+            if !td.teardown_flush_warned {
+                log::warn!(
+                    "host: TD {}: runners did not park its vCPUs; flushing",
+                    id.0
+                );
+            }
+            let flushed = self.flush_vcpus_from_host(td);
+            if let Some(t) = self.tds.get_mut(&id) {
+                t.teardown_flush_warned = true;
+            }
+            if !flushed && waited < 2 * QUIESCE_TIMEOUT_MS {
+                return;
+            }
         }
+        let Some(td) = self.tds.get(&id) else {
+            return;
+        };
         if td.teardown.is_none() {
             for r in &self.runners {
                 r.unbind_td(&td.shared);
