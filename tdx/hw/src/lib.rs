@@ -195,6 +195,15 @@ pub unsafe fn wbinvd() {
 /// The real TDX module, reached with `seamcall`.
 pub struct HardwareModule {
     hkid_shift: u32,
+    /// The CPU has CLFLUSHOPT (CPUID.(EAX=7,ECX=0):EBX[23]), read once: donating SEAMCALLs
+    /// are on the fault path.
+    clflushopt: bool,
+}
+
+/// Whether this CPU (and so every CPU of the platform) has CLFLUSHOPT.
+fn has_clflushopt() -> bool {
+    core::arch::x86_64::__cpuid(0).eax >= 7
+        && core::arch::x86_64::__cpuid_count(7, 0).ebx & 1 << 23 != 0
 }
 
 impl HardwareModule {
@@ -209,6 +218,7 @@ impl HardwareModule {
     pub unsafe fn new(platform: TdxPlatform) -> HardwareModule {
         HardwareModule {
             hkid_shift: platform.hkid_shift,
+            clflushopt: has_clflushopt(),
         }
     }
 }
@@ -435,7 +445,10 @@ pub fn fixup_seamcall_fault(vector: u8, frame: &mut FaultFrame) -> bool {
 /// A #UD/#GP handler that applies [`fixup_seamcall_fault`] must be installed on the calling
 /// CPU; without it the fault ends in the firmware's exception handler.
 pub unsafe fn probe_fault_path() -> u64 {
-    let module = HardwareModule { hkid_shift: 0 };
+    let module = HardwareModule {
+        hkid_shift: 0,
+        clflushopt: false,
+    };
     let mut regs = Regs::for_leaf(Leaf::SysRd, 0);
     module.seamcall(&mut regs);
     regs.rax
@@ -464,13 +477,12 @@ pub fn donated_range(regs: &Regs) -> Option<(u64, u64)> {
 }
 
 /// Writes back and invalidates every cache line of `[start, start + len)`, then fences:
-/// CLFLUSHOPT where the CPU has it (CPUID.(EAX=7,ECX=0):EBX[23]), else CLFLUSH.
+/// with CLFLUSHOPT if `opt` (the CPU has it), else CLFLUSH.
 ///
 /// # Safety
-/// The range is mapped (identity-mapped memory); flushing changes no memory contents.
-unsafe fn flush_range(start: u64, len: u64) {
-    let opt = core::arch::x86_64::__cpuid(0).eax >= 7
-        && core::arch::x86_64::__cpuid_count(7, 0).ebx & 1 << 23 != 0;
+/// The range is mapped (identity-mapped memory); flushing changes no memory contents; `opt`
+/// only if the CPU has CLFLUSHOPT.
+unsafe fn flush_range(start: u64, len: u64, opt: bool) {
     for line in (start..start.saturating_add(len)).step_by(64) {
         // SAFETY: the caller guarantees the line is mapped; a flush writes back and
         // invalidates it without changing its contents.
@@ -508,7 +520,7 @@ impl Seamcall for HardwareModule {
         if let Some((start, len)) = donated_range(regs) {
             // SAFETY: memory is identity-mapped (the contract of `new`), and a page the host
             // hands to the module is memory it owns.
-            unsafe { flush_range(start, len) };
+            unsafe { flush_range(start, len, self.clflushopt) };
         }
         retry_no_entropy(regs, |regs| self.seamcall_once(regs));
     }
