@@ -1177,6 +1177,21 @@ fn unbooted(
     Arc<dyn PhysMemory>,
     Arc<dyn Platform>,
 ) {
+    unbooted_with(module_cpus, module_base, topology, tdx_emu::EmuLimits::default())
+}
+
+/// [`unbooted`] with the module's `limits`.
+fn unbooted_with(
+    module_cpus: u32,
+    module_base: u64,
+    topology: ThreadTopology,
+    limits: tdx_emu::EmuLimits,
+) -> (
+    Arc<tdx_emu::EmulatedModule>,
+    HostModule,
+    Arc<dyn PhysMemory>,
+    Arc<dyn Platform>,
+) {
     let memory = Arc::new(tdx_abi::phys::SparseMemory::new()) as Arc<dyn PhysMemory>;
     let mem = small_config().memory;
     let module = tdx_emu::EmulatedModule::new(
@@ -1188,7 +1203,7 @@ fn unbooted(
             hkid_start: mem.hkid_start,
             num_hkids: mem.num_hkids,
             hkid_shift: 46,
-            limits: tdx_emu::EmuLimits::default(),
+            limits,
         },
         memory.clone(),
     )
@@ -1328,32 +1343,20 @@ fn a_failed_key_config_names_the_package() {
 /// lacks.
 #[test]
 fn a_module_without_a_needed_feature_is_named_before_its_limits_are_read() {
-    let memory = Arc::new(tdx_abi::phys::SparseMemory::new()) as Arc<dyn PhysMemory>;
-    let mem = small_config().memory;
-    let module = tdx_emu::EmulatedModule::new(
-        tdx_emu::EmuConfig {
-            phys_base: mem.pool_base,
-            phys_size: mem.pool_size,
-            num_lps: 4,
-            num_packages: 1,
-            hkid_start: mem.hkid_start,
-            num_hkids: mem.num_hkids,
-            hkid_shift: 46,
-            limits: tdx_emu::EmuLimits {
-                tdx_features0: tdx_abi::metadata::sys::features0::NO_RBP_MOD,
-                ..tdx_emu::EmuLimits::default()
-            },
+    let (_m, module, phys, platform) = unbooted_with(
+        4,
+        small_config().memory.pool_base.0,
+        ThreadTopology {
+            cpus: 4,
+            packages: 1,
         },
-        memory.clone(),
-    )
-    .unwrap();
-    let platform: Arc<dyn Platform> = super::testing::ThreadPlatform::new(ThreadTopology {
-        cpus: 4,
-        packages: 1,
-    });
+        tdx_emu::EmuLimits {
+            tdx_features0: tdx_abi::metadata::sys::features0::NO_RBP_MOD,
+            ..tdx_emu::EmuLimits::default()
+        },
+    );
     let mut log = BringupLog::new();
-    let hooks = HostModule::Software(module.hooks());
-    assert!(Host::new_recorded(hooks, memory, platform, small_config(), &mut log).is_err());
+    assert!(Host::new_recorded(module, phys, platform, small_config(), &mut log).is_err());
     let status = |stage: BringupStage| {
         log.steps()
             .iter()
