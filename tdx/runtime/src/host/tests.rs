@@ -1177,7 +1177,12 @@ fn unbooted(
     Arc<dyn PhysMemory>,
     Arc<dyn Platform>,
 ) {
-    unbooted_with(module_cpus, module_base, topology, tdx_emu::EmuLimits::default())
+    unbooted_with(
+        module_cpus,
+        module_base,
+        topology,
+        tdx_emu::EmuLimits::default(),
+    )
 }
 
 /// [`unbooted`] with the module's `limits`.

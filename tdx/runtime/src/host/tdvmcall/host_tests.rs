@@ -229,3 +229,28 @@ fn typed_console_input_reaches_the_guest_uart() {
     let td = h.td(id).unwrap();
     assert_eq!(td.state, TdState::Stopped, "{:?}", td.reason);
 }
+
+/// A halt with an interrupt already posted to the vCPU does not sleep: the guest sends itself
+/// an IPI (x2APIC SELF_IPI through TDVMCALL WRMSR), then halts with interrupts on. The idle
+/// period here is ten minutes, so a halt that slept would not end within the test's wait.
+#[test]
+fn a_halt_with_an_interrupt_pending_does_not_sleep() {
+    let config = crate::host::HostConfig {
+        idle_wakeup_ms: 600_000,
+        ..small_config()
+    };
+    let mut e = emulated_host_parts(config, ThreadTopology::default());
+    let h = &mut e.host;
+    upload_image(h, "fw", &synthetic_tdvf_image()).unwrap();
+    let steps = vec![
+        call(TDVMCALL_WRMSR, [0x83F, 0x30, 0, 0], OK, None),
+        call(tdx_abi::exit::TDVMCALL_HLT, [0; 4], OK, None),
+        Step::Print {
+            line: String::from("woke"),
+        },
+        Step::Shutdown,
+    ];
+    let id = run(h, "halt", steps);
+    assert_eq!(h.td(id).unwrap().state, TdState::Stopped);
+    assert_eq!(h.console(id, 0, 64).unwrap().data, b"woke\n");
+}
